@@ -1,0 +1,21 @@
+//! pixpool's inter-process protocol: what a front and a worker say to each other
+//! over a Unix stream socket, and the one codec that frames it.
+//!
+//! # Layout
+//! - [`message`]: the typed messages, one enum per direction, and the handshake.
+//! - [`frame`]: THE codec — a 4-byte big-endian length prefix and a bincode 2
+//!   payload, the length checked against [`frame::MAX_FRAME_LEN`] before any
+//!   allocation. Change the wire format here and nowhere else.
+//! - [`channel`]: typed, buffered reader and writer halves over any async stream.
+//!
+//! Paths and ids cross this boundary, never pixels: the original is already on
+//! disk under the uploads directory when a job is submitted.
+#![deny(missing_docs)]
+
+pub mod channel;
+pub mod frame;
+pub mod message;
+
+pub use channel::{FrameReader, FrameWriter};
+pub use frame::{FrameError, MAX_FRAME_LEN};
+pub use message::{Hello, JobSpec, Reject, Role, ToFront, ToWorker, PROTOCOL_VERSION};

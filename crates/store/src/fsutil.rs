@@ -1,0 +1,58 @@
+//! Durable file replacement: what makes a job record survive power loss.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::Path;
+
+/// Replaces `path` with `bytes` so that a reader (or a restart after power loss)
+/// sees either the old content or the new, never a mix: write a temp file in the
+/// same directory, fsync it, rename it over `path`, fsync the directory.
+pub fn replace_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::other("path has no parent directory"))?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| io::Error::other("path has no file name"))?;
+    // The pid keeps two processes writing the same record from sharing a temp file.
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let res = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        sync_dir(dir)
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// fsyncs a directory, making the renames and creations in it durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replace_leaves_only_the_new_content_and_no_temp_file() {
+        let dir = std::env::temp_dir().join(format!("pixpool-fsutil-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("rec.json");
+        replace_durably(&path, b"one").expect("first write");
+        replace_durably(&path, b"two").expect("second write");
+        assert_eq!(fs::read(&path).expect("read back"), b"two");
+        let names: Vec<_> = fs::read_dir(&dir)
+            .expect("list")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "temp files left: {names:?}");
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}

@@ -1,0 +1,233 @@
+//! The job record: one JSON document per job, the same shape on disk and in
+//! `GET /jobs/<id>`, so what a client reads is exactly what the server knows.
+
+use std::fmt;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+/// A server-generated job id: a UUIDv7 in its hyphenated form, so ids sort by
+/// creation time. Parsing is the only way to build one from outside, which is
+/// what keeps a URL segment from ever reaching the filesystem unchecked.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct JobId(String);
+
+impl JobId {
+    /// A fresh id.
+    pub fn generate() -> JobId {
+        JobId(uuid::Uuid::now_v7().hyphenated().to_string())
+    }
+    /// Validates an id taken from a URL, a file name or a message.
+    pub fn parse(s: &str) -> Option<JobId> {
+        // Exactly the canonical lowercase hyphenated form: no other spelling of the
+        // same id may name a different file.
+        let u = uuid::Uuid::try_parse(s).ok()?;
+        let canon = u.hyphenated().to_string();
+        (canon == s).then_some(JobId(canon))
+    }
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for JobId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        JobId::parse(&s).ok_or_else(|| format!("invalid job id {s:?}"))
+    }
+}
+
+impl From<JobId> for String {
+    fn from(id: JobId) -> String {
+        id.0
+    }
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Accepted and durably recorded; waiting for its worker.
+    Queued,
+    /// A worker is running it.
+    Processing,
+    /// Every output is written.
+    Done,
+    /// It will not be retried; `error` says why.
+    Failed,
+}
+
+impl JobState {
+    /// Done or failed: nothing more will happen to this job.
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Done | JobState::Failed)
+    }
+}
+
+/// An RFC 9457 problem document, used for HTTP errors and for a failed job's reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Problem {
+    /// A URI naming the kind of problem (`about:blank` or a `urn:pixpool:…`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Short, stable summary of the kind.
+    pub title: String,
+    /// The HTTP status this problem maps to.
+    pub status: u16,
+    /// What happened in this case.
+    pub detail: String,
+}
+
+impl Problem {
+    /// Builds a problem with a `urn:pixpool:problem:<slug>` type.
+    pub fn new(slug: &str, title: &str, status: u16, detail: impl Into<String>) -> Problem {
+        Problem {
+            kind: format!("urn:pixpool:problem:{slug}"),
+            title: title.to_string(),
+            status,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The original upload as the server saw it (never the client's name or type).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceRecord {
+    /// Path of the original relative to the uploads directory (`raw/<id>.<ext>`).
+    pub path: String,
+    /// Format sniffed from the magic bytes (`jpeg`, `png`, `webp`, `gif`).
+    pub format: String,
+    /// Size in bytes as received.
+    pub bytes: u64,
+}
+
+/// One written variant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputRecord {
+    /// The preset that produced it.
+    pub preset: String,
+    /// Pixel width.
+    pub width: u32,
+    /// Pixel height.
+    pub height: u32,
+    /// File size.
+    pub bytes: u64,
+    /// MIME type of the file.
+    pub content_type: String,
+    /// Path relative to the uploads directory (`processed/<id>-<preset>.<ext>`).
+    pub path: String,
+}
+
+/// Milliseconds spent per pipeline stage on the last attempt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageMillis {
+    /// Reading and decoding the original.
+    pub decode: f64,
+    /// Resizing to every preset.
+    pub resize: f64,
+    /// Encoding and writing every output.
+    pub encode: f64,
+}
+
+/// The whole record of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// The job id.
+    pub id: JobId,
+    /// Where the job is.
+    pub state: JobState,
+    /// The presets asked for, by name.
+    pub presets: Vec<String>,
+    /// What was written (empty until done).
+    #[serde(default)]
+    pub outputs: Vec<OutputRecord>,
+    /// Why the job failed (`null` otherwise).
+    #[serde(default)]
+    pub error: Option<Problem>,
+    /// The original.
+    pub source: SourceRecord,
+    /// How many times a worker started it.
+    #[serde(default)]
+    pub attempts: u32,
+    /// The worker slot that claimed it, once claimed.
+    #[serde(default)]
+    pub worker: Option<u32>,
+    /// When the 202 was decided (RFC 3339, UTC).
+    pub queued_at: String,
+    /// When a worker last started it.
+    #[serde(default)]
+    pub started_at: Option<String>,
+    /// When it reached done or failed.
+    #[serde(default)]
+    pub finished_at: Option<String>,
+    /// Per-stage timings of the last attempt.
+    #[serde(default)]
+    pub stage_ms: Option<StageMillis>,
+}
+
+impl JobRecord {
+    /// A freshly accepted job.
+    pub fn queued(id: JobId, source: SourceRecord, presets: Vec<String>) -> JobRecord {
+        JobRecord {
+            id,
+            state: JobState::Queued,
+            presets,
+            outputs: Vec::new(),
+            error: None,
+            source,
+            attempts: 0,
+            worker: None,
+            queued_at: now_rfc3339(),
+            started_at: None,
+            finished_at: None,
+            stage_ms: None,
+        }
+    }
+}
+
+/// The current time as RFC 3339 with milliseconds, UTC.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_reject_anything_but_the_canonical_form() {
+        let id = JobId::generate();
+        assert_eq!(JobId::parse(id.as_str()), Some(id.clone()));
+        assert_eq!(JobId::parse(&id.as_str().to_uppercase()), None);
+        assert_eq!(JobId::parse(&id.as_str().replace('-', "")), None);
+        for bad in ["", "..", "../../etc/passwd", "a/b", "x\0y"] {
+            assert_eq!(JobId::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_record_round_trips_through_json() {
+        let rec = JobRecord::queued(
+            JobId::generate(),
+            SourceRecord {
+                path: "raw/x.jpg".into(),
+                format: "jpeg".into(),
+                bytes: 3,
+            },
+            vec!["medium".into()],
+        );
+        let json = serde_json::to_string(&rec).expect("serialize");
+        let back: JobRecord = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, rec);
+        assert!(json.contains(r#""state":"queued""#), "{json}");
+        assert!(json.contains(r#""error":null"#), "{json}");
+    }
+}
