@@ -1,1 +1,254 @@
-//! placeholder
+//! The pixpool HTTP front: accepts connections on the listener it inherited
+//! from the supervisor (shared by every front), streams uploads to disk and
+//! routes each job round-robin to an image worker over IPC.
+//!
+//! # Layout
+//! - [`upload`]: `POST /upload`, streamed with multer, sniffed, journaled, dispatched.
+//! - [`dispatch`]: one persistent link per worker; round-robin over the live ones.
+//! - [`problem`]: every error's status code and problem+json body, in one place.
+//! - [`body`]: the response body type.
+//! - this file: the routes, the accept loop and graceful shutdown.
+#![deny(missing_docs)]
+
+pub mod body;
+pub mod dispatch;
+pub mod problem;
+pub mod upload;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use pixpool_store::{JobId, Store};
+use tracing::{debug, info, instrument, warn};
+
+use crate::body::{json, Body};
+use crate::dispatch::Dispatcher;
+use crate::problem::ApiError;
+
+/// Default upload size limit.
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 50 * 1024 * 1024;
+
+/// How long a client may take to send its request headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What a front needs to run.
+#[derive(Debug, Clone)]
+pub struct FrontConfig {
+    /// This front's slot.
+    pub slot: u32,
+    /// The uploads directory.
+    pub store: Store,
+    /// How many worker slots exist (socket `run/worker-<n>.sock` each).
+    pub workers: u32,
+    /// Names of the presets the server knows.
+    pub known_presets: Vec<String>,
+    /// Presets applied when a request names none.
+    pub default_presets: Vec<String>,
+    /// Upload size limit in bytes.
+    pub max_upload_bytes: u64,
+    /// How long in-flight requests get to finish after SIGTERM.
+    pub drain_grace: Duration,
+}
+
+impl FrontConfig {
+    /// The presets a request asks for (`a,b,c`), validated; the default set when absent.
+    pub fn resolve_presets(&self, asked: Option<&str>) -> Result<Vec<String>, ApiError> {
+        let Some(list) = asked.map(str::trim).filter(|s| !s.is_empty()) else {
+            return Ok(self.default_presets.clone());
+        };
+        let mut out: Vec<String> = Vec::new();
+        for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if !self.known_presets.iter().any(|k| k == name) {
+                return Err(ApiError::UnknownPreset(upload::sanitise_for_log(name)));
+            }
+            if !out.iter().any(|o| o == name) {
+                out.push(name.to_string());
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Shared by every connection of this front.
+#[derive(Debug)]
+pub struct State {
+    /// Configuration.
+    pub config: FrontConfig,
+    /// The links to the workers.
+    pub dispatcher: Dispatcher,
+}
+
+impl State {
+    fn store(&self) -> &Store {
+        &self.config.store
+    }
+}
+
+/// Why the front could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum FrontError {
+    /// The inherited listener could not be registered with the runtime.
+    #[error("could not use the inherited listener")]
+    Listener(#[source] std::io::Error),
+}
+
+/// Serves HTTP on `listener` until `shutdown` resolves, then stops accepting,
+/// lets in-flight requests finish (up to the drain grace) and returns.
+pub async fn run(
+    listener: std::net::TcpListener,
+    config: FrontConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), FrontError> {
+    listener
+        .set_nonblocking(true)
+        .map_err(FrontError::Listener)?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(FrontError::Listener)?;
+    let sockets = (0..config.workers)
+        .map(|w| config.store.worker_socket(w))
+        .collect();
+    let dispatcher = Dispatcher::start(config.slot, sockets);
+    let grace = config.drain_grace;
+    let state = Arc::new(State { config, dispatcher });
+
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    info!("front ready");
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let state = state.clone();
+                    let svc = service_fn(move |req| handle(state.clone(), peer, req));
+                    let conn = http.serve_connection(TokioIo::new(stream), svc);
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            debug!(%peer, cause = %e, "connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // EMFILE/ENFILE: back off instead of spinning on accept.
+                    warn!(cause = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = &mut shutdown => break,
+        }
+    }
+    // Stop accepting: our copy of the shared socket closes; queued connections
+    // stay in the kernel's queue for the other fronts.
+    drop(listener);
+    info!("draining in-flight requests");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!(
+            grace_s = grace.as_secs(),
+            "requests still in flight after the grace period"
+        );
+    }
+    info!("front stopped");
+    Ok(())
+}
+
+#[instrument(skip_all, fields(%peer, method = %req.method(), path = %req.uri().path()))]
+async fn handle(
+    state: Arc<State>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let result = route(&state, req).await;
+    let resp = result.unwrap_or_else(|err| {
+        if err.is_server_error() {
+            warn!(cause = %pixpool_store::error_chain(&err), "request failed");
+        } else {
+            info!(cause = %err, "request refused");
+        }
+        err.into_response()
+    });
+    debug!(status = resp.status().as_u16(), "response");
+    Ok(resp)
+}
+
+async fn route(state: &State, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let not_allowed = |allow| ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        allow,
+    };
+    match path.as_str() {
+        "/upload" => match method {
+            Method::POST => upload::upload(state, req).await,
+            _ => Err(not_allowed("POST")),
+        },
+        "/health" => match method {
+            Method::GET | Method::HEAD => Ok(health(state)),
+            _ => Err(not_allowed("GET, HEAD")),
+        },
+        p if p.starts_with("/jobs/") => match method {
+            Method::GET => job_status(state, &p["/jobs/".len()..]).await,
+            _ => Err(not_allowed("GET")),
+        },
+        _ => Err(ApiError::NotFound(path)),
+    }
+}
+
+fn health(state: &State) -> Response<Body> {
+    let body = serde_json::json!({
+        "status": "ok",
+        "role": "front",
+        "slot": state.config.slot,
+        "pid": std::process::id(),
+        "workers_connected": state.dispatcher.workers_up(),
+    });
+    json_response(StatusCode::OK, &body)
+}
+
+async fn job_status(state: &State, raw_id: &str) -> Result<Response<Body>, ApiError> {
+    // Validated before the filesystem sees it: only a canonical UUID names a file.
+    let id = JobId::parse(raw_id)
+        .ok_or_else(|| ApiError::NoSuchJob(upload::sanitise_for_log(raw_id)))?;
+    let store = state.store().clone();
+    let lookup = id.clone();
+    let record = tokio::task::spawn_blocking(move || store.read_record(&lookup))
+        .await
+        .map_err(|e| ApiError::Storage {
+            context: "record reader failed".into(),
+            source: std::io::Error::other(e),
+        })??
+        .ok_or_else(|| ApiError::NoSuchJob(id.to_string()))?;
+    let mut body = serde_json::to_value(&record).unwrap_or_default();
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert("status_url".into(), format!("/jobs/{id}").into());
+    }
+    let mut resp = json_response(StatusCode::OK, &body);
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
+    let mut resp = Response::new(json(value));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}

@@ -1,1 +1,58 @@
-//! placeholder
+//! Image processing for pixpool: sniff, decode, orient, resize, encode.
+//!
+//! This crate is a pure, synchronous library. It knows nothing of processes, sockets or
+//! async runtimes: the worker calls [`process`] on a blocking thread with a spooled input
+//! file, and the HTTP front calls [`probe`] on the first bytes of an upload to refuse
+//! unsupported or oversized images before accepting them.
+//!
+//! One call to [`process`] decodes the input once and writes one output per [`Preset`]:
+//!
+//! 1. read the file and [sniff](Format::sniff) its format from its content (never its name);
+//! 2. decode it with the `image` crate under [`Limits`] (checked on the header before any
+//!    pixel buffer is allocated), first frame only for GIF;
+//! 3. normalise the pixels to 8-bit grey, grey+alpha, RGB or RGBA (alpha is dropped when the
+//!    image is fully opaque, and flattened onto white when no output can keep it);
+//! 4. resize with `fast_image_resize` (Lanczos3, alpha-aware), largest preset first, each
+//!    smaller preset resampled from an earlier output when that one is detailed enough;
+//! 5. apply the EXIF orientation to each (small) output rather than to the (large) source;
+//! 6. encode (JPEG with `jpeg-encoder`, PNG and lossless WebP with `image`) without copying
+//!    any metadata, and write each file atomically: temp file, fsync, rename.
+//!
+//! # Layout
+//!
+//! - [`error`]: [`ImagingError`], one variant per failed step, each knowing whether the
+//!   input or the server is at fault.
+//! - [`format`]: [`Format`] (what we read) and [`OutputFormat`] (what we write), magic-byte
+//!   sniffing.
+//! - [`probe`](mod@probe): header-only parsing of the first bytes of a file into a [`Probe`].
+//! - [`limits`]: [`Limits`], the decompression-bomb guard.
+//! - [`preset`]: [`Preset`] and [`Fit`], and the geometry that turns a preset and a source
+//!   size into a crop and an output size.
+//! - `raster` (private): the 8-bit pixel buffer the pipeline passes between steps.
+//! - `decode` (private): bytes to a raster plus its EXIF orientation.
+//! - `resize` (private): `fast_image_resize` wrapper, the cascade of presets.
+//! - `encode` (private): raster to JPEG/PNG/WebP bytes, flattening alpha for JPEG.
+//! - `output` (private): atomic write of one output file.
+//! - [`pipeline`]: [`process`], which strings the steps together, and its result types.
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod decode;
+mod encode;
+pub mod error;
+pub mod format;
+pub mod limits;
+mod output;
+pub mod pipeline;
+pub mod preset;
+pub mod probe;
+mod raster;
+mod resize;
+
+pub use error::{EncodeError, ImagingError};
+pub use format::{Format, OutputFormat};
+pub use limits::Limits;
+pub use pipeline::{process, Output, Processed, StageTimings};
+pub use preset::{Fit, Preset};
+pub use probe::{probe, Probe};

@@ -142,7 +142,9 @@ mod tests {
         let bytes = encode(&submit()).expect("encode");
         for cut in 0..bytes.len() {
             assert!(
-                decode::<ToWorker>(&bytes[..cut]).expect("a prefix is not an error").is_none(),
+                decode::<ToWorker>(&bytes[..cut])
+                    .expect("a prefix is not an error")
+                    .is_none(),
                 "cut at {cut}"
             );
         }

@@ -258,3 +258,16 @@ fn create_dir(dir: &Path, mode: u32) -> Result<(), StoreError> {
 fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
+
+/// An error and its sources, `: `-separated: the form used in problem details
+/// and log lines, so a cause is never lost behind its context.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s
+}

@@ -1,1 +1,117 @@
-//! placeholder
+//! The pixpool image worker: one process, one job at a time (one worker ≈ one
+//! core), fed by every front over its own Unix socket.
+//!
+//! # Layout
+//! - [`queue`]: the bounded job queue (admission control happens here).
+//! - [`server`]: the IPC accept loop and per-connection handshake/submit handling.
+//! - [`execute`]: running one job — the record's state transitions around the
+//!   blocking call into `pixpool-imaging`.
+//!
+//! A job is acknowledged only after its claim is on disk
+//! (`claims/<slot>/<id>`), and the claim is dropped only once the job's record
+//! is final. A worker that dies leaves its claims behind; the worker that next
+//! starts in its slot takes them over, so no acknowledged job is lost.
+#![deny(missing_docs)]
+
+pub mod execute;
+pub mod queue;
+pub mod server;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use pixpool_imaging::{Limits, Preset};
+use pixpool_store::Store;
+use tracing::{info, warn};
+
+pub use execute::MAX_ATTEMPTS;
+
+/// Default depth of a worker's queue of accepted-but-not-started jobs. Past it
+/// the worker rejects and the front tries the next worker.
+pub const DEFAULT_QUEUE_DEPTH: usize = 64;
+
+/// What a worker needs to run.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// This worker's slot.
+    pub slot: u32,
+    /// How many worker slots the server has (to adopt claims of retired slots).
+    pub workers: u32,
+    /// The uploads directory.
+    pub store: Store,
+    /// Queue bound.
+    pub queue_depth: usize,
+    /// The presets this server knows, by name.
+    pub presets: Vec<Preset>,
+    /// Decoder limits.
+    pub limits: Limits,
+}
+
+/// Why the worker could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The worker's socket could not be bound.
+    #[error("could not listen on {path}")]
+    Listen {
+        /// The socket path.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The claims left by a previous run could not be read.
+    #[error("could not recover claimed jobs")]
+    Recover(#[source] pixpool_store::StoreError),
+}
+
+/// Runs the worker until `shutdown` resolves: then it stops taking jobs,
+/// finishes the one in hand and returns. Jobs still queued stay claimed on disk
+/// and are run by the next worker to start in this slot.
+pub async fn run(
+    config: WorkerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WorkerError> {
+    let config = Arc::new(config);
+    let queue = Arc::new(queue::JobQueue::new(config.queue_depth));
+
+    let recovered = config
+        .store
+        .claims_to_recover(config.slot, config.workers)
+        .map_err(WorkerError::Recover)?;
+    if !recovered.is_empty() {
+        info!(
+            count = recovered.len(),
+            "recovering claimed jobs from a previous run"
+        );
+    }
+    for (owner, id) in recovered {
+        queue.push_recovered(queue::Job {
+            id,
+            owner,
+            presets: None,
+        });
+    }
+
+    let listener = server::bind(&config.store.worker_socket(config.slot))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let accept = tokio::spawn(server::serve(
+        listener,
+        config.clone(),
+        queue.clone(),
+        stop_rx.clone(),
+    ));
+    let exec = tokio::spawn(execute::run_queue(config.clone(), queue.clone(), stop_rx));
+    info!(socket = %config.store.worker_socket(config.slot).display(), "worker ready");
+
+    shutdown.await;
+    info!(queued = queue.len(), "draining: finishing the job in hand");
+    let _ = stop_tx.send(true);
+    queue.wake_all();
+    if let Err(e) = exec.await {
+        warn!(cause = %e, "job executor ended abnormally");
+    }
+    accept.abort();
+    let _ = std::fs::remove_file(config.store.worker_socket(config.slot));
+    info!("worker stopped");
+    Ok(())
+}

@@ -1,0 +1,301 @@
+//! Routing jobs to workers: one persistent IPC link per worker, round-robin
+//! over the links that are up, skipping a worker that is down or full.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pixpool_protocol::{
+    FrameReader, FrameWriter, Hello, JobSpec, Reject, Role, ToFront, ToWorker, PROTOCOL_VERSION,
+};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn, Instrument};
+
+/// How long a front waits for a worker's ack (the claim's fsync) before it
+/// gives up on that worker and tries the next.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a submit waits for some worker link to come up before it answers 503.
+pub const WAIT_FOR_WORKER: Duration = Duration::from_secs(3);
+
+/// Reconnect delays after a link drops: start fast (a respawned worker is
+/// back within milliseconds), back off to a cap so a dead slot costs nothing.
+const RECONNECT_MIN: Duration = Duration::from_millis(20);
+const RECONNECT_MAX: Duration = Duration::from_millis(500);
+
+/// A worker took the job.
+#[derive(Debug, Clone, Copy)]
+pub struct Ack {
+    /// The worker's slot.
+    pub worker: u32,
+    /// Its queue depth after taking the job.
+    pub queue_depth: u32,
+}
+
+/// Why no worker took the job.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// No link is up.
+    #[error("no image worker is available")]
+    NoWorker,
+    /// Every live worker's queue is full.
+    #[error("every image worker is busy; retry shortly")]
+    AllBusy,
+    /// Workers failed to claim the job.
+    #[error("no image worker could accept the job")]
+    Failed,
+}
+
+#[derive(Debug)]
+enum LinkError {
+    Down,
+    Rejected(Reject),
+    Timeout,
+}
+
+#[derive(Debug)]
+struct Request {
+    job: JobSpec,
+    reply: oneshot::Sender<Result<u32, LinkError>>,
+}
+
+#[derive(Debug)]
+struct Link {
+    slot: u32,
+    tx: mpsc::Sender<Request>,
+    up: Arc<AtomicBool>,
+}
+
+/// The front's view of every worker.
+#[derive(Debug)]
+pub struct Dispatcher {
+    /// One per worker slot.
+    links: Vec<Link>,
+    /// Round-robin cursor.
+    next: AtomicUsize,
+}
+
+impl Dispatcher {
+    /// Starts one link task per worker socket.
+    pub fn start(front_slot: u32, sockets: Vec<PathBuf>) -> Dispatcher {
+        let links = sockets
+            .into_iter()
+            .enumerate()
+            .map(|(i, path)| {
+                let slot = i as u32;
+                let (tx, rx) = mpsc::channel(256);
+                let up = Arc::new(AtomicBool::new(false));
+                let span = tracing::info_span!("link", worker = slot);
+                tokio::spawn(link_task(front_slot, path, rx, up.clone()).instrument(span));
+                Link { slot, tx, up }
+            })
+            .collect();
+        Dispatcher {
+            links,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// How many links are up now.
+    pub fn workers_up(&self) -> usize {
+        self.links
+            .iter()
+            .filter(|l| l.up.load(Ordering::Relaxed))
+            .count()
+    }
+
+    /// Hands `job` to the next worker in turn that takes it.
+    pub async fn submit(&self, job: &JobSpec) -> Result<Ack, DispatchError> {
+        let n = self.links.len();
+        if n == 0 {
+            return Err(DispatchError::NoWorker);
+        }
+        if self.workers_up() == 0 {
+            // At start-up, or while the only worker is being respawned, links
+            // come up within milliseconds: wait a little rather than refuse.
+            let deadline = tokio::time::Instant::now() + WAIT_FOR_WORKER;
+            while self.workers_up() == 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let (mut busy, mut tried) = (0, 0);
+        for i in 0..n {
+            let link = &self.links[(start + i) % n];
+            if !link.up.load(Ordering::Relaxed) {
+                continue;
+            }
+            tried += 1;
+            let (reply, rx) = oneshot::channel();
+            if link
+                .tx
+                .send(Request {
+                    job: job.clone(),
+                    reply,
+                })
+                .await
+                .is_err()
+            {
+                continue;
+            }
+            let answer = match tokio::time::timeout(ACK_TIMEOUT, rx).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(_)) => Err(LinkError::Down),
+                Err(_) => Err(LinkError::Timeout),
+            };
+            match answer {
+                Ok(queue_depth) => {
+                    return Ok(Ack {
+                        worker: link.slot,
+                        queue_depth,
+                    })
+                }
+                Err(LinkError::Rejected(Reject::QueueFull)) => busy += 1,
+                Err(e) => {
+                    debug!(worker = link.slot, cause = ?e, "worker did not take the job; trying the next")
+                }
+            }
+        }
+        Err(match (tried, busy) {
+            (0, _) => DispatchError::NoWorker,
+            (t, b) if t == b => DispatchError::AllBusy,
+            _ => DispatchError::Failed,
+        })
+    }
+}
+
+/// Keeps one worker connected: connect, handshake, serve requests; on loss,
+/// fail what is pending and reconnect with backoff.
+async fn link_task(
+    front_slot: u32,
+    path: PathBuf,
+    mut rx: mpsc::Receiver<Request>,
+    up: Arc<AtomicBool>,
+) {
+    let mut delay = RECONNECT_MIN;
+    let mut was_up = false;
+    loop {
+        match connect(front_slot, &path).await {
+            Ok((reader, writer, peer)) => {
+                info!(worker_pid = peer.pid, "connected to worker");
+                up.store(true, Ordering::Relaxed);
+                was_up = true;
+                delay = RECONNECT_MIN;
+                let closed = serve(reader, writer, &mut rx).await;
+                up.store(false, Ordering::Relaxed);
+                if closed {
+                    return; // the front is shutting down
+                }
+                warn!("lost the worker connection; reconnecting");
+            }
+            Err(e) => {
+                if was_up {
+                    debug!(cause = %e, "worker not reachable yet");
+                }
+            }
+        }
+        // While down, answer anything that raced in so nobody waits for the timeout.
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                req = rx.recv() => match req {
+                    Some(r) => { let _ = r.reply.send(Err(LinkError::Down)); }
+                    None => return,
+                },
+            }
+        }
+        delay = (delay * 2).min(RECONNECT_MAX);
+    }
+}
+
+type Reader = FrameReader<tokio::net::unix::OwnedReadHalf, ToFront>;
+type Writer = FrameWriter<tokio::net::unix::OwnedWriteHalf, ToWorker>;
+
+async fn connect(front_slot: u32, path: &PathBuf) -> Result<(Reader, Writer, Hello), String> {
+    let stream = UnixStream::connect(path).await.map_err(|e| e.to_string())?;
+    let (r, w) = stream.into_split();
+    let mut reader = Reader::new(r);
+    let mut writer = Writer::new(w);
+    writer
+        .send(&ToWorker::Hello(Hello::new(Role::Front, front_slot)))
+        .await
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(ACK_TIMEOUT, reader.read()).await {
+        Ok(Ok(Some(ToFront::Hello(h))))
+            if h.version == PROTOCOL_VERSION && h.role == Role::Worker =>
+        {
+            Ok((reader, writer, h))
+        }
+        Ok(Ok(Some(ToFront::Hello(h)))) => Err(format!(
+            "worker speaks protocol {} (we speak {PROTOCOL_VERSION})",
+            h.version
+        )),
+        Ok(Ok(other)) => Err(format!("unexpected handshake answer {other:?}")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("handshake timed out".into()),
+    }
+}
+
+/// Serves requests over one live connection. Returns true when the front is
+/// shutting down (request channel closed), false when the connection was lost.
+async fn serve(mut reader: Reader, mut writer: Writer, rx: &mut mpsc::Receiver<Request>) -> bool {
+    // Reading a frame is not cancel-safe, so the reader runs in its own task
+    // and forwards whole messages.
+    let (in_tx, mut in_rx) = mpsc::channel::<ToFront>(64);
+    let read_task = tokio::spawn(
+        async move {
+            loop {
+                match reader.read().await {
+                    Ok(Some(msg)) => {
+                        if in_tx.send(msg).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        warn!(cause = %e, "bad frame from worker; dropping the connection");
+                        return;
+                    }
+                }
+            }
+        }
+        .in_current_span(),
+    );
+    let mut pending: HashMap<u64, oneshot::Sender<Result<u32, LinkError>>> = HashMap::new();
+    let mut next_req: u64 = 0;
+    let shutting_down = loop {
+        tokio::select! {
+            req = rx.recv() => {
+                let Some(req) = req else { break true };
+                next_req += 1;
+                let msg = ToWorker::Submit { req: next_req, job: req.job };
+                if let Err(e) = writer.send(&msg).await {
+                    let _ = req.reply.send(Err(LinkError::Down));
+                    warn!(cause = %e, "could not send to worker");
+                    break false;
+                }
+                pending.insert(next_req, req.reply);
+            }
+            msg = in_rx.recv() => match msg {
+                Some(ToFront::Accepted { req, queue_depth }) => {
+                    if let Some(reply) = pending.remove(&req) { let _ = reply.send(Ok(queue_depth)); }
+                }
+                Some(ToFront::Rejected { req, reason }) => {
+                    if let Some(reply) = pending.remove(&req) { let _ = reply.send(Err(LinkError::Rejected(reason))); }
+                }
+                Some(ToFront::Hello(_)) => { warn!("unexpected hello from worker"); break false; }
+                None => break false,
+            },
+        }
+    };
+    read_task.abort();
+    for (_, reply) in pending.drain() {
+        let _ = reply.send(Err(LinkError::Down));
+    }
+    shutting_down
+}

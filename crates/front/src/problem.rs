@@ -1,0 +1,178 @@
+//! The one place where errors become HTTP statuses and problem+json bodies.
+//! Every error knows whose fault it is: 4xx for the client, 5xx for us.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use pixpool_store::Problem;
+
+use crate::body::{full, Body};
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No route for this path.
+    #[error("no resource at {0}")]
+    NotFound(String),
+    /// The job id is malformed or unknown.
+    #[error("no job {0:?}")]
+    NoSuchJob(String),
+    /// The route exists but not for this method.
+    #[error("method {method} is not allowed here")]
+    MethodNotAllowed {
+        /// The method used.
+        method: String,
+        /// The methods the route accepts (`Allow` header).
+        allow: &'static str,
+    },
+    /// The request is not `multipart/form-data` with a boundary.
+    #[error("expected multipart/form-data with a boundary: {0}")]
+    NotMultipart(String),
+    /// The multipart body is malformed, or a field is unexpected.
+    #[error("malformed upload: {0}")]
+    BadMultipart(String),
+    /// No `image` file field.
+    #[error("the form has no file in the `image` field")]
+    MissingImage,
+    /// The `image` part is empty.
+    #[error("the uploaded file is empty")]
+    EmptyFile,
+    /// The content is not an image format we process (sniffed from bytes).
+    #[error("the uploaded file is not a supported image (JPEG, PNG, WebP or GIF); detected by content, not by name or declared type")]
+    UnsupportedFormat,
+    /// The upload exceeds the size limit.
+    #[error("the upload exceeds the {limit}-byte limit")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// An unknown preset was asked for.
+    #[error("unknown preset {0:?}")]
+    UnknownPreset(String),
+    /// The client went away or stalled mid-body.
+    #[error("the request body could not be read: {0}")]
+    BodyRead(String),
+    /// No worker could take the job.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Local I/O failed (disk full, permissions).
+    #[error("{context}")]
+    Storage {
+        /// The failed step.
+        context: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The job store failed.
+    #[error(transparent)]
+    Store(#[from] pixpool_store::StoreError),
+}
+
+/// Seconds a client is told to wait before retrying a 503.
+pub const RETRY_AFTER_SECS: u32 = 1;
+
+impl ApiError {
+    /// The status and the problem slug/title for this error.
+    fn classify(&self) -> (StatusCode, &'static str, &'static str) {
+        use ApiError::*;
+        match self {
+            NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            NoSuchJob(_) => (StatusCode::NOT_FOUND, "no-such-job", "No such job"),
+            MethodNotAllowed { .. } => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
+            NotMultipart(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "not-multipart",
+                "Expected multipart/form-data",
+            ),
+            BadMultipart(_) => (
+                StatusCode::BAD_REQUEST,
+                "bad-multipart",
+                "Malformed multipart body",
+            ),
+            MissingImage => (StatusCode::BAD_REQUEST, "missing-image", "Missing image"),
+            EmptyFile => (StatusCode::BAD_REQUEST, "empty-file", "Empty file"),
+            UnsupportedFormat => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-format",
+                "Unsupported image format",
+            ),
+            TooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                "Upload too large",
+            ),
+            UnknownPreset(_) => (StatusCode::BAD_REQUEST, "unknown-preset", "Unknown preset"),
+            BodyRead(_) => (
+                StatusCode::BAD_REQUEST,
+                "body-read",
+                "Request body could not be read",
+            ),
+            Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+            ),
+            Storage { .. } | Store(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storage",
+                "Storage error",
+            ),
+        }
+    }
+
+    /// Whether the server, not the client, is at fault.
+    pub fn is_server_error(&self) -> bool {
+        self.classify().0.is_server_error()
+    }
+
+    /// The problem document.
+    pub fn problem(&self) -> Problem {
+        let (status, slug, title) = self.classify();
+        // Server-side details (paths, errno) stay in the log, not in the response.
+        let detail = if status == StatusCode::INTERNAL_SERVER_ERROR {
+            "an internal error occurred; see the server log".to_string()
+        } else {
+            self.to_string()
+        };
+        Problem::new(slug, title, status.as_u16(), detail)
+    }
+
+    /// The HTTP response.
+    pub fn into_response(self) -> Response<Body> {
+        let mut resp = problem_response(&self.problem());
+        match &self {
+            ApiError::MethodNotAllowed { allow, .. } => {
+                resp.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::Unavailable(_) => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            ApiError::TooLarge { .. } => {
+                // The rest of the body is not read: tell the client we close.
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+/// A problem document as a response.
+pub fn problem_response(problem: &Problem) -> Response<Body> {
+    let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let json = serde_json::to_vec(problem).unwrap_or_else(|_| b"{}".to_vec());
+    let mut resp = Response::new(full(Bytes::from(json)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    resp
+}

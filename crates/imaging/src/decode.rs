@@ -1,0 +1,149 @@
+//! Bytes to a [`Raster`]: sniff, check limits on the header, decode once, normalise.
+//!
+//! Colour handling follows what the `image` crate (zune-jpeg underneath) does:
+//! - CMYK and YCCK JPEGs are converted to RGB by zune-jpeg assuming the Adobe (inverted)
+//!   convention that Photoshop and every other prepress tool writes, with the naive formula
+//!   `R = C'·K'/255` on the stored (inverted) values. Colours are right in hue and close
+//!   in value; the embedded CMYK ICC profile is not applied (no colour management).
+//! - ICC profiles are ignored throughout: pixels are treated as sRGB, and no profile is
+//!   written to outputs.
+//! - 16-bit PNGs are reduced to 8 bits.
+
+use std::io::Cursor;
+
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageReader};
+use tracing::debug;
+
+use crate::error::ImagingError;
+use crate::format::Format;
+use crate::limits::Limits;
+use crate::raster::Raster;
+
+/// A decoded image in its stored orientation.
+#[derive(Debug)]
+pub(crate) struct Decoded {
+    pub(crate) format: Format,
+    pub(crate) raster: Raster,
+    /// The EXIF orientation, applied later to each output.
+    pub(crate) orientation: Orientation,
+}
+
+/// Decodes `data` (a whole file) under `limits`.
+///
+/// `keep_alpha` is false when no output can store alpha: transparency is then flattened
+/// onto white once, here, and everything downstream works on fewer channels.
+pub(crate) fn decode(
+    data: &[u8],
+    limits: &Limits,
+    keep_alpha: bool,
+) -> Result<Decoded, ImagingError> {
+    let format = Format::sniff(data).ok_or(ImagingError::Sniff)?;
+    if format == Format::Jpeg && !jpeg_has_end(data) {
+        return Err(ImagingError::DecodeTruncated { format });
+    }
+
+    let mut reader = ImageReader::with_format(Cursor::new(data), format.to_image_format());
+    reader.limits(limits.to_image_limits());
+    // `into_decoder` parses the header and applies the width/height limits before any
+    // pixel buffer is allocated.
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|source| header_error(format, source))?;
+    let (width, height) = decoder.dimensions();
+    limits.check_dimensions(width, height)?;
+    limits.check_alloc(width, height, decoder.total_bytes())?;
+
+    let orientation = decoder.orientation().unwrap_or_else(|err| {
+        // A damaged EXIF block should not cost the image: show it as stored.
+        debug!(cause = %err, "unreadable EXIF orientation, ignoring it");
+        Orientation::NoTransforms
+    });
+    let colour = decoder.color_type();
+    // GIF: the decoder's `read_image` reads the first frame only, never the animation.
+    let image = DynamicImage::from_decoder(decoder)
+        .map_err(|source| ImagingError::Decode { format, source })?;
+
+    let mut raster = Raster::from_dynamic(image);
+    if raster.layout.has_alpha() {
+        if raster.is_opaque() {
+            raster = raster.strip_alpha();
+        } else if !keep_alpha {
+            raster = raster.flatten_on_white();
+        }
+    }
+    debug!(
+        ?format,
+        width,
+        height,
+        ?colour,
+        layout = ?raster.layout,
+        ?orientation,
+        "decoded"
+    );
+    Ok(Decoded {
+        format,
+        raster,
+        orientation,
+    })
+}
+
+fn header_error(format: Format, source: image::ImageError) -> ImagingError {
+    ImagingError::ReadHeader { format, source }
+}
+
+/// Whether a JPEG has an end-of-image marker after its first scan.
+///
+/// zune-jpeg (as the `image` crate configures it) decodes a cut-off file without complaint
+/// and fills the missing rows with grey. Inside entropy-coded data every 0xFF byte is
+/// followed by 0x00 or a restart marker, so `FF D9` after the first start-of-scan can only
+/// be the real end of image. Segments before the scan are skipped by their lengths, so an
+/// embedded EXIF thumbnail's own `FF D9` does not count.
+pub(crate) fn jpeg_has_end(data: &[u8]) -> bool {
+    let Some(scan) = first_scan_offset(data) else {
+        // No scan at all: let the decoder report what is wrong.
+        return true;
+    };
+    data[scan..].windows(2).any(|pair| pair == [0xff, 0xd9])
+}
+
+/// Offset of the first SOS marker, found by walking segment lengths from SOI.
+fn first_scan_offset(data: &[u8]) -> Option<usize> {
+    let mut at = 2;
+    loop {
+        if *data.get(at)? != 0xff {
+            return None;
+        }
+        while data.get(at) == Some(&0xff) {
+            at += 1;
+        }
+        let marker = *data.get(at)?;
+        at += 1;
+        match marker {
+            0xda => return Some(at),
+            0x01 | 0xd0..=0xd8 => {}
+            0xd9 => return None,
+            _ => {
+                let len = u16::from_be_bytes([*data.get(at)?, *data.get(at + 1)?]);
+                at += usize::from(len);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn end_marker_must_follow_the_scan() {
+        // SOI, APP1 containing a thumbnail's FF D9, SOS, data, no EOI.
+        let cut = b"\xff\xd8\xff\xe1\x00\x06\xff\xd9\x00\x00\xff\xda\x00\x02\x12\x34";
+        assert!(!jpeg_has_end(cut));
+        let whole = [&cut[..], b"\xff\xd9"].concat();
+        assert!(jpeg_has_end(&whole));
+        // Stuffed FF 00 and restart markers are not the end.
+        let stuffed = [&cut[..], b"\xff\x00\xff\xd3\x56"].concat();
+        assert!(!jpeg_has_end(&stuffed));
+    }
+}

@@ -1,0 +1,65 @@
+//! Atomic output files: a reader sees either no file or the whole file.
+//!
+//! Each output is written to `.<name>.tmp` in the output directory (a dot file, so that a
+//! directory listing or a static file server skips it), flushed to disk, then renamed over
+//! `<name>`. The rename is atomic within a file system; the fsync before it makes sure the
+//! name never points at data still in the page cache when the machine goes down.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use tracing::debug;
+
+use crate::error::ImagingError;
+
+/// Writes `bytes` to `dir/name` through a synced temporary file and a rename.
+pub(crate) fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), ImagingError> {
+    let temp = dir.join(format!(".{name}.tmp"));
+    let target = dir.join(name);
+    let result = write_synced(&temp, bytes).and_then(|()| {
+        fs::rename(&temp, &target).map_err(|source| ImagingError::WriteOutput {
+            path: target.clone(),
+            source,
+        })
+    });
+    if result.is_err() {
+        // Best effort: the error being returned is the one that matters.
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ImagingError> {
+    let failed = |source| ImagingError::WriteOutput {
+        path: path.to_owned(),
+        source,
+    };
+    // Truncate rather than create_new: a temp file left by a crashed worker is garbage.
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(failed)?;
+    file.write_all(bytes).map_err(failed)?;
+    file.sync_all().map_err(failed)
+}
+
+/// Makes the renames themselves durable. Some file systems refuse to sync a directory;
+/// the files are already complete then, so that is only logged.
+pub(crate) fn sync_dir(dir: &Path) {
+    if let Err(err) = File::open(dir).and_then(|d| d.sync_all()) {
+        debug!(cause = %err, dir = %dir.display(), "could not sync output directory");
+    }
+}
+
+/// Removes outputs already renamed into place when a later one fails, so that a failed
+/// job leaves nothing behind.
+pub(crate) fn remove_all(paths: &[PathBuf]) {
+    for path in paths {
+        if let Err(err) = fs::remove_file(path) {
+            debug!(cause = %err, path = %path.display(), "could not remove partial output");
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! [`process`]: one input file to one output file per preset.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use image::metadata::Orientation;
+use serde::{Deserialize, Serialize};
+use tracing::debug;
+
+use crate::decode::decode;
+use crate::encode::encode;
+use crate::error::ImagingError;
+use crate::format::Format;
+use crate::limits::Limits;
+use crate::output::{remove_all, sync_dir, write_atomically};
+use crate::preset::{check_file_name_part, geometry, validate_presets, Geometry, Preset, Region};
+use crate::raster::Raster;
+use crate::resize::{Rendition, Resampler};
+
+/// One file written by [`process`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Output {
+    /// The preset it was made for.
+    pub preset: String,
+    /// Width as displayed (orientation applied).
+    pub width: u32,
+    /// Height as displayed (orientation applied).
+    pub height: u32,
+    /// File size.
+    pub bytes: u64,
+    /// Media type, e.g. `image/jpeg`.
+    pub content_type: String,
+    /// `<stem>-<preset>.<ext>`, a plain name within the output directory.
+    pub file_name: String,
+}
+
+/// Wall-clock time spent in each stage of one [`process`] call, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageTimings {
+    /// Reading the file, sniffing, decoding and normalising the pixels.
+    pub decode_ms: f64,
+    /// Resampling for all presets, and orienting the outputs.
+    pub resize_ms: f64,
+    /// Encoding and writing (with fsync) all outputs.
+    pub encode_ms: f64,
+}
+
+/// What [`process`] made of one input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Processed {
+    /// The format sniffed from the content.
+    pub source_format: Format,
+    /// Source width as displayed (EXIF orientation applied).
+    pub source_width: u32,
+    /// Source height as displayed (EXIF orientation applied).
+    pub source_height: u32,
+    /// One entry per preset, in the order the presets were given.
+    pub outputs: Vec<Output>,
+    /// Time per stage.
+    pub timings: StageTimings,
+}
+
+/// Decodes `input` once and writes one output per preset into `out_dir`.
+///
+/// Outputs are named `<stem>-<preset>.<ext>` and appear atomically. The format is sniffed
+/// from the content; the input's name is ignored. On error, no output of this call is
+/// left in `out_dir`.
+///
+/// `stem` follows the rules of preset names (ASCII letters, digits, `-`, `_`; at most 128
+/// bytes): it is the server's, never a client's file name.
+#[tracing::instrument(level = "debug", skip_all, fields(input = %input.display(), stem = %stem))]
+pub fn process(
+    input: &Path,
+    presets: &[Preset],
+    out_dir: &Path,
+    stem: &str,
+    limits: &Limits,
+) -> Result<Processed, ImagingError> {
+    validate_presets(presets)?;
+    check_file_name_part(stem, 128).map_err(|reason| ImagingError::ValidateStem {
+        stem: stem.to_owned(),
+        reason,
+    })?;
+
+    let started = Instant::now();
+    let data = std::fs::read(input).map_err(|source| ImagingError::ReadInput {
+        path: input.to_owned(),
+        source,
+    })?;
+    let keep_alpha = presets.iter().any(|p| p.format.keeps_alpha());
+    let decoded = decode(&data, limits, keep_alpha)?;
+    drop(data);
+    let mut timings = StageTimings {
+        decode_ms: elapsed_ms(started),
+        ..StageTimings::default()
+    };
+
+    let orientation = decoded.orientation;
+    let transposed = swaps_axes(orientation);
+    let source = &decoded.raster;
+    let (source_width, source_height) = if transposed {
+        (source.height, source.width)
+    } else {
+        (source.width, source.height)
+    };
+
+    // Largest first, so that each smaller output can be resampled from a larger one.
+    let mut order: Vec<(usize, Geometry)> = presets
+        .iter()
+        .map(|p| geometry(p, source.width, source.height, transposed))
+        .enumerate()
+        .collect();
+    order.sort_by_key(|(_, g)| std::cmp::Reverse(u64::from(g.width) * u64::from(g.height)));
+
+    let source = Rendition {
+        region: Region::whole(source.width, source.height),
+        raster: decoded.raster,
+    };
+    let mut resampler = Resampler::default();
+    let mut renditions: Vec<Rendition> = Vec::with_capacity(presets.len());
+    let mut outputs: Vec<Option<Output>> = vec![None; presets.len()];
+    let mut written: Vec<PathBuf> = Vec::with_capacity(presets.len());
+
+    for (index, want) in order {
+        let preset = &presets[index];
+        let result = make_output(
+            preset,
+            stem,
+            out_dir,
+            &want,
+            orientation,
+            &source,
+            &renditions,
+            &mut resampler,
+            &mut timings,
+        );
+        match result {
+            Ok((output, rendition)) => {
+                written.push(out_dir.join(&output.file_name));
+                outputs[index] = Some(output);
+                renditions.push(rendition);
+            }
+            Err(err) => {
+                remove_all(&written);
+                return Err(err);
+            }
+        }
+    }
+    sync_dir(out_dir);
+
+    let outputs = outputs
+        .into_iter()
+        .map(|o| o.expect("every preset index was visited once"))
+        .collect();
+    debug!(
+        decode_ms = timings.decode_ms,
+        resize_ms = timings.resize_ms,
+        encode_ms = timings.encode_ms,
+        "processed"
+    );
+    Ok(Processed {
+        source_format: decoded.format,
+        source_width,
+        source_height,
+        outputs,
+        timings,
+    })
+}
+
+/// Resamples, orients, encodes and writes the output of one preset.
+///
+/// Returns the output's description and its un-oriented raster, kept for the cascade.
+#[allow(clippy::too_many_arguments)]
+fn make_output(
+    preset: &Preset,
+    stem: &str,
+    out_dir: &Path,
+    want: &Geometry,
+    orientation: Orientation,
+    source: &Rendition,
+    renditions: &[Rendition],
+    resampler: &mut Resampler,
+    timings: &mut StageTimings,
+) -> Result<(Output, Rendition), ImagingError> {
+    let started = Instant::now();
+    let (raster, cascaded) = resampler
+        .render(source, renditions, want)
+        .map_err(|source| ImagingError::Resize {
+            preset: preset.name.clone(),
+            width: want.width,
+            height: want.height,
+            source,
+        })?;
+    // The un-oriented raster is kept for the cascade, which works in stored orientation.
+    let oriented = orient(&raster, orientation);
+    let oriented = oriented.as_ref().unwrap_or(&raster);
+    timings.resize_ms += elapsed_ms(started);
+
+    let started = Instant::now();
+    let (width, height) = (oriented.width, oriented.height);
+    let bytes =
+        encode(oriented, preset.format, preset.quality).map_err(|source| ImagingError::Encode {
+            preset: preset.name.clone(),
+            format: preset.format,
+            source,
+        })?;
+    let file_name = format!("{stem}-{}.{}", preset.name, preset.format.extension());
+    write_atomically(out_dir, &file_name, &bytes)?;
+    timings.encode_ms += elapsed_ms(started);
+
+    debug!(
+        preset = %preset.name,
+        width,
+        height,
+        bytes = bytes.len(),
+        cascaded,
+        "wrote output"
+    );
+    let output = Output {
+        preset: preset.name.clone(),
+        width,
+        height,
+        bytes: u64::try_from(bytes.len()).expect("a buffer length fits in u64"),
+        content_type: preset.format.content_type().to_owned(),
+        file_name,
+    };
+    Ok((
+        output,
+        Rendition {
+            raster,
+            region: want.region,
+        },
+    ))
+}
+
+/// Applies the EXIF orientation to a copy of an output (cheap: outputs are small), or
+/// returns `None` when there is nothing to do.
+fn orient(raster: &Raster, orientation: Orientation) -> Option<Raster> {
+    if orientation == Orientation::NoTransforms {
+        return None;
+    }
+    let mut image = raster.clone().into_dynamic();
+    image.apply_orientation(orientation);
+    Some(Raster::from_dynamic(image))
+}
+
+/// Whether `orientation` turns the image a quarter turn, exchanging width and height.
+fn swaps_axes(orientation: Orientation) -> bool {
+    match orientation {
+        Orientation::Rotate90
+        | Orientation::Rotate270
+        | Orientation::Rotate90FlipH
+        | Orientation::Rotate270FlipH => true,
+        Orientation::NoTransforms
+        | Orientation::Rotate180
+        | Orientation::FlipHorizontal
+        | Orientation::FlipVertical => false,
+    }
+}
+
+fn elapsed_ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}

@@ -1,0 +1,273 @@
+//! Header-only parsing: format and dimensions from the first bytes of a file.
+//!
+//! The HTTP front calls [`probe`] on the first chunk of an upload (up to 64 KiB) to refuse
+//! an unsupported or oversized image before accepting it. Nothing is decoded and nothing is
+//! allocated in proportion to the declared size: each format's header is read by hand, a
+//! few bytes at fixed places (PNG, GIF, WebP) or a walk over marker lengths (JPEG).
+//!
+//! Dimensions are the *stored* ones: the EXIF orientation is not applied (limits do not
+//! care about rotation when width and height share a bound).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ImagingError;
+use crate::format::Format;
+
+/// What the header of an image says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probe {
+    /// The format sniffed from the magic bytes.
+    pub format: Format,
+    /// Stored width in pixels (GIF: the logical screen).
+    pub width: u32,
+    /// Stored height in pixels (GIF: the logical screen).
+    pub height: u32,
+    /// Number of frames when it is cheap to know from the header: 1 for JPEG and still
+    /// PNG/WebP, the `acTL` count for APNG; `None` for GIF and animated WebP (counting
+    /// would mean walking the whole file) or when the head ends too early to tell.
+    pub frames: Option<u32>,
+}
+
+/// Reads format, dimensions and (when cheap) frame count from the first bytes of a file.
+///
+/// `head` may be the whole file or just its beginning; 64 KiB is plenty for every corpus
+/// image except JPEGs with large ICC profiles before the frame header, for which
+/// [`ImagingError::ProbeIncomplete`] says how many bytes were not enough.
+pub fn probe(head: &[u8]) -> Result<Probe, ImagingError> {
+    let format = Format::sniff(head).ok_or(ImagingError::Sniff)?;
+    let incomplete = ImagingError::ProbeIncomplete {
+        format,
+        given: head.len(),
+    };
+    let corrupt = |reason| ImagingError::ParseHeader { format, reason };
+    let (width, height, frames) = match format {
+        Format::Jpeg => probe_jpeg(head).map(|(w, h)| (w, h, Some(1))),
+        Format::Png => probe_png(head),
+        Format::Gif => probe_gif(head),
+        Format::WebP => probe_webp(head),
+    }
+    .map_err(|err| match err {
+        HeaderError::Incomplete => incomplete,
+        HeaderError::Corrupt(reason) => corrupt(reason),
+    })?;
+    if width == 0 || height == 0 {
+        return Err(corrupt("zero width or height"));
+    }
+    Ok(Probe {
+        format,
+        width,
+        height,
+        frames,
+    })
+}
+
+/// Why a header could not be read; mapped to [`ImagingError`] by [`probe`].
+enum HeaderError {
+    /// The bytes end before the dimensions.
+    Incomplete,
+    /// The bytes contradict the format.
+    Corrupt(&'static str),
+}
+
+fn be16(bytes: &[u8], at: usize) -> Result<u16, HeaderError> {
+    match bytes.get(at..at + 2) {
+        Some(&[a, b]) => Ok(u16::from_be_bytes([a, b])),
+        _ => Err(HeaderError::Incomplete),
+    }
+}
+
+fn be32(bytes: &[u8], at: usize) -> Result<u32, HeaderError> {
+    match bytes.get(at..at + 4) {
+        Some(&[a, b, c, d]) => Ok(u32::from_be_bytes([a, b, c, d])),
+        _ => Err(HeaderError::Incomplete),
+    }
+}
+
+fn le16(bytes: &[u8], at: usize) -> Result<u16, HeaderError> {
+    match bytes.get(at..at + 2) {
+        Some(&[a, b]) => Ok(u16::from_le_bytes([a, b])),
+        _ => Err(HeaderError::Incomplete),
+    }
+}
+
+fn le24(bytes: &[u8], at: usize) -> Result<u32, HeaderError> {
+    match bytes.get(at..at + 3) {
+        Some(&[a, b, c]) => Ok(u32::from_le_bytes([a, b, c, 0])),
+        _ => Err(HeaderError::Incomplete),
+    }
+}
+
+fn le32(bytes: &[u8], at: usize) -> Result<u32, HeaderError> {
+    match bytes.get(at..at + 4) {
+        Some(&[a, b, c, d]) => Ok(u32::from_le_bytes([a, b, c, d])),
+        _ => Err(HeaderError::Incomplete),
+    }
+}
+
+/// Walks the JPEG marker segments up to the first frame header (SOFn).
+fn probe_jpeg(data: &[u8]) -> Result<(u32, u32), HeaderError> {
+    let mut at = 2; // past SOI
+    loop {
+        match data.get(at) {
+            Some(0xff) => {}
+            Some(_) => return Err(HeaderError::Corrupt("expected a marker")),
+            None => return Err(HeaderError::Incomplete),
+        }
+        // Any number of 0xFF fill bytes may precede the marker code.
+        while data.get(at) == Some(&0xff) {
+            at += 1;
+        }
+        let marker = *data.get(at).ok_or(HeaderError::Incomplete)?;
+        at += 1;
+        match marker {
+            // Standalone markers carry no length.
+            0x01 | 0xd0..=0xd8 => continue,
+            0xd9 | 0xda => return Err(HeaderError::Corrupt("no frame header before the scan")),
+            // SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC).
+            0xc0..=0xcf if !matches!(marker, 0xc4 | 0xc8 | 0xcc) => {
+                // length(2) precision(1) height(2) width(2)
+                let height = be16(data, at + 3)?;
+                let width = be16(data, at + 5)?;
+                return Ok((u32::from(width), u32::from(height)));
+            }
+            _ => {
+                let len = usize::from(be16(data, at)?);
+                if len < 2 {
+                    return Err(HeaderError::Corrupt(
+                        "marker segment shorter than its length",
+                    ));
+                }
+                at += len;
+            }
+        }
+    }
+}
+
+/// IHDR is always the first chunk: dimensions at fixed offsets. Then looks for `acTL`
+/// (APNG) among the chunks before the first `IDAT`, as far as the head goes.
+fn probe_png(data: &[u8]) -> Result<(u32, u32, Option<u32>), HeaderError> {
+    if data.len() >= 16 && &data[12..16] != b"IHDR" {
+        return Err(HeaderError::Corrupt("first chunk is not IHDR"));
+    }
+    let width = be32(data, 16)?;
+    let height = be32(data, 20)?;
+    let mut at = 8;
+    let frames = loop {
+        let (Ok(len), Some(kind)) = (be32(data, at), data.get(at + 4..at + 8)) else {
+            break None;
+        };
+        match kind {
+            b"acTL" => break be32(data, at + 8).ok(),
+            b"IDAT" | b"IEND" => break Some(1),
+            _ => {}
+        }
+        // length(4) type(4) data(len) crc(4)
+        match usize::try_from(len)
+            .ok()
+            .and_then(|len| at.checked_add(len + 12))
+        {
+            Some(next) => at = next,
+            None => break None,
+        }
+    };
+    Ok((width, height, frames))
+}
+
+/// The logical screen size is at a fixed offset; frames would need a walk over all blocks.
+fn probe_gif(data: &[u8]) -> Result<(u32, u32, Option<u32>), HeaderError> {
+    let width = le16(data, 6)?;
+    let height = le16(data, 8)?;
+    Ok((u32::from(width), u32::from(height), None))
+}
+
+/// The first chunk after `RIFF....WEBP` is `VP8 ` (lossy), `VP8L` (lossless) or `VP8X`
+/// (extended: canvas size and flags).
+fn probe_webp(data: &[u8]) -> Result<(u32, u32, Option<u32>), HeaderError> {
+    let chunk = data.get(12..16).ok_or(HeaderError::Incomplete)?;
+    match chunk {
+        b"VP8 " => {
+            // chunk header(8), frame tag(3), start code 9D 01 2A, then 14-bit sizes.
+            if data.get(23..26).ok_or(HeaderError::Incomplete)? != b"\x9d\x01\x2a" {
+                return Err(HeaderError::Corrupt("VP8 start code missing"));
+            }
+            let width = le16(data, 26)? & 0x3fff;
+            let height = le16(data, 28)? & 0x3fff;
+            Ok((u32::from(width), u32::from(height), Some(1)))
+        }
+        b"VP8L" => {
+            if data.get(20) != Some(&0x2f) {
+                return Err(HeaderError::Corrupt("VP8L signature missing"));
+            }
+            // 14 bits width - 1, 14 bits height - 1, little-endian bit order.
+            let bits = le32(data, 21)?;
+            let width = (bits & 0x3fff) + 1;
+            let height = ((bits >> 14) & 0x3fff) + 1;
+            Ok((width, height, Some(1)))
+        }
+        b"VP8X" => {
+            const ANIMATION_FLAG: u8 = 0x02;
+            let flags = *data.get(20).ok_or(HeaderError::Incomplete)?;
+            let width = le24(data, 24)? + 1;
+            let height = le24(data, 27)? + 1;
+            let frames = (flags & ANIMATION_FLAG == 0).then_some(1);
+            Ok((width, height, frames))
+        }
+        _ => Err(HeaderError::Corrupt("unknown first WebP chunk")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn png_header() {
+        let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
+        png.extend_from_slice(&640u32.to_be_bytes());
+        png.extend_from_slice(&480u32.to_be_bytes());
+        let got = probe(&png).expect("probe");
+        assert_eq!((got.format, got.width, got.height), (Format::Png, 640, 480));
+        assert_eq!(got.frames, None, "head ends before any IDAT");
+    }
+
+    #[test]
+    fn short_heads_are_incomplete_not_corrupt() {
+        for head in [
+            &b"\xff\xd8\xff"[..],
+            b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR\0\0",
+            b"GIF89a\x01",
+        ] {
+            let err = probe(head).expect_err("too short");
+            assert!(
+                matches!(err, ImagingError::ProbeIncomplete { .. }),
+                "{head:?}: {err:?}"
+            );
+            assert!(!err.is_input_error());
+        }
+    }
+
+    #[test]
+    fn jpeg_scan_before_frame_is_corrupt() {
+        let err = probe(b"\xff\xd8\xff\xda\0\x02").expect_err("no SOF");
+        assert!(err.is_input_error(), "{err:?}");
+    }
+
+    #[test]
+    fn jpeg_with_app_segments() {
+        // SOI, APP0 of 16 bytes, SOF0 declaring 300 wide and 200 high.
+        let mut jpeg = b"\xff\xd8\xff\xe0\0\x10JFIF\0\x01\x01\0\0\x01\0\x01\0\0".to_vec();
+        jpeg.extend_from_slice(b"\xff\xc0\0\x11\x08\0\xc8\x01\x2c\x03");
+        let got = probe(&jpeg).expect("probe");
+        assert_eq!((got.width, got.height, got.frames), (300, 200, Some(1)));
+    }
+
+    #[test]
+    fn webp_vp8x_animated_has_unknown_frames() {
+        let mut webp = b"RIFF\0\0\0\0WEBPVP8X\x0a\0\0\0".to_vec();
+        webp.extend_from_slice(&[0x02, 0, 0, 0]); // flags: animation
+        webp.extend_from_slice(&[0x1f, 0x03, 0x00]); // width - 1 = 799
+        webp.extend_from_slice(&[0x57, 0x02, 0x00]); // height - 1 = 599
+        let got = probe(&webp).expect("probe");
+        assert_eq!((got.width, got.height, got.frames), (800, 600, None));
+    }
+}

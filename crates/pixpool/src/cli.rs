@@ -1,0 +1,115 @@
+//! Command-line interface. Every server flag is also read from a `PIXPOOL_*`
+//! environment variable; a flag given on the command line wins.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// pixpool: a multi-process image-processing server.
+#[derive(Debug, Parser)]
+#[command(name = "pixpool", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// What to run; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options of `serve`, accepted without the subcommand too.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// The roles.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server: the supervisor, which starts the fronts and workers.
+    Serve(ServeArgs),
+    /// An HTTP front (started by the supervisor).
+    #[command(hide = true)]
+    Front(FrontArgs),
+    /// An image worker (started by the supervisor).
+    #[command(hide = true)]
+    Worker(WorkerArgs),
+}
+
+/// Options of the supervisor.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "PIXPOOL_BIND", default_value = "127.0.0.1:3000")]
+    pub bind: SocketAddr,
+    /// The uploads directory: originals, outputs, job records, sockets.
+    #[arg(long, env = "PIXPOOL_UPLOADS", default_value = "./uploads")]
+    pub uploads: PathBuf,
+    /// Number of HTTP front processes [default: half the CPUs, 1 to 4].
+    #[arg(long, env = "PIXPOOL_FRONTS", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub fronts: Option<u32>,
+    /// Number of image-worker processes [default: one per CPU].
+    #[arg(long, env = "PIXPOOL_WORKERS", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub workers: Option<u32>,
+    /// Seconds children get to drain after SIGTERM before they are killed.
+    #[arg(long, env = "PIXPOOL_GRACE_SECS", default_value_t = 30)]
+    pub grace_secs: u64,
+    /// Upload size limit in bytes.
+    #[arg(long, env = "PIXPOOL_MAX_UPLOAD_BYTES", default_value_t = pixpool_front::DEFAULT_MAX_UPLOAD_BYTES)]
+    pub max_upload_bytes: u64,
+    /// Jobs a worker queues before it refuses more.
+    #[arg(long, env = "PIXPOOL_QUEUE_DEPTH", default_value_t = pixpool_worker::DEFAULT_QUEUE_DEPTH)]
+    pub queue_depth: usize,
+}
+
+impl ServeArgs {
+    /// Fronts to run.
+    pub fn fronts(&self) -> u32 {
+        self.fronts.unwrap_or_else(|| (cpus() / 2).clamp(1, 4))
+    }
+    /// Workers to run.
+    pub fn workers(&self) -> u32 {
+        self.workers.unwrap_or_else(cpus)
+    }
+}
+
+fn cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// Options every child receives from the supervisor.
+#[derive(Debug, Clone, Args)]
+pub struct ChildArgs {
+    /// This child's slot.
+    #[arg(long)]
+    pub slot: u32,
+    /// Number of worker slots.
+    #[arg(long)]
+    pub workers: u32,
+    /// The uploads directory (absolute).
+    #[arg(long)]
+    pub uploads: PathBuf,
+    /// Drain grace in seconds.
+    #[arg(long)]
+    pub grace_secs: u64,
+}
+
+/// Options of a front.
+#[derive(Debug, Args)]
+pub struct FrontArgs {
+    /// Common child options.
+    #[command(flatten)]
+    pub child: ChildArgs,
+    /// The inherited listening socket.
+    #[arg(long)]
+    pub listen_fd: i32,
+    /// Upload size limit in bytes.
+    #[arg(long)]
+    pub max_upload_bytes: u64,
+}
+
+/// Options of a worker.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Common child options.
+    #[command(flatten)]
+    pub child: ChildArgs,
+    /// Queue bound.
+    #[arg(long)]
+    pub queue_depth: usize,
+}

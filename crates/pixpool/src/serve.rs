@@ -1,0 +1,142 @@
+//! `pixpool serve`: prepare the uploads directory, bind the shared listener,
+//! describe the children, and hand over to the single-threaded supervisor.
+
+use std::ffi::CString;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use pixpool_store::Store;
+use pixpool_supervisor::{ChildSpec, Config, Exit};
+use tracing::{info, warn};
+
+use crate::cli::ServeArgs;
+
+/// Runs the supervisor. No async runtime exists in this process: it forks.
+pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    crate::logging::init("supervisor", None);
+    let store = Store::open(&args.uploads, None).with_context(|| {
+        format!(
+            "could not prepare the uploads directory {}",
+            args.uploads.display()
+        )
+    })?;
+    sweep_partial_uploads(&store);
+
+    let (listener, addr) = pixpool_supervisor::listener::bind_shared(args.bind)
+        .with_context(|| format!("could not listen on {}", args.bind))?;
+    let (fronts, workers) = (args.fronts(), args.workers());
+    info!(
+        uploads = %store.root().display(),
+        fronts,
+        workers,
+        "listening on {addr}"
+    );
+
+    let exe = std::env::current_exe().context("could not find the pixpool executable")?;
+    let program =
+        CString::new(exe.as_os_str().as_bytes()).context("executable path contains NUL")?;
+    let uploads = store.root().to_string_lossy().into_owned();
+    let common = |role: &str, slot: u32| -> Vec<String> {
+        vec![
+            "pixpool".into(),
+            role.into(),
+            "--slot".into(),
+            slot.to_string(),
+            "--workers".into(),
+            workers.to_string(),
+            "--uploads".into(),
+            uploads.clone(),
+            "--grace-secs".into(),
+            args.grace_secs.to_string(),
+        ]
+    };
+    let mut children = Vec::new();
+    // Workers first: their sockets are up by the time the fronts connect.
+    for slot in 0..workers {
+        let mut argv = common("worker", slot);
+        argv.extend(["--queue-depth".into(), args.queue_depth.to_string()]);
+        children.push(spec("worker", slot, &program, argv, None, 1)?);
+    }
+    for slot in 0..fronts {
+        let mut argv = common("front", slot);
+        argv.extend([
+            "--listen-fd".into(),
+            pixpool_supervisor::child::INHERITED_FD.to_string(),
+            "--max-upload-bytes".into(),
+            args.max_upload_bytes.to_string(),
+        ]);
+        children.push(spec(
+            "front",
+            slot,
+            &program,
+            argv,
+            Some(listener.as_raw_fd()),
+            0,
+        )?);
+    }
+
+    let config = Config {
+        children,
+        // Children get the grace period; the supervisor adds a little on top
+        // so that a child finishing right at its deadline is not SIGKILLed.
+        grace: Duration::from_secs(args.grace_secs) + Duration::from_secs(2),
+    };
+    let exit = pixpool_supervisor::run(config, || info!(fronts, workers, "all children started"))
+        .context("supervisor failed")?;
+    // The listener lives until here: while the supervisor holds it, the
+    // kernel keeps queueing connections even if every front is restarting.
+    drop(listener);
+    Ok(match exit {
+        Exit::Drained | Exit::StoppedFast => {
+            info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Exit::ChildFatal { role, slot } => {
+            warn!(role, slot, "a child failed fatally; exiting non-zero");
+            ExitCode::FAILURE
+        }
+    })
+}
+
+fn spec(
+    role: &'static str,
+    slot: u32,
+    program: &CString,
+    argv: Vec<String>,
+    pass_fd: Option<i32>,
+    stop_order: u8,
+) -> anyhow::Result<ChildSpec> {
+    let argv = argv
+        .into_iter()
+        .map(CString::new)
+        .collect::<Result<Vec<_>, _>>()
+        .context("argument contains NUL")?;
+    Ok(ChildSpec {
+        role,
+        slot,
+        program: program.clone(),
+        argv,
+        pass_fd,
+        stop_order,
+    })
+}
+
+/// Uploads that were being streamed when a front died never got a 202: their
+/// spool files are deleted at start-up, before any front runs.
+fn sweep_partial_uploads(store: &Store) {
+    let Ok(entries) = std::fs::read_dir(store.tmp_dir()) else {
+        return;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        if std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        info!(removed, "removed partial uploads left by a previous run");
+    }
+}

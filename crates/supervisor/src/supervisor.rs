@@ -1,0 +1,382 @@
+//! The supervisor loop: one thread, one `poll` on a `signalfd`, and a table of
+//! slots reconciled against what should be running.
+
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal as NixSignal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use tracing::{error, info, warn};
+
+use crate::child::{ChildSpec, SpawnError, FATAL_EXIT_CODE};
+use crate::signals::{self, Signal};
+
+/// Default drain grace period: how long children get, after SIGTERM, to finish
+/// in-flight requests and the job in hand before they are SIGKILLed. A job is
+/// on disk before its 202, so a SIGKILL costs time (a re-run), not the job.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
+/// A child that lived at least this long is considered healthy again: its next
+/// death restarts it at once instead of after a growing delay.
+pub const STABLE_AFTER: Duration = Duration::from_secs(10);
+
+/// First respawn delay after a quick death; doubles each time up to [`MAX_BACKOFF`].
+pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Upper bound of the respawn delay, so a crash-looping child costs little CPU
+/// and comes back promptly once its cause is fixed.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What the supervisor runs.
+#[derive(Debug)]
+pub struct Config {
+    /// One spec per slot; all are started at boot and kept running.
+    pub children: Vec<ChildSpec>,
+    /// Drain grace period (see [`DEFAULT_GRACE`]).
+    pub grace: Duration,
+}
+
+/// How the supervisor ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// Drained on request (SIGTERM/SIGINT): exit 0.
+    Drained,
+    /// Stopped fast on request (SIGQUIT, second SIGINT): exit 0.
+    StoppedFast,
+    /// A child exited with [`FATAL_EXIT_CODE`]: respawning cannot help, so the
+    /// supervisor stopped everything and should exit non-zero.
+    ChildFatal {
+        /// Role of the child.
+        role: &'static str,
+        /// Its slot.
+        slot: u32,
+    },
+}
+
+/// Failures of the supervisor itself.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    /// The signalfd could not be set up.
+    #[error("could not set up signal handling")]
+    Signals(#[source] nix::Error),
+    /// `poll(2)` on the signalfd failed.
+    #[error("could not wait for signals")]
+    Poll(#[source] nix::Error),
+    /// A child could not be started at boot.
+    #[error("could not start a child")]
+    Spawn(#[from] SpawnError),
+}
+
+/// Lifecycle phases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Keeping every slot filled.
+    Running,
+    /// Stopping groups in `stop_order`; `deadline` ends the grace period.
+    Draining {
+        /// When stragglers get SIGKILL.
+        deadline: Instant,
+    },
+    /// Every child has been sent SIGKILL; waiting to reap them.
+    Killing,
+}
+
+/// One slot: a spec and the process currently filling it.
+#[derive(Debug)]
+struct Slot {
+    /// What to run in this slot.
+    spec: ChildSpec,
+    /// The live child, if any.
+    pid: Option<Pid>,
+    /// When the live child was started (to tell a crash loop from a stable run).
+    started: Instant,
+    /// Consecutive quick deaths, for the backoff.
+    quick_deaths: u32,
+    /// Do not respawn before this instant.
+    respawn_at: Option<Instant>,
+    /// SIGTERM was already sent to this child during a drain.
+    told_to_stop: bool,
+}
+
+/// Runs the supervisor until it has drained or stopped. `on_ready` is called
+/// once, after every child has been started.
+pub fn run(config: Config, on_ready: impl FnOnce()) -> Result<Exit, SupervisorError> {
+    let sfd = signals::open().map_err(SupervisorError::Signals)?;
+    let now = Instant::now();
+    let mut slots: Vec<Slot> = config
+        .children
+        .into_iter()
+        .map(|spec| Slot {
+            spec,
+            pid: None,
+            started: now,
+            quick_deaths: 0,
+            respawn_at: Some(now),
+            told_to_stop: false,
+        })
+        .collect();
+    for slot in &mut slots {
+        start(slot)?;
+    }
+    on_ready();
+
+    let mut phase = Phase::Running;
+    let mut interrupts = 0u32;
+    let mut fatal: Option<(&'static str, u32)> = None;
+    let mut fast = false;
+    loop {
+        // Sleep until a signal arrives or the next timed event is due.
+        let timeout = next_timeout(&slots, phase);
+        let mut fds = [PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(SupervisorError::Poll(e)),
+        }
+
+        for sig in signals::drain(&sfd).map_err(SupervisorError::Signals)? {
+            match sig {
+                Signal::Child => {
+                    if let Some(f) = reap(&mut slots, phase) {
+                        if fatal.is_none() {
+                            error!(
+                                role = f.0,
+                                slot = f.1,
+                                "child exited with the fatal code {FATAL_EXIT_CODE}; stopping"
+                            );
+                            fatal = Some(f);
+                            phase = begin_drain(config.grace);
+                        }
+                    }
+                }
+                Signal::Terminate => {
+                    if phase == Phase::Running {
+                        info!(grace_s = config.grace.as_secs(), "SIGTERM: draining");
+                        phase = begin_drain(config.grace);
+                    }
+                }
+                Signal::Interrupt => {
+                    interrupts += 1;
+                    if interrupts == 1 && phase == Phase::Running {
+                        info!(
+                            grace_s = config.grace.as_secs(),
+                            "SIGINT: draining (again to stop now)"
+                        );
+                        phase = begin_drain(config.grace);
+                    } else if phase != Phase::Killing {
+                        warn!("second SIGINT: stopping now");
+                        fast = true;
+                        phase = kill_all(&slots);
+                    }
+                }
+                Signal::Quit => {
+                    if phase != Phase::Killing {
+                        warn!("SIGQUIT: stopping now");
+                        fast = true;
+                        phase = kill_all(&slots);
+                    }
+                }
+                Signal::Hangup => {
+                    warn!("SIGHUP: configuration reload is not supported yet; ignoring");
+                }
+            }
+        }
+
+        match phase {
+            Phase::Running => respawn_due(&mut slots),
+            Phase::Draining { deadline } => {
+                if Instant::now() >= deadline {
+                    let left: Vec<_> = alive(&slots).map(|s| (s.spec.role, s.spec.slot)).collect();
+                    warn!(
+                        ?left,
+                        "grace period over: killing the children still running"
+                    );
+                    phase = kill_all(&slots);
+                } else {
+                    stop_next_group(&mut slots);
+                }
+            }
+            Phase::Killing => {}
+        }
+
+        if phase != Phase::Running && alive(&slots).next().is_none() {
+            let exit = match (fatal, fast) {
+                (Some((role, slot)), _) => Exit::ChildFatal { role, slot },
+                (None, true) => Exit::StoppedFast,
+                (None, false) => Exit::Drained,
+            };
+            info!(?exit, "every child has exited");
+            return Ok(exit);
+        }
+    }
+}
+
+fn begin_drain(grace: Duration) -> Phase {
+    Phase::Draining {
+        deadline: Instant::now() + grace,
+    }
+}
+
+fn alive(slots: &[Slot]) -> impl Iterator<Item = &Slot> {
+    slots.iter().filter(|s| s.pid.is_some())
+}
+
+fn start(slot: &mut Slot) -> Result<(), SpawnError> {
+    let pid = slot.spec.spawn()?;
+    info!(
+        role = slot.spec.role,
+        slot = slot.spec.slot,
+        pid = pid.as_raw(),
+        "started child"
+    );
+    slot.pid = Some(pid);
+    slot.started = Instant::now();
+    slot.respawn_at = None;
+    Ok(())
+}
+
+/// Reconciliation: every empty slot whose backoff has passed is refilled.
+fn respawn_due(slots: &mut [Slot]) {
+    let now = Instant::now();
+    for slot in slots.iter_mut() {
+        if slot.pid.is_none() && slot.respawn_at.is_some_and(|t| t <= now) {
+            if let Err(err) = start(slot) {
+                error!(cause = %err, "respawn failed; retrying later");
+                slot.respawn_at = Some(now + MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Sends SIGTERM to the lowest stop group that still has live children, once
+/// every lower group has exited.
+fn stop_next_group(slots: &mut [Slot]) {
+    let Some(group) = alive(slots).map(|s| s.spec.stop_order).min() else {
+        return;
+    };
+    for slot in slots.iter_mut().filter(|s| s.spec.stop_order == group) {
+        if let (Some(pid), false) = (slot.pid, slot.told_to_stop) {
+            info!(
+                role = slot.spec.role,
+                slot = slot.spec.slot,
+                pid = pid.as_raw(),
+                "asking child to drain"
+            );
+            signal(pid, NixSignal::SIGTERM);
+            slot.told_to_stop = true;
+        }
+    }
+}
+
+fn kill_all(slots: &[Slot]) -> Phase {
+    for pid in alive(slots).filter_map(|s| s.pid) {
+        signal(pid, NixSignal::SIGKILL);
+    }
+    Phase::Killing
+}
+
+fn signal(pid: Pid, sig: NixSignal) {
+    // ESRCH only means it died meanwhile; SIGCHLD will tell us.
+    if let Err(e) = kill(pid, sig) {
+        if e != Errno::ESRCH {
+            warn!(pid = pid.as_raw(), cause = %e, "could not signal child");
+        }
+    }
+}
+
+/// Reaps every exited child, schedules respawns, and returns the slot of a
+/// child that exited with the fatal code, if one did.
+fn reap(slots: &mut [Slot], phase: Phase) -> Option<(&'static str, u32)> {
+    let mut fatal = None;
+    loop {
+        let status = match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return fatal,
+            Ok(s) => s,
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                error!(cause = %e, "waitpid failed");
+                return fatal;
+            }
+        };
+        let (pid, how, code) = match status {
+            WaitStatus::Exited(pid, code) => (pid, format!("exit code {code}"), Some(code)),
+            WaitStatus::Signaled(pid, sig, _) => (pid, format!("signal {sig}"), None),
+            _ => continue,
+        };
+        let Some(slot) = slots.iter_mut().find(|s| s.pid == Some(pid)) else {
+            continue;
+        };
+        slot.pid = None;
+        let lived = slot.started.elapsed();
+        if phase != Phase::Running {
+            info!(role = slot.spec.role, slot = slot.spec.slot, pid = pid.as_raw(), %how, "child exited");
+            continue;
+        }
+        if code == Some(FATAL_EXIT_CODE) {
+            fatal = Some((slot.spec.role, slot.spec.slot));
+            continue;
+        }
+        if lived >= STABLE_AFTER {
+            slot.quick_deaths = 0;
+        }
+        let delay = backoff(slot.quick_deaths);
+        slot.quick_deaths = slot.quick_deaths.saturating_add(1);
+        slot.respawn_at = Some(Instant::now() + delay);
+        warn!(
+            role = slot.spec.role,
+            slot = slot.spec.slot,
+            pid = pid.as_raw(),
+            %how,
+            lived_ms = lived.as_millis() as u64,
+            respawn_in_ms = delay.as_millis() as u64,
+            "child died; respawning into its slot"
+        );
+    }
+}
+
+/// Delay before the next respawn after `quick_deaths` consecutive quick deaths:
+/// none for the first, then [`MIN_BACKOFF`] doubling up to [`MAX_BACKOFF`].
+fn backoff(quick_deaths: u32) -> Duration {
+    if quick_deaths == 0 {
+        return Duration::ZERO;
+    }
+    let factor = 1u32 << (quick_deaths - 1).min(16);
+    MIN_BACKOFF.saturating_mul(factor).min(MAX_BACKOFF)
+}
+
+fn next_timeout(slots: &[Slot], phase: Phase) -> PollTimeout {
+    let now = Instant::now();
+    let due = match phase {
+        Phase::Running => slots
+            .iter()
+            .filter(|s| s.pid.is_none())
+            .filter_map(|s| s.respawn_at)
+            .min(),
+        Phase::Draining { deadline } => Some(deadline),
+        Phase::Killing => None,
+    };
+    match due {
+        None => PollTimeout::NONE,
+        Some(t) => {
+            // Round up so we never wake a hair early and spin.
+            let ms = t.saturating_duration_since(now).as_millis() + 1;
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_immediate_then_doubles_to_a_cap() {
+        assert_eq!(backoff(0), Duration::ZERO);
+        assert_eq!(backoff(1), MIN_BACKOFF);
+        assert_eq!(backoff(2), MIN_BACKOFF * 2);
+        assert_eq!(backoff(3), MIN_BACKOFF * 4);
+        assert_eq!(backoff(40), MAX_BACKOFF);
+    }
+}

@@ -1,0 +1,204 @@
+//! The worker's IPC side: accept fronts on a Unix socket, shake hands, take jobs.
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use pixpool_protocol::{
+    FrameReader, FrameWriter, Hello, Reject, Role, ToFront, ToWorker, PROTOCOL_VERSION,
+};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, instrument, warn, Instrument};
+
+use crate::queue::{Job, JobQueue};
+use crate::{WorkerConfig, WorkerError};
+
+/// Binds the worker's socket, replacing a stale one left by a dead predecessor.
+pub fn bind(path: &Path) -> Result<UnixListener, WorkerError> {
+    let err = |source: io::Error| WorkerError::Listen {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    // The run directory is already 0700; the socket is owner-only as well.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(listener)
+}
+
+/// Accepts connections until the task is aborted.
+pub async fn serve(
+    listener: UnixListener,
+    config: Arc<WorkerConfig>,
+    queue: Arc<JobQueue>,
+    stop: watch::Receiver<bool>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(connection(
+                    stream,
+                    config.clone(),
+                    queue.clone(),
+                    stop.clone(),
+                ));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(cause = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// One front's connection: handshake, then submits until either side closes.
+#[instrument(skip_all, fields(front))]
+async fn connection(
+    stream: UnixStream,
+    config: Arc<WorkerConfig>,
+    queue: Arc<JobQueue>,
+    stop: watch::Receiver<bool>,
+) {
+    let (r, w) = stream.into_split();
+    let mut reader = FrameReader::<_, ToWorker>::new(r);
+    let mut writer = FrameWriter::<_, ToFront>::new(w);
+
+    let peer = match reader.read().await {
+        Ok(Some(ToWorker::Hello(h))) if h.version == PROTOCOL_VERSION && h.role == Role::Front => h,
+        Ok(Some(ToWorker::Hello(h))) => {
+            warn!(
+                version = h.version,
+                ours = PROTOCOL_VERSION,
+                "refusing a peer with another protocol version"
+            );
+            return;
+        }
+        Ok(other) => {
+            warn!(?other, "connection did not open with a hello; closing");
+            return;
+        }
+        Err(e) => {
+            warn!(cause = %e, "bad handshake frame; closing");
+            return;
+        }
+    };
+    tracing::Span::current().record("front", peer.slot);
+    if let Err(e) = writer
+        .send(&ToFront::Hello(Hello::new(Role::Worker, config.slot)))
+        .await
+    {
+        warn!(cause = %e, "could not answer the handshake");
+        return;
+    }
+    debug!(front_pid = peer.pid, "front connected");
+
+    // Answers go through one writer task so that submits can be handled
+    // concurrently (each waits on its own fsync).
+    let (tx, mut rx) = mpsc::channel::<ToFront>(64);
+    let write_task = tokio::spawn(
+        async move {
+            while let Some(msg) = rx.recv().await {
+                if let Err(e) = writer.send(&msg).await {
+                    debug!(cause = %e, "front went away while answering");
+                    break;
+                }
+            }
+        }
+        .in_current_span(),
+    );
+
+    loop {
+        match reader.read().await {
+            Ok(Some(ToWorker::Submit { req, job })) => {
+                let (config, queue, tx, stop) =
+                    (config.clone(), queue.clone(), tx.clone(), stop.clone());
+                tokio::spawn(
+                    async move {
+                        let answer = admit(&config, &queue, &stop, req, job.id, job.presets).await;
+                        let _ = tx.send(answer).await;
+                    }
+                    .in_current_span(),
+                );
+            }
+            Ok(Some(ToWorker::Hello(_))) => {
+                warn!("second hello on one connection; closing");
+                break;
+            }
+            Ok(None) => break,
+            Err(e) => {
+                // Malformed, oversized or truncated: the stream cannot be
+                // resynchronised, so close it; the front reconnects.
+                warn!(cause = %e, "bad frame from front; closing the connection");
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let _ = write_task.await;
+}
+
+/// Admission: reserve room, claim durably, queue. The answer is sent only
+/// after the claim is on disk — that is what the front's 202 rests on.
+#[instrument(skip_all, fields(job_id = %id))]
+async fn admit(
+    config: &Arc<WorkerConfig>,
+    queue: &Arc<JobQueue>,
+    stop: &watch::Receiver<bool>,
+    req: u64,
+    id: pixpool_store::JobId,
+    presets: Vec<String>,
+) -> ToFront {
+    if *stop.borrow() {
+        return ToFront::Rejected {
+            req,
+            reason: Reject::ShuttingDown,
+        };
+    }
+    if queue.reserve().is_err() {
+        debug!("queue full; rejecting");
+        return ToFront::Rejected {
+            req,
+            reason: Reject::QueueFull,
+        };
+    }
+    let store = config.store.clone();
+    let slot = config.slot;
+    let claim_id = id.clone();
+    let claimed = tokio::task::spawn_blocking(move || store.claim(slot, &claim_id)).await;
+    match claimed {
+        Ok(Ok(())) => {
+            let depth = queue.push_reserved(Job {
+                id,
+                owner: slot,
+                presets: Some(presets),
+            });
+            info!(queue_depth = depth, "job accepted");
+            ToFront::Accepted {
+                req,
+                queue_depth: u32::try_from(depth).unwrap_or(u32::MAX),
+            }
+        }
+        Ok(Err(e)) => {
+            queue.cancel();
+            warn!(cause = %e, "could not claim job");
+            ToFront::Rejected {
+                req,
+                reason: Reject::Claim(e.to_string()),
+            }
+        }
+        Err(e) => {
+            queue.cancel();
+            ToFront::Rejected {
+                req,
+                reason: Reject::Claim(e.to_string()),
+            }
+        }
+    }
+}
