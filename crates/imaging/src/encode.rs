@@ -60,10 +60,10 @@ fn encode_jpeg(raster: &Raster, quality: u8) -> Result<Vec<u8>, EncodeError> {
     };
     // About 1 bit per pixel at q80 for photos; avoids regrowing the buffer.
     let mut out = Vec::with_capacity(raster.data.len() / 8);
-    let mut encoder = jpeg_encoder::Encoder::new(&mut out, quality);
-    // Two passes over the coefficients for a few percent smaller files; cheap at output
-    // sizes.
-    encoder.set_optimized_huffman_tables(true);
+    let encoder = jpeg_encoder::Encoder::new(&mut out, quality);
+    // Optimised Huffman tables are deliberately left off: zune-jpeg 0.5.15 (the `image`
+    // crate's decoder) decodes jpeg-encoder 0.7.1's optimised files into stripes of wrong
+    // colour, although libjpeg reads them correctly. Standard tables cost a few percent.
     encoder.encode(&raster.data, width, height, colour)?;
     Ok(out)
 }

@@ -80,7 +80,7 @@ impl Format {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OutputFormat {
-    /// Baseline JPEG via `jpeg-encoder` (optimised Huffman tables; 4:2:0 chroma below
+    /// Baseline JPEG via `jpeg-encoder` (standard Huffman tables; 4:2:0 chroma below
     /// quality 90, 4:4:4 from 90). Grey sources are written as one-channel JPEGs; alpha is
     /// flattened onto white.
     Jpeg,
