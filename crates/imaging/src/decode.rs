@@ -44,15 +44,24 @@ pub(crate) fn decode(
     }
 
     let mut reader = ImageReader::with_format(Cursor::new(data), format.to_image_format());
-    reader.limits(limits.to_image_limits());
-    // `into_decoder` parses the header and applies the width/height limits before any
-    // pixel buffer is allocated.
+    // While the header is parsed only the allocation bound applies (PNG text and ICC
+    // chunks come before the pixels); width and height are checked by us just below, so
+    // that the error can say which dimensions were refused.
+    let mut header_limits = limits.to_image_limits();
+    header_limits.max_image_width = None;
+    header_limits.max_image_height = None;
+    reader.limits(header_limits);
     let mut decoder = reader
         .into_decoder()
         .map_err(|source| header_error(format, source))?;
     let (width, height) = decoder.dimensions();
     limits.check_dimensions(width, height)?;
     limits.check_alloc(width, height, decoder.total_bytes())?;
+    // No pixel buffer exists yet. From here the decoder holds the full limits too, for
+    // allocations of its own (GIF frames, zune-jpeg's width/height bounds).
+    decoder
+        .set_limits(limits.to_image_limits())
+        .map_err(|source| header_error(format, source))?;
 
     let orientation = decoder.orientation().unwrap_or_else(|err| {
         // A damaged EXIF block should not cost the image: show it as stored.

@@ -2,7 +2,7 @@
 //!
 //! This crate is a pure, synchronous library. It knows nothing of processes, sockets or
 //! async runtimes: the worker calls [`process`] on a blocking thread with a spooled input
-//! file, and the HTTP front calls [`probe`] on the first bytes of an upload to refuse
+//! file, and the HTTP front calls [`probe()`] on the first bytes of an upload to refuse
 //! unsupported or oversized images before accepting them.
 //!
 //! One call to [`process`] decodes the input once and writes one output per [`Preset`]:
@@ -22,7 +22,7 @@
 //!
 //! - [`error`]: [`ImagingError`], one variant per failed step, each knowing whether the
 //!   input or the server is at fault.
-//! - [`format`]: [`Format`] (what we read) and [`OutputFormat`] (what we write), magic-byte
+//! - [`format`](mod@format): [`Format`] (what we read) and [`OutputFormat`] (what we write), magic-byte
 //!   sniffing.
 //! - [`probe`](mod@probe): header-only parsing of the first bytes of a file into a [`Probe`].
 //! - [`limits`]: [`Limits`], the decompression-bomb guard.

@@ -108,3 +108,71 @@ impl Resampler {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raster::Layout;
+
+    fn grey(width: u32, height: u32, region: Region) -> Rendition {
+        let data = (0..width * height).map(|i| (i % 251) as u8).collect();
+        Rendition {
+            raster: Raster {
+                width,
+                height,
+                layout: Layout::Luma,
+                data,
+            },
+            region,
+        }
+    }
+
+    fn want(region: Region, width: u32, height: u32) -> Geometry {
+        Geometry {
+            region,
+            width,
+            height,
+        }
+    }
+
+    #[test]
+    fn cascades_only_from_detailed_enough_renditions() {
+        let source = grey(1000, 500, Region::whole(1000, 500));
+        let earlier = [grey(400, 200, Region::whole(1000, 500))];
+        let mut resampler = Resampler::default();
+
+        let (small, cascaded) = resampler
+            .render(&source, &earlier, &want(Region::whole(1000, 500), 200, 100))
+            .expect("resize");
+        assert!(cascaded, "400 wide serves 200 wide");
+        assert_eq!((small.width, small.height, small.data.len()), (200, 100, 20_000));
+
+        let (_, cascaded) = resampler
+            .render(&source, &earlier, &want(Region::whole(1000, 500), 600, 300))
+            .expect("resize");
+        assert!(!cascaded, "400 wide cannot serve 600 wide");
+
+        // A centred 500×500 crop shown at 150×150 needs 0.3 px per source px; the
+        // rendition has 0.4.
+        let square = Region {
+            left: 250.0,
+            top: 0.0,
+            width: 500.0,
+            height: 500.0,
+        };
+        let (thumb, cascaded) = resampler
+            .render(&source, &earlier, &want(square, 150, 150))
+            .expect("resize");
+        assert!(cascaded);
+        assert_eq!((thumb.width, thumb.height), (150, 150));
+    }
+
+    #[test]
+    fn same_size_is_a_copy() {
+        let source = grey(64, 32, Region::whole(64, 32));
+        let (copy, _) = Resampler::default()
+            .render(&source, &[], &want(Region::whole(64, 32), 64, 32))
+            .expect("copy");
+        assert_eq!(copy.data, source.raster.data);
+    }
+}
