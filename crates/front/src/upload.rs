@@ -136,7 +136,7 @@ pub async fn upload(state: &State, req: Request<Incoming>) -> Result<Response<Bo
         id.clone(),
         SourceRecord {
             path: raw_rel,
-            format: format.extension().to_string(),
+            format: format.name().to_string(),
             bytes,
         },
         presets.clone(),

@@ -45,6 +45,16 @@ impl Format {
         }
     }
 
+    /// The format's short name (`jpeg`, `png`, `webp`, `gif`), as serialised.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Jpeg => "jpeg",
+            Format::Png => "png",
+            Format::WebP => "webp",
+            Format::Gif => "gif",
+        }
+    }
+
     /// The usual file extension, without the dot.
     pub fn extension(self) -> &'static str {
         match self {

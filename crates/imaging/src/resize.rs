@@ -145,7 +145,10 @@ mod tests {
             .render(&source, &earlier, &want(Region::whole(1000, 500), 200, 100))
             .expect("resize");
         assert!(cascaded, "400 wide serves 200 wide");
-        assert_eq!((small.width, small.height, small.data.len()), (200, 100, 20_000));
+        assert_eq!(
+            (small.width, small.height, small.data.len()),
+            (200, 100, 20_000)
+        );
 
         let (_, cascaded) = resampler
             .render(&source, &earlier, &want(Region::whole(1000, 500), 600, 300))

@@ -148,7 +148,7 @@ fn every_photo_makes_a_medium_jpeg_true_to_the_source() {
         let ours = grid_means(&image.to_rgb8(), 4, 4);
         let theirs = grid_means(&reference(&path), 4, 4);
         let diff = max_grid_diff(&ours, &theirs);
-        assert!(diff < 8.0, "{}: grid differs by {diff:.1}", photo.name);
+        assert!(diff < 4.0, "{}: grid differs by {diff:.1}", photo.name);
 
         timings.push((photo.name, processed.timings, diff));
     }
@@ -193,7 +193,7 @@ fn exif_orientation_is_applied() {
         let right = max_grid_diff(&ours, &oriented);
         let wrong = max_grid_diff(&ours, &stored);
         assert!(
-            right < 8.0 && wrong > 3.0 * right,
+            right < 4.0 && wrong > 3.0 * right,
             "{name}: oriented {right:.1}, stored {wrong:.1}"
         );
     }
@@ -351,7 +351,7 @@ fn cover_makes_a_centred_square_thumbnail() {
         &grid_means(&centre, 4, 4),
     );
     assert!(
-        diff < 8.0,
+        diff < 4.0,
         "thumbnail differs from the centre crop by {diff:.1}"
     );
     // And it is not simply the whole image squashed.
@@ -388,7 +388,7 @@ fn cover_on_a_portrait_rotated_source() {
         &grid_means(&strip, 3, 1),
     );
     assert!(
-        diff < 8.0,
+        diff < 4.0,
         "banner differs from the centre strip by {diff:.1}"
     );
 }
