@@ -53,6 +53,6 @@ mod resize;
 pub use error::{EncodeError, ImagingError};
 pub use format::{Format, OutputFormat};
 pub use limits::Limits;
-pub use pipeline::{process, Output, Processed, StageTimings};
-pub use preset::{Fit, Preset};
+pub use pipeline::{process, process_with_progress, Output, Processed, Progress, StageTimings};
+pub use preset::{Fit, Preset, PresetParseError};
 pub use probe::{probe, Probe};

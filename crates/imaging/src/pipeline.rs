@@ -60,6 +60,36 @@ pub struct Processed {
     pub timings: StageTimings,
 }
 
+/// What [`process_with_progress`] reports as it goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress<'a> {
+    /// The source is decoded; resizing starts.
+    Decoded {
+        /// Source width as displayed.
+        width: u32,
+        /// Source height as displayed.
+        height: u32,
+    },
+    /// One preset's output is written (atomically) and final.
+    Output {
+        /// Index of the preset in the slice given.
+        index: usize,
+        /// The output.
+        output: &'a Output,
+    },
+}
+
+/// [`process`] without progress reports.
+pub fn process(
+    input: &Path,
+    presets: &[Preset],
+    out_dir: &Path,
+    stem: &str,
+    limits: &Limits,
+) -> Result<Processed, ImagingError> {
+    process_with_progress(input, presets, out_dir, stem, limits, &mut |_| {})
+}
+
 /// Decodes `input` once and writes one output per preset into `out_dir`.
 ///
 /// Outputs are named `<stem>-<preset>.<ext>` and appear atomically. The format is sniffed
@@ -69,12 +99,14 @@ pub struct Processed {
 /// `stem` follows the rules of preset names (ASCII letters, digits, `-`, `_`; at most 128
 /// bytes): it is the server's, never a client's file name.
 #[tracing::instrument(level = "debug", skip_all, fields(input = %input.display(), stem = %stem))]
-pub fn process(
+/// `on_progress` is called after the decode and after each output is written.
+pub fn process_with_progress(
     input: &Path,
     presets: &[Preset],
     out_dir: &Path,
     stem: &str,
     limits: &Limits,
+    on_progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<Processed, ImagingError> {
     validate_presets(presets)?;
     check_file_name_part(stem, 128).map_err(|reason| ImagingError::ValidateStem {
@@ -87,7 +119,9 @@ pub fn process(
         path: input.to_owned(),
         source,
     })?;
-    let keep_alpha = presets.iter().any(|p| p.format.keeps_alpha());
+    let keep_alpha = presets
+        .iter()
+        .any(|p| p.format.keeps_alpha() || p.alpha_format.is_some_and(|f| f.keeps_alpha()));
     let decoded = decode(&data, limits, keep_alpha)?;
     drop(data);
     let mut timings = StageTimings {
@@ -112,6 +146,10 @@ pub fn process(
         .collect();
     order.sort_by_key(|(_, g)| std::cmp::Reverse(u64::from(g.width) * u64::from(g.height)));
 
+    on_progress(Progress::Decoded {
+        width: source_width,
+        height: source_height,
+    });
     let source = Rendition {
         region: Region::whole(source.width, source.height),
         raster: decoded.raster,
@@ -137,6 +175,10 @@ pub fn process(
         match result {
             Ok((output, rendition)) => {
                 written.push(out_dir.join(&output.file_name));
+                on_progress(Progress::Output {
+                    index,
+                    output: &output,
+                });
                 outputs[index] = Some(output);
                 renditions.push(rendition);
             }
@@ -198,13 +240,14 @@ fn make_output(
 
     let started = Instant::now();
     let (width, height) = (oriented.width, oriented.height);
+    let format = preset.format_for(oriented.layout.has_alpha());
     let bytes =
-        encode(oriented, preset.format, preset.quality).map_err(|source| ImagingError::Encode {
+        encode(oriented, format, preset.quality).map_err(|source| ImagingError::Encode {
             preset: preset.name.clone(),
-            format: preset.format,
+            format,
             source,
         })?;
-    let file_name = format!("{stem}-{}.{}", preset.name, preset.format.extension());
+    let file_name = format!("{stem}-{}.{}", preset.name, format.extension());
     write_atomically(out_dir, &file_name, &bytes)?;
     timings.encode_ms += elapsed_ms(started);
 
@@ -221,7 +264,7 @@ fn make_output(
         width,
         height,
         bytes: u64::try_from(bytes.len()).expect("a buffer length fits in u64"),
-        content_type: preset.format.content_type().to_owned(),
+        content_type: format.content_type().to_owned(),
         file_name,
     };
     Ok((

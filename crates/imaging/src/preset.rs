@@ -42,6 +42,11 @@ pub struct Preset {
     pub format: OutputFormat,
     /// Encoder quality, 1 (smallest) to 100 (best); only JPEG uses it.
     pub quality: u8,
+    /// When the source has real transparency, encode in this format instead of
+    /// `format` (e.g. PNG, to keep the alpha channel a JPEG would flatten onto
+    /// white). `None`: always `format`.
+    #[serde(default)]
+    pub alpha_format: Option<OutputFormat>,
 }
 
 impl Preset {
@@ -54,6 +59,38 @@ impl Preset {
             fit: Fit::Inside,
             format: OutputFormat::Jpeg,
             quality: 80,
+            alpha_format: None,
+        }
+    }
+
+    /// The built-in set: `thumb` 200×200 cover-crop, `small` 480 wide, `medium` 800
+    /// wide, `large` 1600 wide (fit, never upscaled); JPEG (quality 80, thumbnails 85).
+    pub fn builtin() -> Vec<Preset> {
+        let wide = |name: &str, width| Preset {
+            name: name.to_owned(),
+            width,
+            ..Preset::medium()
+        };
+        vec![
+            Preset {
+                name: "thumb".to_owned(),
+                width: 200,
+                height: Some(200),
+                fit: Fit::Cover,
+                quality: 85,
+                ..Preset::medium()
+            },
+            wide("small", 480),
+            Preset::medium(),
+            wide("large", 1600),
+        ]
+    }
+
+    /// The output format for a source with (`true`) or without alpha.
+    pub fn format_for(&self, source_has_alpha: bool) -> OutputFormat {
+        match self.alpha_format {
+            Some(f) if source_has_alpha => f,
+            _ => self.format,
         }
     }
 
@@ -70,6 +107,71 @@ impl Preset {
             return Err(invalid("quality must be between 1 and 100"));
         }
         Ok(())
+    }
+}
+
+/// Why a preset specification could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid preset {spec:?}: {reason} (expected NAME:WIDTH[xHEIGHT][:inside|cover][:jpeg|png|webp][:qQUALITY][:alpha=png|webp])")]
+pub struct PresetParseError {
+    /// The specification as given.
+    pub spec: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl std::str::FromStr for Preset {
+    type Err = PresetParseError;
+
+    /// Parses `NAME:WIDTH[xHEIGHT][:inside|cover][:jpeg|png|webp][:qQUALITY][:alpha=png|webp]`,
+    /// e.g. `thumb:200x200:cover:q85`, `large:1600:webp`, `hero:1200:alpha=png`.
+    fn from_str(spec: &str) -> Result<Preset, PresetParseError> {
+        let fail = |reason: &str| PresetParseError {
+            spec: spec.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let mut parts = spec.trim().split(':');
+        let name = parts.next().unwrap_or("").trim();
+        let size = parts.next().ok_or_else(|| fail("missing WIDTH"))?;
+        let (w, h) = match size.split_once('x') {
+            Some((w, h)) => (w, Some(h)),
+            None => (size, None),
+        };
+        let width = w
+            .parse::<u32>()
+            .map_err(|_| fail("WIDTH is not a number"))?;
+        let height = h
+            .map(|h| h.parse::<u32>().map_err(|_| fail("HEIGHT is not a number")))
+            .transpose()?;
+        let mut preset = Preset {
+            name: name.to_owned(),
+            width,
+            height,
+            ..Preset::medium()
+        };
+        let format = |s: &str| match s {
+            "jpeg" | "jpg" => Some(OutputFormat::Jpeg),
+            "png" => Some(OutputFormat::Png),
+            "webp" => Some(OutputFormat::WebP),
+            _ => None,
+        };
+        for opt in parts.map(str::trim) {
+            if let Some(f) = format(opt) {
+                preset.format = f;
+            } else if opt == "inside" {
+                preset.fit = Fit::Inside;
+            } else if opt == "cover" {
+                preset.fit = Fit::Cover;
+            } else if let Some(q) = opt.strip_prefix('q') {
+                preset.quality = q.parse().map_err(|_| fail("QUALITY is not a number"))?;
+            } else if let Some(f) = opt.strip_prefix("alpha=") {
+                preset.alpha_format = Some(format(f).ok_or_else(|| fail("unknown alpha format"))?);
+            } else {
+                return Err(fail(&format!("unknown option {opt:?}")));
+            }
+        }
+        preset.validate().map_err(|e| fail(&e.to_string()))?;
+        Ok(preset)
     }
 }
 
@@ -237,7 +339,39 @@ mod tests {
             fit,
             format: OutputFormat::Jpeg,
             quality: 80,
+            alpha_format: None,
         }
+    }
+
+    #[test]
+    fn specifications_parse_and_bad_ones_say_why() {
+        let p: Preset = "thumb:200x200:cover:q85".parse().expect("thumb");
+        assert_eq!(
+            (p.width, p.height, p.fit, p.quality),
+            (200, Some(200), Fit::Cover, 85)
+        );
+        let p: Preset = "hero:1200:webp:alpha=png".parse().expect("hero");
+        assert_eq!(
+            (p.format, p.alpha_format),
+            (OutputFormat::WebP, Some(OutputFormat::Png))
+        );
+        assert_eq!(p.format_for(true), OutputFormat::Png);
+        assert_eq!(p.format_for(false), OutputFormat::WebP);
+        for bad in [
+            "",
+            "x",
+            "a:b",
+            "a:0",
+            "a:10:q0",
+            "a:10:bogus",
+            "../x:10",
+            "a:10:alpha=gif",
+        ] {
+            assert!(bad.parse::<Preset>().is_err(), "{bad:?} parsed");
+        }
+        let names: Vec<_> = Preset::builtin().into_iter().map(|p| p.name).collect();
+        assert_eq!(names, ["thumb", "small", "medium", "large"]);
+        validate_presets(&Preset::builtin()).expect("built-ins are valid");
     }
 
     fn size(g: Geometry) -> (u32, u32) {

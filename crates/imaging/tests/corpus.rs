@@ -333,6 +333,7 @@ fn cover_makes_a_centred_square_thumbnail() {
         fit: Fit::Cover,
         format: OutputFormat::Jpeg,
         quality: 80,
+        alpha_format: None,
     };
     let processed =
         process(&path, &[thumb], out.path(), "job", &Limits::default()).expect("process");
@@ -373,6 +374,7 @@ fn cover_on_a_portrait_rotated_source() {
         fit: Fit::Cover,
         format: OutputFormat::Jpeg,
         quality: 80,
+        alpha_format: None,
     };
     let path = corpus.join("01-storm-orient6.jpg");
     let processed =
@@ -409,6 +411,7 @@ fn cascaded_presets_match_presets_made_from_the_source() {
         fit: Fit::Cover,
         format: OutputFormat::Jpeg,
         quality: 90,
+        alpha_format: None,
     };
     let all = ScratchDir::new("cascade");
     // Given smallest first on purpose: the pipeline must still go largest first, and
@@ -477,5 +480,42 @@ fn probe_reads_every_header() {
             }
             Err(e) => panic!("{}: {e:?}", photo.name),
         }
+    }
+}
+
+#[test]
+fn alpha_format_keeps_transparency_only_for_sources_that_have_it() {
+    let corpus = corpus_or_skip!();
+    let keep = Preset {
+        name: "keep".to_owned(),
+        alpha_format: Some(OutputFormat::Png),
+        ..Preset::medium()
+    };
+    for (photo, ext) in [
+        ("18-twowings-alpha.png", "png"),
+        ("17-aqua.png", "jpg"),
+        ("04-fallenleaf.jpg", "jpg"),
+    ] {
+        let out = ScratchDir::new("alpha-format");
+        let mut seen = Vec::new();
+        let processed = pixpool_imaging::process_with_progress(
+            &corpus.join(photo),
+            std::slice::from_ref(&keep),
+            out.path(),
+            "job",
+            &Limits::default(),
+            &mut |p| seen.push(format!("{p:?}")),
+        )
+        .expect("process");
+        assert_eq!(
+            processed.outputs[0].file_name,
+            format!("job-keep.{ext}"),
+            "{photo}"
+        );
+        assert_eq!(seen.len(), 2, "decoded + one output reported: {seen:?}");
+        assert!(
+            seen[0].starts_with("Decoded") && seen[1].starts_with("Output"),
+            "{seen:?}"
+        );
     }
 }
