@@ -14,6 +14,8 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn, Instrument};
 
+use crate::events::EventHub;
+
 /// How long a front waits for a worker's ack (the claim's fsync) before it
 /// gives up on that worker and tries the next.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,7 +82,7 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// Starts one link task per worker socket.
-    pub fn start(front_slot: u32, sockets: Vec<PathBuf>) -> Dispatcher {
+    pub fn start(front_slot: u32, sockets: Vec<PathBuf>, hub: Arc<EventHub>) -> Dispatcher {
         let links = sockets
             .into_iter()
             .enumerate()
@@ -89,7 +91,9 @@ impl Dispatcher {
                 let (tx, rx) = mpsc::channel(256);
                 let up = Arc::new(AtomicBool::new(false));
                 let span = tracing::info_span!("link", worker = slot);
-                tokio::spawn(link_task(front_slot, path, rx, up.clone()).instrument(span));
+                tokio::spawn(
+                    link_task(front_slot, path, rx, up.clone(), hub.clone()).instrument(span),
+                );
                 Link { slot, tx, up }
             })
             .collect();
@@ -174,6 +178,7 @@ async fn link_task(
     path: PathBuf,
     mut rx: mpsc::Receiver<Request>,
     up: Arc<AtomicBool>,
+    hub: Arc<EventHub>,
 ) {
     let mut delay = RECONNECT_MIN;
     let mut was_up = false;
@@ -181,10 +186,15 @@ async fn link_task(
         match connect(front_slot, &path).await {
             Ok((reader, writer, peer)) => {
                 info!(worker_pid = peer.pid, "connected to worker");
+                if was_up {
+                    // Events sent while we were disconnected are lost: followers
+                    // re-read their records.
+                    hub.resync_all();
+                }
                 up.store(true, Ordering::Relaxed);
                 was_up = true;
                 delay = RECONNECT_MIN;
-                let closed = serve(reader, writer, &mut rx).await;
+                let closed = serve(reader, writer, &mut rx, &hub).await;
                 up.store(false, Ordering::Relaxed);
                 if closed {
                     return; // the front is shutting down
@@ -243,7 +253,12 @@ async fn connect(front_slot: u32, path: &PathBuf) -> Result<(Reader, Writer, Hel
 
 /// Serves requests over one live connection. Returns true when the front is
 /// shutting down (request channel closed), false when the connection was lost.
-async fn serve(mut reader: Reader, mut writer: Writer, rx: &mut mpsc::Receiver<Request>) -> bool {
+async fn serve(
+    mut reader: Reader,
+    mut writer: Writer,
+    rx: &mut mpsc::Receiver<Request>,
+    hub: &EventHub,
+) -> bool {
     // Reading a frame is not cancel-safe, so the reader runs in its own task
     // and forwards whole messages.
     let (in_tx, mut in_rx) = mpsc::channel::<ToFront>(64);
@@ -288,6 +303,7 @@ async fn serve(mut reader: Reader, mut writer: Writer, rx: &mut mpsc::Receiver<R
                 Some(ToFront::Rejected { req, reason }) => {
                     if let Some(reply) = pending.remove(&req) { let _ = reply.send(Err(LinkError::Rejected(reason))); }
                 }
+                Some(ToFront::Event(ev)) => hub.publish(ev),
                 Some(ToFront::Hello(_)) => { warn!("unexpected hello from worker"); break false; }
                 None => break false,
             },

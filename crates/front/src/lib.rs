@@ -4,7 +4,10 @@
 //!
 //! # Layout
 //! - [`upload`]: `POST /upload`, streamed with multer, sniffed, journaled, dispatched.
-//! - [`dispatch`]: one persistent link per worker; round-robin over the live ones.
+//! - [`dispatch`]: one persistent link per worker; round-robin over the live ones;
+//!   job events from the workers go to the [`events::EventHub`].
+//! - [`events`]: following a job — SSE stream and long-poll.
+//! - [`images`]: serving the variants (ETag, immutable caching, 304).
 //! - [`problem`]: every error's status code and problem+json body, in one place.
 //! - [`body`]: the response body type.
 //! - this file: the routes, the accept loop and graceful shutdown.
@@ -12,6 +15,8 @@
 
 pub mod body;
 pub mod dispatch;
+pub mod events;
+pub mod images;
 pub mod problem;
 pub mod upload;
 
@@ -84,6 +89,8 @@ pub struct State {
     pub config: FrontConfig,
     /// The links to the workers.
     pub dispatcher: Dispatcher,
+    /// Job events, for the clients following jobs on this front.
+    pub hub: Arc<events::EventHub>,
 }
 
 impl State {
@@ -111,12 +118,31 @@ pub async fn run(
         .set_nonblocking(true)
         .map_err(FrontError::Listener)?;
     let listener = tokio::net::TcpListener::from_std(listener).map_err(FrontError::Listener)?;
+    // Undo what a previous process in this slot left half-done: partial
+    // uploads, and jobs recorded but never acknowledged (never answered 202).
+    let (store, slot) = (config.store.clone(), config.slot);
+    match tokio::task::spawn_blocking(move || store.recover_front(slot)).await {
+        Ok(Ok((0, 0))) => {}
+        Ok(Ok((parts, jobs))) => {
+            info!(
+                parts,
+                jobs, "removed what a previous front in this slot left unfinished"
+            )
+        }
+        Ok(Err(e)) => warn!(cause = %e, "could not clean the spool directory"),
+        Err(e) => warn!(cause = %e, "spool clean-up failed"),
+    }
     let sockets = (0..config.workers)
         .map(|w| config.store.worker_socket(w))
         .collect();
-    let dispatcher = Dispatcher::start(config.slot, sockets);
+    let hub = Arc::new(events::EventHub::default());
+    let dispatcher = Dispatcher::start(config.slot, sockets, hub.clone());
     let grace = config.drain_grace;
-    let state = Arc::new(State { config, dispatcher });
+    let state = Arc::new(State {
+        config,
+        dispatcher,
+        hub,
+    });
 
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -192,21 +218,46 @@ async fn route(state: &State, req: Request<Incoming>) -> Result<Response<Body>, 
         method: method.to_string(),
         allow,
     };
-    match path.as_str() {
-        "/upload" => match method {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["upload"] => match method {
             Method::POST => upload::upload(state, req).await,
             _ => Err(not_allowed("POST")),
         },
-        "/health" => match method {
+        ["health"] => match method {
             Method::GET | Method::HEAD => Ok(health(state)),
             _ => Err(not_allowed("GET, HEAD")),
         },
-        p if p.starts_with("/jobs/") => match method {
-            Method::GET => job_status(state, &p["/jobs/".len()..]).await,
+        ["jobs", id] => match method {
+            Method::GET => job_status(state, id, req.uri().query()).await,
             _ => Err(not_allowed("GET")),
         },
-        _ => Err(ApiError::NotFound(path)),
+        ["jobs", id, "events"] => match method {
+            Method::GET => {
+                let id = parse_id(id)?;
+                // Last-Event-ID: resume after what the client has seen.
+                let last = req
+                    .headers()
+                    .get("last-event-id")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                events::stream(&state.hub, state.store(), &id, last).await
+            }
+            _ => Err(not_allowed("GET")),
+        },
+        ["images", id, preset] => match method {
+            Method::GET | Method::HEAD => {
+                images::serve(state.store(), &method, req.headers(), id, preset).await
+            }
+            _ => Err(not_allowed("GET, HEAD")),
+        },
+        _ => Err(ApiError::NotFound(upload::sanitise_for_log(&path))),
     }
+}
+
+fn parse_id(raw: &str) -> Result<JobId, ApiError> {
+    // Validated before the filesystem sees it: only a canonical UUID names a file.
+    JobId::parse(raw).ok_or_else(|| ApiError::NoSuchJob(upload::sanitise_for_log(raw)))
 }
 
 fn health(state: &State) -> Response<Body> {
@@ -220,18 +271,20 @@ fn health(state: &State) -> Response<Body> {
     json_response(StatusCode::OK, &body)
 }
 
-async fn job_status(state: &State, raw_id: &str) -> Result<Response<Body>, ApiError> {
-    // Validated before the filesystem sees it: only a canonical UUID names a file.
-    let id = JobId::parse(raw_id)
-        .ok_or_else(|| ApiError::NoSuchJob(upload::sanitise_for_log(raw_id)))?;
-    let store = state.store().clone();
-    let lookup = id.clone();
-    let record = tokio::task::spawn_blocking(move || store.read_record(&lookup))
-        .await
-        .map_err(|e| ApiError::Storage {
-            context: "record reader failed".into(),
-            source: std::io::Error::other(e),
-        })??
+async fn job_status(
+    state: &State,
+    raw_id: &str,
+    query: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    let id = parse_id(raw_id)?;
+    let wait = query
+        .and_then(|q| upload::query_param(q, "wait"))
+        .and_then(|w| w.parse::<f64>().ok())
+        .filter(|w| w.is_finite() && *w > 0.0)
+        .map(|w| Duration::from_secs_f64(w.min(events::MAX_WAIT.as_secs_f64())))
+        .unwrap_or(Duration::ZERO);
+    let record = events::long_poll(&state.hub, state.store(), &id, wait)
+        .await?
         .ok_or_else(|| ApiError::NoSuchJob(id.to_string()))?;
     let mut body = serde_json::to_value(&record).unwrap_or_default();
     if let Some(obj) = body.as_object_mut() {

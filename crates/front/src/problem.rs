@@ -16,6 +16,12 @@ pub enum ApiError {
     /// The job id is malformed or unknown.
     #[error("no job {0:?}")]
     NoSuchJob(String),
+    /// The job exists but has no such variant.
+    #[error("no variant {0:?} for this job")]
+    NoSuchVariant(String),
+    /// The job is not done yet.
+    #[error("job {0} is still being processed; follow /jobs/{0}")]
+    NotReady(String),
     /// The route exists but not for this method.
     #[error("method {method} is not allowed here")]
     MethodNotAllowed {
@@ -78,6 +84,8 @@ impl ApiError {
         match self {
             NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             NoSuchJob(_) => (StatusCode::NOT_FOUND, "no-such-job", "No such job"),
+            NoSuchVariant(_) => (StatusCode::NOT_FOUND, "no-such-variant", "No such variant"),
+            NotReady(_) => (StatusCode::CONFLICT, "not-ready", "Not processed yet"),
             MethodNotAllowed { .. } => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method-not-allowed",
@@ -149,7 +157,7 @@ impl ApiError {
                 resp.headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static(allow));
             }
-            ApiError::Unavailable(_) => {
+            ApiError::Unavailable(_) | ApiError::NotReady(_) => {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             }

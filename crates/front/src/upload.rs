@@ -2,17 +2,16 @@
 //! hand it to a worker, answer 202 — never holding the file in memory.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::TryStreamExt;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use multer::{Constraints, Multipart, SizeLimit};
 use pixpool_imaging::Format;
 use pixpool_protocol::JobSpec;
-use pixpool_store::{JobId, JobRecord, SourceRecord};
+use pixpool_store::{JobId, JobRecord, JobState, SourceRecord};
 use serde::Serialize;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tracing::{info, instrument, warn};
@@ -32,12 +31,13 @@ const SPOOL_BUFFER: usize = 256 * 1024;
 /// Limit for the small text fields (`presets`).
 const TEXT_FIELD_LIMIT: u64 = 4 * 1024;
 
-/// The 202 body.
+/// The 202 (or, for a finished duplicate, 200) body.
 #[derive(Debug, Serialize)]
 struct Accepted<'a> {
     id: &'a str,
-    state: &'static str,
+    state: JobState,
     status_url: String,
+    deduplicated: bool,
 }
 
 /// A file this request created; removed on drop unless the job was accepted.
@@ -54,6 +54,20 @@ impl Drop for Spooled {
         }
     }
 }
+
+/// The streamed `image` part.
+#[derive(Debug)]
+struct Received {
+    file: Spooled,
+    format: Format,
+    bytes: u64,
+    /// BLAKE3 of the content, hex.
+    hash: String,
+}
+
+/// How long an upload waits for an identical, concurrent upload that holds
+/// the dedup entry to record its job, before treating the entry as stale.
+const DEDUP_WAIT: Duration = Duration::from_secs(5);
 
 /// Handles one upload.
 #[instrument(skip_all, fields(job_id))]
@@ -78,12 +92,12 @@ pub async fn upload(state: &State, req: Request<Incoming>) -> Result<Response<Bo
                 .for_field("image", limit)
                 .for_field("presets", TEXT_FIELD_LIMIT),
         );
-    let stream = req.into_body().into_data_stream().map_err(|e| e);
+    let stream = req.into_body().into_data_stream();
     let mut form = Multipart::with_constraints(stream, boundary, constraints);
 
     let id = JobId::generate();
     tracing::Span::current().record("job_id", id.as_str());
-    let mut spooled: Option<(Spooled, Format, u64)> = None;
+    let mut received: Option<Received> = None;
     let mut form_presets: Option<String> = None;
     while let Some(field) = form
         .next_field()
@@ -91,17 +105,17 @@ pub async fn upload(state: &State, req: Request<Incoming>) -> Result<Response<Bo
         .map_err(|e| multer_error(e, limit))?
     {
         match field.name() {
-            Some("image") if spooled.is_none() => {
+            Some("image") if received.is_none() => {
                 let client_name = field.file_name().map(sanitise_for_log);
-                let (file, head, bytes) =
-                    spool(&state.store().part_path(&id), field, limit).await?;
-                let format = match Format::sniff(&head) {
-                    Some(f) => f,
-                    None if bytes == 0 => return Err(ApiError::EmptyFile),
-                    None => return Err(ApiError::UnsupportedFormat),
-                };
-                info!(client_name = client_name.as_deref().unwrap_or("-"), bytes, format = ?format, "upload received");
-                spooled = Some((file, format, bytes));
+                let path = state.store().part_path(state.config.slot, &id);
+                let r = spool(&path, field, limit).await?;
+                info!(
+                    client_name = client_name.as_deref().unwrap_or("-"),
+                    bytes = r.bytes,
+                    format = r.format.name(),
+                    "upload received"
+                );
+                received = Some(r);
             }
             Some("image") => {
                 return Err(ApiError::BadMultipart("more than one `image` file".into()))
@@ -116,14 +130,52 @@ pub async fn upload(state: &State, req: Request<Incoming>) -> Result<Response<Bo
             }
         }
     }
-    let (mut file, format, bytes) = spooled.ok_or(ApiError::MissingImage)?;
+    let received = received.ok_or(ApiError::MissingImage)?;
     let presets = state
         .config
         .resolve_presets(form_presets.as_deref().or(query_presets.as_deref()))?;
 
+    // Single flight: the first upload of these bytes for this preset set holds
+    // the dedup entry; the others get its job.
+    let dedup_key = dedup_key(&received.hash, &presets);
+    if let Some(existing) = take_dedup_entry(state, &dedup_key, &id).await? {
+        info!(existing = %existing.id, "duplicate upload; returning the existing job");
+        return Ok(accepted_response(&existing.id, existing.state, true));
+    }
+    let result = accept(state, id.clone(), received, presets, &dedup_key).await;
+    if result.is_err() {
+        let (store, key, id) = (state.store().clone(), dedup_key.clone(), id.clone());
+        let _ = tokio::task::spawn_blocking(move || store.dedup_release(&key, &id)).await;
+    }
+    let ack = result?;
+    info!(
+        worker = ack.worker,
+        queue_depth = ack.queue_depth,
+        ms = format_args!("{:.1}", started.elapsed().as_secs_f64() * 1e3),
+        "job accepted"
+    );
+    Ok(accepted_response(&id, JobState::Queued, false))
+}
+
+/// Makes the upload a job: original in place, record durable, a worker's ack.
+async fn accept(
+    state: &State,
+    id: JobId,
+    received: Received,
+    presets: Vec<String>,
+    dedup_key: &str,
+) -> Result<crate::dispatch::Ack, ApiError> {
+    let Received {
+        mut file,
+        format,
+        bytes,
+        hash,
+    } = received;
+    let store = state.store().clone();
+    let slot = state.config.slot;
     // The original becomes raw/<id>.<ext>; the client's name is never a path.
     let raw_rel = format!("raw/{id}.{}", format.extension());
-    let raw_path = state.store().root().join(&raw_rel);
+    let raw_path = store.root().join(&raw_rel);
     tokio::fs::rename(&file.path, &raw_path)
         .await
         .map_err(|source| ApiError::Storage {
@@ -131,8 +183,7 @@ pub async fn upload(state: &State, req: Request<Incoming>) -> Result<Response<Bo
             source,
         })?;
     file.path = raw_path;
-    let store = state.store().clone();
-    let record = JobRecord::queued(
+    let mut record = JobRecord::queued(
         id.clone(),
         SourceRecord {
             path: raw_rel,
@@ -141,15 +192,21 @@ pub async fn upload(state: &State, req: Request<Incoming>) -> Result<Response<Bo
         },
         presets.clone(),
     );
-    // Durable before the 202: the original's rename and the record.
-    let rec = record.clone();
-    let record_path = store.record_path(&id);
+    record.content_hash = Some(hash);
+    record.dedup_key = Some(dedup_key.to_string());
+
+    // Durable before the 202: the original's rename, a "pending" marker (so a
+    // respawned front can undo a job it never got acknowledged), the record.
+    let pending = store.pending_path(slot, &id);
+    let (st, rec, marker) = (store.clone(), record, pending.clone());
     tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
-        pixpool_store::fsutil::sync_dir(&store.raw_dir()).map_err(|source| ApiError::Storage {
-            context: "could not sync the raw directory".into(),
-            source,
-        })?;
-        store.write_record(&rec)?;
+        let storage = |context: &str| {
+            let context = context.to_string();
+            move |source| ApiError::Storage { context, source }
+        };
+        std::fs::File::create(&marker).map_err(storage("could not create the pending marker"))?;
+        pixpool_store::fsutil::sync_dir(&st.raw_dir()).map_err(storage("could not sync raw/"))?;
+        st.write_record(&rec)?;
         Ok(())
     })
     .await
@@ -157,42 +214,98 @@ pub async fn upload(state: &State, req: Request<Incoming>) -> Result<Response<Bo
         context: "record writer failed".into(),
         source: std::io::Error::other(e),
     })??;
-    let record_guard = Spooled {
-        path: record_path,
+    let mut record_file = Spooled {
+        path: store.record_path(&id),
+        keep: false,
+    };
+    let marker = Spooled {
+        path: pending,
         keep: false,
     };
 
-    let spec = JobSpec {
-        id: id.clone(),
-        presets,
-    };
-    let ack = match state.dispatcher.submit(&spec).await {
-        Ok(ack) => ack,
-        Err(e) => {
-            warn!(cause = %e, "no worker took the job; refusing the upload");
-            return Err(ApiError::Unavailable(match e {
-                DispatchError::AllBusy => "every image worker is busy; retry shortly".into(),
-                other => other.to_string(),
-            }));
-        }
-    };
+    let spec = JobSpec { id, presets };
+    let ack = state.dispatcher.submit(&spec).await.map_err(|e| {
+        warn!(cause = %e, "no worker took the job; refusing the upload");
+        ApiError::Unavailable(match e {
+            DispatchError::AllBusy => "every image worker is busy; retry shortly".into(),
+            other => other.to_string(),
+        })
+    })?;
+    // Claimed by a worker: from here on the job is the worker's to finish.
     file.keep = true;
-    let mut record_guard = record_guard;
-    record_guard.keep = true;
-    info!(
-        worker = ack.worker,
-        queue_depth = ack.queue_depth,
-        ms = format_args!("{:.1}", started.elapsed().as_secs_f64() * 1e3),
-        "job accepted"
-    );
+    record_file.keep = true;
+    drop(marker);
+    Ok(ack)
+}
 
+/// `<content hash>-<hash of the sorted preset names>`.
+fn dedup_key(content_hash: &str, presets: &[String]) -> String {
+    let mut names: Vec<&str> = presets.iter().map(String::as_str).collect();
+    names.sort_unstable();
+    let presets_hash = blake3::hash(names.join(",").as_bytes());
+    format!("{content_hash}-{}", &presets_hash.to_hex()[..16])
+}
+
+/// Takes the dedup entry for `key`, or returns the job that holds it. Waits
+/// (briefly) for a concurrent identical upload to record its job; an entry
+/// whose job failed on the server side, or that stays without a record, is
+/// replaced so that the new upload is processed.
+async fn take_dedup_entry(
+    state: &State,
+    key: &str,
+    id: &JobId,
+) -> Result<Option<JobRecord>, ApiError> {
+    let store = state.store();
+    let deadline = tokio::time::Instant::now() + DEDUP_WAIT;
+    loop {
+        let (st, k, i) = (store.clone(), key.to_string(), id.clone());
+        let holder = tokio::task::spawn_blocking(move || st.dedup_claim(&k, &i))
+            .await
+            .map_err(|e| ApiError::Storage {
+                context: "dedup index failed".into(),
+                source: std::io::Error::other(e),
+            })??;
+        let Some(holder) = holder else {
+            return Ok(None);
+        };
+        match crate::events::read_record(store, &holder).await {
+            Ok(Some(rec))
+                if rec.state == JobState::Failed
+                    && rec.error.as_ref().is_some_and(|p| p.status >= 500) =>
+            {
+                // A server-side failure is not the image's fault: process anew.
+                release(store, key, &holder).await;
+            }
+            Ok(Some(rec)) => return Ok(Some(rec)),
+            Ok(None) | Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Ok(None) | Err(_) => {
+                warn!(holder = %holder, "dedup entry without a job; replacing it");
+                release(store, key, &holder).await;
+            }
+        }
+    }
+}
+
+async fn release(store: &pixpool_store::Store, key: &str, holder: &JobId) {
+    let (st, k, h) = (store.clone(), key.to_string(), holder.clone());
+    let _ = tokio::task::spawn_blocking(move || st.dedup_release(&k, &h)).await;
+}
+
+fn accepted_response(id: &JobId, state: JobState, deduplicated: bool) -> Response<Body> {
     let status_url = format!("/jobs/{id}");
     let mut resp = Response::new(json(&Accepted {
         id: id.as_str(),
-        state: "queued",
+        state,
         status_url: status_url.clone(),
+        deduplicated,
     }));
-    *resp.status_mut() = StatusCode::ACCEPTED;
+    *resp.status_mut() = if state == JobState::Done {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
     let headers = resp.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -201,15 +314,15 @@ pub async fn upload(state: &State, req: Request<Incoming>) -> Result<Response<Bo
     if let Ok(v) = HeaderValue::from_str(&status_url) {
         headers.insert(header::LOCATION, v);
     }
-    Ok(resp)
+    resp
 }
 
-/// Streams one field into `path`; returns the file guard, its first bytes and its size.
+/// Streams one field into `path`, hashing it; sniffs the format from its first bytes.
 async fn spool(
     path: &Path,
     mut field: multer::Field<'_>,
     limit: u64,
-) -> Result<(Spooled, Vec<u8>, u64), ApiError> {
+) -> Result<Received, ApiError> {
     let storage = |context: &str, source| ApiError::Storage {
         context: format!("{context} {}", path.display()),
         source,
@@ -226,14 +339,21 @@ async fn spool(
     };
     let mut out = BufWriter::with_capacity(SPOOL_BUFFER, file);
     let mut head = Vec::with_capacity(1024);
+    let mut hasher = blake3::Hasher::new();
     let mut bytes: u64 = 0;
     while let Some(chunk) = field.chunk().await.map_err(|e| multer_error(e, limit))? {
         keep_head(&mut head, &chunk);
+        hasher.update(&chunk);
         bytes += chunk.len() as u64;
         out.write_all(&chunk)
             .await
             .map_err(|e| storage("could not write spool file", e))?;
     }
+    let format = match Format::sniff(&head) {
+        Some(f) => f,
+        None if bytes == 0 => return Err(ApiError::EmptyFile),
+        None => return Err(ApiError::UnsupportedFormat),
+    };
     out.flush()
         .await
         .map_err(|e| storage("could not write spool file", e))?;
@@ -241,7 +361,12 @@ async fn spool(
     file.sync_all()
         .await
         .map_err(|e| storage("could not sync spool file", e))?;
-    Ok((guard, head, bytes))
+    Ok(Received {
+        file: guard,
+        format,
+        bytes,
+        hash: hasher.finalize().to_hex().to_string(),
+    })
 }
 
 fn keep_head(head: &mut Vec<u8>, chunk: &Bytes) {

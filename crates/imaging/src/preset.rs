@@ -175,8 +175,32 @@ impl std::str::FromStr for Preset {
     }
 }
 
+impl std::fmt::Display for Preset {
+    /// The specification [`FromStr`](std::str::FromStr) reads back.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = |o: OutputFormat| match o {
+            OutputFormat::Jpeg => "jpeg",
+            OutputFormat::Png => "png",
+            OutputFormat::WebP => "webp",
+        };
+        write!(f, "{}:{}", self.name, self.width)?;
+        if let Some(h) = self.height {
+            write!(f, "x{h}")?;
+        }
+        let fit = match self.fit {
+            Fit::Inside => "inside",
+            Fit::Cover => "cover",
+        };
+        write!(f, ":{fit}:{}:q{}", name(self.format), self.quality)?;
+        if let Some(a) = self.alpha_format {
+            write!(f, ":alpha={}", name(a))?;
+        }
+        Ok(())
+    }
+}
+
 /// Checks every preset and that their names, hence their file names, are distinct.
-pub(crate) fn validate_presets(presets: &[Preset]) -> Result<(), ImagingError> {
+pub fn validate_presets(presets: &[Preset]) -> Result<(), ImagingError> {
     let mut names = HashSet::with_capacity(presets.len());
     for preset in presets {
         preset.validate()?;
@@ -368,6 +392,13 @@ mod tests {
             "a:10:alpha=gif",
         ] {
             assert!(bad.parse::<Preset>().is_err(), "{bad:?} parsed");
+        }
+        for p in Preset::builtin().into_iter().chain(
+            ["hero:1200:webp:alpha=png".parse().ok()]
+                .into_iter()
+                .flatten(),
+        ) {
+            assert_eq!(p.to_string().parse::<Preset>().expect("round trip"), p);
         }
         let names: Vec<_> = Preset::builtin().into_iter().map(|p| p.name).collect();
         assert_eq!(names, ["thumb", "small", "medium", "large"]);

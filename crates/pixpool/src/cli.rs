@@ -55,6 +55,16 @@ pub struct ServeArgs {
     /// Jobs a worker queues before it refuses more.
     #[arg(long, env = "PIXPOOL_QUEUE_DEPTH", default_value_t = pixpool_worker::DEFAULT_QUEUE_DEPTH)]
     pub queue_depth: usize,
+    /// An output preset, NAME:WIDTH[xHEIGHT][:inside|cover][:jpeg|png|webp][:qQUALITY][:alpha=png|webp];
+    /// repeat for several. Replaces the built-in set (thumb:200x200:cover,
+    /// small:480, medium:800, large:1600). PIXPOOL_PRESETS takes a `;`-separated list.
+    #[arg(
+        long = "preset",
+        env = "PIXPOOL_PRESETS",
+        value_delimiter = ';',
+        value_name = "SPEC"
+    )]
+    pub presets: Vec<pixpool_imaging::Preset>,
 }
 
 impl ServeArgs {
@@ -87,6 +97,9 @@ pub struct ChildArgs {
     /// Drain grace in seconds.
     #[arg(long)]
     pub grace_secs: u64,
+    /// The presets (specifications, as validated by the supervisor).
+    #[arg(long = "preset", required = true)]
+    pub presets: Vec<pixpool_imaging::Preset>,
 }
 
 /// Options of a front.

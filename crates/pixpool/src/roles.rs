@@ -11,11 +11,6 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::{FrontArgs, WorkerArgs};
 
-/// The presets of this version; a configuration file replaces them later.
-fn presets() -> Vec<pixpool_imaging::Preset> {
-    vec![pixpool_imaging::Preset::medium()]
-}
-
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     // One event loop per process, as in nginx: the process is the unit of
     // parallelism. CPU and file work goes to the blocking pool.
@@ -57,7 +52,7 @@ pub fn front(args: FrontArgs) -> anyhow::Result<ExitCode> {
     let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
     let store =
         Store::open(&args.child.uploads, None).context("could not open the uploads directory")?;
-    let names: Vec<String> = presets().into_iter().map(|p| p.name).collect();
+    let names: Vec<String> = args.child.presets.iter().map(|p| p.name.clone()).collect();
     let config = pixpool_front::FrontConfig {
         slot: args.child.slot,
         store,
@@ -83,7 +78,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         workers: args.child.workers,
         store,
         queue_depth: args.queue_depth,
-        presets: presets(),
+        presets: args.child.presets,
         limits: pixpool_imaging::Limits::default(),
     };
     runtime()?

@@ -23,7 +23,13 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             args.uploads.display()
         )
     })?;
-    sweep_partial_uploads(&store);
+    let presets = if args.presets.is_empty() {
+        pixpool_imaging::Preset::builtin()
+    } else {
+        args.presets.clone()
+    };
+    pixpool_imaging::preset::validate_presets(&presets).context("invalid preset configuration")?;
+    sweep_spool_dirs(&store);
 
     let (listener, addr) = pixpool_supervisor::listener::bind_shared(args.bind)
         .with_context(|| format!("could not listen on {}", args.bind))?;
@@ -52,6 +58,13 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             "--grace-secs".into(),
             args.grace_secs.to_string(),
         ]
+        .into_iter()
+        .chain(
+            presets
+                .iter()
+                .flat_map(|p| ["--preset".to_string(), p.to_string()]),
+        )
+        .collect()
     };
     let mut children = Vec::new();
     // Workers first: their sockets are up by the time the fronts connect.
@@ -124,19 +137,36 @@ fn spec(
     })
 }
 
-/// Uploads that were being streamed when a front died never got a 202: their
-/// spool files are deleted at start-up, before any front runs.
-fn sweep_partial_uploads(store: &Store) {
+/// Before any front runs, every front slot's spool directory is cleaned up
+/// (including slots of a previous run with more fronts): partial uploads, and
+/// jobs recorded but never acknowledged — none of them ever got a 202.
+fn sweep_spool_dirs(store: &Store) {
     let Ok(entries) = std::fs::read_dir(store.tmp_dir()) else {
         return;
     };
-    let mut removed = 0;
+    let (mut parts, mut jobs) = (0, 0);
     for entry in entries.flatten() {
-        if std::fs::remove_file(entry.path()).is_ok() {
-            removed += 1;
+        let Some(slot) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            // Not a spool directory of ours (or a file from an older layout).
+            let _ = std::fs::remove_file(entry.path());
+            continue;
+        };
+        match store.recover_front(slot) {
+            Ok((p, j)) => {
+                parts += p;
+                jobs += j;
+            }
+            Err(e) => warn!(cause = %e, slot, "could not clean a spool directory"),
         }
     }
-    if removed > 0 {
-        info!(removed, "removed partial uploads left by a previous run");
+    if parts + jobs > 0 {
+        info!(
+            parts,
+            jobs, "removed unfinished uploads left by a previous run"
+        );
     }
 }

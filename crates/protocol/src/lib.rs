@@ -18,4 +18,7 @@ pub mod message;
 
 pub use channel::{FrameReader, FrameWriter};
 pub use frame::{FrameError, MAX_FRAME_LEN};
-pub use message::{Hello, JobSpec, Reject, Role, ToFront, ToWorker, PROTOCOL_VERSION};
+pub use message::{
+    EventKind, Hello, JobEvent, JobSpec, Reject, Role, ToFront, ToWorker, PROTOCOL_VERSION,
+    SEQ_PER_ATTEMPT,
+};

@@ -2,11 +2,11 @@
 //! whose `version` differs is refused, so a rolling upgrade never feeds one
 //! version's bytes to another's decoder.
 
-use pixpool_store::JobId;
+use pixpool_store::{JobId, JobState, OutputRecord};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Which kind of process is speaking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,8 +77,72 @@ pub enum Reject {
     Claim(String),
 }
 
+/// What happened to a job; pushed by the worker that runs it to every front,
+/// which fans it out to the clients following that job (SSE, long-poll).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobEvent {
+    /// The job.
+    pub id: JobId,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// The kinds of job event. Each has a sequence number ([`EventKind::seq`])
+/// that increases strictly over a job's life, across retries, so that a
+/// client's `Last-Event-ID` says exactly what it has seen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// A worker started attempt `attempt` (decoding).
+    Processing {
+        /// 1 for the first run.
+        attempt: u32,
+    },
+    /// Decoding is done; resizing and encoding the outputs.
+    Resizing {
+        /// The attempt.
+        attempt: u32,
+    },
+    /// One output is written.
+    Output {
+        /// The attempt.
+        attempt: u32,
+        /// Index of the preset among the job's presets.
+        index: u32,
+        /// The output.
+        output: OutputRecord,
+    },
+    /// The job reached a final state; its record on disk is final.
+    Finished {
+        /// The attempt.
+        attempt: u32,
+        /// `Done` or `Failed`.
+        state: JobState,
+    },
+}
+
+/// Sequence numbers: `attempt * SEQ_PER_ATTEMPT + offset`; `queued` is 0.
+pub const SEQ_PER_ATTEMPT: u64 = 1000;
+
+impl EventKind {
+    /// This event's sequence number.
+    pub fn seq(&self) -> u64 {
+        let (attempt, offset) = match self {
+            EventKind::Processing { attempt } => (*attempt, 1),
+            EventKind::Resizing { attempt } => (*attempt, 2),
+            EventKind::Output { attempt, index, .. } => (*attempt, 10 + u64::from(*index).min(980)),
+            EventKind::Finished { attempt, .. } => (*attempt, SEQ_PER_ATTEMPT - 1),
+        };
+        u64::from(attempt) * SEQ_PER_ATTEMPT + offset
+    }
+
+    /// Whether this is the last event of the job.
+    pub fn is_final(&self) -> bool {
+        matches!(self, EventKind::Finished { .. })
+    }
+}
+
 /// Worker → front.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToFront {
     /// Handshake.
     Hello(Hello),
@@ -96,4 +160,6 @@ pub enum ToFront {
         /// Why.
         reason: Reject,
     },
+    /// Progress of a job (sent to every connected front).
+    Event(JobEvent),
 }

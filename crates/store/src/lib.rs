@@ -4,7 +4,9 @@
 //! # Layout
 //! ```text
 //! uploads/
-//!   tmp/<id>.part          uploads being streamed (removed on failure, swept at start)
+//!   tmp/<front>/<id>.part  uploads being streamed by front slot <front> (removed on failure)
+//!   tmp/<front>/<id>.pending  a job recorded but not yet acknowledged by a worker
+//!   dedup/<key>            content hash + preset set → job id (single-flight index)
 //!   raw/<id>.<ext>         originals, fsynced before the job exists
 //!   processed/<id>-<preset>.<ext>   outputs, written to a temp file then renamed
 //!   jobs/<id>.json         the job record (temp file + fsync + rename + dir fsync)
@@ -67,6 +69,15 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// The dedup index could not be read or updated.
+    #[error("could not update dedup entry {path}")]
+    Dedup {
+        /// The entry.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// A claim marker could not be created, removed or listed.
     #[error("could not update claim {path}")]
     Claim {
@@ -101,6 +112,7 @@ impl Store {
             store.processed_dir(),
             store.jobs_dir(),
             store.root.join("claims"),
+            store.root.join("dedup"),
         ] {
             create_dir(&dir, 0o755)?;
         }
@@ -148,9 +160,21 @@ impl Store {
     pub fn record_path(&self, id: &JobId) -> PathBuf {
         self.jobs_dir().join(format!("{id}.json"))
     }
-    /// The streaming temp file of an upload.
-    pub fn part_path(&self, id: &JobId) -> PathBuf {
-        self.tmp_dir().join(format!("{id}.part"))
+    /// The spool directory of front `slot`: only that front's process writes here.
+    pub fn spool_dir(&self, front: u32) -> PathBuf {
+        self.tmp_dir().join(front.to_string())
+    }
+    /// The streaming temp file of an upload on front `front`.
+    pub fn part_path(&self, front: u32, id: &JobId) -> PathBuf {
+        self.spool_dir(front).join(format!("{id}.part"))
+    }
+    /// The marker of a job recorded by front `front` and not yet acknowledged.
+    pub fn pending_path(&self, front: u32, id: &JobId) -> PathBuf {
+        self.spool_dir(front).join(format!("{id}.pending"))
+    }
+    /// The dedup index entry for `key`.
+    pub fn dedup_path(&self, key: &str) -> PathBuf {
+        self.root.join("dedup").join(key)
     }
     /// The claim directory of worker `slot`.
     pub fn claim_dir(&self, slot: u32) -> PathBuf {
@@ -179,6 +203,101 @@ impl Store {
         serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|source| StoreError::CorruptRecord { path, source })
+    }
+
+    /// Takes the dedup entry `key` for job `id`, atomically across processes
+    /// (`link(2)` fails if the name exists). Returns the job that holds it when
+    /// another upload got there first.
+    pub fn dedup_claim(&self, key: &str, id: &JobId) -> Result<Option<JobId>, StoreError> {
+        let path = self.dedup_path(key);
+        let err = |source| StoreError::Dedup {
+            path: path.clone(),
+            source,
+        };
+        let tmp = path.with_file_name(format!(".{key}.{id}.tmp"));
+        fs::write(&tmp, id.as_str()).map_err(err)?;
+        let linked = fs::hard_link(&tmp, &path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match self.dedup_holder(key)? {
+                Some(holder) => Ok(Some(holder)),
+                // Released between our link and our read: try again.
+                None => self.dedup_claim(key, id),
+            },
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    /// The job holding dedup entry `key`, if any (an unreadable entry counts as none).
+    pub fn dedup_holder(&self, key: &str) -> Result<Option<JobId>, StoreError> {
+        let path = self.dedup_path(key);
+        match fs::read_to_string(&path) {
+            Ok(s) => Ok(JobId::parse(s.trim())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::Dedup { path, source }),
+        }
+    }
+
+    /// Removes dedup entry `key` if (and only if) job `id` holds it.
+    pub fn dedup_release(&self, key: &str, id: &JobId) -> Result<(), StoreError> {
+        if self.dedup_holder(key)?.as_ref() == Some(id) {
+            let path = self.dedup_path(key);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(StoreError::Dedup { path, source }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether any worker holds a claim on job `id`.
+    pub fn is_claimed(&self, id: &JobId) -> bool {
+        let Ok(slots) = fs::read_dir(self.root.join("claims")) else {
+            return false;
+        };
+        slots
+            .flatten()
+            .any(|slot| slot.path().join(id.as_str()).exists())
+    }
+
+    /// Cleans up after a previous process of front slot `front` that died:
+    /// half-streamed uploads are deleted, and a job that was recorded but never
+    /// acknowledged by a worker (so never answered 202) is removed entirely —
+    /// original, record and dedup entry. Returns (spool files, jobs) removed.
+    pub fn recover_front(&self, front: u32) -> Result<(usize, usize), StoreError> {
+        let dir = self.spool_dir(front);
+        create_dir(&dir, 0o755)?;
+        let entries = fs::read_dir(&dir).map_err(|source| StoreError::CreateDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let (mut parts, mut jobs) = (0, 0);
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if let Some(id) = name.strip_suffix(".pending").and_then(JobId::parse) {
+                let record = self.read_record(&id).ok().flatten();
+                let orphan = !self.is_claimed(&id)
+                    && record.as_ref().is_none_or(|r| r.state == JobState::Queued);
+                if orphan {
+                    if let Some(rec) = &record {
+                        let _ = fs::remove_file(self.root.join(&rec.source.path));
+                        if let Some(key) = &rec.dedup_key {
+                            let _ = self.dedup_release(key, &id);
+                        }
+                    }
+                    let _ = fs::remove_file(self.record_path(&id));
+                    jobs += 1;
+                }
+            } else {
+                parts += 1;
+            }
+            let _ = fs::remove_file(&path);
+        }
+        Ok((parts, jobs))
     }
 
     /// Durably records that worker `slot` owns job `id` until it is finished.

@@ -124,6 +124,12 @@ pub struct OutputRecord {
     pub content_type: String,
     /// Path relative to the uploads directory (`processed/<id>-<preset>.<ext>`).
     pub path: String,
+    /// Where it is served: `/images/<id>/<preset>`.
+    #[serde(default)]
+    pub url: String,
+    /// BLAKE3 of the file's bytes (hex, first 128 bits): the HTTP `ETag`.
+    #[serde(default)]
+    pub etag: String,
 }
 
 /// Milliseconds spent per pipeline stage on the last attempt.
@@ -154,6 +160,12 @@ pub struct JobRecord {
     pub error: Option<Problem>,
     /// The original.
     pub source: SourceRecord,
+    /// BLAKE3 of the original's bytes (hex), computed while it streamed in.
+    #[serde(default)]
+    pub content_hash: Option<String>,
+    /// The dedup index entry this job holds (content hash + preset set).
+    #[serde(default)]
+    pub dedup_key: Option<String>,
     /// How many times a worker started it.
     #[serde(default)]
     pub attempts: u32,
@@ -183,6 +195,8 @@ impl JobRecord {
             outputs: Vec::new(),
             error: None,
             source,
+            content_hash: None,
+            dedup_key: None,
             attempts: 0,
             worker: None,
             queued_at: now_rfc3339(),

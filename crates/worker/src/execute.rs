@@ -5,9 +5,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use pixpool_imaging::Preset;
+use pixpool_imaging::{Preset, Progress};
+use pixpool_protocol::{EventKind, JobEvent};
 use pixpool_store::record::now_rfc3339;
 use pixpool_store::{JobRecord, JobState, OutputRecord, Problem, StageMillis};
+use tokio::sync::broadcast;
 use tokio::sync::watch;
 use tracing::{error, info, instrument, warn};
 
@@ -36,6 +38,7 @@ pub enum Outcome {
 pub async fn run_queue(
     config: Arc<WorkerConfig>,
     queue: Arc<JobQueue>,
+    events: broadcast::Sender<JobEvent>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -51,7 +54,8 @@ pub async fn run_queue(
         };
         let cfg = config.clone();
         let retry = job.clone();
-        match tokio::task::spawn_blocking(move || execute(&cfg, &job)).await {
+        let events = events.clone();
+        match tokio::task::spawn_blocking(move || execute(&cfg, &job, &events)).await {
             Ok(Outcome::Retry) => queue.push_recovered(retry),
             Ok(_) => {}
             Err(e) => error!(cause = %e, job_id = %retry.id, "job thread panicked"),
@@ -61,8 +65,15 @@ pub async fn run_queue(
 
 /// Runs one job to a final state (or asks for a retry). Blocking.
 #[instrument(skip_all, fields(job_id = %job.id, slot = config.slot))]
-pub fn execute(config: &WorkerConfig, job: &Job) -> Outcome {
+pub fn execute(config: &WorkerConfig, job: &Job, events: &broadcast::Sender<JobEvent>) -> Outcome {
     let store = &config.store;
+    // No receiver (no front connected) is not an error: the record is the truth.
+    let emit = |kind: EventKind| {
+        let _ = events.send(JobEvent {
+            id: job.id.clone(),
+            kind,
+        });
+    };
     let release = || {
         if let Err(e) = store.release(job.owner, &job.id) {
             warn!(cause = %e, "could not drop the claim");
@@ -99,7 +110,7 @@ pub fn execute(config: &WorkerConfig, job: &Job) -> Outcome {
                 rec.attempts
             ),
         );
-        return finish(config, job, &mut rec, Err(problem));
+        return finish(config, job, &mut rec, Err(problem), &emit);
     }
 
     rec.state = JobState::Processing;
@@ -111,6 +122,8 @@ pub fn execute(config: &WorkerConfig, job: &Job) -> Outcome {
         return Outcome::Retry;
     }
     info!(attempt = rec.attempts, "processing");
+    let attempt = rec.attempts;
+    emit(EventKind::Processing { attempt });
 
     let names = job.presets.clone().unwrap_or_else(|| rec.presets.clone());
     let presets = match resolve(&config.presets, &names) {
@@ -122,17 +135,35 @@ pub fn execute(config: &WorkerConfig, job: &Job) -> Outcome {
                 400,
                 format!("no preset named {unknown:?}"),
             );
-            return finish(config, job, &mut rec, Err(problem));
+            return finish(config, job, &mut rec, Err(problem), &emit);
         }
     };
     let raw = store.root().join(&rec.source.path);
     let started = Instant::now();
-    let result = pixpool_imaging::process(
+    let processed_dir = store.processed_dir();
+    let mut etags: Vec<String> = vec![String::new(); presets.len()];
+    let mut on_progress = |p: Progress<'_>| match p {
+        Progress::Decoded { .. } => emit(EventKind::Resizing { attempt }),
+        Progress::Output { index, output } => {
+            let etag = etag_of(&processed_dir.join(&output.file_name));
+            let record = output_record(&job.id, output, etag.clone());
+            if let Some(slot) = etags.get_mut(index) {
+                *slot = etag;
+            }
+            emit(EventKind::Output {
+                attempt,
+                index: u32::try_from(index).unwrap_or(u32::MAX),
+                output: record,
+            });
+        }
+    };
+    let result = pixpool_imaging::process_with_progress(
         &raw,
         &presets,
-        &store.processed_dir(),
+        &processed_dir,
         job.id.as_str(),
         &config.limits,
+        &mut on_progress,
     );
     let ms = started.elapsed().as_secs_f64() * 1e3;
     match result {
@@ -144,22 +175,16 @@ pub fn execute(config: &WorkerConfig, job: &Job) -> Outcome {
             });
             rec.outputs = processed
                 .outputs
-                .into_iter()
-                .map(|o| OutputRecord {
-                    preset: o.preset,
-                    width: o.width,
-                    height: o.height,
-                    bytes: o.bytes,
-                    content_type: o.content_type,
-                    path: format!("processed/{}", o.file_name),
-                })
+                .iter()
+                .zip(etags)
+                .map(|(o, etag)| output_record(&job.id, o, etag))
                 .collect();
             info!(
                 ms = format_args!("{ms:.1}"),
                 outputs = rec.outputs.len(),
                 "job done"
             );
-            finish(config, job, &mut rec, Ok(()))
+            finish(config, job, &mut rec, Ok(()), &emit)
         }
         Err(e) if e.is_input_error() => {
             warn!(cause = %pixpool_store::error_chain(&e), "image rejected");
@@ -169,7 +194,7 @@ pub fn execute(config: &WorkerConfig, job: &Job) -> Outcome {
                 422,
                 pixpool_store::error_chain(&e),
             );
-            finish(config, job, &mut rec, Err(problem))
+            finish(config, job, &mut rec, Err(problem), &emit)
         }
         Err(e) => {
             error!(cause = %pixpool_store::error_chain(&e), attempt = rec.attempts, "processing failed on the server side");
@@ -182,7 +207,7 @@ pub fn execute(config: &WorkerConfig, job: &Job) -> Outcome {
                 500,
                 pixpool_store::error_chain(&e),
             );
-            finish(config, job, &mut rec, Err(problem))
+            finish(config, job, &mut rec, Err(problem), &emit)
         }
     }
 }
@@ -194,6 +219,7 @@ fn finish(
     job: &Job,
     rec: &mut JobRecord,
     result: Result<(), Problem>,
+    emit: &dyn Fn(EventKind),
 ) -> Outcome {
     let outcome = match result {
         Ok(()) => {
@@ -216,7 +242,41 @@ fn finish(
     if let Err(e) = config.store.release(job.owner, &job.id) {
         warn!(cause = %e, "could not drop the claim");
     }
+    // After the record is durable: a client told "done" can read the outputs.
+    emit(EventKind::Finished {
+        attempt: rec.attempts,
+        state: rec.state,
+    });
     outcome
+}
+
+fn output_record(
+    id: &pixpool_store::JobId,
+    o: &pixpool_imaging::Output,
+    etag: String,
+) -> OutputRecord {
+    OutputRecord {
+        preset: o.preset.clone(),
+        width: o.width,
+        height: o.height,
+        bytes: o.bytes,
+        content_type: o.content_type.clone(),
+        path: format!("processed/{}", o.file_name),
+        url: format!("/images/{id}/{}", o.preset),
+        etag,
+    }
+}
+
+/// The ETag of an output: BLAKE3 of its bytes, first 128 bits in hex. Read
+/// back from the page cache right after writing; outputs are small.
+fn etag_of(path: &std::path::Path) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => blake3::hash(&bytes).to_hex()[..32].to_string(),
+        Err(e) => {
+            warn!(cause = %e, path = %path.display(), "could not hash an output");
+            String::new()
+        }
+    }
 }
 
 fn resolve(known: &[Preset], names: &[String]) -> Result<Vec<Preset>, String> {

@@ -30,6 +30,9 @@ pub use execute::MAX_ATTEMPTS;
 /// the worker rejects and the front tries the next worker.
 pub const DEFAULT_QUEUE_DEPTH: usize = 64;
 
+/// Job events buffered per front connection.
+pub const EVENT_BUFFER: usize = 1024;
+
 /// What a worker needs to run.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -94,13 +97,22 @@ pub async fn run(
 
     let listener = server::bind(&config.store.worker_socket(config.slot))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Job events fan out to every connected front; a front that lags behind
+    // by this many events skips some and re-reads the records.
+    let (events, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
     let accept = tokio::spawn(server::serve(
         listener,
         config.clone(),
         queue.clone(),
+        events.clone(),
         stop_rx.clone(),
     ));
-    let exec = tokio::spawn(execute::run_queue(config.clone(), queue.clone(), stop_rx));
+    let exec = tokio::spawn(execute::run_queue(
+        config.clone(),
+        queue.clone(),
+        events,
+        stop_rx,
+    ));
     info!(socket = %config.store.worker_socket(config.slot).display(), "worker ready");
 
     shutdown.await;

@@ -5,11 +5,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use pixpool_protocol::JobEvent;
 use pixpool_protocol::{
     FrameReader, FrameWriter, Hello, Reject, Role, ToFront, ToWorker, PROTOCOL_VERSION,
 };
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, info, instrument, warn, Instrument};
 
 use crate::queue::{Job, JobQueue};
@@ -37,6 +38,7 @@ pub async fn serve(
     listener: UnixListener,
     config: Arc<WorkerConfig>,
     queue: Arc<JobQueue>,
+    events: broadcast::Sender<JobEvent>,
     stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -46,6 +48,7 @@ pub async fn serve(
                     stream,
                     config.clone(),
                     queue.clone(),
+                    events.subscribe(),
                     stop.clone(),
                 ));
             }
@@ -64,6 +67,7 @@ async fn connection(
     stream: UnixStream,
     config: Arc<WorkerConfig>,
     queue: Arc<JobQueue>,
+    mut events: broadcast::Receiver<JobEvent>,
     stop: watch::Receiver<bool>,
 ) {
     let (r, w) = stream.into_split();
@@ -114,6 +118,25 @@ async fn connection(
         .in_current_span(),
     );
 
+    // Every job event goes to every front: a client following a job may be
+    // connected to any of them.
+    let event_tx = tx.clone();
+    let event_task = tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(ev) => {
+                    if event_tx.send(ToFront::Event(ev)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    warn!(skipped = n, "front is slow; job events dropped");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+
     loop {
         match reader.read().await {
             Ok(Some(ToWorker::Submit { req, job })) => {
@@ -140,6 +163,7 @@ async fn connection(
             }
         }
     }
+    event_task.abort();
     drop(tx);
     let _ = write_task.await;
 }

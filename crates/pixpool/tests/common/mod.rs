@@ -409,6 +409,15 @@ pub async fn wait_final(addr: SocketAddr, id: &str, timeout: Duration) -> Value 
     }
 }
 
+/// A JPEG made unique (so that dedup does not merge it with its twins) by
+/// bytes after its end marker, which decoders ignore.
+pub fn unique_jpeg(bytes: &[u8], n: usize) -> Vec<u8> {
+    assert!(bytes.ends_with(&[0xFF, 0xD9]), "not a complete JPEG");
+    let mut out = bytes.to_vec();
+    out.extend_from_slice(format!("pixpool-test-{n}").as_bytes());
+    out
+}
+
 /// Decodes an output file and returns its dimensions, checking it is a JPEG.
 pub fn jpeg_dimensions(path: &Path) -> (u32, u32) {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
@@ -420,4 +429,477 @@ pub fn jpeg_dimensions(path: &Path) -> (u32, u32) {
     let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg)
         .unwrap_or_else(|e| panic!("{} does not decode: {e}", path.display()));
     (img.width(), img.height())
+}
+
+// ---------------------------------------------------------------------------
+// Helpers for the durability and API tests (issue 3).
+// ---------------------------------------------------------------------------
+
+/// Polls `probe` every 5 ms until it yields a value; panics after `timeout`
+/// with `what()` (evaluated only then, so it may read logs or files).
+pub async fn poll_until<T>(
+    timeout: Duration,
+    what: impl Fn() -> String,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not within {timeout:?}: {}",
+            what()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The job record as it is on disk (`jobs/<id>.json`), if it exists and parses.
+pub fn read_record(uploads: &Path, id: &str) -> Option<Value> {
+    let bytes = std::fs::read(uploads.join(format!("jobs/{id}.json"))).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Names of the entries of `dir` (empty when it does not exist).
+pub fn dir_entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Every file below `dir`, recursively, relative to it.
+pub fn files_below(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(
+                    p.strip_prefix(dir)
+                        .unwrap_or(&p)
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// SIGKILLs one process.
+pub fn kill9(pid: i32) {
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap_or_else(|e| panic!("kill -9 {pid}: {e}"));
+}
+
+/// Whether `pid` is gone (or a zombie waiting to be reaped).
+pub fn is_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+    }
+}
+
+/// The same JPEG with a comment segment (`tag`) inserted after its APPn
+/// segments: a different file (different hash, so no dedup) that decodes to
+/// the same pixels with the same EXIF orientation.
+pub fn tagged_jpeg(bytes: &[u8], tag: &str) -> Vec<u8> {
+    assert!(bytes.starts_with(&[0xFF, 0xD8]), "not a JPEG");
+    let mut at = 2;
+    while at + 4 <= bytes.len() && bytes[at] == 0xFF && (0xE0..=0xEF).contains(&bytes[at + 1]) {
+        let len = u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]) as usize;
+        at += 2 + len;
+    }
+    let payload = format!("pixpool-test {tag}");
+    let mut out = Vec::with_capacity(bytes.len() + payload.len() + 4);
+    out.extend_from_slice(&bytes[..at]);
+    out.extend_from_slice(&[0xFF, 0xFE]);
+    out.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(payload.as_bytes());
+    out.extend_from_slice(&bytes[at..]);
+    out
+}
+
+/// Dimensions of an output file of any format the server writes.
+pub fn image_dimensions(path: &Path) -> (u32, u32) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let img = image::load_from_memory(&bytes)
+        .unwrap_or_else(|e| panic!("{} does not decode: {e}", path.display()));
+    (img.width(), img.height())
+}
+
+/// A job that keeps a worker busy long enough to kill it mid-job: the 20 MP
+/// corpus photo when the corpus is present, else a test-data photo; always
+/// with every built-in preset. Returns (file name, bytes made unique by `tag`).
+pub fn slow_photo(tag: &str) -> (String, Vec<u8>) {
+    let path = corpus()
+        .map(|c| c.join("15-kleiber-20mp-orient6.jpg"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| test_photo("04-fallenleaf.jpg"));
+    let bytes = std::fs::read(&path).expect("slow photo");
+    let name = path
+        .file_name()
+        .expect("file name")
+        .to_string_lossy()
+        .into_owned();
+    (name, tagged_jpeg(&bytes, tag))
+}
+
+impl Server {
+    /// The job record as it is on disk.
+    pub fn record(&self, id: &str) -> Option<Value> {
+        read_record(&self.uploads, id)
+    }
+
+    /// Log lines containing every one of `needles`.
+    pub fn log_lines_with(&self, needles: &[&str]) -> Vec<String> {
+        self.log_text()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The workers' `processing attempt=N` lines for job `id`.
+    pub fn processing_lines(&self, id: &str) -> Vec<String> {
+        self.log_lines_with(&[id, "processing attempt="])
+    }
+
+    /// Waits until the on-disk record of `id` satisfies `cond`; returns it.
+    pub async fn wait_record(
+        &self,
+        id: &str,
+        timeout: Duration,
+        what: &str,
+        cond: impl Fn(&Value) -> bool,
+    ) -> Value {
+        poll_until(
+            timeout,
+            || format!("job {id}: {what}; record {:?}", self.record(id)),
+            || self.record(id).filter(|r| cond(r)),
+        )
+        .await
+    }
+
+    /// Waits until a new process runs in `role` slot `slot` (not `old`).
+    pub async fn wait_respawn(&self, role: &str, slot: u32, old: i32, timeout: Duration) -> i32 {
+        poll_until(
+            timeout,
+            || {
+                format!(
+                    "{role} {slot} (was {old}) not respawned:\n{}",
+                    self.log_text()
+                )
+            },
+            || self.child_pid(role, slot).filter(|p| *p != old),
+        )
+        .await
+    }
+
+    /// SIGKILLs the supervisor (its children die with it by PR_SET_PDEATHSIG)
+    /// and reaps it, keeping the uploads directory for a restart. Returns the
+    /// directory and the log.
+    pub fn kill_tree(mut self) -> (PathBuf, String) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log = self.log_text();
+        // Drop must not delete the directory the restart will use.
+        let uploads = std::mem::replace(&mut self.uploads, PathBuf::from("/nonexistent/pixpool"));
+        (uploads, log)
+    }
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub id: Option<u64>,
+    pub event: String,
+    pub data: String,
+}
+
+impl SseEvent {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data)
+            .unwrap_or_else(|e| panic!("event data is not JSON ({e}): {self:?}"))
+    }
+}
+
+/// A streamed `text/event-stream` response, parsed event by event.
+pub struct SseStream {
+    pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
+    body: hyper::body::Incoming,
+    buf: Vec<u8>,
+    ended: bool,
+}
+
+impl SseStream {
+    /// The next event; `Ok(None)` when the server ended the stream; `Err` when
+    /// nothing complete arrived within `timeout` (or the body failed).
+    pub async fn next(&mut self, timeout: Duration) -> Result<Option<SseEvent>, String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Normalise line ends, then take every complete block.
+            if self.buf.contains(&b'\r') {
+                let s = String::from_utf8_lossy(&self.buf)
+                    .replace("\r\n", "\n")
+                    .replace('\r', "\n");
+                self.buf = s.into_bytes();
+            }
+            while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buf.drain(..end + 2).collect();
+                if let Some(ev) = parse_sse_block(&String::from_utf8_lossy(&block)) {
+                    return Ok(Some(ev));
+                }
+            }
+            if self.ended {
+                return Ok(None);
+            }
+            let frame = tokio::time::timeout_at(deadline, self.body.frame())
+                .await
+                .map_err(|_| {
+                    format!(
+                        "no complete event within {timeout:?}; pending: {:?}",
+                        String::from_utf8_lossy(&self.buf)
+                    )
+                })?;
+            match frame {
+                None => self.ended = true,
+                Some(Err(e)) => return Err(format!("event stream failed: {e}")),
+                Some(Ok(f)) => {
+                    if let Ok(data) = f.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every event until the server ends the stream (panics after `timeout`).
+    pub async fn all(&mut self, timeout: Duration) -> Vec<SseEvent> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next(left).await {
+                Ok(Some(ev)) => out.push(ev),
+                Ok(None) => return out,
+                Err(e) => panic!("{e}; events so far: {out:#?}"),
+            }
+        }
+    }
+}
+
+fn parse_sse_block(block: &str) -> Option<SseEvent> {
+    let (mut id, mut event, mut data, mut any) = (None, None, Vec::new(), false);
+    for line in block.lines() {
+        if line.is_empty() || line.starts_with(':') {
+            continue;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        any = true;
+        match field {
+            "id" => {
+                id = Some(
+                    value
+                        .parse::<u64>()
+                        .unwrap_or_else(|_| panic!("event id {value:?} is not a number")),
+                )
+            }
+            "event" => event = Some(value.to_string()),
+            "data" => data.push(value.to_string()),
+            _ => {}
+        }
+    }
+    any.then(|| SseEvent {
+        id,
+        event: event.unwrap_or_else(|| "message".into()),
+        data: data.join("\n"),
+    })
+}
+
+impl Conn {
+    /// Any method, with extra headers; body collected.
+    pub async fn request(
+        &mut self,
+        method: hyper::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Resp, hyper::Error> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.addr.to_string());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.send(req.body(Full::new(Bytes::new())).expect("request"))
+            .await
+    }
+
+    /// Opens `GET path` as an event stream (optionally with `Last-Event-ID`).
+    pub async fn events(
+        &mut self,
+        path: &str,
+        last_event_id: Option<u64>,
+    ) -> Result<SseStream, hyper::Error> {
+        let mut req = Request::get(path)
+            .header("host", self.addr.to_string())
+            .header("accept", "text/event-stream");
+        if let Some(n) = last_event_id {
+            req = req.header("last-event-id", n.to_string());
+        }
+        self.sender.ready().await?;
+        let resp = self
+            .sender
+            .send_request(req.body(Full::new(Bytes::new())).expect("request"))
+            .await?;
+        let (parts, body) = resp.into_parts();
+        Ok(SseStream {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            buf: Vec::new(),
+            ended: false,
+        })
+    }
+
+    /// A multipart POST to `path` (e.g. `/upload?presets=thumb`).
+    pub async fn upload_to(
+        &mut self,
+        path: &str,
+        parts: &[(&str, Option<&str>, &[u8])],
+    ) -> Result<Resp, hyper::Error> {
+        let req = multipart_request(self.addr, path, parts);
+        self.send(req).await
+    }
+
+    /// Which front this connection landed on (`/health` → `slot`).
+    pub async fn front_slot(&mut self) -> u64 {
+        let health = self.get("/health").await.expect("health");
+        assert_eq!(health.status, StatusCode::OK);
+        health.json()["slot"]
+            .as_u64()
+            .expect("health names the front slot")
+    }
+}
+
+/// Opens keep-alive connections until one lands on each of `fronts` fronts
+/// (the kernel spreads connections over the SO_REUSEPORT sockets); returns
+/// them indexed by front slot.
+pub async fn conn_per_front(addr: SocketAddr, fronts: u32) -> Vec<Conn> {
+    let mut by_slot: Vec<Option<Conn>> = (0..fronts).map(|_| None).collect();
+    for _ in 0..200 {
+        let mut conn = Conn::open(addr).await.expect("connect");
+        let slot = conn.front_slot().await as usize;
+        if by_slot[slot].is_none() {
+            by_slot[slot] = Some(conn);
+        }
+        if by_slot.iter().all(Option::is_some) {
+            return by_slot.into_iter().flatten().collect();
+        }
+    }
+    panic!("200 connections did not reach every one of {fronts} fronts");
+}
+
+/// Asserts `resp` is an RFC 9457 problem with `status`.
+pub fn assert_problem(resp: &Resp, status: StatusCode, what: &str) {
+    assert_eq!(
+        resp.status,
+        status,
+        "{what}: {:?}",
+        String::from_utf8_lossy(&resp.body)
+    );
+    assert_eq!(
+        resp.header("content-type"),
+        Some("application/problem+json"),
+        "{what}"
+    );
+    let p = resp.json();
+    assert_eq!(
+        p["status"].as_u64(),
+        Some(status.as_u16() as u64),
+        "{what}: {p}"
+    );
+    assert!(
+        p["type"].as_str().is_some_and(|t| !t.is_empty())
+            && p["title"].is_string()
+            && p["detail"].is_string(),
+        "{what}: {p}"
+    );
+}
+
+/// SIGSTOPs a process (it keeps its sockets and claims but does nothing).
+pub fn pause_process(pid: i32) {
+    kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap_or_else(|e| panic!("SIGSTOP {pid}: {e}"));
+}
+
+/// SIGCONTs a process stopped by [`pause_process`].
+pub fn resume_process(pid: i32) {
+    kill(Pid::from_raw(pid), Signal::SIGCONT).unwrap_or_else(|e| panic!("SIGCONT {pid}: {e}"));
+}
+
+/// The id of a 202 answer to a fresh upload, checking the documented body.
+pub fn accepted_id(resp: &Resp, what: &str) -> String {
+    assert_eq!(
+        resp.status,
+        StatusCode::ACCEPTED,
+        "{what}: {:?}",
+        String::from_utf8_lossy(&resp.body)
+    );
+    let body = resp.json();
+    let id = body["id"].as_str().expect("id").to_string();
+    assert_eq!(body["state"], "queued", "{what}: {body}");
+    assert_eq!(body["deduplicated"], false, "{what}: {body}");
+    assert_eq!(body["status_url"], format!("/jobs/{id}"), "{what}: {body}");
+    assert_eq!(
+        resp.header("location"),
+        Some(format!("/jobs/{id}").as_str()),
+        "{what}"
+    );
+    id
+}
+
+/// With a server of ONE worker: uploads a slow job and then `bytes`, and
+/// SIGSTOPs the worker right after the second 202, so that the second job
+/// cannot reach a final state until [`resume_process`] on the returned pid.
+/// Returns (the second job's id, the stopped worker's pid).
+pub async fn stalled_job(server: &Server, name: &str, bytes: &[u8], query: &str) -> (String, i32) {
+    assert_eq!(server.workers, 1, "stalled_job needs a single worker");
+    let (slow_name, slow) = slow_photo(&format!("stall-ahead-of-{name}"));
+    let mut conn = Conn::open(server.addr).await.expect("connect");
+    let ahead = conn
+        .upload(&slow_name, &slow)
+        .await
+        .expect("upload the slow job");
+    accepted_id(&ahead, "slow job ahead");
+    let resp = conn
+        .upload_to(&format!("/upload{query}"), &[("image", Some(name), bytes)])
+        .await
+        .expect("upload");
+    let id = accepted_id(&resp, "job to stall");
+    let worker = server.child_pid("worker", 0).expect("worker 0");
+    pause_process(worker);
+    let rec = server.record(&id).expect("record of an accepted job");
+    assert!(
+        rec["state"] == "queued" || rec["state"] == "processing",
+        "the job finished before the worker could be stopped (test set-up raced): {rec}"
+    );
+    (id, worker)
 }
