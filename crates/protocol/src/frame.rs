@@ -118,6 +118,43 @@ mod tests {
     }
 
     #[test]
+    fn worker_messages_round_trip_including_events() {
+        use crate::message::{EventKind, JobEvent, ToFront};
+        use pixpool_store::{JobState, OutputRecord};
+        let id = JobId::generate();
+        let output = OutputRecord {
+            preset: "thumb".into(),
+            width: 200,
+            height: 200,
+            bytes: 1234,
+            content_type: "image/jpeg".into(),
+            path: format!("processed/{id}-thumb.jpg"),
+            url: format!("/images/{id}/thumb"),
+            etag: "00ff".into(),
+        };
+        for kind in [
+            EventKind::Processing { attempt: 1 },
+            EventKind::Output {
+                attempt: 1,
+                index: 0,
+                output,
+            },
+            EventKind::Finished {
+                attempt: 2,
+                state: JobState::Failed,
+            },
+        ] {
+            let msg = ToFront::Event(JobEvent {
+                id: id.clone(),
+                kind,
+            });
+            let bytes = encode(&msg).expect("encode");
+            let (back, _) = decode::<ToFront>(&bytes).expect("decode").expect("whole");
+            assert_eq!(back, msg);
+        }
+    }
+
+    #[test]
     fn oversized_length_is_rejected_before_reading_the_payload() {
         // Only the 4-byte prefix is present: if the decoder tried to allocate or
         // wait for 4 GiB it would return Ok(None) instead of an error.
