@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,7 +69,13 @@ struct Link {
     slot: u32,
     tx: mpsc::Sender<Request>,
     up: Arc<AtomicBool>,
+    /// When this worker last said its queue was full (ms since `epoch`).
+    full_at: AtomicU64,
 }
+
+/// How long a worker's "queue full" answer counts as saturation for
+/// readiness (it clears itself: a saturated front gets no traffic to clear it).
+const SATURATION_MEMORY: Duration = Duration::from_secs(2);
 
 /// The front's view of every worker.
 #[derive(Debug)]
@@ -78,6 +84,8 @@ pub struct Dispatcher {
     links: Vec<Link>,
     /// Round-robin cursor.
     next: AtomicUsize,
+    /// Time origin of the links' `full_at`.
+    epoch: std::time::Instant,
 }
 
 impl Dispatcher {
@@ -94,12 +102,18 @@ impl Dispatcher {
                 tokio::spawn(
                     link_task(front_slot, path, rx, up.clone(), hub.clone()).instrument(span),
                 );
-                Link { slot, tx, up }
+                Link {
+                    slot,
+                    tx,
+                    up,
+                    full_at: AtomicU64::new(0),
+                }
             })
             .collect();
         Dispatcher {
             links,
             next: AtomicUsize::new(0),
+            epoch: std::time::Instant::now(),
         }
     }
 
@@ -109,6 +123,26 @@ impl Dispatcher {
             .iter()
             .filter(|l| l.up.load(Ordering::Relaxed))
             .count()
+    }
+
+    fn now_ms(&self) -> u64 {
+        // +1 so that 0 can mean "never".
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Whether every live worker refused a job as full in the last moments.
+    pub fn all_saturated(&self) -> bool {
+        let now = self.now_ms();
+        let recent = |l: &Link| {
+            let t = l.full_at.load(Ordering::Relaxed);
+            t != 0 && now.saturating_sub(t) < SATURATION_MEMORY.as_millis() as u64
+        };
+        let mut live = self
+            .links
+            .iter()
+            .filter(|l| l.up.load(Ordering::Relaxed))
+            .peekable();
+        live.peek().is_some() && live.all(recent)
     }
 
     /// Hands `job` to the next worker in turn that takes it.
@@ -152,12 +186,16 @@ impl Dispatcher {
             };
             match answer {
                 Ok(queue_depth) => {
+                    link.full_at.store(0, Ordering::Relaxed);
                     return Ok(Ack {
                         worker: link.slot,
                         queue_depth,
-                    })
+                    });
                 }
-                Err(LinkError::Rejected(Reject::QueueFull)) => busy += 1,
+                Err(LinkError::Rejected(Reject::QueueFull)) => {
+                    link.full_at.store(self.now_ms(), Ordering::Relaxed);
+                    busy += 1
+                }
                 Err(e) => {
                     debug!(worker = link.slot, cause = ?e, "worker did not take the job; trying the next")
                 }

@@ -41,8 +41,20 @@ use crate::problem::ApiError;
 /// Default upload size limit.
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 50 * 1024 * 1024;
 
-/// How long a client may take to send its request headers.
+/// How long a client may take to send its request headers (slowloris guard).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Largest request head (request line + headers) accepted; larger gets 431.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Default for [`FrontConfig::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// Default for [`FrontConfig::body_idle_timeout`].
+pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default for [`FrontConfig::min_free_bytes`]: 512 MiB.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 512 * 1024 * 1024;
 
 /// What a front needs to run.
 #[derive(Debug, Clone)]
@@ -61,6 +73,17 @@ pub struct FrontConfig {
     pub max_upload_bytes: u64,
     /// How long in-flight requests get to finish after SIGTERM.
     pub drain_grace: Duration,
+    /// Image limits checked on the header before accepting.
+    pub limits: pixpool_imaging::Limits,
+    /// Uploads are refused (507) when less disk than this is free.
+    pub min_free_bytes: u64,
+    /// Connections this front serves at once; more wait in the shared queue
+    /// (where another front may take them).
+    pub max_connections: usize,
+    /// A request body that sends nothing for this long is cut off (408).
+    pub body_idle_timeout: Duration,
+    /// Bearer tokens; empty: the API is open.
+    pub api_tokens: Vec<String>,
 }
 
 impl FrontConfig {
@@ -147,11 +170,24 @@ pub async fn run(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(tokio::sync::Semaphore::new(
+        state.config.max_connections.max(1),
+    ));
+    if state.config.api_tokens.is_empty() {
+        warn!("no API token configured: uploads and reads are open to anyone who can connect");
+    }
     tokio::pin!(shutdown);
     info!("front ready");
     loop {
+        // At the connection limit, stop accepting: waiting connections stay in
+        // the shared kernel queue, where a less busy front picks them up.
+        let permit = tokio::select! {
+            p = connections.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            _ = &mut shutdown => break,
+        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
@@ -164,6 +200,7 @@ pub async fn run(
                         if let Err(e) = conn.await {
                             debug!(%peer, cause = %e, "connection ended with an error");
                         }
+                        drop(permit);
                     });
                 }
                 Err(e) => {
@@ -198,7 +235,10 @@ async fn handle(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let result = route(&state, req).await;
+    let result = match authorize(&state.config, &req) {
+        Ok(()) => route(&state, req).await,
+        Err(e) => Err(e),
+    };
     let resp = result.unwrap_or_else(|err| {
         if err.is_server_error() {
             warn!(cause = %pixpool_store::error_chain(&err), "request failed");
@@ -228,6 +268,10 @@ async fn route(state: &State, req: Request<Incoming>) -> Result<Response<Body>, 
             Method::GET | Method::HEAD => Ok(health(state)),
             _ => Err(not_allowed("GET, HEAD")),
         },
+        ["readyz"] => match method {
+            Method::GET | Method::HEAD => readiness(state),
+            _ => Err(not_allowed("GET, HEAD")),
+        },
         ["jobs", id] => match method {
             Method::GET => job_status(state, id, req.uri().query()).await,
             _ => Err(not_allowed("GET")),
@@ -253,6 +297,57 @@ async fn route(state: &State, req: Request<Incoming>) -> Result<Response<Body>, 
         },
         _ => Err(ApiError::NotFound(upload::sanitise_for_log(&path))),
     }
+}
+
+/// Liveness (`/health`) and readiness (`/readyz`) stay open to probes; every
+/// other route needs a bearer token when tokens are configured.
+fn authorize(config: &FrontConfig, req: &Request<Incoming>) -> Result<(), ApiError> {
+    if config.api_tokens.is_empty() || matches!(req.uri().path(), "/health" | "/readyz") {
+        return Ok(());
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or(ApiError::Unauthorized)?;
+    // blake3::Hash compares in constant time; hashing first also hides the
+    // tokens' lengths. Every token is compared, so timing says nothing of which.
+    let given = blake3::hash(given.as_bytes());
+    let ok = config
+        .api_tokens
+        .iter()
+        .fold(false, |ok, t| (blake3::hash(t.as_bytes()) == given) | ok);
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// `GET /readyz`: can this front take an upload now?
+fn readiness(state: &State) -> Result<Response<Body>, ApiError> {
+    let up = state.dispatcher.workers_up();
+    if up == 0 {
+        return Err(ApiError::NotReady503("no image worker is connected".into()));
+    }
+    if state.dispatcher.all_saturated() {
+        return Err(ApiError::NotReady503(
+            "every image worker's queue is full".into(),
+        ));
+    }
+    if let Ok(free) = state.store().free_bytes() {
+        if free < state.config.min_free_bytes {
+            return Err(ApiError::NotReady503(format!(
+                "low disk space ({free} bytes free)"
+            )));
+        }
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({"status": "ready", "workers_connected": up}),
+    ))
 }
 
 fn parse_id(raw: &str) -> Result<JobId, ApiError> {

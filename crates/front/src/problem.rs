@@ -51,6 +51,21 @@ pub enum ApiError {
         /// The limit in bytes.
         limit: u64,
     },
+    /// The image's header declares more than the limits allow.
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// Too little disk space is left to accept uploads safely.
+    #[error("the server is low on disk space; retry later")]
+    InsufficientStorage,
+    /// The client stopped sending its body.
+    #[error("the request body stalled for more than {0} s")]
+    BodyTimeout(u64),
+    /// A token is required and none (or a wrong one) was given.
+    #[error("a valid `Authorization: Bearer <token>` header is required")]
+    Unauthorized,
+    /// The readiness check failed.
+    #[error("not ready: {0}")]
+    NotReady503(String),
     /// An unknown preset was asked for.
     #[error("unknown preset {0:?}")]
     UnknownPreset(String),
@@ -114,6 +129,23 @@ impl ApiError {
                 "Upload too large",
             ),
             UnknownPreset(_) => (StatusCode::BAD_REQUEST, "unknown-preset", "Unknown preset"),
+            LimitExceeded(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "limit-exceeded",
+                "Image exceeds a limit",
+            ),
+            InsufficientStorage => (
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient-storage",
+                "Insufficient storage",
+            ),
+            BodyTimeout(_) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                "Request body timed out",
+            ),
+            Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            NotReady503(_) => (StatusCode::SERVICE_UNAVAILABLE, "not-ready", "Not ready"),
             BodyRead(_) => (
                 StatusCode::BAD_REQUEST,
                 "body-read",
@@ -157,11 +189,20 @@ impl ApiError {
                 resp.headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static(allow));
             }
-            ApiError::Unavailable(_) | ApiError::NotReady(_) => {
+            ApiError::Unauthorized => {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"pixpool\""),
+                );
+            }
+            ApiError::Unavailable(_)
+            | ApiError::NotReady(_)
+            | ApiError::InsufficientStorage
+            | ApiError::NotReady503(_) => {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             }
-            ApiError::TooLarge { .. } => {
+            ApiError::TooLarge { .. } | ApiError::LimitExceeded(_) | ApiError::BodyTimeout(_) => {
                 // The rest of the body is not read: tell the client we close.
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -9,7 +9,7 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use multer::{Constraints, Multipart, SizeLimit};
-use pixpool_imaging::Format;
+use pixpool_imaging::{Format, Limits};
 use pixpool_protocol::JobSpec;
 use pixpool_store::{JobId, JobRecord, JobState, SourceRecord};
 use serde::Serialize;
@@ -81,6 +81,19 @@ pub async fn upload(state: &State, req: Request<Incoming>) -> Result<Response<Bo
     let boundary =
         multer::parse_boundary(content_type).map_err(|e| ApiError::NotMultipart(e.to_string()))?;
     let query_presets = req.uri().query().and_then(|q| query_param(q, "presets"));
+    // Refuse before the disk fills: an original and its outputs must fit with room to spare.
+    match state.store().free_bytes() {
+        Ok(free) if free < state.config.min_free_bytes => {
+            warn!(
+                free,
+                min = state.config.min_free_bytes,
+                "low disk space; refusing uploads"
+            );
+            return Err(ApiError::InsufficientStorage);
+        }
+        Ok(_) => {}
+        Err(e) => warn!(cause = %e, "could not read free disk space"),
+    }
 
     let limit = state.config.max_upload_bytes;
     let constraints = Constraints::new()
@@ -92,8 +105,9 @@ pub async fn upload(state: &State, req: Request<Incoming>) -> Result<Response<Bo
                 .for_field("image", limit)
                 .for_field("presets", TEXT_FIELD_LIMIT),
         );
-    let stream = req.into_body().into_data_stream();
+    let stream = idle_limited(req.into_body(), state.config.body_idle_timeout);
     let mut form = Multipart::with_constraints(stream, boundary, constraints);
+    let idle_secs = state.config.body_idle_timeout.as_secs();
 
     let id = JobId::generate();
     tracing::Span::current().record("job_id", id.as_str());
@@ -102,13 +116,13 @@ pub async fn upload(state: &State, req: Request<Incoming>) -> Result<Response<Bo
     while let Some(field) = form
         .next_field()
         .await
-        .map_err(|e| multer_error(e, limit))?
+        .map_err(|e| multer_error(e, limit, idle_secs))?
     {
         match field.name() {
             Some("image") if received.is_none() => {
                 let client_name = field.file_name().map(sanitise_for_log);
                 let path = state.store().part_path(state.config.slot, &id);
-                let r = spool(&path, field, limit).await?;
+                let r = spool(&path, field, limit, idle_secs, &state.config.limits).await?;
                 info!(
                     client_name = client_name.as_deref().unwrap_or("-"),
                     bytes = r.bytes,
@@ -121,7 +135,12 @@ pub async fn upload(state: &State, req: Request<Incoming>) -> Result<Response<Bo
                 return Err(ApiError::BadMultipart("more than one `image` file".into()))
             }
             Some("presets") => {
-                form_presets = Some(field.text().await.map_err(|e| multer_error(e, limit))?);
+                form_presets = Some(
+                    field
+                        .text()
+                        .await
+                        .map_err(|e| multer_error(e, limit, idle_secs))?,
+                );
             }
             other => {
                 return Err(ApiError::BadMultipart(format!(
@@ -322,6 +341,8 @@ async fn spool(
     path: &Path,
     mut field: multer::Field<'_>,
     limit: u64,
+    idle_secs: u64,
+    limits: &Limits,
 ) -> Result<Received, ApiError> {
     let storage = |context: &str, source| ApiError::Storage {
         context: format!("{context} {}", path.display()),
@@ -341,19 +362,26 @@ async fn spool(
     let mut head = Vec::with_capacity(1024);
     let mut hasher = blake3::Hasher::new();
     let mut bytes: u64 = 0;
-    while let Some(chunk) = field.chunk().await.map_err(|e| multer_error(e, limit))? {
+    let mut checked = false;
+    while let Some(chunk) = field
+        .chunk()
+        .await
+        .map_err(|e| multer_error(e, limit, idle_secs))?
+    {
         keep_head(&mut head, &chunk);
         hasher.update(&chunk);
         bytes += chunk.len() as u64;
+        // As soon as the header is in, refuse what is not an image or is too
+        // large, before the rest of the body is read.
+        if !checked && head.len() >= HEAD_LEN {
+            check_header(&head, bytes, limits)?;
+            checked = true;
+        }
         out.write_all(&chunk)
             .await
             .map_err(|e| storage("could not write spool file", e))?;
     }
-    let format = match Format::sniff(&head) {
-        Some(f) => f,
-        None if bytes == 0 => return Err(ApiError::EmptyFile),
-        None => return Err(ApiError::UnsupportedFormat),
-    };
+    let format = check_header(&head, bytes, limits)?;
     out.flush()
         .await
         .map_err(|e| storage("could not write spool file", e))?;
@@ -369,18 +397,64 @@ async fn spool(
     })
 }
 
+/// Sniffs the format and, where the header can be parsed, checks the declared
+/// dimensions against the limits. A header that cannot be fully parsed from
+/// the first bytes (a huge ICC profile before the frame header) is left to the
+/// worker, which enforces the same limits before decoding.
+fn check_header(head: &[u8], bytes: u64, limits: &Limits) -> Result<Format, ApiError> {
+    let format = match Format::sniff(head) {
+        Some(f) => f,
+        None if bytes == 0 => return Err(ApiError::EmptyFile),
+        None => return Err(ApiError::UnsupportedFormat),
+    };
+    match pixpool_imaging::probe(head) {
+        Ok(p) => limits
+            .check_dimensions(p.width, p.height)
+            .map_err(|e| ApiError::LimitExceeded(e.to_string()))?,
+        Err(e) if e.is_limit_exceeded() => return Err(ApiError::LimitExceeded(e.to_string())),
+        Err(_) => {}
+    }
+    Ok(format)
+}
+
+/// Marks a request body that stalled.
+#[derive(Debug, thiserror::Error)]
+#[error("request body idle for too long")]
+struct IdleTimeout;
+
+/// The body as a stream of data chunks, failing with [`IdleTimeout`] when no
+/// chunk arrives for `idle` (a client that stops sending mid-upload).
+fn idle_limited(
+    body: Incoming,
+    idle: Duration,
+) -> impl futures_util::Stream<Item = Result<Bytes, Box<dyn std::error::Error + Send + Sync>>> {
+    use futures_util::StreamExt;
+    futures_util::stream::unfold(Some(body.into_data_stream()), move |state| async move {
+        let mut s = state?;
+        match tokio::time::timeout(idle, s.next()).await {
+            Ok(Some(Ok(b))) => Some((Ok(b), Some(s))),
+            Ok(Some(Err(e))) => Some((Err(Box::new(e) as Box<_>), None)),
+            Ok(None) => None,
+            Err(_) => Some((Err(Box::new(IdleTimeout) as Box<_>), None)),
+        }
+    })
+}
+
 fn keep_head(head: &mut Vec<u8>, chunk: &Bytes) {
     let room = HEAD_LEN.saturating_sub(head.len());
     head.extend_from_slice(&chunk[..room.min(chunk.len())]);
 }
 
-fn multer_error(e: multer::Error, limit: u64) -> ApiError {
+fn multer_error(e: multer::Error, limit: u64, idle_secs: u64) -> ApiError {
     use multer::Error as M;
     match e {
         M::FieldSizeExceeded { field_name, .. } if field_name.as_deref() != Some("image") => {
             ApiError::BadMultipart(format!("field {field_name:?} is too long"))
         }
         M::FieldSizeExceeded { .. } | M::StreamSizeExceeded { .. } => ApiError::TooLarge { limit },
+        M::StreamReadFailed(cause) if cause.downcast_ref::<IdleTimeout>().is_some() => {
+            ApiError::BodyTimeout(idle_secs)
+        }
         M::StreamReadFailed(cause) => ApiError::BodyRead(cause.to_string()),
         M::UnknownField { field_name } => ApiError::BadMultipart(format!(
             "unexpected field {:?} (expected `image` and optionally `presets`)",

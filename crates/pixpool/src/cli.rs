@@ -65,6 +65,34 @@ pub struct ServeArgs {
         value_name = "SPEC"
     )]
     pub presets: Vec<pixpool_imaging::Preset>,
+    /// Largest image accepted, in pixels (width × height), checked on the header.
+    #[arg(long, env = "PIXPOOL_MAX_PIXELS", default_value_t = 50_000_000)]
+    pub max_pixels: u64,
+    /// Largest width or height accepted.
+    #[arg(long, env = "PIXPOOL_MAX_SIDE", default_value_t = 16_384)]
+    pub max_side: u32,
+    /// Refuse uploads (507) when less than this many MiB are free on the uploads disk.
+    #[arg(long, env = "PIXPOOL_MIN_FREE_DISK_MB", default_value_t = 512)]
+    pub min_free_disk_mb: u64,
+    /// Connections one front serves at once.
+    #[arg(long, env = "PIXPOOL_MAX_CONNECTIONS", default_value_t = pixpool_front::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Seconds a request body may stall before the request is cut off (408).
+    #[arg(long, env = "PIXPOOL_BODY_IDLE_SECS", default_value_t = 30)]
+    pub body_idle_secs: u64,
+    /// Seconds one job may take before it fails and its worker is replaced.
+    #[arg(long, env = "PIXPOOL_JOB_TIMEOUT_SECS", default_value_t = 30)]
+    pub job_timeout_secs: u64,
+    /// Replace a worker process after this many jobs (0: never).
+    #[arg(long, env = "PIXPOOL_RECYCLE_AFTER_JOBS", default_value_t = 0)]
+    pub recycle_after_jobs: u64,
+    /// Replace a worker process once its RSS exceeds this many MiB after a job (0: never).
+    #[arg(long, env = "PIXPOOL_RECYCLE_RSS_MB", default_value_t = 1024)]
+    pub recycle_rss_mb: u64,
+    /// Address-space limit of each worker process in MiB (RLIMIT_AS; 0: none):
+    /// a decoder that runs away fails that job instead of the machine.
+    #[arg(long, env = "PIXPOOL_WORKER_MEMORY_MB", default_value_t = 4096)]
+    pub worker_memory_mb: u64,
 }
 
 impl ServeArgs {
@@ -100,6 +128,24 @@ pub struct ChildArgs {
     /// The presets (specifications, as validated by the supervisor).
     #[arg(long = "preset", required = true)]
     pub presets: Vec<pixpool_imaging::Preset>,
+    /// Largest image in pixels.
+    #[arg(long)]
+    pub max_pixels: u64,
+    /// Largest side.
+    #[arg(long)]
+    pub max_side: u32,
+}
+
+impl ChildArgs {
+    /// The image limits.
+    pub fn limits(&self) -> pixpool_imaging::Limits {
+        pixpool_imaging::Limits {
+            max_width: self.max_side,
+            max_height: self.max_side,
+            max_pixels: self.max_pixels,
+            ..pixpool_imaging::Limits::default()
+        }
+    }
 }
 
 /// Options of a front.
@@ -114,6 +160,15 @@ pub struct FrontArgs {
     /// Upload size limit in bytes.
     #[arg(long)]
     pub max_upload_bytes: u64,
+    /// Free-disk floor in MiB.
+    #[arg(long)]
+    pub min_free_disk_mb: u64,
+    /// Connection limit.
+    #[arg(long)]
+    pub max_connections: usize,
+    /// Body idle timeout in seconds.
+    #[arg(long)]
+    pub body_idle_secs: u64,
 }
 
 /// Options of a worker.
@@ -125,4 +180,16 @@ pub struct WorkerArgs {
     /// Queue bound.
     #[arg(long)]
     pub queue_depth: usize,
+    /// Per-job time limit in seconds.
+    #[arg(long)]
+    pub job_timeout_secs: u64,
+    /// Jobs before recycling (0: never).
+    #[arg(long)]
+    pub recycle_after_jobs: u64,
+    /// RSS high-water mark in MiB (0: none).
+    #[arg(long)]
+    pub recycle_rss_mb: u64,
+    /// RLIMIT_AS in MiB (0: none).
+    #[arg(long)]
+    pub memory_mb: u64,
 }

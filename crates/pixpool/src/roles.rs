@@ -61,6 +61,13 @@ pub fn front(args: FrontArgs) -> anyhow::Result<ExitCode> {
         default_presets: names,
         max_upload_bytes: args.max_upload_bytes,
         drain_grace: Duration::from_secs(args.child.grace_secs),
+        limits: args.child.limits(),
+        min_free_bytes: args.min_free_disk_mb.saturating_mul(1024 * 1024),
+        max_connections: args.max_connections,
+        body_idle_timeout: Duration::from_secs(args.body_idle_secs.max(1)),
+        // Tokens come from the environment only: a command line is visible to
+        // every user of the machine (`ps`).
+        api_tokens: api_tokens_from_env(),
     };
     runtime()?
         .block_on(pixpool_front::run(listener, config, terminated()))
@@ -73,16 +80,52 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     crate::logging::init("worker", Some(args.child.slot));
     let store =
         Store::open(&args.child.uploads, None).context("could not open the uploads directory")?;
+    if args.memory_mb > 0 {
+        limit_address_space(args.memory_mb.saturating_mul(1024 * 1024))?;
+    }
     let config = pixpool_worker::WorkerConfig {
         slot: args.child.slot,
         workers: args.child.workers,
         store,
         queue_depth: args.queue_depth,
+        limits: args.child.limits(),
         presets: args.child.presets,
-        limits: pixpool_imaging::Limits::default(),
+        job_timeout: Duration::from_secs(args.job_timeout_secs.max(1)),
+        recycle_after_jobs: args.recycle_after_jobs,
+        recycle_rss_bytes: args.recycle_rss_mb.saturating_mul(1024 * 1024),
     };
-    runtime()?
+    let exit = runtime()?
         .block_on(pixpool_worker::run(config, terminated()))
         .context("worker failed")?;
+    if exit == pixpool_worker::WorkerExit::Replace {
+        // A job thread may be stuck in a decoder: leave without waiting for it.
+        // Exit 0 from a running child means "planned": respawned at once.
+        std::process::exit(0);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The bearer tokens in `PIXPOOL_API_TOKENS` (comma- or whitespace-separated).
+pub fn api_tokens_from_env() -> Vec<String> {
+    std::env::var("PIXPOOL_API_TOKENS")
+        .unwrap_or_default()
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Caps this process's address space: an allocation past it fails (and the
+/// process aborts) instead of pushing the machine into swap or the OOM killer.
+fn limit_address_space(bytes: u64) -> anyhow::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: bytes,
+    };
+    // SAFETY: setrlimit reads the struct we pass; no memory is shared.
+    if unsafe { libc::setrlimit(libc::RLIMIT_AS, &lim) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .context("could not set the worker memory limit");
+    }
+    Ok(())
 }

@@ -57,6 +57,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             uploads.clone(),
             "--grace-secs".into(),
             args.grace_secs.to_string(),
+            "--max-pixels".into(),
+            args.max_pixels.to_string(),
+            "--max-side".into(),
+            args.max_side.to_string(),
         ]
         .into_iter()
         .chain(
@@ -70,7 +74,18 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Workers first: their sockets are up by the time the fronts connect.
     for slot in 0..workers {
         let mut argv = common("worker", slot);
-        argv.extend(["--queue-depth".into(), args.queue_depth.to_string()]);
+        argv.extend([
+            "--queue-depth".into(),
+            args.queue_depth.to_string(),
+            "--job-timeout-secs".into(),
+            args.job_timeout_secs.to_string(),
+            "--recycle-after-jobs".into(),
+            args.recycle_after_jobs.to_string(),
+            "--recycle-rss-mb".into(),
+            args.recycle_rss_mb.to_string(),
+            "--memory-mb".into(),
+            args.worker_memory_mb.to_string(),
+        ]);
         children.push(spec("worker", slot, &program, argv, None, 1)?);
     }
     for slot in 0..fronts {
@@ -80,6 +95,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             pixpool_supervisor::child::INHERITED_FD.to_string(),
             "--max-upload-bytes".into(),
             args.max_upload_bytes.to_string(),
+            "--min-free-disk-mb".into(),
+            args.min_free_disk_mb.to_string(),
+            "--max-connections".into(),
+            args.max_connections.to_string(),
+            "--body-idle-secs".into(),
+            args.body_idle_secs.to_string(),
         ]);
         children.push(spec(
             "front",

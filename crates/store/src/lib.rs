@@ -181,6 +181,17 @@ impl Store {
         self.root.join("claims").join(slot.to_string())
     }
 
+    /// Bytes available to this (unprivileged) process on the uploads file system.
+    pub fn free_bytes(&self) -> std::io::Result<u64> {
+        let st = nix::sys::statvfs::statvfs(&self.root).map_err(std::io::Error::from)?;
+        #[allow(clippy::useless_conversion)] // the field types differ between targets
+        let (avail, frag) = (
+            u64::from(st.blocks_available()),
+            u64::from(st.fragment_size()),
+        );
+        Ok(avail.saturating_mul(frag))
+    }
+
     /// Writes `record` durably (temp file, fsync, rename, directory fsync).
     pub fn write_record(&self, record: &JobRecord) -> Result<(), StoreError> {
         let path = self.record_path(&record.id);

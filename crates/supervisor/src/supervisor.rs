@@ -318,6 +318,18 @@ fn reap(slots: &mut [Slot], phase: Phase) -> Option<(&'static str, u32)> {
             fatal = Some((slot.spec.role, slot.spec.slot));
             continue;
         }
+        if code == Some(0) {
+            // A planned exit (a worker recycling itself): replace it at once,
+            // and it does not count towards the crash backoff.
+            info!(
+                role = slot.spec.role,
+                slot = slot.spec.slot,
+                pid = pid.as_raw(),
+                "child asked to be replaced"
+            );
+            slot.respawn_at = Some(Instant::now());
+            continue;
+        }
         if lived >= STABLE_AFTER {
             slot.quick_deaths = 0;
         }

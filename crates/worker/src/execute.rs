@@ -34,16 +34,29 @@ pub enum Outcome {
     Skipped,
 }
 
+/// Why the executor stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecExit {
+    /// `stop` turned true (drain); the job in hand finished.
+    Stopped,
+    /// Time for a fresh process (job count or memory high-water mark reached).
+    Recycle,
+    /// A job overran the per-job timeout; it is marked failed, and its thread
+    /// cannot be stopped: the process must be replaced.
+    JobTimedOut,
+}
+
 /// Runs queued jobs until `stop` turns true; the job in hand always finishes.
 pub async fn run_queue(
     config: Arc<WorkerConfig>,
     queue: Arc<JobQueue>,
     events: broadcast::Sender<JobEvent>,
     mut stop: watch::Receiver<bool>,
-) {
+) -> ExecExit {
+    let mut jobs_run: u64 = 0;
     loop {
         if *stop.borrow() {
-            return;
+            return ExecExit::Stopped;
         }
         let Some(job) = queue.try_pop() else {
             tokio::select! {
@@ -54,13 +67,76 @@ pub async fn run_queue(
         };
         let cfg = config.clone();
         let retry = job.clone();
-        let events = events.clone();
-        match tokio::task::spawn_blocking(move || execute(&cfg, &job, &events)).await {
-            Ok(Outcome::Retry) => queue.push_recovered(retry),
-            Ok(_) => {}
-            Err(e) => error!(cause = %e, job_id = %retry.id, "job thread panicked"),
+        let ev = events.clone();
+        let running = tokio::task::spawn_blocking(move || execute(&cfg, &job, &ev));
+        match tokio::time::timeout(config.job_timeout, running).await {
+            Ok(Ok(Outcome::Retry)) => queue.push_recovered(retry),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => error!(cause = %e, job_id = %retry.id, "job thread panicked"),
+            Err(_) => {
+                error!(
+                    job_id = %retry.id,
+                    timeout_s = config.job_timeout.as_secs(),
+                    "job overran its time limit; failing it and replacing this worker"
+                );
+                let (cfg, ev) = (config.clone(), events.clone());
+                let _ =
+                    tokio::task::spawn_blocking(move || fail_timed_out(&cfg, &retry, &ev)).await;
+                // Let the `failed` event reach the fronts before the process goes.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                return ExecExit::JobTimedOut;
+            }
+        }
+        jobs_run += 1;
+        if config.recycle_after_jobs > 0 && jobs_run >= config.recycle_after_jobs {
+            info!(jobs_run, "recycling after the configured number of jobs");
+            return ExecExit::Recycle;
+        }
+        if config.recycle_rss_bytes > 0 {
+            if let Some(rss) = current_rss_bytes() {
+                if rss > config.recycle_rss_bytes {
+                    info!(
+                        rss,
+                        limit = config.recycle_rss_bytes,
+                        "recycling: memory high-water mark reached"
+                    );
+                    return ExecExit::Recycle;
+                }
+            }
         }
     }
+}
+
+/// This process's resident set size, from /proc.
+pub fn current_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Marks a job that overran the time limit as failed (blocking).
+fn fail_timed_out(config: &WorkerConfig, job: &Job, events: &broadcast::Sender<JobEvent>) {
+    let mut rec = match config.store.read_record(&job.id) {
+        Ok(Some(rec)) => rec,
+        _ => return,
+    };
+    let problem = Problem::new(
+        "processing-timeout",
+        "The image took too long to process",
+        422,
+        format!(
+            "processing did not finish within {} s",
+            config.job_timeout.as_secs()
+        ),
+    );
+    let emit = |kind: EventKind| {
+        let _ = events.send(JobEvent {
+            id: job.id.clone(),
+            kind,
+        });
+    };
+    finish(config, job, &mut rec, Err(problem), &emit);
 }
 
 /// Runs one job to a final state (or asks for a retry). Blocking.

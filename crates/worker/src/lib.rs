@@ -24,7 +24,7 @@ use pixpool_imaging::{Limits, Preset};
 use pixpool_store::Store;
 use tracing::{info, warn};
 
-pub use execute::MAX_ATTEMPTS;
+pub use execute::{ExecExit, MAX_ATTEMPTS};
 
 /// Default depth of a worker's queue of accepted-but-not-started jobs. Past it
 /// the worker rejects and the front tries the next worker.
@@ -48,6 +48,26 @@ pub struct WorkerConfig {
     pub presets: Vec<Preset>,
     /// Decoder limits.
     pub limits: Limits,
+    /// Wall-clock limit of one job; past it the job fails and the process is replaced.
+    pub job_timeout: std::time::Duration,
+    /// Replace the process after this many jobs (0: never).
+    pub recycle_after_jobs: u64,
+    /// Replace the process when its RSS exceeds this after a job (0: never).
+    pub recycle_rss_bytes: u64,
+}
+
+/// Default per-job time limit.
+pub const DEFAULT_JOB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How a worker ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerExit {
+    /// Drained on SIGTERM.
+    Drained,
+    /// Planned replacement (job count, memory, or a job that overran its time
+    /// limit): the supervisor starts a fresh process in the slot at once, and
+    /// it takes over the jobs still claimed.
+    Replace,
 }
 
 /// Why the worker could not run.
@@ -73,7 +93,7 @@ pub enum WorkerError {
 pub async fn run(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), WorkerError> {
+) -> Result<WorkerExit, WorkerError> {
     let config = Arc::new(config);
     let queue = Arc::new(queue::JobQueue::new(config.queue_depth));
 
@@ -107,7 +127,7 @@ pub async fn run(
         events.clone(),
         stop_rx.clone(),
     ));
-    let exec = tokio::spawn(execute::run_queue(
+    let mut exec = tokio::spawn(execute::run_queue(
         config.clone(),
         queue.clone(),
         events,
@@ -115,15 +135,24 @@ pub async fn run(
     ));
     info!(socket = %config.store.worker_socket(config.slot).display(), "worker ready");
 
-    shutdown.await;
-    info!(queued = queue.len(), "draining: finishing the job in hand");
-    let _ = stop_tx.send(true);
-    queue.wake_all();
-    if let Err(e) = exec.await {
-        warn!(cause = %e, "job executor ended abnormally");
-    }
+    let exit = tokio::select! {
+        _ = shutdown => {
+            info!(queued = queue.len(), "draining: finishing the job in hand");
+            let _ = stop_tx.send(true);
+            queue.wake_all();
+            if let Err(e) = exec.await {
+                warn!(cause = %e, "job executor ended abnormally");
+            }
+            WorkerExit::Drained
+        }
+        ended = &mut exec => {
+            let _ = stop_tx.send(true);
+            info!(reason = ?ended.ok(), queued = queue.len(), "worker will be replaced; queued jobs stay claimed for its successor");
+            WorkerExit::Replace
+        }
+    };
     accept.abort();
     let _ = std::fs::remove_file(config.store.worker_socket(config.slot));
     info!("worker stopped");
-    Ok(())
+    Ok(exit)
 }

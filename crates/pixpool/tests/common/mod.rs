@@ -544,20 +544,28 @@ pub fn image_dimensions(path: &Path) -> (u32, u32) {
 }
 
 /// A job that keeps a worker busy long enough to kill it mid-job: the 20 MP
-/// corpus photo when the corpus is present, else a test-data photo; always
-/// with every built-in preset. Returns (file name, bytes made unique by `tag`).
+/// corpus photo when the corpus is present, else a 20 MP JPEG made here from
+/// a test-data photo; always with every built-in preset. Returns (file name,
+/// bytes made unique by `tag`).
 pub fn slow_photo(tag: &str) -> (String, Vec<u8>) {
-    let path = corpus()
-        .map(|c| c.join("15-kleiber-20mp-orient6.jpg"))
-        .filter(|p| p.is_file())
-        .unwrap_or_else(|| test_photo("04-fallenleaf.jpg"));
-    let bytes = std::fs::read(&path).expect("slow photo");
-    let name = path
-        .file_name()
-        .expect("file name")
-        .to_string_lossy()
-        .into_owned();
-    (name, tagged_jpeg(&bytes, tag))
+    static BIG: std::sync::OnceLock<(String, Vec<u8>)> = std::sync::OnceLock::new();
+    let (name, bytes) = BIG.get_or_init(|| {
+        if let Some(path) = corpus()
+            .map(|c| c.join("15-kleiber-20mp-orient6.jpg"))
+            .filter(|p| p.is_file())
+        {
+            let bytes = std::fs::read(&path).expect("slow photo");
+            return ("15-kleiber-20mp-orient6.jpg".to_string(), bytes);
+        }
+        let small = image::open(test_photo("04-fallenleaf.jpg")).expect("test photo");
+        let big = small.resize_exact(5600, 3500, image::imageops::FilterType::Triangle);
+        let mut out = std::io::Cursor::new(Vec::new());
+        big.to_rgb8()
+            .write_to(&mut out, image::ImageFormat::Jpeg)
+            .expect("encode a 20 MP JPEG");
+        ("big-fallenleaf.jpg".to_string(), out.into_inner())
+    });
+    (name.clone(), tagged_jpeg(bytes, tag))
 }
 
 impl Server {
