@@ -196,7 +196,11 @@ fn history(record: &JobRecord) -> Vec<Sse> {
         out.push(from_kind(id, &EventKind::Processing { attempt }, None));
     }
     if record.state == JobState::Done {
-        for (index, output) in record.outputs.iter().enumerate() {
+        // The order the worker made them in (and numbered their events by):
+        // largest area first, ties in preset order.
+        let mut made: Vec<_> = record.outputs.iter().collect();
+        made.sort_by_key(|o| std::cmp::Reverse(u64::from(o.width) * u64::from(o.height)));
+        for (index, output) in made.into_iter().enumerate() {
             let kind = EventKind::Output {
                 attempt,
                 index: u32::try_from(index).unwrap_or(u32::MAX),

@@ -81,8 +81,8 @@ pub struct ServeArgs {
     #[arg(long, env = "PIXPOOL_BODY_IDLE_SECS", default_value_t = 30)]
     pub body_idle_secs: u64,
     /// Seconds one job may take before it fails and its worker is replaced.
-    #[arg(long, env = "PIXPOOL_JOB_TIMEOUT_SECS", default_value_t = 30)]
-    pub job_timeout_secs: u64,
+    #[arg(long, env = "PIXPOOL_JOB_TIMEOUT_SECS", default_value_t = 30.0)]
+    pub job_timeout_secs: f64,
     /// Replace a worker process after this many jobs (0: never).
     #[arg(long, env = "PIXPOOL_RECYCLE_AFTER_JOBS", default_value_t = 0)]
     pub recycle_after_jobs: u64,
@@ -182,7 +182,7 @@ pub struct WorkerArgs {
     pub queue_depth: usize,
     /// Per-job time limit in seconds.
     #[arg(long)]
-    pub job_timeout_secs: u64,
+    pub job_timeout_secs: f64,
     /// Jobs before recycling (0: never).
     #[arg(long)]
     pub recycle_after_jobs: u64,

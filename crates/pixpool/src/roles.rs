@@ -90,7 +90,10 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         queue_depth: args.queue_depth,
         limits: args.child.limits(),
         presets: args.child.presets,
-        job_timeout: Duration::from_secs(args.job_timeout_secs.max(1)),
+        job_timeout: Duration::try_from_secs_f64(args.job_timeout_secs)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .unwrap_or(pixpool_worker::DEFAULT_JOB_TIMEOUT),
         recycle_after_jobs: args.recycle_after_jobs,
         recycle_rss_bytes: args.recycle_rss_mb.saturating_mul(1024 * 1024),
     };

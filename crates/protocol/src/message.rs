@@ -106,7 +106,9 @@ pub enum EventKind {
     Output {
         /// The attempt.
         attempt: u32,
-        /// Index of the preset among the job's presets.
+        /// Position of this output in the order outputs are made: largest
+        /// (by pixel area) first, ties in preset order — an order the record
+        /// alone also determines, so replayed events get the same ids.
         index: u32,
         /// The output.
         output: OutputRecord,

@@ -76,7 +76,7 @@ pub async fn run_queue(
             Err(_) => {
                 error!(
                     job_id = %retry.id,
-                    timeout_s = config.job_timeout.as_secs(),
+                    timeout_s = config.job_timeout.as_secs_f64(),
                     "job overran its time limit; failing it and replacing this worker"
                 );
                 let (cfg, ev) = (config.clone(), events.clone());
@@ -127,7 +127,7 @@ fn fail_timed_out(config: &WorkerConfig, job: &Job, events: &broadcast::Sender<J
         422,
         format!(
             "processing did not finish within {} s",
-            config.job_timeout.as_secs()
+            config.job_timeout.as_secs_f64()
         ),
     );
     let emit = |kind: EventKind| {
@@ -218,6 +218,8 @@ pub fn execute(config: &WorkerConfig, job: &Job, events: &broadcast::Sender<JobE
     let started = Instant::now();
     let processed_dir = store.processed_dir();
     let mut etags: Vec<String> = vec![String::new(); presets.len()];
+    // Outputs are made largest first; events are numbered in that order.
+    let mut made: u32 = 0;
     let mut on_progress = |p: Progress<'_>| match p {
         Progress::Decoded { .. } => emit(EventKind::Resizing { attempt }),
         Progress::Output { index, output } => {
@@ -228,9 +230,10 @@ pub fn execute(config: &WorkerConfig, job: &Job, events: &broadcast::Sender<JobE
             }
             emit(EventKind::Output {
                 attempt,
-                index: u32::try_from(index).unwrap_or(u32::MAX),
+                index: made,
                 output: record,
             });
+            made += 1;
         }
     };
     let result = pixpool_imaging::process_with_progress(

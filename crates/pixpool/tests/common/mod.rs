@@ -69,6 +69,17 @@ impl Server {
 
     /// Starts a server on an existing uploads directory (restart tests).
     pub fn start_in(uploads: PathBuf, fronts: u32, workers: u32, extra: &[&str]) -> Server {
+        Self::start_env(uploads, fronts, workers, extra, &[])
+    }
+
+    /// Starts a server with extra environment variables.
+    pub fn start_env(
+        uploads: PathBuf,
+        fronts: u32,
+        workers: u32,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pixpool"))
             .arg("serve")
             .args(["--bind", "127.0.0.1:0", "--uploads"])
@@ -81,6 +92,7 @@ impl Server {
             ])
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -207,6 +219,25 @@ impl Drop for Server {
             eprintln!("server log:\n{}", self.log_text());
         }
     }
+}
+
+/// A fresh, unique uploads directory path for a test server.
+pub fn fresh_uploads() -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("pixpool-test-{}-{n}", std::process::id()))
+}
+
+/// Resident set size of a process in bytes, from /proc.
+pub fn rss_bytes(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// Direct children of `ppid`, from /proc: (pid, command line with spaces).

@@ -1,0 +1,815 @@
+//! The HTTP API of issue 3 on the real binary: presets, dedup, job records and
+//! long polls, progress events (SSE) and serving the outputs.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use hyper::{Method, StatusCode};
+use serde_json::Value;
+
+fn photo(name: &str) -> Vec<u8> {
+    std::fs::read(test_photo(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// `w`×`h` fitted inside `box_w` wide, never upscaled, aspect kept.
+fn inside(w: u32, h: u32, box_w: u32) -> (u32, u32) {
+    let ow = w.min(box_w);
+    (ow, ((h as f64) * (ow as f64) / (w as f64)).round() as u32)
+}
+
+/// The built-in set for a source displayed at `w`×`h` (both at least 200).
+fn builtin(w: u32, h: u32) -> Vec<(&'static str, (u32, u32))> {
+    vec![
+        ("thumb", (200, 200)),
+        ("small", inside(w, h, 480)),
+        ("medium", inside(w, h, 800)),
+        ("large", inside(w, h, 1600)),
+    ]
+}
+
+/// Checks a done job's outputs against (preset, size, extension, type), in order.
+fn check_outputs(server: &Server, job: &Value, expect: &[(&str, (u32, u32), &str, &str)]) {
+    let id = job["id"].as_str().expect("id");
+    assert_eq!(job["state"], "done", "{job}");
+    assert!(job["error"].is_null(), "{job}");
+    let names: Vec<&str> = expect.iter().map(|e| e.0).collect();
+    assert_eq!(job["presets"], serde_json::json!(names), "{job}");
+    let outputs = job["outputs"].as_array().expect("outputs");
+    let got: Vec<&str> = outputs
+        .iter()
+        .map(|o| o["preset"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        got, names,
+        "outputs in the order of the job's presets: {job}"
+    );
+    for (out, (preset, (w, h), ext, ctype)) in outputs.iter().zip(expect) {
+        let what = format!("job {id} preset {preset}");
+        let path = format!("processed/{id}-{preset}.{ext}");
+        assert_eq!(out["path"], path, "{what}: {out}");
+        assert_eq!(
+            out["url"],
+            format!("/images/{id}/{preset}"),
+            "{what}: {out}"
+        );
+        assert_eq!(out["content_type"], *ctype, "{what}: {out}");
+        let file = server.uploads.join(&path);
+        let len = std::fs::metadata(&file)
+            .unwrap_or_else(|e| panic!("{what}: {path}: {e}"))
+            .len();
+        assert_eq!(out["bytes"].as_u64(), Some(len), "{what}: {out}");
+        let etag = out["etag"].as_str().unwrap_or("");
+        assert!(
+            !etag.is_empty() && etag.chars().all(|c| c.is_ascii_hexdigit()),
+            "{what}: etag {etag:?}"
+        );
+        let (fw, fh) = if *ext == "jpg" {
+            jpeg_dimensions(&file)
+        } else {
+            image_dimensions(&file)
+        };
+        assert_eq!(
+            (out["width"].as_u64(), out["height"].as_u64()),
+            (Some(fw as u64), Some(fh as u64)),
+            "{what}: the record matches the file"
+        );
+        assert_eq!(fw, *w, "{what}: width");
+        assert!(fh.abs_diff(*h) <= 1, "{what}: height {fh}, expected {h}");
+    }
+}
+
+fn jpegs(
+    expect: &[(&'static str, (u32, u32))],
+) -> Vec<(&'static str, (u32, u32), &'static str, &'static str)> {
+    expect
+        .iter()
+        .map(|(p, s)| (*p, *s, "jpg", "image/jpeg"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_without_presets_gets_every_builtin_preset_in_order() {
+    let server = Server::start(1, 2, &[]);
+    let mut conn = Conn::open(server.addr).await.expect("connect");
+    let leaf = conn
+        .upload("leaf.jpg", &photo("04-fallenleaf.jpg"))
+        .await
+        .expect("upload");
+    let leaf = accepted_id(&leaf, "fallen leaf");
+    let storm = conn
+        .upload("storm.jpg", &photo("01-storm-orient6.jpg"))
+        .await
+        .expect("upload");
+    let storm = accepted_id(&storm, "storm");
+
+    let job = wait_final(server.addr, &leaf, Duration::from_secs(30)).await;
+    check_outputs(&server, &job, &jpegs(&builtin(2560, 1600)));
+    // Orientation 6: displayed 1280×1920; `large` (1600) is not upscaled past 1280.
+    let job = wait_final(server.addr, &storm, Duration::from_secs(30)).await;
+    check_outputs(&server, &job, &jpegs(&builtin(1280, 1920)));
+    assert_eq!(job["outputs"][3]["width"], 1280, "never upscaled: {job}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presets_are_chosen_by_form_field_or_query_and_unknown_ones_are_refused() {
+    let server = Server::start(1, 1, &[]);
+    let mut conn = Conn::open(server.addr).await.expect("connect");
+    let grey = photo("06-grey-grayscale.jpg");
+
+    let form = conn
+        .upload_to(
+            "/upload",
+            &[
+                ("image", Some("a.jpg"), &tagged_jpeg(&grey, "form")),
+                ("presets", None, b"thumb,medium"),
+            ],
+        )
+        .await
+        .expect("send");
+    let form = accepted_id(&form, "presets in the form");
+    let query = conn
+        .upload_to(
+            "/upload?presets=small",
+            &[("image", Some("b.jpg"), &tagged_jpeg(&grey, "query"))],
+        )
+        .await
+        .expect("send");
+    let query = accepted_id(&query, "presets in the query");
+    let two = conn
+        .upload_to(
+            "/upload?presets=large,thumb",
+            &[("image", Some("c.jpg"), &tagged_jpeg(&grey, "query2"))],
+        )
+        .await
+        .expect("send");
+    let two = accepted_id(&two, "two presets in the query");
+
+    // Unknown presets: refused, in either place, alone or beside known ones.
+    let refused = [
+        conn.upload_to(
+            "/upload?presets=huge",
+            &[("image", Some("d.jpg"), &tagged_jpeg(&grey, "d"))],
+        )
+        .await
+        .expect("send"),
+        conn.upload_to(
+            "/upload",
+            &[
+                ("image", Some("e.jpg"), &tagged_jpeg(&grey, "e")),
+                ("presets", None, b"thumb,bogus"),
+            ],
+        )
+        .await
+        .expect("send"),
+    ];
+    for resp in &refused {
+        assert_problem(resp, StatusCode::BAD_REQUEST, "unknown preset");
+    }
+
+    let job = wait_final(server.addr, &form, Duration::from_secs(30)).await;
+    check_outputs(
+        &server,
+        &job,
+        &jpegs(&[("thumb", (200, 200)), ("medium", (800, 500))]),
+    );
+    let job = wait_final(server.addr, &query, Duration::from_secs(30)).await;
+    check_outputs(&server, &job, &jpegs(&[("small", (480, 300))]));
+    // The order of a request's list is the job's order.
+    let job = wait_final(server.addr, &two, Duration::from_secs(30)).await;
+    let presets: Vec<String> = job["presets"]
+        .as_array()
+        .expect("presets")
+        .iter()
+        .map(|p| p.as_str().expect("name").to_string())
+        .collect();
+    let mut sorted = presets.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["large", "thumb"], "{job}");
+    let outputs: Vec<&str> = job["outputs"]
+        .as_array()
+        .expect("outputs")
+        .iter()
+        .map(|o| o["preset"].as_str().expect("preset"))
+        .collect();
+    assert_eq!(outputs, presets, "outputs follow the job's presets: {job}");
+
+    // The refused uploads left nothing: three records, three originals, no spool file.
+    assert_eq!(dir_entries(&server.uploads.join("jobs")).len(), 3);
+    assert_eq!(dir_entries(&server.uploads.join("raw")).len(), 3);
+    let spool = files_below(&server.uploads.join("tmp"));
+    assert!(spool.is_empty(), "spool files left: {spool:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preset_flags_replace_the_builtin_set() {
+    let server = Server::start(
+        1,
+        1,
+        &[
+            "--preset",
+            "tiny:64x64:cover",
+            "--preset",
+            "wide:300",
+            "--preset",
+            "pic:120:png",
+        ],
+    );
+    let mut conn = Conn::open(server.addr).await.expect("connect");
+    let webp = photo("19-aitzgorri.webp"); // 3088×2056
+    let resp = conn.upload("mountain.webp", &webp).await.expect("send");
+    let id = accepted_id(&resp, "default set");
+    // The built-in presets are gone.
+    for gone in ["medium", "thumb"] {
+        let resp = conn
+            .upload_to(
+                &format!("/upload?presets={gone}"),
+                &[("image", Some("x.webp"), &webp)],
+            )
+            .await
+            .expect("send");
+        assert_problem(&resp, StatusCode::BAD_REQUEST, gone);
+    }
+    let only = conn
+        .upload_to("/upload?presets=wide", &[("image", Some("y.webp"), &webp)])
+        .await
+        .expect("send");
+    let only = accepted_id(&only, "one configured preset");
+    assert_ne!(only, id, "another preset selection is another job");
+
+    let job = wait_final(server.addr, &id, Duration::from_secs(30)).await;
+    check_outputs(
+        &server,
+        &job,
+        &[
+            ("tiny", (64, 64), "jpg", "image/jpeg"),
+            ("wide", (300, 200), "jpg", "image/jpeg"),
+            ("pic", (120, 80), "png", "image/png"),
+        ],
+    );
+    let job = wait_final(server.addr, &only, Duration::from_secs(30)).await;
+    check_outputs(&server, &job, &[("wide", (300, 200), "jpg", "image/jpeg")]);
+
+    // A PNG output is served as a PNG.
+    let png = conn
+        .get(&format!("/images/{id}/pic"))
+        .await
+        .expect("get png");
+    assert_eq!(png.status, StatusCode::OK);
+    assert_eq!(png.header("content-type"), Some("image/png"));
+    assert!(png.body.starts_with(b"\x89PNG\r\n\x1a\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_done_job_records_source_hash_and_ordered_timings() {
+    let server = Server::start(1, 1, &[]);
+    let bytes = tagged_jpeg(&photo("01-storm-orient6.jpg"), "timings");
+    let resp = upload(server.addr, "storm.jpg", &bytes).await;
+    let id = accepted_id(&resp, "storm");
+    let job = wait_final(server.addr, &id, Duration::from_secs(30)).await;
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["id"], id.as_str());
+    assert_eq!(job["status_url"], format!("/jobs/{id}"));
+    assert_eq!(job["source"]["path"], format!("raw/{id}.jpg"), "{job}");
+    assert_eq!(job["source"]["format"], "jpeg", "{job}");
+    assert_eq!(job["source"]["bytes"].as_u64(), Some(bytes.len() as u64));
+    let hash = job["content_hash"].as_str().unwrap_or("");
+    assert!(
+        hash.len() == 64 && hash.chars().all(|c| c.is_ascii_hexdigit()),
+        "BLAKE3 of the upload, hex: {job}"
+    );
+    assert!(job["attempts"].as_u64() >= Some(1), "{job}");
+    assert_eq!(job["worker"], 0, "{job}");
+    let ts = |k: &str| -> String {
+        let t = job[k]
+            .as_str()
+            .unwrap_or_else(|| panic!("{k} is a string: {job}"))
+            .to_string();
+        assert!(
+            t.len() >= 20 && t.as_bytes()[10] == b'T' && t.ends_with('Z'),
+            "{k} is RFC 3339 UTC: {t}"
+        );
+        t
+    };
+    let (queued, started, finished) = (ts("queued_at"), ts("started_at"), ts("finished_at"));
+    assert!(
+        queued <= started && started <= finished,
+        "queued {queued} <= started {started} <= finished {finished}"
+    );
+    for stage in ["decode", "resize", "encode"] {
+        let ms = job["stage_ms"][stage].as_f64();
+        assert!(ms.is_some_and(|m| m >= 0.0), "stage_ms.{stage}: {job}");
+    }
+    // The record served is the record on disk (plus its status_url).
+    let mut disk = server.record(&id).expect("record on disk");
+    disk["status_url"] = job["status_url"].clone();
+    for key in ["state", "outputs", "source", "attempts", "finished_at"] {
+        assert_eq!(disk[key], job[key], "{key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_upload_returns_the_finished_job_without_processing_it_again() {
+    let server = Server::start(2, 2, &[]);
+    let mut conn = Conn::open(server.addr).await.expect("connect");
+    let bytes = tagged_jpeg(&photo("06-grey-grayscale.jpg"), "dedup-done");
+    let first = conn.upload("grey.jpg", &bytes).await.expect("send");
+    let id = accepted_id(&first, "first upload");
+    let job = wait_final(server.addr, &id, Duration::from_secs(30)).await;
+    assert_eq!(job["state"], "done", "{job}");
+
+    // Same bytes, same (default) presets, on whichever front: the same job, done.
+    for name in ["again.jpg", "other-name.png"] {
+        let again = Conn::open(server.addr)
+            .await
+            .expect("connect")
+            .upload(name, &bytes)
+            .await
+            .expect("send");
+        assert_eq!(
+            again.status,
+            StatusCode::OK,
+            "a deduplicated finished job is 200: {:?}",
+            again.body
+        );
+        let body = again.json();
+        assert_eq!(body["id"], id.as_str(), "{body}");
+        assert_eq!(body["deduplicated"], true, "{body}");
+        assert_eq!(body["state"], "done", "{body}");
+        assert_eq!(body["status_url"], format!("/jobs/{id}"), "{body}");
+    }
+    // Another preset selection of the same bytes is another job; repeated, it dedups too.
+    let thumb = conn
+        .upload_to("/upload?presets=thumb", &[("image", Some("g.jpg"), &bytes)])
+        .await
+        .expect("send");
+    let thumb_id = accepted_id(&thumb, "same bytes, other presets");
+    assert_ne!(thumb_id, id);
+    let thumb_again = conn
+        .upload_to("/upload?presets=thumb", &[("image", Some("g.jpg"), &bytes)])
+        .await
+        .expect("send");
+    assert!(
+        thumb_again.status == StatusCode::ACCEPTED || thumb_again.status == StatusCode::OK,
+        "{thumb_again:?}"
+    );
+    assert_eq!(thumb_again.json()["id"], thumb_id.as_str());
+    assert_eq!(thumb_again.json()["deduplicated"], true);
+    let thumb_job = wait_final(server.addr, &thumb_id, Duration::from_secs(30)).await;
+    assert_eq!(thumb_job["presets"], serde_json::json!(["thumb"]));
+
+    // Processed once each: one attempt, one `processing` line, one record, one original.
+    let job = wait_final(server.addr, &id, Duration::from_secs(5)).await;
+    assert_eq!(job["attempts"], 1, "{job}");
+    for j in [&id, &thumb_id] {
+        let lines = server.processing_lines(j);
+        assert_eq!(lines.len(), 1, "job {j} processed once: {lines:#?}");
+    }
+    assert_eq!(dir_entries(&server.uploads.join("jobs")).len(), 2);
+    assert_eq!(dir_entries(&server.uploads.join("raw")).len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_upload_of_an_unfinished_job_is_202_with_the_same_id() {
+    let server = Server::start(1, 1, &[]);
+    let bytes = tagged_jpeg(&photo("04-fallenleaf.jpg"), "dedup-queued");
+    let (id, worker) = stalled_job(&server, "leaf.jpg", &bytes, "").await;
+    let again = upload(server.addr, "leaf-again.jpg", &bytes).await;
+    assert_eq!(again.status, StatusCode::ACCEPTED, "{:?}", again.body);
+    let body = again.json();
+    assert_eq!(body["id"], id.as_str(), "{body}");
+    assert_eq!(body["deduplicated"], true, "{body}");
+    assert_eq!(body["status_url"], format!("/jobs/{id}"), "{body}");
+    resume_process(worker);
+    let job = wait_final(server.addr, &id, Duration::from_secs(30)).await;
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["attempts"], 1, "{job}");
+    assert_eq!(server.processing_lines(&id).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_uploads_sent_at_once_to_two_fronts_are_one_job_processed_once() {
+    let server = Server::start(2, 2, &[]);
+    let leaf = photo("04-fallenleaf.jpg");
+    const ROUNDS: usize = 4;
+    let mut ids = Vec::new();
+    for round in 0..ROUNDS {
+        let bytes = tagged_jpeg(&leaf, &format!("race-{round}"));
+        let mut conns = conn_per_front(server.addr, 2).await;
+        let (mut b, mut a) = (conns.pop().expect("front 1"), conns.pop().expect("front 0"));
+        let (ra, rb) = tokio::join!(a.upload("a.jpg", &bytes), b.upload("b.jpg", &bytes));
+        let (ra, rb) = (
+            ra.expect("upload on front 0"),
+            rb.expect("upload on front 1"),
+        );
+        for r in [&ra, &rb] {
+            assert!(
+                r.status == StatusCode::ACCEPTED || r.status == StatusCode::OK,
+                "round {round}: {r:?}"
+            );
+        }
+        let (ja, jb) = (ra.json(), rb.json());
+        assert_eq!(ja["id"], jb["id"], "round {round}: {ja} vs {jb}");
+        let fresh = [&ja, &jb]
+            .iter()
+            .filter(|j| j["deduplicated"] == false)
+            .count();
+        assert_eq!(
+            fresh, 1,
+            "round {round}: exactly one answer created the job: {ja} vs {jb}"
+        );
+        ids.push(ja["id"].as_str().expect("id").to_string());
+    }
+    for id in &ids {
+        let job = wait_final(server.addr, id, Duration::from_secs(60)).await;
+        assert_eq!(job["state"], "done", "{job}");
+        assert_eq!(job["attempts"], 1, "processed once: {job}");
+    }
+    for id in &ids {
+        let lines = server.processing_lines(id);
+        assert_eq!(lines.len(), 1, "job {id} processed once: {lines:#?}");
+    }
+    // The losing upload of each pair left no job, no original, no spool file.
+    assert_eq!(dir_entries(&server.uploads.join("jobs")).len(), ROUNDS);
+    assert_eq!(dir_entries(&server.uploads.join("raw")).len(), ROUNDS);
+    let spool = files_below(&server.uploads.join("tmp"));
+    assert!(spool.is_empty(), "spool files left: {spool:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_long_polls_until_the_job_is_final_or_the_time_is_up() {
+    let server = Server::start(1, 1, &[]);
+    let bytes = tagged_jpeg(&photo("06-grey-grayscale.jpg"), "long-poll");
+    let (id, worker) = stalled_job(&server, "grey.jpg", &bytes, "").await;
+    let mut conn = Conn::open(server.addr).await.expect("connect");
+
+    // Not final: the answer comes after about N seconds, with the current state.
+    let asked = Instant::now();
+    let resp = conn.get(&format!("/jobs/{id}?wait=1")).await.expect("get");
+    let took = asked.elapsed();
+    assert_eq!(resp.status, StatusCode::OK, "{:?}", resp.body);
+    let state = resp.json()["state"].as_str().unwrap_or("").to_string();
+    assert!(state == "queued" || state == "processing", "{state}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "?wait=1 answered after {took:?}"
+    );
+
+    // Final while waiting: the answer comes as soon as it is done, not after 30 s.
+    let addr = server.addr;
+    let path = format!("/jobs/{id}?wait=30");
+    let poll = tokio::spawn(async move {
+        let mut conn = Conn::open(addr).await.expect("connect");
+        let asked = Instant::now();
+        let resp = conn.get(&path).await.expect("long poll");
+        (resp, asked.elapsed())
+    });
+    // Let the long poll reach the server before the job can finish.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    resume_process(worker);
+    let (resp, took) = tokio::time::timeout(Duration::from_secs(28), poll)
+        .await
+        .expect("the long poll answered when the job finished")
+        .expect("poll task");
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(resp.json()["state"], "done", "{:?}", resp.json());
+    assert!(took < Duration::from_secs(25), "{took:?}");
+
+    // Already final: at once.
+    let asked = Instant::now();
+    let resp = conn.get(&format!("/jobs/{id}?wait=10")).await.expect("get");
+    assert_eq!(resp.json()["state"], "done");
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+}
+
+/// Checks a whole event sequence of a done job against its record.
+/// `resizing` is required of a live sequence (the subscriber was there when
+/// it happened); a replay from the record may leave it out.
+fn check_done_sequence(events: &[SseEvent], job: &Value, live: bool) {
+    assert_eq!(events.first().map(|e| e.id), Some(Some(0)), "{events:#?}");
+    for pair in events.windows(2) {
+        assert!(
+            pair[0].id.is_some() && pair[1].id > pair[0].id,
+            "ids increase strictly: {pair:#?}"
+        );
+    }
+    let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    let outputs = job["outputs"].as_array().expect("outputs");
+    let mut expect = vec!["queued", "processing", "resizing"];
+    expect.extend(std::iter::repeat_n("output", outputs.len()));
+    expect.push("done");
+    if !live && names.get(2) != Some(&"resizing") {
+        expect.remove(2);
+    }
+    assert_eq!(names, expect, "{events:#?}");
+    let processing = events[1].json();
+    assert!(processing["attempt"].as_u64() >= Some(1), "{processing}");
+    assert_eq!(processing["stage"], "decode", "{processing}");
+    // One output event per preset (in any order), each as in the record.
+    let first_output = expect.len() - 1 - outputs.len();
+    let mut seen: Vec<String> = Vec::new();
+    for ev in &events[first_output..events.len() - 1] {
+        let data = ev.json();
+        let preset = data["preset"].as_str().unwrap_or("?").to_string();
+        let out = outputs
+            .iter()
+            .find(|o| o["preset"] == preset.as_str())
+            .unwrap_or_else(|| panic!("output event for an unknown preset: {data}"));
+        for key in ["width", "height", "url"] {
+            assert_eq!(data[key], out[key], "output event {key}: {data} vs {out}");
+        }
+        assert!(!seen.contains(&preset), "two output events for {preset}");
+        seen.push(preset);
+    }
+    let done = events.last().expect("done").json();
+    assert_eq!(done["id"], job["id"], "{done}");
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["outputs"], job["outputs"], "{done}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_a_finished_job_are_replayed_and_last_event_id_resumes() {
+    let server = Server::start(1, 1, &[]);
+    let mut conn = Conn::open(server.addr).await.expect("connect");
+    let bytes = tagged_jpeg(&photo("04-fallenleaf.jpg"), "events");
+    let resp = conn
+        .upload_to(
+            "/upload?presets=thumb,medium",
+            &[("image", Some("leaf.jpg"), &bytes)],
+        )
+        .await
+        .expect("send");
+    let id = accepted_id(&resp, "leaf");
+    let job = wait_final(server.addr, &id, Duration::from_secs(30)).await;
+
+    let mut stream = conn
+        .events(&format!("/jobs/{id}/events"), None)
+        .await
+        .expect("events");
+    assert_eq!(stream.status, StatusCode::OK);
+    let ctype = stream
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    assert!(ctype.starts_with("text/event-stream"), "{ctype}");
+    // The stream ends by itself after `done`.
+    let events = stream.all(Duration::from_secs(10)).await;
+    check_done_sequence(&events, &job, false);
+
+    // Resuming after `processing` sends only what came after it.
+    let after = events[1].id.expect("id");
+    let mut conn = Conn::open(server.addr).await.expect("connect");
+    let mut stream = conn
+        .events(&format!("/jobs/{id}/events"), Some(after))
+        .await
+        .expect("events");
+    assert_eq!(stream.status, StatusCode::OK);
+    let rest = stream.all(Duration::from_secs(10)).await;
+    let got: Vec<(Option<u64>, &str)> = rest.iter().map(|e| (e.id, e.event.as_str())).collect();
+    let want: Vec<(Option<u64>, &str)> = events[2..]
+        .iter()
+        .map(|e| (e.id, e.event.as_str()))
+        .collect();
+    assert_eq!(got, want);
+
+    // Resuming after the last event: nothing more, and the stream still ends.
+    let last = events.last().and_then(|e| e.id).expect("id");
+    let mut stream = Conn::open(server.addr)
+        .await
+        .expect("connect")
+        .events(&format!("/jobs/{id}/events"), Some(last))
+        .await
+        .expect("events");
+    let none = stream.all(Duration::from_secs(10)).await;
+    assert!(none.is_empty(), "{none:#?}");
+
+    // Unknown jobs have no stream.
+    let resp = conn
+        .get("/jobs/01a2083c-89a7-713c-8a3d-873a30d29dd5/events")
+        .await
+        .expect("get");
+    assert_problem(&resp, StatusCode::NOT_FOUND, "events of an unknown job");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_a_failed_job_end_with_failed_and_its_problem() {
+    let server = Server::start(1, 1, &[]);
+    let grey = photo("06-grey-grayscale.jpg");
+    let truncated = &grey[..grey.len() * 2 / 5];
+    let resp = upload(server.addr, "cut.jpg", truncated).await;
+    let id = accepted_id(&resp, "truncated");
+    let job = wait_final(server.addr, &id, Duration::from_secs(30)).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    let mut stream = Conn::open(server.addr)
+        .await
+        .expect("connect")
+        .events(&format!("/jobs/{id}/events"), None)
+        .await
+        .expect("events");
+    assert_eq!(stream.status, StatusCode::OK);
+    let events = stream.all(Duration::from_secs(10)).await;
+    let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(names.first(), Some(&"queued"), "{events:#?}");
+    assert_eq!(names.last(), Some(&"failed"), "{events:#?}");
+    assert!(
+        !names.contains(&"output") && !names.contains(&"done"),
+        "{events:#?}"
+    );
+    let failed = events.last().expect("failed").json();
+    assert_eq!(failed["id"], id.as_str(), "{failed}");
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert_eq!(failed["error"]["status"], 422, "{failed}");
+    for pair in events.windows(2) {
+        assert!(pair[1].id > pair[0].id, "ids increase strictly: {pair:#?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stream_live_to_subscribers_on_every_front() {
+    let server = Server::start(2, 1, &[]);
+    let bytes = tagged_jpeg(&photo("04-fallenleaf.jpg"), "live");
+    let (id, worker) = stalled_job(&server, "leaf.jpg", &bytes, "?presets=thumb,small").await;
+    let path = format!("/jobs/{id}/events");
+
+    // Two subscribers on each front, each on its own connection.
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        for (slot, mut conn) in conn_per_front(server.addr, 2).await.into_iter().enumerate() {
+            let stream = conn.events(&path, None).await.expect("events");
+            assert_eq!(stream.status, StatusCode::OK, "front {slot}");
+            streams.push((slot, conn, stream, Vec::new()));
+        }
+    }
+    // While the worker is stopped the job cannot be done: `queued` comes at once,
+    // and no subscriber sees an output or the end.
+    for (slot, _, stream, seen) in &mut streams {
+        let first = stream
+            .next(Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("front {slot}: {e}"))
+            .unwrap_or_else(|| panic!("front {slot}: stream ended before the job did"));
+        assert_eq!((first.id, first.event.as_str()), (Some(0), "queued"));
+        seen.push(first);
+        while let Ok(next) = stream.next(Duration::from_millis(200)).await {
+            let ev = next.unwrap_or_else(|| panic!("front {slot}: ended while stalled"));
+            assert!(
+                ev.event == "processing" || ev.event == "resizing",
+                "front {slot}: {ev:?} while the worker is stopped"
+            );
+            seen.push(ev);
+        }
+    }
+    // The worker is stopped: the record is frozen. A job still queued now has
+    // its `resizing` ahead of it, which every subscriber must then see live.
+    let was_queued = server.record(&id).expect("record")["state"] == "queued";
+    resume_process(worker);
+    let job = wait_final(server.addr, &id, Duration::from_secs(30)).await;
+    let mut sequences = Vec::new();
+    for (slot, _conn, mut stream, mut seen) in streams {
+        seen.extend(stream.all(Duration::from_secs(20)).await);
+        check_done_sequence(&seen, &job, was_queued);
+        let seq: Vec<(Option<u64>, String)> =
+            seen.iter().map(|e| (e.id, e.event.clone())).collect();
+        sequences.push((slot, seq));
+    }
+    for (slot, seq) in &sequences[1..] {
+        assert_eq!(seq, &sequences[0].1, "front {slot} sent the same events");
+    }
+    // A late client is replayed the same ids for the same events (the live
+    // `resizing` step is not part of a replay).
+    let mut late = Conn::open(server.addr).await.expect("connect");
+    let mut replay = late
+        .events(&format!("/jobs/{id}/events"), None)
+        .await
+        .expect("replay");
+    let replayed: Vec<(Option<u64>, String)> = replay
+        .all(Duration::from_secs(20))
+        .await
+        .iter()
+        .map(|e| (e.id, e.event.clone()))
+        .collect();
+    let live: Vec<(Option<u64>, String)> = sequences[0]
+        .1
+        .iter()
+        .filter(|(_, name)| name != "resizing")
+        .cloned()
+        .collect();
+    assert_eq!(replayed, live, "replayed ids match the live ones");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_are_served_with_etag_caching_headers_head_and_304() {
+    let server = Server::start(1, 1, &[]);
+    let mut conn = Conn::open(server.addr).await.expect("connect");
+    let bytes = tagged_jpeg(&photo("04-fallenleaf.jpg"), "serve");
+    let resp = conn
+        .upload_to(
+            "/upload?presets=thumb,medium",
+            &[("image", Some("leaf.jpg"), &bytes)],
+        )
+        .await
+        .expect("send");
+    let id = accepted_id(&resp, "leaf");
+    let job = wait_final(server.addr, &id, Duration::from_secs(30)).await;
+    assert_eq!(job["state"], "done", "{job}");
+
+    let mut etags = Vec::new();
+    for out in job["outputs"].as_array().expect("outputs") {
+        let url = out["url"].as_str().expect("url");
+        let file = std::fs::read(server.uploads.join(out["path"].as_str().expect("path")))
+            .expect("output file");
+        let etag = format!("\"{}\"", out["etag"].as_str().expect("etag"));
+        let check_headers = |r: &Resp, what: &str| {
+            assert_eq!(r.header("content-type"), Some("image/jpeg"), "{what}");
+            assert_eq!(r.header("etag"), Some(etag.as_str()), "{what}");
+            assert_eq!(
+                r.header("cache-control"),
+                Some("public, max-age=31536000, immutable"),
+                "{what}"
+            );
+            assert_eq!(
+                r.header("x-content-type-options"),
+                Some("nosniff"),
+                "{what}"
+            );
+        };
+
+        let get = conn.get(url).await.expect("get");
+        assert_eq!(get.status, StatusCode::OK, "{url}: {:?}", get.body);
+        check_headers(&get, "GET");
+        assert_eq!(
+            get.header("content-length"),
+            Some(file.len().to_string().as_str())
+        );
+        assert!(get.body[..] == file[..], "{url}: body is the file");
+        assert_eq!(out["bytes"].as_u64(), Some(file.len() as u64));
+
+        let head = conn.request(Method::HEAD, url, &[]).await.expect("head");
+        assert_eq!(head.status, StatusCode::OK, "HEAD {url}");
+        check_headers(&head, "HEAD");
+        assert_eq!(
+            head.header("content-length"),
+            Some(file.len().to_string().as_str())
+        );
+        assert!(head.body.is_empty(), "HEAD has no body");
+
+        let cached = conn
+            .request(Method::GET, url, &[("if-none-match", &etag)])
+            .await
+            .expect("conditional get");
+        assert_eq!(cached.status, StatusCode::NOT_MODIFIED, "{url}");
+        assert_eq!(cached.header("etag"), Some(etag.as_str()));
+        assert!(cached.body.is_empty(), "304 has no body");
+
+        let stale = conn
+            .request(Method::GET, url, &[("if-none-match", "\"0123abcd\"")])
+            .await
+            .expect("conditional get");
+        assert_eq!(stale.status, StatusCode::OK, "another etag: the file");
+        assert!(stale.body[..] == file[..]);
+        etags.push(etag);
+    }
+    assert_ne!(etags[0], etags[1], "each output has its own etag");
+
+    // Not produced, unknown, malformed: 404 problems; the connection still serves.
+    for path in [
+        format!("/images/{id}/large"),
+        format!("/images/{id}/nonesuch"),
+        "/images/01a2083c-89a7-713c-8a3d-873a30d29dd5/thumb".to_string(),
+        "/images/not-a-job/thumb".to_string(),
+        format!("/images/{id}/..%2F..%2Fjobs%2F{id}.json"),
+    ] {
+        let resp = conn.get(&path).await.expect("get");
+        assert_problem(&resp, StatusCode::NOT_FOUND, &path);
+    }
+    assert_eq!(
+        conn.get("/health").await.expect("health").status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_of_an_unfinished_job_are_409_with_retry_after() {
+    let server = Server::start(1, 1, &[]);
+    let bytes = tagged_jpeg(&photo("06-grey-grayscale.jpg"), "409");
+    let (id, worker) = stalled_job(&server, "grey.jpg", &bytes, "?presets=thumb").await;
+    let mut conn = Conn::open(server.addr).await.expect("connect");
+    let resp = conn.get(&format!("/images/{id}/thumb")).await.expect("get");
+    assert_problem(&resp, StatusCode::CONFLICT, "image of an unfinished job");
+    let retry = resp.header("retry-after").unwrap_or("");
+    assert!(
+        retry.parse::<u64>().is_ok(),
+        "Retry-After in seconds: {retry:?}"
+    );
+    resume_process(worker);
+    let job = wait_final(server.addr, &id, Duration::from_secs(30)).await;
+    assert_eq!(job["state"], "done", "{job}");
+    let resp = conn.get(&format!("/images/{id}/thumb")).await.expect("get");
+    assert_eq!(resp.status, StatusCode::OK);
+}

@@ -1,0 +1,651 @@
+//! A hostile world (issue 5): bad files, bombs, floods, slow and lying clients,
+//! path tricks and tokens — against the real binary.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+fn problem(resp: &Resp, status: StatusCode) -> Value {
+    assert_eq!(
+        resp.status,
+        status,
+        "{:?}",
+        String::from_utf8_lossy(&resp.body)
+    );
+    assert_eq!(
+        resp.header("content-type"),
+        Some("application/problem+json")
+    );
+    let p = resp.json();
+    assert_eq!(p["status"].as_u64(), Some(status.as_u16() as u64), "{p}");
+    p
+}
+
+fn spool_files(server: &Server) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(server.uploads.join("tmp"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_hostile_file_gets_its_expected_answer_and_nothing_is_left_behind() {
+    let Some(corpus) = corpus() else { return };
+    let bad = corpus.join("bad");
+    let server = Server::start(1, 2, &[]);
+    let mut conn = Conn::open(server.addr).await.expect("connect");
+    // (file, status at upload, final state if accepted, limit named in the problem)
+    let cases: &[(&str, StatusCode, Option<&str>)] = &[
+        ("empty.jpg", StatusCode::BAD_REQUEST, None),
+        ("not-an-image.jpg", StatusCode::UNSUPPORTED_MEDIA_TYPE, None),
+        (
+            "png-bomb-50000x50000-header.png",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            None,
+        ),
+        (
+            "png-bomb-50000x50000-full.png",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            None,
+        ),
+        (
+            "jpeg-65500x65500.jpg",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            None,
+        ),
+        ("truncated.jpg", StatusCode::ACCEPTED, Some("failed")),
+        ("gif-5000-frames.gif", StatusCode::ACCEPTED, Some("done")),
+        ("jpeg-named.png", StatusCode::ACCEPTED, Some("done")),
+        ("tiny-8x8.jpg", StatusCode::ACCEPTED, Some("done")),
+    ];
+    for (name, status, final_state) in cases {
+        let bytes = std::fs::read(bad.join(name)).expect("bad file");
+        let resp = conn.upload(name, &bytes).await.expect("upload");
+        if *status != StatusCode::ACCEPTED {
+            let p = problem(&resp, *status);
+            if *status == StatusCode::UNPROCESSABLE_ENTITY {
+                let detail = p["detail"].as_str().unwrap_or("");
+                assert!(
+                    detail.contains("50000") || detail.contains("65500"),
+                    "{name}: the limit is named: {p}"
+                );
+            }
+            // A refusal may close the connection (the body was not all read).
+            conn = Conn::open(server.addr).await.expect("reconnect");
+            continue;
+        }
+        assert_eq!(resp.status, StatusCode::ACCEPTED, "{name}: {:?}", resp.body);
+        let id = resp.json()["id"].as_str().expect("id").to_string();
+        let job = wait_final(server.addr, &id, Duration::from_secs(60)).await;
+        assert_eq!(job["state"].as_str(), *final_state, "{name}: {job}");
+        if job["state"] == "failed" {
+            assert_eq!(job["error"]["status"], 422, "{name}: {job}");
+        }
+        if *name == "tiny-8x8.jpg" {
+            let medium = job["outputs"]
+                .as_array()
+                .and_then(|o| o.iter().find(|o| o["preset"] == "medium"))
+                .expect("medium");
+            assert_eq!(
+                (medium["width"].as_u64(), medium["height"].as_u64()),
+                (Some(8), Some(8)),
+                "never upscaled"
+            );
+        }
+    }
+    assert_eq!(
+        conn.get("/health").await.expect("health").status,
+        StatusCode::OK
+    );
+    assert!(
+        spool_files(&server).is_empty(),
+        "{:?}",
+        spool_files(&server)
+    );
+    let raws = std::fs::read_dir(server.uploads.join("raw"))
+        .expect("raw")
+        .count();
+    assert_eq!(raws, 4, "only the four accepted uploads keep an original");
+}
+
+/// A body of `total` bytes made on the fly: a JPEG header, then zeros.
+fn endless_jpeg(
+    total: u64,
+) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, std::io::Error>> {
+    let boundary_head = "--pixpool-test-boundary-7d3f9a\r\nContent-Disposition: form-data; name=\"image\"; filename=\"big.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n";
+    let mut first = boundary_head.as_bytes().to_vec();
+    first.extend_from_slice(&[0xFF, 0xD8, 0xFF, 0xE0]);
+    let chunk = Bytes::from(vec![0u8; 1 << 20]);
+    futures_util::stream::unfold((Some(Bytes::from(first)), 0u64), move |(first, sent)| {
+        let chunk = chunk.clone();
+        async move {
+            if let Some(f) = first {
+                let n = f.len() as u64;
+                return Some((Ok(Frame::data(f)), (None, n)));
+            }
+            (sent < total).then(|| {
+                (
+                    Ok(Frame::data(chunk.clone())),
+                    (None, sent + chunk.len() as u64),
+                )
+            })
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_gib_streamed_upload_is_cut_off_with_413_and_front_memory_stays_flat() {
+    let server = Server::start(1, 1, &[]);
+    let front = server.child_pid("front", 0).expect("front");
+    let before = rss_bytes(front);
+    let stream = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let body = StreamBody::new(endless_jpeg(2 << 30)).boxed();
+    let req = Request::post("/upload")
+        .header("host", server.addr.to_string())
+        .header(
+            "content-type",
+            "multipart/form-data; boundary=pixpool-test-boundary-7d3f9a",
+        )
+        .body(body)
+        .expect("request");
+    let started = Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(60), sender.send_request(req))
+        .await
+        .expect("answered well before 2 GiB could be sent");
+    match resp {
+        Ok(resp) => {
+            assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+            assert_eq!(
+                resp.headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok()),
+                Some("application/problem+json")
+            );
+        }
+        // The server may close the connection while we are still sending; the
+        // 413 was written, but the client saw the reset first. The log tells.
+        Err(e) => eprintln!("client saw the connection close: {e}"),
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server.log_text().contains("Upload too large")
+        && !server.log_text().contains("exceeds the")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no 413 in the log:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let after = rss_bytes(front);
+    assert!(
+        after < before + 40 * 1024 * 1024,
+        "front RSS grew from {before} to {after}"
+    );
+    assert!(
+        spool_files(&server).is_empty(),
+        "partial upload removed: {:?}",
+        spool_files(&server)
+    );
+    let mut c = Conn::open(server.addr).await.expect("connect");
+    assert_eq!(
+        c.get("/health").await.expect("health").status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_on_one_worker_gets_202_or_503_with_retry_after_and_every_202_completes() {
+    let server = Arc::new(Server::start(2, 1, &["--queue-depth", "16"]));
+    let bytes = Arc::new(std::fs::read(test_photo("06-grey-grayscale.jpg")).expect("photo"));
+    let mut tasks = Vec::new();
+    for n in 0..200 {
+        let (addr, bytes) = (server.addr, bytes.clone());
+        tasks.push(tokio::spawn(async move {
+            let req = multipart_request(
+                addr,
+                "/upload?presets=thumb",
+                &[("image", Some("g.jpg"), &unique_jpeg(&bytes, n))],
+            );
+            let mut conn = Conn::open(addr).await.expect("connect");
+            conn.send(req).await.expect("an answer, not a reset")
+        }));
+    }
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for t in tasks {
+        let resp = t.await.expect("client");
+        match resp.status {
+            StatusCode::ACCEPTED => {
+                accepted.push(resp.json()["id"].as_str().expect("id").to_string())
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(
+                    resp.header("retry-after").is_some(),
+                    "503 without Retry-After"
+                );
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {:?}", resp.body),
+        }
+    }
+    assert!(
+        refused > 0,
+        "a 16-deep queue on one worker must push back on 200 at once"
+    );
+    assert!(!accepted.is_empty());
+    for pid in server.children().iter().map(|(p, _)| *p) {
+        assert!(
+            rss_bytes(pid) < 300 * 1024 * 1024,
+            "process {pid} RSS bounded"
+        );
+    }
+    for id in accepted {
+        assert_eq!(
+            wait_final(server.addr, &id, Duration::from_secs(120)).await["state"],
+            "done"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_slowloris_connections_do_not_slow_health_down() {
+    let server = Server::start(2, 1, &[]);
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        let mut s = TcpStream::connect(server.addr).expect("connect");
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .expect("partial header");
+        idle.push(s);
+    }
+    let mut worst = Duration::ZERO;
+    for _ in 0..20 {
+        let started = Instant::now();
+        let mut c = Conn::open(server.addr).await.expect("connect");
+        assert_eq!(
+            c.get("/health").await.expect("health").status,
+            StatusCode::OK
+        );
+        worst = worst.max(started.elapsed());
+    }
+    assert!(
+        worst < Duration::from_millis(50),
+        "slowest /health took {worst:?}"
+    );
+    drop(idle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multipart_edge_cases_are_answered_cleanly() {
+    let server = Server::start(1, 1, &["--body-idle-secs", "1"]);
+    let addr = server.addr;
+    let jpeg = std::fs::read(test_photo("06-grey-grayscale.jpg")).expect("photo");
+
+    // Two files in `image`.
+    let two = multipart_request(
+        addr,
+        "/upload",
+        &[
+            ("image", Some("a.jpg"), &jpeg),
+            ("image", Some("b.jpg"), &jpeg),
+        ],
+    );
+    problem(
+        &Conn::open(addr)
+            .await
+            .expect("c")
+            .send(two)
+            .await
+            .expect("send"),
+        StatusCode::BAD_REQUEST,
+    );
+    // A huge non-file field.
+    let huge = vec![b'x'; 1 << 20];
+    let big_field = multipart_request(
+        addr,
+        "/upload",
+        &[("presets", None, &huge), ("image", Some("a.jpg"), &jpeg)],
+    );
+    problem(
+        &Conn::open(addr)
+            .await
+            .expect("c")
+            .send(big_field)
+            .await
+            .expect("send"),
+        StatusCode::BAD_REQUEST,
+    );
+    // An unexpected field.
+    let other = multipart_request(
+        addr,
+        "/upload",
+        &[("evil", None, b"1"), ("image", Some("a.jpg"), &jpeg)],
+    );
+    problem(
+        &Conn::open(addr)
+            .await
+            .expect("c")
+            .send(other)
+            .await
+            .expect("send"),
+        StatusCode::BAD_REQUEST,
+    );
+    // Not multipart at all.
+    let plain = Request::post("/upload")
+        .header("host", addr.to_string())
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(Bytes::from_static(b"{}")))
+        .expect("req");
+    problem(
+        &Conn::open(addr)
+            .await
+            .expect("c")
+            .send(plain)
+            .await
+            .expect("send"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+    );
+
+    // A boundary that never ends (the body stops inside the file part).
+    let mut open_ended =
+        b"--B\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n\r\n"
+            .to_vec();
+    open_ended.extend_from_slice(&jpeg);
+    let req = Request::post("/upload")
+        .header("host", addr.to_string())
+        .header("content-type", "multipart/form-data; boundary=B")
+        .body(http_body_util::Full::new(Bytes::from(open_ended)))
+        .expect("req");
+    problem(
+        &Conn::open(addr)
+            .await
+            .expect("c")
+            .send(req)
+            .await
+            .expect("send"),
+        StatusCode::BAD_REQUEST,
+    );
+
+    // Transfer-Encoding: chunked, no Content-Length: must work.
+    let whole = multipart_request(
+        addr,
+        "/upload",
+        &[("image", Some("a.jpg"), &unique_jpeg(&jpeg, 1))],
+    );
+    let body = whole.into_body().collect().await.expect("body").to_bytes();
+    let chunks: Vec<Result<Frame<Bytes>, std::io::Error>> = body
+        .chunks(7000)
+        .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+        .collect();
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("hs");
+    tokio::spawn(conn);
+    let req = Request::post("/upload")
+        .header("host", addr.to_string())
+        .header(
+            "content-type",
+            "multipart/form-data; boundary=pixpool-test-boundary-7d3f9a",
+        )
+        .body(StreamBody::new(futures_util::stream::iter(chunks)).boxed())
+        .expect("req");
+    let resp = sender.send_request(req).await.expect("chunked upload");
+    assert!(
+        resp.headers().get("content-length").is_some() || resp.status() == StatusCode::ACCEPTED
+    );
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+
+    // A Content-Length larger than the body: cut off after the idle timeout, cleanly.
+    let mut s = TcpStream::connect(addr).expect("connect");
+    let partial = b"--pixpool-test-boundary-7d3f9a\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n\r\n\xFF\xD8\xFF\xE0";
+    write!(
+        s,
+        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=pixpool-test-boundary-7d3f9a\r\nContent-Length: 100000\r\n\r\n"
+    )
+    .expect("head");
+    s.write_all(partial).expect("part of the body");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "cut off after the 1 s idle timeout"
+    );
+
+    let mut c = Conn::open(addr).await.expect("connect");
+    assert_eq!(
+        c.get("/health").await.expect("health").status,
+        StatusCode::OK
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !spool_files(&server).is_empty() {
+        assert!(Instant::now() < deadline, "{:?}", spool_files(&server));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_file_names_never_become_paths() {
+    let server = Server::start(1, 1, &[]);
+    let jpeg = std::fs::read(test_photo("06-grey-grayscale.jpg")).expect("photo");
+    let long = "a".repeat(4096) + ".jpg";
+    let names = [
+        "../../../../tmp/pixpool-evil.jpg",
+        "..\\..\\pixpool-evil.jpg",
+        "/etc/cron.d/pixpool-evil.jpg",
+        "nul\0byte.jpg",
+        long.as_str(),
+    ];
+    for (n, name) in names.iter().enumerate() {
+        let req = multipart_request(
+            server.addr,
+            "/upload?presets=thumb",
+            &[("image", Some(name), &unique_jpeg(&jpeg, n))],
+        );
+        let resp = Conn::open(server.addr)
+            .await
+            .expect("c")
+            .send(req)
+            .await
+            .expect("send");
+        if name.contains('\0') && resp.status == StatusCode::BAD_REQUEST {
+            // A raw NUL in a part header is malformed HTTP: refusing it is fine.
+            problem(&resp, StatusCode::BAD_REQUEST);
+            continue;
+        }
+        assert_eq!(
+            resp.status,
+            StatusCode::ACCEPTED,
+            "{name:?}: {:?}",
+            resp.body
+        );
+        let id = resp.json()["id"].as_str().expect("id").to_string();
+        let job = wait_final(server.addr, &id, Duration::from_secs(60)).await;
+        assert_eq!(job["source"]["path"], format!("raw/{id}.jpg"));
+    }
+    assert!(!std::path::Path::new("/tmp/pixpool-evil.jpg").exists());
+    assert!(!std::path::Path::new("/etc/cron.d/pixpool-evil.jpg").exists());
+    // Ids in URLs are validated before any file is touched.
+    let mut c = Conn::open(server.addr).await.expect("c");
+    for bad in [
+        "/jobs/..",
+        "/jobs/%2e%2e%2fjobs",
+        "/images/../raw/x",
+        "/jobs/01a2083c-89a7-713c-8a3d-873a30d29dd5/../../x",
+    ] {
+        let resp = c.get(bad).await.expect("send");
+        assert!(resp.status.is_client_error(), "{bad}: {}", resp.status);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_guard_uploads_and_reads_but_not_health() {
+    let server = Server::start_env(
+        fresh_uploads(),
+        1,
+        1,
+        &[],
+        &[("PIXPOOL_API_TOKENS", "s3cret-one, s3cret-two")],
+    );
+    let addr = server.addr;
+    let jpeg = std::fs::read(test_photo("06-grey-grayscale.jpg")).expect("photo");
+    let with = |token: Option<&str>| {
+        let mut req = multipart_request(
+            addr,
+            "/upload?presets=thumb",
+            &[("image", Some("a.jpg"), &jpeg)],
+        );
+        if let Some(t) = token {
+            req.headers_mut().insert(
+                "authorization",
+                format!("Bearer {t}").parse().expect("header"),
+            );
+        }
+        req
+    };
+    let mut c = Conn::open(addr).await.expect("c");
+    let resp = c.send(with(None)).await.expect("send");
+    problem(&resp, StatusCode::UNAUTHORIZED);
+    assert!(resp
+        .header("www-authenticate")
+        .is_some_and(|v| v.starts_with("Bearer")));
+    let mut c = Conn::open(addr).await.expect("c");
+    problem(
+        &c.send(with(Some("s3cret-on"))).await.expect("send"),
+        StatusCode::UNAUTHORIZED,
+    );
+    let mut c = Conn::open(addr).await.expect("c");
+    let resp = c.send(with(Some("s3cret-two"))).await.expect("send");
+    assert_eq!(resp.status, StatusCode::ACCEPTED);
+    let id = resp.json()["id"].as_str().expect("id").to_string();
+    problem(
+        &c.get(&format!("/jobs/{id}")).await.expect("send"),
+        StatusCode::UNAUTHORIZED,
+    );
+    let mut req = Request::get(format!("/jobs/{id}"))
+        .header("host", addr.to_string())
+        .body(http_body_util::Full::new(Bytes::new()))
+        .expect("req");
+    req.headers_mut()
+        .insert("authorization", "Bearer s3cret-one".parse().expect("h"));
+    assert_eq!(c.send(req).await.expect("send").status, StatusCode::OK);
+    assert_eq!(
+        c.get("/health").await.expect("health").status,
+        StatusCode::OK
+    );
+    assert!(!server.log_text().contains("open to anyone"));
+    // The tokens never appear on a command line.
+    for (_, cmd) in server.children() {
+        assert!(!cmd.contains("s3cret"), "{cmd}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_tells_whether_an_upload_can_be_taken() {
+    let server = Server::start(1, 1, &[]);
+    let mut c = Conn::open(server.addr).await.expect("c");
+    let ready = c.get("/readyz").await.expect("readyz");
+    assert_eq!(ready.status, StatusCode::OK, "{:?}", ready.body);
+    drop(server);
+    // A free-disk floor above what the disk has: not ready, and uploads get 507.
+    let server = Server::start(1, 1, &["--min-free-disk-mb", "100000000"]);
+    let mut c = Conn::open(server.addr).await.expect("c");
+    problem(
+        &c.get("/readyz").await.expect("readyz"),
+        StatusCode::SERVICE_UNAVAILABLE,
+    );
+    let jpeg = std::fs::read(test_photo("06-grey-grayscale.jpg")).expect("photo");
+    let resp = c.upload("a.jpg", &jpeg).await.expect("send");
+    problem(&resp, StatusCode::INSUFFICIENT_STORAGE);
+    assert!(resp.header("retry-after").is_some());
+    assert!(spool_files(&server).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_over_its_time_limit_fails_and_its_worker_is_replaced() {
+    let Some(corpus) = corpus() else { return };
+    let server = Server::start(1, 1, &["--job-timeout-secs", "0.03"]);
+    let old = server.child_pid("worker", 0).expect("worker");
+    let big = std::fs::read(corpus.join("15-kleiber-20mp-orient6.jpg")).expect("photo");
+    let resp = upload(server.addr, "big.jpg", &big).await;
+    assert_eq!(resp.status, StatusCode::ACCEPTED);
+    let id = resp.json()["id"].as_str().expect("id").to_string();
+    let job = wait_final(server.addr, &id, Duration::from_secs(30)).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(
+        job["error"]["type"]
+            .as_str()
+            .is_some_and(|t| t.contains("timeout")),
+        "{job}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.child_pid("worker", 0).is_none_or(|p| p == old) {
+        assert!(
+            Instant::now() < deadline,
+            "worker not replaced:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The replacement works: a tiny job finishes well within the limit.
+    let tiny = std::fs::read(corpus.join("bad/tiny-8x8.jpg")).expect("tiny");
+    let resp = upload(server.addr, "tiny.jpg", &tiny).await;
+    let id = resp.json()["id"].as_str().expect("id").to_string();
+    assert_eq!(
+        wait_final(server.addr, &id, Duration::from_secs(30)).await["state"],
+        "done"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_recycle_after_n_jobs_without_dropping_queued_jobs() {
+    let server = Server::start(1, 1, &["--recycle-after-jobs", "2"]);
+    let jpeg = std::fs::read(test_photo("06-grey-grayscale.jpg")).expect("photo");
+    let mut ids = Vec::new();
+    for n in 0..7 {
+        let resp = upload(server.addr, "g.jpg", &unique_jpeg(&jpeg, n)).await;
+        assert_eq!(resp.status, StatusCode::ACCEPTED, "{:?}", resp.body);
+        ids.push(resp.json()["id"].as_str().expect("id").to_string());
+    }
+    for id in &ids {
+        assert_eq!(
+            wait_final(server.addr, id, Duration::from_secs(60)).await["state"],
+            "done"
+        );
+    }
+    let replaced = server
+        .log_text()
+        .matches("child asked to be replaced")
+        .count();
+    assert!(
+        replaced >= 2,
+        "recycled {replaced} times:\n{}",
+        server.log_text()
+    );
+}
