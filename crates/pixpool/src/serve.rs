@@ -112,11 +112,28 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         )?);
     }
 
+    let same_children = children.clone();
+    let exe_path = exe.clone();
     let config = Config {
         children,
         // Children get the grace period; the supervisor adds a little on top
         // so that a child finishing right at its deadline is not SIGKILLed.
         grace: Duration::from_secs(args.grace_secs) + Duration::from_secs(2),
+        // SIGHUP: the configuration comes from flags and the environment,
+        // fixed for this process; what a reload picks up is a new executable
+        // (an upgrade in place) — checked to run before anything is replaced.
+        reload: Box::new(move || {
+            let status = std::process::Command::new(&exe_path)
+                .arg("--version")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .status()
+                .map_err(|e| format!("cannot run {}: {e}", exe_path.display()))?;
+            if !status.success() {
+                return Err(format!("{} --version failed: {status}", exe_path.display()));
+            }
+            Ok(same_children.clone())
+        }),
     };
     let exit = pixpool_supervisor::run(config, || info!(fronts, workers, "all children started"))
         .context("supervisor failed")?;

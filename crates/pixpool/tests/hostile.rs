@@ -649,3 +649,126 @@ async fn workers_recycle_after_n_jobs_without_dropping_queued_jobs() {
         server.log_text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_replaces_every_child_one_by_one_under_load_without_a_failed_request() {
+    let server = Arc::new(Server::start(2, 2, &[]));
+    let before: Vec<i32> = server.children().iter().map(|(p, _)| *p).collect();
+    let bytes = Arc::new(std::fs::read(test_photo("06-grey-grayscale.jpg")).expect("photo"));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let (server, bytes, stop) = (server.clone(), bytes.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut results = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let req = multipart_request(
+                    server.addr,
+                    "/upload?presets=thumb",
+                    &[("image", Some("g.jpg"), &unique_jpeg(&bytes, n))],
+                );
+                let outcome = match Conn::open(server.addr).await {
+                    Ok(mut c) => c.send(req).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                results.push(outcome);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            results
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server.log_text().contains("rolling restart complete") {
+        assert!(
+            Instant::now() < deadline,
+            "roll did not finish:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut ids = Vec::new();
+    for c in clients {
+        for outcome in c.await.expect("client") {
+            let resp = outcome.unwrap_or_else(|e| {
+                panic!(
+                    "a request failed during the roll: {e}\n{}",
+                    server.log_text()
+                )
+            });
+            assert_eq!(resp.status, StatusCode::ACCEPTED, "{:?}", resp.body);
+            ids.push(resp.json()["id"].as_str().expect("id").to_string());
+        }
+    }
+    assert!(
+        ids.len() > 10,
+        "the load ran through the roll ({} uploads)",
+        ids.len()
+    );
+    let after: Vec<i32> = server.children().iter().map(|(p, _)| *p).collect();
+    assert_eq!(after.len(), 4);
+    assert!(
+        after.iter().all(|p| !before.contains(p)),
+        "every child replaced: {before:?} → {after:?}"
+    );
+    for id in ids {
+        assert_eq!(
+            wait_final(server.addr, &id, Duration::from_secs(60)).await["state"],
+            "done"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_looping_child_is_held_back_and_recovers_when_its_cause_is_gone() {
+    let server = Server::start(1, 2, &[]);
+    let socket = server.uploads.join("run/worker-0.sock");
+    // Make slot 0 unable to start: its socket path becomes a directory.
+    let victim = server.child_pid("worker", 0).expect("worker 0");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    let _ = std::fs::remove_file(&socket);
+    std::fs::create_dir(&socket).expect("block the socket path");
+    let started = Instant::now();
+    while !server.log_text().contains("crash loop") {
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "no crash-loop detection:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let starts = server
+        .log_text()
+        .matches("started child role=\"worker\" slot=0")
+        .count();
+    assert!(starts <= 8, "respawned {starts} times: a hot loop");
+    // The other worker keeps the service up meanwhile.
+    let bytes = std::fs::read(test_photo("06-grey-grayscale.jpg")).expect("photo");
+    let resp = upload(server.addr, "g.jpg", &unique_jpeg(&bytes, 1)).await;
+    assert_eq!(resp.status, StatusCode::ACCEPTED);
+    let id = resp.json()["id"].as_str().expect("id").to_string();
+    assert_eq!(
+        wait_final(server.addr, &id, Duration::from_secs(30)).await["state"],
+        "done"
+    );
+    // Cause removed: the slot comes back by itself.
+    std::fs::remove_dir(&socket).expect("unblock");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !socket.exists() || server.child_pid("worker", 0).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "slot 0 did not come back:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

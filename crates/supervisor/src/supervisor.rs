@@ -31,13 +31,37 @@ pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// What the supervisor runs.
-#[derive(Debug)]
 pub struct Config {
     /// One spec per slot; all are started at boot and kept running.
     pub children: Vec<ChildSpec>,
     /// Drain grace period (see [`DEFAULT_GRACE`]).
     pub grace: Duration,
+    /// Called on SIGHUP: re-reads the configuration and returns the specs to
+    /// roll onto (same slots, same order), or why the new configuration is
+    /// refused — then the running children are left alone.
+    pub reload: Box<dyn FnMut() -> Result<Vec<ChildSpec>, String>>,
 }
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("children", &self.children)
+            .field("grace", &self.grace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// After a replaced child is started, the rolling restart waits this long
+/// before it takes down the next one: the newcomer binds its socket or
+/// connects to the workers in milliseconds; this leaves a wide margin.
+pub const ROLL_SETTLE: Duration = Duration::from_millis(500);
+
+/// A child that dies this many times within [`CRASH_LOOP_WINDOW`] is in a
+/// crash loop: it is held back for [`MAX_BACKOFF`] between attempts.
+pub const CRASH_LOOP_DEATHS: usize = 5;
+
+/// See [`CRASH_LOOP_DEATHS`].
+pub const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(10);
 
 /// How the supervisor ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +108,29 @@ enum Phase {
     Killing,
 }
 
+/// Progress of a rolling restart (SIGHUP): one slot at a time, in slot order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Roll {
+    /// Nothing rolling.
+    Idle,
+    /// Slot `index` was told to stop; waiting for its exit and replacement.
+    Replacing {
+        /// Index into the slot table.
+        index: usize,
+        /// The pid being replaced.
+        old: Pid,
+        /// When it was told to stop (SIGKILL after the grace period).
+        since: Instant,
+    },
+    /// Slot `index` was replaced; the next one goes at `next_at`.
+    Settling {
+        /// Index of the slot just replaced.
+        index: usize,
+        /// When to move on.
+        next_at: Instant,
+    },
+}
+
 /// One slot: a spec and the process currently filling it.
 #[derive(Debug)]
 struct Slot {
@@ -99,16 +146,18 @@ struct Slot {
     respawn_at: Option<Instant>,
     /// SIGTERM was already sent to this child during a drain.
     told_to_stop: bool,
+    /// Recent deaths, for the crash-loop budget.
+    deaths: std::collections::VecDeque<Instant>,
 }
 
 /// Runs the supervisor until it has drained or stopped. `on_ready` is called
 /// once, after every child has been started.
-pub fn run(config: Config, on_ready: impl FnOnce()) -> Result<Exit, SupervisorError> {
+pub fn run(mut config: Config, on_ready: impl FnOnce()) -> Result<Exit, SupervisorError> {
     let sfd = signals::open().map_err(SupervisorError::Signals)?;
     let now = Instant::now();
     let mut slots: Vec<Slot> = config
         .children
-        .into_iter()
+        .drain(..)
         .map(|spec| Slot {
             spec,
             pid: None,
@@ -116,6 +165,7 @@ pub fn run(config: Config, on_ready: impl FnOnce()) -> Result<Exit, SupervisorEr
             quick_deaths: 0,
             respawn_at: Some(now),
             told_to_stop: false,
+            deaths: std::collections::VecDeque::new(),
         })
         .collect();
     for slot in &mut slots {
@@ -124,12 +174,13 @@ pub fn run(config: Config, on_ready: impl FnOnce()) -> Result<Exit, SupervisorEr
     on_ready();
 
     let mut phase = Phase::Running;
+    let mut roll = Roll::Idle;
     let mut interrupts = 0u32;
     let mut fatal: Option<(&'static str, u32)> = None;
     let mut fast = false;
     loop {
         // Sleep until a signal arrives or the next timed event is due.
-        let timeout = next_timeout(&slots, phase);
+        let timeout = next_timeout(&slots, phase, roll);
         let mut fds = [PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
@@ -178,14 +229,30 @@ pub fn run(config: Config, on_ready: impl FnOnce()) -> Result<Exit, SupervisorEr
                         phase = kill_all(&slots);
                     }
                 }
-                Signal::Hangup => {
-                    warn!("SIGHUP: configuration reload is not supported yet; ignoring");
-                }
+                Signal::Hangup if phase == Phase::Running => match (config.reload)() {
+                    Ok(specs) if specs.len() == slots.len() => {
+                        info!("SIGHUP: configuration re-read; replacing children one by one");
+                        for (slot, spec) in slots.iter_mut().zip(specs) {
+                            slot.spec = spec;
+                        }
+                        roll = Roll::Settling { index: usize::MAX, next_at: Instant::now() };
+                    }
+                    Ok(specs) => error!(
+                        have = slots.len(),
+                        asked = specs.len(),
+                        "SIGHUP: changing the number of children needs a restart; keeping the running configuration"
+                    ),
+                    Err(why) => error!(%why, "SIGHUP: new configuration refused; keeping the running one"),
+                },
+                Signal::Hangup => {}
             }
         }
 
         match phase {
-            Phase::Running => respawn_due(&mut slots),
+            Phase::Running => {
+                respawn_due(&mut slots);
+                roll = advance_roll(&mut slots, roll, config.grace);
+            }
             Phase::Draining { deadline } => {
                 if Instant::now() >= deadline {
                     let left: Vec<_> = alive(&slots).map(|s| (s.spec.role, s.spec.slot)).collect();
@@ -209,6 +276,67 @@ pub fn run(config: Config, on_ready: impl FnOnce()) -> Result<Exit, SupervisorEr
             };
             info!(?exit, "every child has exited");
             return Ok(exit);
+        }
+    }
+}
+
+/// Moves a rolling restart along; called on every pass of the loop.
+fn advance_roll(slots: &mut [Slot], roll: Roll, grace: Duration) -> Roll {
+    let now = Instant::now();
+    match roll {
+        Roll::Idle => Roll::Idle,
+        Roll::Settling { index, next_at } => {
+            if now < next_at {
+                return roll;
+            }
+            let next = index.wrapping_add(1);
+            let Some(slot) = slots.get(next) else {
+                info!("rolling restart complete");
+                return Roll::Idle;
+            };
+            match slot.pid {
+                Some(old) => {
+                    info!(
+                        role = slot.spec.role,
+                        slot = slot.spec.slot,
+                        pid = old.as_raw(),
+                        "rolling restart: replacing"
+                    );
+                    signal(old, NixSignal::SIGTERM);
+                    Roll::Replacing {
+                        index: next,
+                        old,
+                        since: now,
+                    }
+                }
+                // Empty (being respawned anyway): move on.
+                None => Roll::Settling {
+                    index: next,
+                    next_at: now,
+                },
+            }
+        }
+        Roll::Replacing { index, old, since } => {
+            let slot = &slots[index];
+            match slot.pid {
+                Some(pid) if pid != old => Roll::Settling {
+                    index,
+                    next_at: now + ROLL_SETTLE,
+                },
+                Some(_) if now.duration_since(since) > grace => {
+                    warn!(
+                        pid = old.as_raw(),
+                        "child did not drain in time; killing it"
+                    );
+                    signal(old, NixSignal::SIGKILL);
+                    Roll::Replacing {
+                        index,
+                        old,
+                        since: now,
+                    }
+                }
+                _ => roll,
+            }
         }
     }
 }
@@ -333,7 +461,30 @@ fn reap(slots: &mut [Slot], phase: Phase) -> Option<(&'static str, u32)> {
         if lived >= STABLE_AFTER {
             slot.quick_deaths = 0;
         }
-        let delay = backoff(slot.quick_deaths);
+        let now = Instant::now();
+        slot.deaths.push_back(now);
+        while slot
+            .deaths
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > CRASH_LOOP_WINDOW)
+        {
+            slot.deaths.pop_front();
+        }
+        let crash_loop = slot.deaths.len() >= CRASH_LOOP_DEATHS;
+        let delay = if crash_loop {
+            MAX_BACKOFF
+        } else {
+            backoff(slot.quick_deaths)
+        };
+        if crash_loop {
+            error!(
+                role = slot.spec.role,
+                slot = slot.spec.slot,
+                deaths = slot.deaths.len(),
+                window_s = CRASH_LOOP_WINDOW.as_secs(),
+                "crash loop: holding the slot back between restarts"
+            );
+        }
         slot.quick_deaths = slot.quick_deaths.saturating_add(1);
         slot.respawn_at = Some(Instant::now() + delay);
         warn!(
@@ -358,13 +509,20 @@ fn backoff(quick_deaths: u32) -> Duration {
     MIN_BACKOFF.saturating_mul(factor).min(MAX_BACKOFF)
 }
 
-fn next_timeout(slots: &[Slot], phase: Phase) -> PollTimeout {
+fn next_timeout(slots: &[Slot], phase: Phase, roll: Roll) -> PollTimeout {
     let now = Instant::now();
+    let rolling = match roll {
+        Roll::Idle => None,
+        Roll::Settling { next_at, .. } => Some(next_at),
+        // Checked again a few times a second for the grace-period kill.
+        Roll::Replacing { .. } => Some(now + Duration::from_millis(200)),
+    };
     let due = match phase {
         Phase::Running => slots
             .iter()
             .filter(|s| s.pid.is_none())
             .filter_map(|s| s.respawn_at)
+            .chain(rolling)
             .min(),
         Phase::Draining { deadline } => Some(deadline),
         Phase::Killing => None,
