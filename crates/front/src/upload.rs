@@ -96,15 +96,7 @@ pub async fn upload(state: &State, req: Request<Incoming>) -> Result<Response<Bo
     }
 
     let limit = state.config.max_upload_bytes;
-    let constraints = Constraints::new()
-        .allowed_fields(vec!["image", "presets"])
-        .size_limit(
-            SizeLimit::new()
-                // The whole body may carry the file plus the form's framing.
-                .whole_stream(limit.saturating_add(64 * 1024))
-                .for_field("image", limit)
-                .for_field("presets", TEXT_FIELD_LIMIT),
-        );
+    let constraints = form_constraints(limit);
     let stream = idle_limited(req.into_body(), state.config.body_idle_timeout);
     let mut form = Multipart::with_constraints(stream, boundary, constraints);
     let idle_secs = state.config.body_idle_timeout.as_secs();
@@ -336,6 +328,20 @@ fn accepted_response(id: &JobId, state: JobState, deduplicated: bool) -> Respons
     resp
 }
 
+/// The multipart limits: only `image` and `presets`, each bounded, and the
+/// whole body bounded (multer has no limits by default).
+fn form_constraints(limit: u64) -> Constraints {
+    Constraints::new()
+        .allowed_fields(vec!["image", "presets"])
+        .size_limit(
+            SizeLimit::new()
+                // The whole body may carry the file plus the form's framing.
+                .whole_stream(limit.saturating_add(64 * 1024))
+                .for_field("image", limit)
+                .for_field("presets", TEXT_FIELD_LIMIT),
+        )
+}
+
 /// Streams one field into `path`, hashing it; sniffs the format from its first bytes.
 async fn spool(
     path: &Path,
@@ -485,4 +491,92 @@ pub fn query_param(query: &str, key: &str) -> Option<String> {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == key).then(|| v.replace("%2C", ",").replace("%2c", ","))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Runs the form parser over `body` as the upload path does; returns the
+    /// error it maps to, if any.
+    fn parse(body: Vec<u8>, limit: u64) -> Result<(), ApiError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let chunks: Vec<Result<Bytes, std::io::Error>> = body
+                .chunks(97)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect();
+            let mut form = Multipart::with_constraints(
+                futures_util::stream::iter(chunks),
+                "B",
+                form_constraints(limit),
+            );
+            while let Some(mut field) = form
+                .next_field()
+                .await
+                .map_err(|e| multer_error(e, limit, 1))?
+            {
+                while let Some(chunk) =
+                    field.chunk().await.map_err(|e| multer_error(e, limit, 1))?
+                {
+                    let _ = check_header(&chunk, chunk.len() as u64, &Limits::default());
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn framed(parts: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for (name, data) in parts {
+            b.extend_from_slice(format!("--B\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"x\"\r\n\r\n").as_bytes());
+            b.extend_from_slice(data);
+            b.extend_from_slice(b"\r\n");
+        }
+        b.extend_from_slice(b"--B--\r\n");
+        b
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1500))]
+
+        #[test]
+        fn arbitrary_bodies_parse_or_fail_as_client_errors(body in prop::collection::vec(any::<u8>(), 0..3000)) {
+            if let Err(e) = parse(body, 1024) {
+                prop_assert!(!e.is_server_error(), "{e}");
+            }
+        }
+
+        #[test]
+        fn mutated_forms_parse_or_fail_as_client_errors(
+            data in prop::collection::vec(any::<u8>(), 0..2000),
+            flips in prop::collection::vec((any::<usize>(), any::<u8>()), 0..6),
+        ) {
+            let mut body = framed(&[("presets", b"thumb"), ("image", &data)]);
+            let n = body.len();
+            for (at, x) in flips {
+                body[at % n] ^= x | 1;
+            }
+            if let Err(e) = parse(body, 1024) {
+                prop_assert!(!e.is_server_error(), "{e}");
+            }
+        }
+
+        #[test]
+        fn oversized_files_are_413(extra in 1usize..5000) {
+            let data = vec![0u8; 1024 + extra];
+            let err = parse(framed(&[("image", &data)]), 1024).expect_err("over the limit");
+            prop_assert!(matches!(err, ApiError::TooLarge { limit: 1024 }), "{err}");
+        }
+
+        #[test]
+        fn client_names_are_escaped_and_bounded_in_logs(name in ".*") {
+            let logged = sanitise_for_log(&name);
+            prop_assert!(logged.chars().all(|c| !c.is_control()));
+            prop_assert!(logged.chars().count() <= 128 * 10 + 1);
+        }
+    }
 }
