@@ -387,7 +387,7 @@ async fn spool(
             .await
             .map_err(|e| storage("could not write spool file", e))?;
     }
-    let format = check_header(&head, bytes, limits)?;
+    let (format, dims) = check_header(&head, bytes, limits)?;
     out.flush()
         .await
         .map_err(|e| storage("could not write spool file", e))?;
@@ -395,6 +395,7 @@ async fn spool(
     file.sync_all()
         .await
         .map_err(|e| storage("could not sync spool file", e))?;
+    check_animation(path, format, dims, limits).await?;
     Ok(Received {
         file: guard,
         format,
@@ -407,20 +408,52 @@ async fn spool(
 /// dimensions against the limits. A header that cannot be fully parsed from
 /// the first bytes (a huge ICC profile before the frame header) is left to the
 /// worker, which enforces the same limits before decoding.
-fn check_header(head: &[u8], bytes: u64, limits: &Limits) -> Result<Format, ApiError> {
+fn check_header(
+    head: &[u8],
+    bytes: u64,
+    limits: &Limits,
+) -> Result<(Format, Option<(u32, u32)>), ApiError> {
     let format = match Format::sniff(head) {
         Some(f) => f,
         None if bytes == 0 => return Err(ApiError::EmptyFile),
         None => return Err(ApiError::UnsupportedFormat),
     };
     match pixpool_imaging::probe(head) {
-        Ok(p) => limits
-            .check_dimensions(p.width, p.height)
-            .map_err(|e| ApiError::LimitExceeded(e.to_string()))?,
-        Err(e) if e.is_limit_exceeded() => return Err(ApiError::LimitExceeded(e.to_string())),
-        Err(_) => {}
+        Ok(p) => {
+            limits
+                .check_dimensions(p.width, p.height)
+                .map_err(|e| ApiError::LimitExceeded(e.to_string()))?;
+            Ok((format, Some((p.width, p.height))))
+        }
+        Err(e) if e.is_limit_exceeded() => Err(ApiError::LimitExceeded(e.to_string())),
+        Err(_) => Ok((format, None)),
     }
-    Ok(format)
+}
+
+/// Refuses animations with too many frames (or frames × area), counted on
+/// the spooled file without decoding it.
+async fn check_animation(
+    path: &Path,
+    format: Format,
+    dims: Option<(u32, u32)>,
+    limits: &Limits,
+) -> Result<(), ApiError> {
+    let (Format::Gif | Format::WebP, Some((w, h))) = (format, dims) else {
+        return Ok(());
+    };
+    let (p, l) = (path.to_path_buf(), *limits);
+    let frames = tokio::task::spawn_blocking(move || pixpool_imaging::count_frames(&p, format))
+        .await
+        .map_err(|e| ApiError::Storage {
+            context: "frame counter failed".into(),
+            source: std::io::Error::other(e),
+        })?
+        .map_err(|e| ApiError::Storage {
+            context: "could not read the upload back".into(),
+            source: std::io::Error::other(e),
+        })?;
+    l.check_frames(frames, w, h)
+        .map_err(|e| ApiError::LimitExceeded(e.to_string()))
 }
 
 /// Marks a request body that stalled.

@@ -69,6 +69,19 @@ pub enum ImagingError {
         limit: &'static str,
     },
 
+    /// The animation has more frames, or frames × area, than the limits allow.
+    #[error("animation of {frames} frames of {width}×{height} exceeds the {limit} limit")]
+    CheckFrames {
+        /// Frames counted.
+        frames: u32,
+        /// Stored width.
+        width: u32,
+        /// Stored height.
+        height: u32,
+        /// Which limit was exceeded.
+        limit: &'static str,
+    },
+
     /// The pixel data could not be decoded (corrupt, unsupported, or over the allocation
     /// limit partway through).
     #[error("could not decode the {format:?} image")]
@@ -174,6 +187,7 @@ impl ImagingError {
             | ImagingError::ParseHeader { .. }
             | ImagingError::ReadHeader { .. }
             | ImagingError::CheckLimits { .. }
+            | ImagingError::CheckFrames { .. }
             | ImagingError::Decode { .. }
             | ImagingError::DecodeTruncated { .. } => true,
             ImagingError::ReadInput { .. }
@@ -190,7 +204,7 @@ impl ImagingError {
     /// or during decoding): lets the front answer 413 rather than 415/422.
     pub fn is_limit_exceeded(&self) -> bool {
         match self {
-            ImagingError::CheckLimits { .. } => true,
+            ImagingError::CheckLimits { .. } | ImagingError::CheckFrames { .. } => true,
             ImagingError::ReadHeader { source, .. } | ImagingError::Decode { source, .. } => {
                 matches!(source, image::ImageError::Limits(_))
             }

@@ -24,6 +24,7 @@
 //!   input or the server is at fault.
 //! - [`format`](mod@format): [`Format`] (what we read) and [`OutputFormat`] (what we write), magic-byte
 //!   sniffing.
+//! - [`frames`]: counting an animation's frames by skipping its blocks, without decoding.
 //! - [`probe`](mod@probe): header-only parsing of the first bytes of a file into a [`Probe`].
 //! - [`limits`]: [`Limits`], the decompression-bomb guard.
 //! - [`preset`]: [`Preset`] and [`Fit`], and the geometry that turns a preset and a source
@@ -42,6 +43,7 @@ mod decode;
 mod encode;
 pub mod error;
 pub mod format;
+pub mod frames;
 pub mod limits;
 mod output;
 pub mod pipeline;
@@ -52,6 +54,7 @@ mod resize;
 
 pub use error::{EncodeError, ImagingError};
 pub use format::{Format, OutputFormat};
+pub use frames::count_frames;
 pub use limits::Limits;
 pub use pipeline::{process, process_with_progress, Output, Processed, Progress, StageTimings};
 pub use preset::{Fit, Preset, PresetParseError};

@@ -21,6 +21,20 @@ pub struct Limits {
     /// Largest decoded buffer accepted, in bytes (pixels × bytes per pixel of the decoded
     /// colour type), and the allocation budget given to the decoders.
     pub max_alloc_bytes: u64,
+    /// Most frames an animation may have.
+    #[serde(default = "default_max_frames")]
+    pub max_frames: u32,
+    /// Most pixels over all frames of an animation (frames × width × height).
+    #[serde(default = "default_max_animation_pixels")]
+    pub max_animation_pixels: u64,
+}
+
+fn default_max_frames() -> u32 {
+    Limits::default().max_frames
+}
+
+fn default_max_animation_pixels() -> u64 {
+    Limits::default().max_animation_pixels
 }
 
 impl Default for Limits {
@@ -31,6 +45,9 @@ impl Default for Limits {
             // 50 MP: above any camera in common use, below a 200 MB RGBA buffer.
             max_pixels: 50_000_000,
             max_alloc_bytes: 1 << 30,
+            max_frames: 1000,
+            // 100 frames of 10 MP, or 1000 frames of 1 MP.
+            max_animation_pixels: 1_000_000_000,
         }
     }
 }
@@ -52,6 +69,24 @@ impl Limits {
         }
         if u64::from(width) * u64::from(height) > self.max_pixels {
             return Err(exceeded("pixel count"));
+        }
+        Ok(())
+    }
+
+    /// Checks an animation's frame count, and frames × area.
+    pub fn check_frames(&self, frames: u32, width: u32, height: u32) -> Result<(), ImagingError> {
+        let exceeded = |limit| ImagingError::CheckFrames {
+            frames,
+            width,
+            height,
+            limit,
+        };
+        if frames > self.max_frames {
+            return Err(exceeded("frame count"));
+        }
+        let total = u64::from(frames) * u64::from(width) * u64::from(height);
+        if total > self.max_animation_pixels {
+            return Err(exceeded("animation pixels (frames × area)"));
         }
         Ok(())
     }

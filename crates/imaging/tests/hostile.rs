@@ -220,3 +220,35 @@ fn caller_mistakes_are_server_errors() {
     }
     assert!(out.entries().is_empty());
 }
+
+#[test]
+fn animation_frames_are_counted_without_decoding_and_limited() {
+    let corpus = corpus_or_skip!();
+    let started = std::time::Instant::now();
+    let n = pixpool_imaging::count_frames(
+        &corpus.join("bad/gif-5000-frames.gif"),
+        pixpool_imaging::Format::Gif,
+    )
+    .expect("count");
+    assert_eq!(n, 5000);
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    let err = Limits::default()
+        .check_frames(n, 1000, 1000)
+        .expect_err("over the limit");
+    assert!(err.is_input_error() && err.is_limit_exceeded(), "{err}");
+    assert!(err.to_string().contains("frame count"), "{err}");
+    let still = pixpool_imaging::count_frames(
+        &corpus.join("20-raindrops.gif"),
+        pixpool_imaging::Format::Gif,
+    )
+    .expect("count");
+    assert_eq!(still, 1);
+    assert_eq!(
+        pixpool_imaging::count_frames(
+            &corpus.join("19-aitzgorri.webp"),
+            pixpool_imaging::Format::WebP
+        )
+        .expect("count"),
+        1
+    );
+}
