@@ -29,32 +29,50 @@ pub enum Command {
     /// An image worker (started by the supervisor).
     #[command(hide = true)]
     Worker(WorkerArgs),
+    /// Validate the configuration (file, environment, flags) and print the
+    /// effective result; exits non-zero if it is invalid.
+    CheckConfig(CheckConfigArgs),
 }
 
-/// Options of the supervisor.
+/// Options of `check-config`.
 #[derive(Debug, Clone, Args)]
+pub struct CheckConfigArgs {
+    /// The file to check (the same as `serve --config FILE`).
+    pub file: Option<PathBuf>,
+    /// Every other `serve` option, to see its effect.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Options of the supervisor. Each overrides the configuration file and has
+/// an environment variable; unset ones come from the file, then the defaults
+/// (`pixpool check-config` prints the result).
+#[derive(Debug, Clone, Default, Args)]
 pub struct ServeArgs {
-    /// Address to listen on (port 0 picks a free port).
-    #[arg(long, env = "PIXPOOL_BIND", default_value = "127.0.0.1:3000")]
-    pub bind: SocketAddr,
-    /// The uploads directory: originals, outputs, job records, sockets.
-    #[arg(long, env = "PIXPOOL_UPLOADS", default_value = "./uploads")]
-    pub uploads: PathBuf,
+    /// Configuration file (TOML) [default: /etc/pixpool/pixpool.toml if it exists].
+    #[arg(long, env = "PIXPOOL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free port [default: 127.0.0.1:3000].
+    #[arg(long, env = "PIXPOOL_BIND")]
+    pub bind: Option<SocketAddr>,
+    /// The uploads directory: originals, outputs, job records, sockets [default: ./uploads].
+    #[arg(long, env = "PIXPOOL_UPLOADS")]
+    pub uploads: Option<PathBuf>,
     /// Number of HTTP front processes [default: half the CPUs, 1 to 4].
-    #[arg(long, env = "PIXPOOL_FRONTS", value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(long, env = "PIXPOOL_FRONTS")]
     pub fronts: Option<u32>,
     /// Number of image-worker processes [default: one per CPU].
-    #[arg(long, env = "PIXPOOL_WORKERS", value_parser = clap::value_parser!(u32).range(1..=256))]
+    #[arg(long, env = "PIXPOOL_WORKERS")]
     pub workers: Option<u32>,
-    /// Seconds children get to drain after SIGTERM before they are killed.
-    #[arg(long, env = "PIXPOOL_GRACE_SECS", default_value_t = 30)]
-    pub grace_secs: u64,
-    /// Upload size limit in bytes.
-    #[arg(long, env = "PIXPOOL_MAX_UPLOAD_BYTES", default_value_t = pixpool_front::DEFAULT_MAX_UPLOAD_BYTES)]
-    pub max_upload_bytes: u64,
-    /// Jobs a worker queues before it refuses more.
-    #[arg(long, env = "PIXPOOL_QUEUE_DEPTH", default_value_t = pixpool_worker::DEFAULT_QUEUE_DEPTH)]
-    pub queue_depth: usize,
+    /// Seconds children get to drain after SIGTERM before they are killed [default: 30].
+    #[arg(long, env = "PIXPOOL_GRACE_SECS")]
+    pub grace_secs: Option<u64>,
+    /// Upload size limit in bytes [default: 52428800].
+    #[arg(long, env = "PIXPOOL_MAX_UPLOAD_BYTES")]
+    pub max_upload_bytes: Option<u64>,
+    /// Jobs a worker queues before it refuses more [default: 64].
+    #[arg(long, env = "PIXPOOL_QUEUE_DEPTH")]
+    pub queue_depth: Option<usize>,
     /// An output preset, NAME:WIDTH[xHEIGHT][:inside|cover][:jpeg|png|webp][:qQUALITY][:alpha=png|webp];
     /// repeat for several. Replaces the built-in set (thumb:200x200:cover,
     /// small:480, medium:800, large:1600). PIXPOOL_PRESETS takes a `;`-separated list.
@@ -65,49 +83,40 @@ pub struct ServeArgs {
         value_name = "SPEC"
     )]
     pub presets: Vec<pixpool_imaging::Preset>,
-    /// Largest image accepted, in pixels (width × height), checked on the header.
-    #[arg(long, env = "PIXPOOL_MAX_PIXELS", default_value_t = 50_000_000)]
-    pub max_pixels: u64,
-    /// Largest width or height accepted.
-    #[arg(long, env = "PIXPOOL_MAX_SIDE", default_value_t = 16_384)]
-    pub max_side: u32,
-    /// Refuse uploads (507) when less than this many MiB are free on the uploads disk.
-    #[arg(long, env = "PIXPOOL_MIN_FREE_DISK_MB", default_value_t = 512)]
-    pub min_free_disk_mb: u64,
-    /// Connections one front serves at once.
-    #[arg(long, env = "PIXPOOL_MAX_CONNECTIONS", default_value_t = pixpool_front::DEFAULT_MAX_CONNECTIONS)]
-    pub max_connections: usize,
-    /// Seconds a request body may stall before the request is cut off (408).
-    #[arg(long, env = "PIXPOOL_BODY_IDLE_SECS", default_value_t = 30)]
-    pub body_idle_secs: u64,
-    /// Seconds one job may take before it fails and its worker is replaced.
-    #[arg(long, env = "PIXPOOL_JOB_TIMEOUT_SECS", default_value_t = 30.0)]
-    pub job_timeout_secs: f64,
-    /// Replace a worker process after this many jobs (0: never).
-    #[arg(long, env = "PIXPOOL_RECYCLE_AFTER_JOBS", default_value_t = 0)]
-    pub recycle_after_jobs: u64,
-    /// Replace a worker process once its RSS exceeds this many MiB after a job (0: never).
-    #[arg(long, env = "PIXPOOL_RECYCLE_RSS_MB", default_value_t = 1024)]
-    pub recycle_rss_mb: u64,
+    /// Largest image accepted, in pixels (width × height), checked on the header [default: 50000000].
+    #[arg(long, env = "PIXPOOL_MAX_PIXELS")]
+    pub max_pixels: Option<u64>,
+    /// Largest width or height accepted [default: 16384].
+    #[arg(long, env = "PIXPOOL_MAX_SIDE")]
+    pub max_side: Option<u32>,
+    /// Most frames an animation may have [default: 1000].
+    #[arg(long, env = "PIXPOOL_MAX_FRAMES")]
+    pub max_frames: Option<u32>,
+    /// Refuse uploads (507) when less than this many MiB are free on the uploads disk [default: 512].
+    #[arg(long, env = "PIXPOOL_MIN_FREE_DISK_MB")]
+    pub min_free_disk_mb: Option<u64>,
+    /// Connections one front serves at once [default: 1024].
+    #[arg(long, env = "PIXPOOL_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds a request body may stall before the request is cut off (408) [default: 30].
+    #[arg(long, env = "PIXPOOL_BODY_IDLE_SECS")]
+    pub body_idle_secs: Option<u64>,
+    /// Seconds one job may take before it fails and its worker is replaced [default: 30].
+    #[arg(long, env = "PIXPOOL_JOB_TIMEOUT_SECS")]
+    pub job_timeout_secs: Option<f64>,
+    /// Replace a worker process after this many jobs; 0: never [default: 0].
+    #[arg(long, env = "PIXPOOL_RECYCLE_AFTER_JOBS")]
+    pub recycle_after_jobs: Option<u64>,
+    /// Replace a worker process once its RSS exceeds this many MiB after a job; 0: never [default: 1024].
+    #[arg(long, env = "PIXPOOL_RECYCLE_RSS_MB")]
+    pub recycle_rss_mb: Option<u64>,
     /// Address-space limit of each worker process in MiB (RLIMIT_AS; 0: none):
-    /// a decoder that runs away fails that job instead of the machine.
-    #[arg(long, env = "PIXPOOL_WORKER_MEMORY_MB", default_value_t = 4096)]
-    pub worker_memory_mb: u64,
-}
-
-impl ServeArgs {
-    /// Fronts to run.
-    pub fn fronts(&self) -> u32 {
-        self.fronts.unwrap_or_else(|| (cpus() / 2).clamp(1, 4))
-    }
-    /// Workers to run.
-    pub fn workers(&self) -> u32 {
-        self.workers.unwrap_or_else(cpus)
-    }
-}
-
-fn cpus() -> u32 {
-    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+    /// a decoder that runs away fails that job instead of the machine [default: 4096].
+    #[arg(long, env = "PIXPOOL_WORKER_MEMORY_MB")]
+    pub worker_memory_mb: Option<u64>,
+    /// Log format: text (journald-friendly, colours only on a terminal) or json [default: text].
+    #[arg(long, env = "PIXPOOL_LOG_FORMAT", value_enum)]
+    pub log_format: Option<crate::config::LogFormat>,
 }
 
 /// Options every child receives from the supervisor.
@@ -134,6 +143,12 @@ pub struct ChildArgs {
     /// Largest side.
     #[arg(long)]
     pub max_side: u32,
+    /// Most frames of an animation.
+    #[arg(long)]
+    pub max_frames: u32,
+    /// Log format.
+    #[arg(long, value_enum)]
+    pub log_format: crate::config::LogFormat,
 }
 
 impl ChildArgs {
@@ -143,6 +158,7 @@ impl ChildArgs {
             max_width: self.max_side,
             max_height: self.max_side,
             max_pixels: self.max_pixels,
+            max_frames: self.max_frames,
             ..pixpool_imaging::Limits::default()
         }
     }

@@ -3,6 +3,7 @@
 //! `pixpool worker --slot N` for its children, so `ps` shows every role.
 
 mod cli;
+mod config;
 mod logging;
 mod roles;
 mod serve;
@@ -17,6 +18,7 @@ fn main() -> ExitCode {
         None | Some(cli::Command::Serve(_)) => "supervisor",
         Some(cli::Command::Front(_)) => "front",
         Some(cli::Command::Worker(_)) => "worker",
+        Some(cli::Command::CheckConfig(_)) => "check-config",
     };
     match run(cli) {
         Ok(code) => code,
@@ -35,5 +37,6 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         Some(cli::Command::Serve(args)) => serve::serve(args),
         Some(cli::Command::Front(args)) => roles::front(args),
         Some(cli::Command::Worker(args)) => roles::worker(args),
+        Some(cli::Command::CheckConfig(args)) => serve::check_config(args),
     }
 }

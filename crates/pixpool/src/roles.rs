@@ -35,7 +35,7 @@ async fn terminated() {
 
 /// `pixpool front`.
 pub fn front(args: FrontArgs) -> anyhow::Result<ExitCode> {
-    crate::logging::init("front", Some(args.child.slot));
+    crate::logging::init("front", Some(args.child.slot), args.child.log_format);
     let fd = args.listen_fd;
     // SAFETY: fstat only reads the fd's metadata; any fd number is safe to ask about.
     let is_socket = unsafe {
@@ -77,7 +77,7 @@ pub fn front(args: FrontArgs) -> anyhow::Result<ExitCode> {
 
 /// `pixpool worker`.
 pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
-    crate::logging::init("worker", Some(args.child.slot));
+    crate::logging::init("worker", Some(args.child.slot), args.child.log_format);
     let store =
         Store::open(&args.child.uploads, None).context("could not open the uploads directory")?;
     if args.memory_mb > 0 {

@@ -12,128 +12,53 @@ use pixpool_store::Store;
 use pixpool_supervisor::{ChildSpec, Config, Exit};
 use tracing::{info, warn};
 
+use std::path::Path;
+
 use crate::cli::ServeArgs;
+use crate::config::{LogFormat, Settings};
 
 /// Runs the supervisor. No async runtime exists in this process: it forks.
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    crate::logging::init("supervisor", None);
-    let store = Store::open(&args.uploads, None).with_context(|| {
+    // The log format may come from the file: resolve first, log after.
+    let settings = Settings::resolve(&args);
+    let format = settings.as_ref().map_or(LogFormat::Text, |s| s.log_format);
+    crate::logging::init("supervisor", None, format);
+    let settings = settings?;
+    let store = Store::open(&settings.uploads, None).with_context(|| {
         format!(
             "could not prepare the uploads directory {}",
-            args.uploads.display()
+            settings.uploads.display()
         )
     })?;
-    let presets = if args.presets.is_empty() {
-        pixpool_imaging::Preset::builtin()
-    } else {
-        args.presets.clone()
-    };
-    pixpool_imaging::preset::validate_presets(&presets).context("invalid preset configuration")?;
     sweep_spool_dirs(&store);
 
-    let (listener, addr) = pixpool_supervisor::listener::bind_shared(args.bind)
-        .with_context(|| format!("could not listen on {}", args.bind))?;
-    let (fronts, workers) = (args.fronts(), args.workers());
+    let (listener, addr) = pixpool_supervisor::listener::bind_shared(settings.bind)
+        .with_context(|| format!("could not listen on {}", settings.bind))?;
+    let (fronts, workers) = (settings.fronts, settings.workers);
     info!(
         uploads = %store.root().display(),
         fronts,
         workers,
         "listening on {addr}"
     );
+    if settings.api_tokens.is_empty() {
+        warn!("no API token configured: uploads and reads are open to anyone who can connect");
+    }
 
     let exe = std::env::current_exe().context("could not find the pixpool executable")?;
     let program =
         CString::new(exe.as_os_str().as_bytes()).context("executable path contains NUL")?;
-    let uploads = store.root().to_string_lossy().into_owned();
-    let common = |role: &str, slot: u32| -> Vec<String> {
-        vec![
-            "pixpool".into(),
-            role.into(),
-            "--slot".into(),
-            slot.to_string(),
-            "--workers".into(),
-            workers.to_string(),
-            "--uploads".into(),
-            uploads.clone(),
-            "--grace-secs".into(),
-            args.grace_secs.to_string(),
-            "--max-pixels".into(),
-            args.max_pixels.to_string(),
-            "--max-side".into(),
-            args.max_side.to_string(),
-        ]
-        .into_iter()
-        .chain(
-            presets
-                .iter()
-                .flat_map(|p| ["--preset".to_string(), p.to_string()]),
-        )
-        .collect()
-    };
-    let mut children = Vec::new();
-    // Workers first: their sockets are up by the time the fronts connect.
-    for slot in 0..workers {
-        let mut argv = common("worker", slot);
-        argv.extend([
-            "--queue-depth".into(),
-            args.queue_depth.to_string(),
-            "--job-timeout-secs".into(),
-            args.job_timeout_secs.to_string(),
-            "--recycle-after-jobs".into(),
-            args.recycle_after_jobs.to_string(),
-            "--recycle-rss-mb".into(),
-            args.recycle_rss_mb.to_string(),
-            "--memory-mb".into(),
-            args.worker_memory_mb.to_string(),
-        ]);
-        children.push(spec("worker", slot, &program, argv, None, 1)?);
-    }
-    for slot in 0..fronts {
-        let mut argv = common("front", slot);
-        argv.extend([
-            "--listen-fd".into(),
-            pixpool_supervisor::child::INHERITED_FD.to_string(),
-            "--max-upload-bytes".into(),
-            args.max_upload_bytes.to_string(),
-            "--min-free-disk-mb".into(),
-            args.min_free_disk_mb.to_string(),
-            "--max-connections".into(),
-            args.max_connections.to_string(),
-            "--body-idle-secs".into(),
-            args.body_idle_secs.to_string(),
-        ]);
-        children.push(spec(
-            "front",
-            slot,
-            &program,
-            argv,
-            Some(listener.as_raw_fd()),
-            0,
-        )?);
-    }
+    let listen_fd = listener.as_raw_fd();
+    let children = child_specs(&settings, &store, &program, listen_fd)?;
+    share_tokens(&settings);
 
-    let same_children = children.clone();
-    let exe_path = exe.clone();
+    let running = settings.clone();
     let config = Config {
         children,
         // Children get the grace period; the supervisor adds a little on top
         // so that a child finishing right at its deadline is not SIGKILLed.
-        grace: Duration::from_secs(args.grace_secs) + Duration::from_secs(2),
-        // SIGHUP: the configuration comes from flags and the environment,
-        // fixed for this process; what a reload picks up is a new executable
-        // (an upgrade in place) — checked to run before anything is replaced.
-        reload: Box::new(move || {
-            let status = std::process::Command::new(&exe_path)
-                .arg("--version")
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .status()
-                .map_err(|e| format!("cannot run {}: {e}", exe_path.display()))?;
-            if !status.success() {
-                return Err(format!("{} --version failed: {status}", exe_path.display()));
-            }
-            Ok(same_children.clone())
-        }),
+        grace: Duration::from_secs(settings.grace_secs) + Duration::from_secs(2),
+        reload: Box::new(move || reload(&args, &running, &store, &exe, &program, listen_fd)),
     };
     let exit = pixpool_supervisor::run(config, || info!(fronts, workers, "all children started"))
         .context("supervisor failed")?;
@@ -150,6 +75,148 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             ExitCode::FAILURE
         }
     })
+}
+
+/// SIGHUP: re-reads the configuration (file, environment, flags) and checks
+/// the executable on disk runs (an upgrade in place), then returns the specs
+/// to roll onto. What cannot change without a restart is refused.
+fn reload(
+    args: &ServeArgs,
+    running: &Settings,
+    store: &Store,
+    exe: &Path,
+    program: &CString,
+    listen_fd: i32,
+) -> Result<Vec<ChildSpec>, String> {
+    let new = Settings::resolve(args).map_err(|e| format!("{e:#}"))?;
+    for (what, changed) in [
+        ("bind", new.bind != running.bind),
+        ("uploads", new.uploads != running.uploads),
+        ("fronts", new.fronts != running.fronts),
+        ("workers", new.workers != running.workers),
+    ] {
+        if changed {
+            return Err(format!(
+                "`{what}` cannot change on reload; restart the service"
+            ));
+        }
+    }
+    let status = std::process::Command::new(exe)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
+    if !status.success() {
+        return Err(format!("{} --version failed: {status}", exe.display()));
+    }
+    let specs = child_specs(&new, store, program, listen_fd).map_err(|e| format!("{e:#}"))?;
+    share_tokens(&new);
+    Ok(specs)
+}
+
+/// Tokens reach the children through the environment, never their command
+/// lines (which every user can read).
+fn share_tokens(settings: &Settings) {
+    let joined = settings.api_tokens.join(",");
+    // SAFETY-free: the supervisor is single-threaded, so nothing reads the
+    // environment concurrently; children inherit it at the next fork.
+    std::env::set_var("PIXPOOL_API_TOKENS", joined);
+}
+
+/// The command lines of every child, workers first (their sockets are up by
+/// the time the fronts connect).
+fn child_specs(
+    s: &Settings,
+    store: &Store,
+    program: &CString,
+    listen_fd: i32,
+) -> anyhow::Result<Vec<ChildSpec>> {
+    let presets = s.presets()?;
+    let log_format = match s.log_format {
+        LogFormat::Text => "text",
+        LogFormat::Json => "json",
+    };
+    let uploads = store.root().to_string_lossy().into_owned();
+    let common = |role: &str, slot: u32| -> Vec<String> {
+        let mut argv: Vec<String> = vec![
+            "pixpool".into(),
+            role.into(),
+            "--slot".into(),
+            slot.to_string(),
+            "--workers".into(),
+            s.workers.to_string(),
+            "--uploads".into(),
+            uploads.clone(),
+            "--grace-secs".into(),
+            s.grace_secs.to_string(),
+            "--max-pixels".into(),
+            s.max_pixels.to_string(),
+            "--max-side".into(),
+            s.max_side.to_string(),
+            "--max-frames".into(),
+            s.max_frames.to_string(),
+            "--log-format".into(),
+            log_format.into(),
+        ];
+        for p in &presets {
+            argv.extend(["--preset".to_string(), p.to_string()]);
+        }
+        argv
+    };
+    let mut children = Vec::new();
+    for slot in 0..s.workers {
+        let mut argv = common("worker", slot);
+        argv.extend([
+            "--queue-depth".into(),
+            s.queue_depth.to_string(),
+            "--job-timeout-secs".into(),
+            s.job_timeout_secs.to_string(),
+            "--recycle-after-jobs".into(),
+            s.recycle_after_jobs.to_string(),
+            "--recycle-rss-mb".into(),
+            s.recycle_rss_mb.to_string(),
+            "--memory-mb".into(),
+            s.worker_memory_mb.to_string(),
+        ]);
+        children.push(spec("worker", slot, program, argv, None, 1)?);
+    }
+    for slot in 0..s.fronts {
+        let mut argv = common("front", slot);
+        argv.extend([
+            "--listen-fd".into(),
+            pixpool_supervisor::child::INHERITED_FD.to_string(),
+            "--max-upload-bytes".into(),
+            s.max_upload_bytes.to_string(),
+            "--min-free-disk-mb".into(),
+            s.min_free_disk_mb.to_string(),
+            "--max-connections".into(),
+            s.max_connections.to_string(),
+            "--body-idle-secs".into(),
+            s.body_idle_secs.to_string(),
+        ]);
+        children.push(spec("front", slot, program, argv, Some(listen_fd), 0)?);
+    }
+    Ok(children)
+}
+
+/// `pixpool check-config [FILE]`.
+pub fn check_config(args: crate::cli::CheckConfigArgs) -> anyhow::Result<ExitCode> {
+    let mut serve = args.serve;
+    if args.file.is_some() {
+        serve.config = args.file;
+    }
+    let settings = Settings::resolve(&serve)?;
+    let source = match &serve.config {
+        Some(p) => p.display().to_string(),
+        None if Path::new(crate::config::DEFAULT_CONFIG_PATH).is_file() => {
+            crate::config::DEFAULT_CONFIG_PATH.to_string()
+        }
+        None => "none (built-in defaults)".to_string(),
+    };
+    println!("# pixpool effective configuration (file: {source}; environment and flags applied)");
+    print!("{}", settings.to_toml_redacted());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn spec(

@@ -517,7 +517,10 @@ async fn tokens_guard_uploads_and_reads_but_not_health() {
         1,
         1,
         &[],
-        &[("PIXPOOL_API_TOKENS", "s3cret-one, s3cret-two")],
+        &[(
+            "PIXPOOL_API_TOKENS",
+            "s3cret-one-0123456789, s3cret-two-0123456789",
+        )],
     );
     let addr = server.addr;
     let jpeg = std::fs::read(test_photo("06-grey-grayscale.jpg")).expect("photo");
@@ -543,11 +546,16 @@ async fn tokens_guard_uploads_and_reads_but_not_health() {
         .is_some_and(|v| v.starts_with("Bearer")));
     let mut c = Conn::open(addr).await.expect("c");
     problem(
-        &c.send(with(Some("s3cret-on"))).await.expect("send"),
+        &c.send(with(Some("s3cret-one-012345678")))
+            .await
+            .expect("send"),
         StatusCode::UNAUTHORIZED,
     );
     let mut c = Conn::open(addr).await.expect("c");
-    let resp = c.send(with(Some("s3cret-two"))).await.expect("send");
+    let resp = c
+        .send(with(Some("s3cret-two-0123456789")))
+        .await
+        .expect("send");
     assert_eq!(resp.status, StatusCode::ACCEPTED);
     let id = resp.json()["id"].as_str().expect("id").to_string();
     problem(
@@ -558,8 +566,10 @@ async fn tokens_guard_uploads_and_reads_but_not_health() {
         .header("host", addr.to_string())
         .body(http_body_util::Full::new(Bytes::new()))
         .expect("req");
-    req.headers_mut()
-        .insert("authorization", "Bearer s3cret-one".parse().expect("h"));
+    req.headers_mut().insert(
+        "authorization",
+        "Bearer s3cret-one-0123456789".parse().expect("h"),
+    );
     assert_eq!(c.send(req).await.expect("send").status, StatusCode::OK);
     assert_eq!(
         c.get("/health").await.expect("health").status,

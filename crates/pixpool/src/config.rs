@@ -1,0 +1,221 @@
+//! The effective configuration: built-in defaults, overridden by a TOML file
+//! (`--config`, else `/etc/pixpool/pixpool.toml` when it exists), overridden
+//! by `PIXPOOL_*` environment variables, overridden by command-line flags.
+//! Unknown keys in the file are errors. `pixpool check-config` prints the
+//! result; SIGHUP re-reads it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+use crate::cli::ServeArgs;
+
+/// Where the configuration file is looked for when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/pixpool/pixpool.toml";
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable (colours only on a terminal).
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Every setting, resolved. Also the schema of the TOML file (flat; key names
+/// are the flags' names with `_`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address to listen on.
+    pub bind: SocketAddr,
+    /// The uploads directory.
+    pub uploads: PathBuf,
+    /// HTTP front processes.
+    pub fronts: u32,
+    /// Image-worker processes.
+    pub workers: u32,
+    /// Drain grace period, seconds.
+    pub grace_secs: u64,
+    /// Upload size limit, bytes.
+    pub max_upload_bytes: u64,
+    /// Jobs one worker queues before refusing more.
+    pub queue_depth: usize,
+    /// Output presets, as specifications (`NAME:WIDTH[xHEIGHT][:…]`).
+    pub presets: Vec<String>,
+    /// Largest image, pixels.
+    pub max_pixels: u64,
+    /// Largest side, pixels.
+    pub max_side: u32,
+    /// Most frames of an animation.
+    pub max_frames: u32,
+    /// Free-disk floor, MiB.
+    pub min_free_disk_mb: u64,
+    /// Connections per front.
+    pub max_connections: usize,
+    /// Request body idle timeout, seconds.
+    pub body_idle_secs: u64,
+    /// Per-job time limit, seconds.
+    pub job_timeout_secs: f64,
+    /// Replace a worker after this many jobs (0: never).
+    pub recycle_after_jobs: u64,
+    /// Replace a worker whose RSS passed this, MiB (0: never).
+    pub recycle_rss_mb: u64,
+    /// RLIMIT_AS of each worker, MiB (0: none).
+    pub worker_memory_mb: u64,
+    /// Bearer tokens (empty: open). Also `PIXPOOL_API_TOKENS`.
+    pub api_tokens: Vec<String>,
+    /// Log line format.
+    pub log_format: LogFormat,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let limits = pixpool_imaging::Limits::default();
+        Settings {
+            bind: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            uploads: PathBuf::from("./uploads"),
+            fronts: (cpus / 2).clamp(1, 4),
+            workers: cpus,
+            grace_secs: 30,
+            max_upload_bytes: pixpool_front::DEFAULT_MAX_UPLOAD_BYTES,
+            queue_depth: pixpool_worker::DEFAULT_QUEUE_DEPTH,
+            presets: pixpool_imaging::Preset::builtin()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            max_pixels: limits.max_pixels,
+            max_side: limits.max_width,
+            max_frames: limits.max_frames,
+            min_free_disk_mb: 512,
+            max_connections: pixpool_front::DEFAULT_MAX_CONNECTIONS,
+            body_idle_secs: 30,
+            job_timeout_secs: pixpool_worker::DEFAULT_JOB_TIMEOUT.as_secs_f64(),
+            recycle_after_jobs: 0,
+            recycle_rss_mb: 1024,
+            worker_memory_mb: 4096,
+            api_tokens: Vec::new(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// Copies each flag (or environment variable) that was given over the setting.
+macro_rules! overlay {
+    ($settings:ident, $args:ident; $($field:ident),* $(,)?) => {
+        $( if let Some(v) = $args.$field.clone() { $settings.$field = v; } )*
+    };
+}
+
+impl Settings {
+    /// Resolves the configuration for `args`: defaults < file < env < flags.
+    pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
+        let mut s = match &args.config {
+            Some(path) => Settings::from_file(path)?,
+            None if Path::new(DEFAULT_CONFIG_PATH).is_file() => {
+                Settings::from_file(Path::new(DEFAULT_CONFIG_PATH))?
+            }
+            None => Settings::default(),
+        };
+        overlay!(s, args; bind, uploads, fronts, workers, grace_secs, max_upload_bytes,
+            queue_depth, max_pixels, max_side, max_frames, min_free_disk_mb, max_connections,
+            body_idle_secs, job_timeout_secs, recycle_after_jobs, recycle_rss_mb,
+            worker_memory_mb, log_format);
+        if !args.presets.is_empty() {
+            s.presets = args.presets.iter().map(ToString::to_string).collect();
+        }
+        let env_tokens = crate::roles::api_tokens_from_env();
+        if !env_tokens.is_empty() {
+            s.api_tokens = env_tokens;
+        }
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Reads a TOML file (unknown keys are errors); unset keys keep their defaults.
+    pub fn from_file(path: &Path) -> anyhow::Result<Settings> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("could not read the configuration file {}", path.display()))?;
+        toml::from_str(&text)
+            .with_context(|| format!("invalid configuration file {}", path.display()))
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !(1..=64).contains(&self.fronts) {
+            bail!("fronts must be between 1 and 64 (got {})", self.fronts);
+        }
+        if !(1..=256).contains(&self.workers) {
+            bail!("workers must be between 1 and 256 (got {})", self.workers);
+        }
+        if self.queue_depth == 0 {
+            bail!("queue_depth must be at least 1");
+        }
+        if !(self.job_timeout_secs.is_finite() && self.job_timeout_secs > 0.0) {
+            bail!("job_timeout_secs must be a positive number of seconds");
+        }
+        if self.api_tokens.iter().any(|t| t.len() < 16) {
+            bail!("API tokens must be at least 16 characters");
+        }
+        self.presets().map(|_| ())
+    }
+
+    /// The presets, parsed and checked.
+    pub fn presets(&self) -> anyhow::Result<Vec<pixpool_imaging::Preset>> {
+        if self.presets.is_empty() {
+            bail!("invalid preset configuration: at least one preset is needed");
+        }
+        let presets = self
+            .presets
+            .iter()
+            .map(|s| s.parse::<pixpool_imaging::Preset>())
+            .collect::<Result<Vec<_>, _>>()
+            .context("invalid preset configuration")?;
+        pixpool_imaging::preset::validate_presets(&presets)
+            .context("invalid preset configuration")?;
+        Ok(presets)
+    }
+
+    /// The configuration as TOML, tokens redacted: what `check-config` prints.
+    pub fn to_toml_redacted(&self) -> String {
+        let mut shown = self.clone();
+        shown.api_tokens = shown
+            .api_tokens
+            .iter()
+            .map(|_| "<redacted>".to_string())
+            .collect();
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# could not render: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_through_toml_and_validate() {
+        let s = Settings::default();
+        s.validate().expect("defaults are valid");
+        let text = toml::to_string_pretty(&s).expect("render");
+        let back: Settings = toml::from_str(&text).expect("parse");
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        assert!(toml::from_str::<Settings>("bnid = \"127.0.0.1:1\"").is_err());
+        assert!(toml::from_str::<Settings>("workers = \"four\"").is_err());
+        let s: Settings = toml::from_str("workers = 0").expect("parses");
+        assert!(s.validate().is_err());
+        let s: Settings = toml::from_str("presets = [\"x:0\"]").expect("parses");
+        assert!(s.validate().is_err());
+        let s: Settings = toml::from_str("api_tokens = [\"short\"]").expect("parses");
+        assert!(s.validate().is_err());
+        let s: Settings = toml::from_str("fronts = 3\npresets = [\"a:10\"]").expect("parses");
+        assert_eq!((s.fronts, s.presets.len(), s.grace_secs), (3, 1, 30));
+    }
+}
