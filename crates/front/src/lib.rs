@@ -136,6 +136,7 @@ pub async fn run(
     listener: std::net::TcpListener,
     config: FrontConfig,
     shutdown: impl Future<Output = ()>,
+    on_ready: impl FnOnce(),
 ) -> Result<(), FrontError> {
     listener
         .set_nonblocking(true)
@@ -181,6 +182,7 @@ pub async fn run(
     }
     tokio::pin!(shutdown);
     info!("front ready");
+    on_ready();
     loop {
         // At the connection limit, stop accepting: waiting connections stay in
         // the shared kernel queue, where a less busy front picks them up.

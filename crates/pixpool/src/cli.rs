@@ -149,6 +149,9 @@ pub struct ChildArgs {
     /// Log format.
     #[arg(long, value_enum)]
     pub log_format: crate::config::LogFormat,
+    /// The control channel to the supervisor (readiness, heartbeats).
+    #[arg(long)]
+    pub control_fd: Option<i32>,
 }
 
 impl ChildArgs {

@@ -69,8 +69,12 @@ pub fn front(args: FrontArgs) -> anyhow::Result<ExitCode> {
         // every user of the machine (`ps`).
         api_tokens: api_tokens_from_env(),
     };
+    let report = Reporter::new("front", args.child.slot, args.child.control_fd);
     runtime()?
-        .block_on(pixpool_front::run(listener, config, terminated()))
+        .block_on(async {
+            tokio::spawn(report.clone().heartbeat(None));
+            pixpool_front::run(listener, config, terminated(), || report.ready()).await
+        })
         .context("front failed")?;
     Ok(ExitCode::SUCCESS)
 }
@@ -96,9 +100,15 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or(pixpool_worker::DEFAULT_JOB_TIMEOUT),
         recycle_after_jobs: args.recycle_after_jobs,
         recycle_rss_bytes: args.recycle_rss_mb.saturating_mul(1024 * 1024),
+        queued: Default::default(),
     };
+    let report = Reporter::new("worker", args.child.slot, args.child.control_fd);
+    let queued = config.queued.clone();
     let exit = runtime()?
-        .block_on(pixpool_worker::run(config, terminated()))
+        .block_on(async {
+            tokio::spawn(report.clone().heartbeat(Some(queued)));
+            pixpool_worker::run(config, terminated(), || report.ready()).await
+        })
         .context("worker failed")?;
     if exit == pixpool_worker::WorkerExit::Replace {
         // A job thread may be stuck in a decoder: leave without waiting for it.
@@ -131,4 +141,52 @@ fn limit_address_space(bytes: u64) -> anyhow::Result<()> {
             .context("could not set the worker memory limit");
     }
     Ok(())
+}
+
+/// Reports to the supervisor over the inherited control channel: readiness
+/// once, then a heartbeat every second from this process's event loop.
+#[derive(Debug, Clone)]
+struct Reporter {
+    sock: Option<std::sync::Arc<std::os::unix::net::UnixDatagram>>,
+    role: &'static str,
+    slot: u32,
+}
+
+impl Reporter {
+    fn new(role: &'static str, slot: u32, fd: Option<i32>) -> Reporter {
+        let sock = fd.map(|fd| {
+            // SAFETY: the supervisor placed the control channel at this fd for
+            // us; nothing else in this process owns it.
+            let s = unsafe { std::os::unix::net::UnixDatagram::from_raw_fd(fd) };
+            // Never block the event loop on a busy supervisor.
+            let _ = s.set_nonblocking(true);
+            std::sync::Arc::new(s)
+        });
+        Reporter { sock, role, slot }
+    }
+
+    fn send(&self, line: &str) {
+        if let Some(s) = &self.sock {
+            let _ = s.send(line.as_bytes());
+        }
+    }
+
+    fn ready(&self) {
+        self.send(&pixpool_supervisor::notify::ready_line(
+            self.role, self.slot,
+        ));
+    }
+
+    async fn heartbeat(self, queued: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>) {
+        let mut tick = tokio::time::interval(pixpool_supervisor::notify::HEARTBEAT);
+        loop {
+            tick.tick().await;
+            let q = queued
+                .as_ref()
+                .map_or(0, |q| q.load(std::sync::atomic::Ordering::Relaxed));
+            self.send(&pixpool_supervisor::notify::alive_line(
+                self.role, self.slot, q,
+            ));
+        }
+    }
 }

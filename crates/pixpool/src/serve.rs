@@ -32,8 +32,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     })?;
     sweep_spool_dirs(&store);
 
-    let (listener, addr) = pixpool_supervisor::listener::bind_shared(settings.bind)
-        .with_context(|| format!("could not listen on {}", settings.bind))?;
+    let (listener, addr) = listener(&settings)?;
+    let (control, children_end) = pixpool_supervisor::child::control_channel()
+        .context("could not create the control channel")?;
     let (fronts, workers) = (settings.fronts, settings.workers);
     info!(
         uploads = %store.root().display(),
@@ -48,8 +49,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("could not find the pixpool executable")?;
     let program =
         CString::new(exe.as_os_str().as_bytes()).context("executable path contains NUL")?;
-    let listen_fd = listener.as_raw_fd();
-    let children = child_specs(&settings, &store, &program, listen_fd)?;
+    let fds = (listener.as_raw_fd(), children_end.as_raw_fd());
+    let children = child_specs(&settings, &store, &program, fds)?;
     share_tokens(&settings);
 
     let running = settings.clone();
@@ -58,13 +59,15 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         // Children get the grace period; the supervisor adds a little on top
         // so that a child finishing right at its deadline is not SIGKILLed.
         grace: Duration::from_secs(settings.grace_secs) + Duration::from_secs(2),
-        reload: Box::new(move || reload(&args, &running, &store, &exe, &program, listen_fd)),
+        reload: Box::new(move || reload(&args, &running, &store, &exe, &program, fds)),
+        control: Some(control),
     };
     let exit = pixpool_supervisor::run(config, || info!(fronts, workers, "all children started"))
         .context("supervisor failed")?;
     // The listener lives until here: while the supervisor holds it, the
     // kernel keeps queueing connections even if every front is restarting.
     drop(listener);
+    drop(children_end);
     Ok(match exit {
         Exit::Drained | Exit::StoppedFast => {
             info!("stopped");
@@ -77,6 +80,31 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The listening socket: the one systemd passed (socket activation,
+/// `LISTEN_FDS`), else a fresh `SO_REUSEPORT` socket on `bind`.
+fn listener(settings: &Settings) -> anyhow::Result<(std::net::TcpListener, std::net::SocketAddr)> {
+    use std::os::fd::FromRawFd;
+    let passed: Vec<i32> = sd_notify::listen_fds()
+        .map(|f| f.collect())
+        .unwrap_or_default();
+    // The variables are for this process only: children get the fd explicitly.
+    for var in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] {
+        std::env::remove_var(var);
+    }
+    if let Some(&fd) = passed.first() {
+        // SAFETY: systemd passed this fd to this process (LISTEN_PID matched)
+        // and nothing else here owns it.
+        let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+        let addr = listener
+            .local_addr()
+            .context("the socket passed by systemd is not a TCP listener")?;
+        info!(fd, "using the listening socket passed by systemd");
+        return Ok((listener, addr));
+    }
+    pixpool_supervisor::listener::bind_shared(settings.bind)
+        .with_context(|| format!("could not listen on {}", settings.bind))
+}
+
 /// SIGHUP: re-reads the configuration (file, environment, flags) and checks
 /// the executable on disk runs (an upgrade in place), then returns the specs
 /// to roll onto. What cannot change without a restart is refused.
@@ -86,7 +114,7 @@ fn reload(
     store: &Store,
     exe: &Path,
     program: &CString,
-    listen_fd: i32,
+    fds: (i32, i32),
 ) -> Result<Vec<ChildSpec>, String> {
     let new = Settings::resolve(args).map_err(|e| format!("{e:#}"))?;
     for (what, changed) in [
@@ -110,7 +138,7 @@ fn reload(
     if !status.success() {
         return Err(format!("{} --version failed: {status}", exe.display()));
     }
-    let specs = child_specs(&new, store, program, listen_fd).map_err(|e| format!("{e:#}"))?;
+    let specs = child_specs(&new, store, program, fds).map_err(|e| format!("{e:#}"))?;
     share_tokens(&new);
     Ok(specs)
 }
@@ -130,7 +158,7 @@ fn child_specs(
     s: &Settings,
     store: &Store,
     program: &CString,
-    listen_fd: i32,
+    (listen_fd, control_fd): (i32, i32),
 ) -> anyhow::Result<Vec<ChildSpec>> {
     let presets = s.presets()?;
     let log_format = match s.log_format {
@@ -158,6 +186,8 @@ fn child_specs(
             s.max_frames.to_string(),
             "--log-format".into(),
             log_format.into(),
+            "--control-fd".into(),
+            pixpool_supervisor::child::CONTROL_FD.to_string(),
         ];
         for p in &presets {
             argv.extend(["--preset".to_string(), p.to_string()]);
@@ -179,7 +209,7 @@ fn child_specs(
             "--memory-mb".into(),
             s.worker_memory_mb.to_string(),
         ]);
-        children.push(spec("worker", slot, program, argv, None, 1)?);
+        children.push(spec("worker", slot, program, argv, None, control_fd, 1)?);
     }
     for slot in 0..s.fronts {
         let mut argv = common("front", slot);
@@ -195,7 +225,15 @@ fn child_specs(
             "--body-idle-secs".into(),
             s.body_idle_secs.to_string(),
         ]);
-        children.push(spec("front", slot, program, argv, Some(listen_fd), 0)?);
+        children.push(spec(
+            "front",
+            slot,
+            program,
+            argv,
+            Some(listen_fd),
+            control_fd,
+            0,
+        )?);
     }
     Ok(children)
 }
@@ -225,6 +263,7 @@ fn spec(
     program: &CString,
     argv: Vec<String>,
     pass_fd: Option<i32>,
+    control_fd: i32,
     stop_order: u8,
 ) -> anyhow::Result<ChildSpec> {
     let argv = argv
@@ -238,6 +277,7 @@ fn spec(
         program: program.clone(),
         argv,
         pass_fd,
+        control_fd: Some(control_fd),
         stop_order,
     })
 }

@@ -9,6 +9,9 @@ use nix::unistd::{fork, ForkResult, Pid};
 /// convention of systemd: the first passed fd is 3).
 pub const INHERITED_FD: RawFd = 3;
 
+/// The fd number a child finds the control channel at.
+pub const CONTROL_FD: RawFd = 4;
+
 /// Everything needed to (re)start the child of one slot.
 #[derive(Debug, Clone)]
 pub struct ChildSpec {
@@ -22,6 +25,9 @@ pub struct ChildSpec {
     pub argv: Vec<CString>,
     /// An fd to hand over as [`INHERITED_FD`] (the listener, for fronts).
     pub pass_fd: Option<RawFd>,
+    /// The children's end of the control channel, handed over as
+    /// [`CONTROL_FD`]: readiness and heartbeats go back to the supervisor.
+    pub control_fd: Option<RawFd>,
     /// Drain order: children with a lower value are stopped, and must have
     /// exited, before the next group is told to stop. Fronts stop before
     /// workers so that every upload a front is finishing can still be handed off.
@@ -49,6 +55,30 @@ pub enum SpawnError {
 /// (sysexits' `EX_CONFIG`).
 pub const FATAL_EXIT_CODE: i32 = 78;
 
+/// Creates the control channel: a datagram socket pair, both ends moved to
+/// fd numbers at or above 10 (clear of the fixed numbers children receive)
+/// and close-on-exec. Returns (supervisor's end, children's end).
+pub fn control_channel() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let (a, b) = nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::Datagram,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC | nix::sys::socket::SockFlag::SOCK_NONBLOCK,
+    )
+    .map_err(std::io::Error::from)?;
+    let high = |fd: OwnedFd| -> std::io::Result<OwnedFd> {
+        // SAFETY: F_DUPFD_CLOEXEC returns a new fd we then own alone.
+        let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+        if new < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `new` is a fresh, valid fd owned by nobody else.
+        Ok(unsafe { OwnedFd::from_raw_fd(new) })
+    };
+    Ok((high(a)?, high(b)?))
+}
+
 /// Exit code of a child whose exec failed.
 const EXEC_FAILED: i32 = 127;
 
@@ -60,7 +90,7 @@ impl ChildSpec {
         let mut argv: Vec<*const libc::c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
         argv.push(std::ptr::null());
         let parent = nix::unistd::getpid().as_raw();
-        let pass_fd = self.pass_fd;
+        let fds = [(self.pass_fd, INHERITED_FD), (self.control_fd, CONTROL_FD)];
         // SAFETY: the supervisor is single-threaded (no runtime, no threads), so
         // the child is a faithful copy with no lock held by another thread; the
         // child only makes raw syscalls before exec or _exit.
@@ -69,7 +99,7 @@ impl ChildSpec {
             Ok(ForkResult::Child) => {
                 // SAFETY: async-signal-safe syscalls only; all pointers were built
                 // before fork and stay valid until exec replaces the image.
-                unsafe { exec_child(parent, pass_fd, self.program.as_ptr(), argv.as_ptr()) }
+                unsafe { exec_child(parent, fds, self.program.as_ptr(), argv.as_ptr()) }
             }
             Err(source) => Err(SpawnError::Fork {
                 role: self.role,
@@ -87,7 +117,7 @@ impl ChildSpec {
 /// `program` and `argv` must be valid, NUL-terminated, and `argv` null-terminated.
 unsafe fn exec_child(
     parent: libc::pid_t,
-    pass_fd: Option<RawFd>,
+    fds: [(Option<RawFd>, RawFd); 2],
     program: *const libc::c_char,
     argv: *const *const libc::c_char,
 ) -> ! {
@@ -112,12 +142,16 @@ unsafe fn exec_child(
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         libc::signal(libc::SIGTERM, libc::SIG_DFL);
-        if let Some(fd) = pass_fd {
-            if fd == super::child::INHERITED_FD {
+        // The sources are close-on-exec fds the supervisor keeps at numbers
+        // above the targets (see `control_channel`), so placing one never
+        // overwrites the other.
+        for (from, to) in fds {
+            let Some(fd) = from else { continue };
+            if fd == to {
                 // dup2 onto itself keeps FD_CLOEXEC: clear it by hand.
                 let flags = libc::fcntl(fd, libc::F_GETFD);
                 libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-            } else if libc::dup2(fd, INHERITED_FD) < 0 {
+            } else if libc::dup2(fd, to) < 0 {
                 libc::_exit(EXEC_FAILED);
             }
         }

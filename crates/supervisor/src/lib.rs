@@ -8,6 +8,8 @@
 //! - [`child`]: [`ChildSpec`] and the fork+exec of one child.
 //! - [`signals`]: the signal table — signals become one [`Signal`] enum read
 //!   from a `signalfd`; no work happens in a handler.
+//! - [`notify`]: children's readiness and heartbeats in, systemd's
+//!   `sd_notify` protocol out (READY, STATUS, STOPPING, RELOADING, WATCHDOG).
 //! - [`supervisor`]: the loop — reap, respawn by reconciling slots with
 //!   backoff, drain in stop order under a grace period.
 //!
@@ -16,6 +18,7 @@
 
 pub mod child;
 pub mod listener;
+pub mod notify;
 pub mod signals;
 pub mod supervisor;
 

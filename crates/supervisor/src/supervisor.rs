@@ -40,6 +40,9 @@ pub struct Config {
     /// roll onto (same slots, same order), or why the new configuration is
     /// refused — then the running children are left alone.
     pub reload: Box<dyn FnMut() -> Result<Vec<ChildSpec>, String>>,
+    /// The supervisor's end of the control channel ([`crate::child::control_channel`]):
+    /// children report `READY` and `ALIVE` on it.
+    pub control: Option<std::os::fd::OwnedFd>,
 }
 
 impl std::fmt::Debug for Config {
@@ -133,21 +136,27 @@ enum Roll {
 
 /// One slot: a spec and the process currently filling it.
 #[derive(Debug)]
-struct Slot {
+pub(crate) struct Slot {
     /// What to run in this slot.
-    spec: ChildSpec,
+    pub(crate) spec: ChildSpec,
     /// The live child, if any.
-    pid: Option<Pid>,
+    pub(crate) pid: Option<Pid>,
     /// When the live child was started (to tell a crash loop from a stable run).
-    started: Instant,
+    pub(crate) started: Instant,
     /// Consecutive quick deaths, for the backoff.
-    quick_deaths: u32,
+    pub(crate) quick_deaths: u32,
     /// Do not respawn before this instant.
-    respawn_at: Option<Instant>,
+    pub(crate) respawn_at: Option<Instant>,
     /// SIGTERM was already sent to this child during a drain.
-    told_to_stop: bool,
+    pub(crate) told_to_stop: bool,
     /// Recent deaths, for the crash-loop budget.
-    deaths: std::collections::VecDeque<Instant>,
+    pub(crate) deaths: std::collections::VecDeque<Instant>,
+    /// The current process said it is ready.
+    pub(crate) ready: bool,
+    /// When the current process last checked in.
+    pub(crate) last_seen: Instant,
+    /// Jobs it reported queued (workers).
+    pub(crate) queued: u32,
 }
 
 /// Runs the supervisor until it has drained or stopped. `on_ready` is called
@@ -166,12 +175,20 @@ pub fn run(mut config: Config, on_ready: impl FnOnce()) -> Result<Exit, Supervis
             respawn_at: Some(now),
             told_to_stop: false,
             deaths: std::collections::VecDeque::new(),
+            ready: false,
+            last_seen: now,
+            queued: 0,
         })
         .collect();
     for slot in &mut slots {
         start(slot)?;
     }
     on_ready();
+    let control = config
+        .control
+        .take()
+        .map(std::os::unix::net::UnixDatagram::from);
+    let mut systemd = crate::notify::Systemd::new();
 
     let mut phase = Phase::Running;
     let mut roll = Roll::Idle;
@@ -181,10 +198,23 @@ pub fn run(mut config: Config, on_ready: impl FnOnce()) -> Result<Exit, Supervis
     loop {
         // Sleep until a signal arrives or the next timed event is due.
         let timeout = next_timeout(&slots, phase, roll);
-        let mut fds = [PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, timeout) {
+        let timeout = systemd.cap_timeout(timeout);
+        let polled = match &control {
+            Some(c) => poll(
+                &mut [
+                    PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(c.as_fd(), PollFlags::POLLIN),
+                ],
+                timeout,
+            ),
+            None => poll(&mut [PollFd::new(sfd.as_fd(), PollFlags::POLLIN)], timeout),
+        };
+        match polled {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => return Err(SupervisorError::Poll(e)),
+        }
+        if let Some(c) = &control {
+            crate::notify::read_reports(c, &mut slots);
         }
 
         for sig in signals::drain(&sfd).map_err(SupervisorError::Signals)? {
@@ -236,6 +266,7 @@ pub fn run(mut config: Config, on_ready: impl FnOnce()) -> Result<Exit, Supervis
                             slot.spec = spec;
                         }
                         roll = Roll::Settling { index: usize::MAX, next_at: Instant::now() };
+                        systemd.reloading();
                     }
                     Ok(specs) => error!(
                         have = slots.len(),
@@ -248,6 +279,10 @@ pub fn run(mut config: Config, on_ready: impl FnOnce()) -> Result<Exit, Supervis
             }
         }
 
+        if phase != Phase::Running {
+            systemd.stopping();
+        }
+        systemd.update(&slots, roll == Roll::Idle);
         match phase {
             Phase::Running => {
                 respawn_due(&mut slots);
@@ -362,6 +397,8 @@ fn start(slot: &mut Slot) -> Result<(), SpawnError> {
     slot.pid = Some(pid);
     slot.started = Instant::now();
     slot.respawn_at = None;
+    slot.ready = false;
+    slot.last_seen = slot.started;
     Ok(())
 }
 

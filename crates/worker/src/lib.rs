@@ -54,6 +54,8 @@ pub struct WorkerConfig {
     pub recycle_after_jobs: u64,
     /// Replace the process when its RSS exceeds this after a job (0: never).
     pub recycle_rss_bytes: u64,
+    /// Kept up to date with the number of queued jobs (for heartbeats).
+    pub queued: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Default per-job time limit.
@@ -93,6 +95,7 @@ pub enum WorkerError {
 pub async fn run(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()>,
+    on_ready: impl FnOnce(),
 ) -> Result<WorkerExit, WorkerError> {
     let config = Arc::new(config);
     let queue = Arc::new(queue::JobQueue::new(config.queue_depth));
@@ -134,6 +137,16 @@ pub async fn run(
         stop_rx,
     ));
     info!(socket = %config.store.worker_socket(config.slot).display(), "worker ready");
+    on_ready();
+    // The queue depth, for the heartbeat the supervisor turns into STATUS=.
+    let gauge = config.queued.clone();
+    let watched = queue.clone();
+    let gauge_task = tokio::spawn(async move {
+        loop {
+            gauge.store(watched.len(), std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    });
 
     let exit = tokio::select! {
         _ = shutdown => {
@@ -152,6 +165,7 @@ pub async fn run(
         }
     };
     accept.abort();
+    gauge_task.abort();
     let _ = std::fs::remove_file(config.store.worker_socket(config.slot));
     info!("worker stopped");
     Ok(exit)
