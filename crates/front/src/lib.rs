@@ -237,20 +237,57 @@ async fn handle(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    let started = std::time::Instant::now();
+    let route_name = route_label(req.uri().path());
     let result = match authorize(&state.config, &req) {
         Ok(()) => route(&state, req).await,
         Err(e) => Err(e),
     };
+    let metrics = pixpool_protocol::metrics::global();
     let resp = result.unwrap_or_else(|err| {
         if err.is_server_error() {
             warn!(cause = %pixpool_store::error_chain(&err), "request failed");
         } else {
             info!(cause = %err, "request refused");
         }
+        if route_name == "upload" {
+            let kind = err.problem().kind;
+            let reason = kind.rsplit(':').next().unwrap_or("other").to_string();
+            metrics.add(
+                &format!("pixpool_rejections_total{{reason=\"{reason}\"}}"),
+                1,
+            );
+        }
         err.into_response()
     });
-    debug!(status = resp.status().as_u16(), "response");
+    let code = resp.status().as_u16();
+    metrics.add(
+        &format!("pixpool_http_requests_total{{route=\"{route_name}\",code=\"{code}\"}}"),
+        1,
+    );
+    if route_name == "upload" {
+        metrics.observe(
+            "pixpool_http_request_duration_seconds{route=\"upload\"}",
+            started.elapsed().as_secs_f64(),
+        );
+    }
+    debug!(status = code, "response");
     Ok(resp)
+}
+
+/// A bounded label for a path (never the raw path: ids would explode the series).
+fn route_label(path: &str) -> &'static str {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["upload"] => "upload",
+        ["health"] => "health",
+        ["readyz"] => "readyz",
+        ["jobs", _] => "job",
+        ["jobs", _, "events"] => "job_events",
+        ["images", _, _] => "image",
+        [""] => "index",
+        _ => "other",
+    }
 }
 
 async fn route(state: &State, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {

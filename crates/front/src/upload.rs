@@ -153,12 +153,14 @@ pub async fn upload(state: &State, req: Request<Incoming>) -> Result<Response<Bo
         info!(existing = %existing.id, "duplicate upload; returning the existing job");
         return Ok(accepted_response(&existing.id, existing.state, true));
     }
+    let bytes = received.bytes;
     let result = accept(state, id.clone(), received, presets, &dedup_key).await;
     if result.is_err() {
         let (store, key, id) = (state.store().clone(), dedup_key.clone(), id.clone());
         let _ = tokio::task::spawn_blocking(move || store.dedup_release(&key, &id)).await;
     }
     let ack = result?;
+    pixpool_protocol::metrics::global().add("pixpool_upload_bytes_total", bytes);
     info!(
         worker = ack.worker,
         queue_depth = ack.queue_depth,

@@ -29,6 +29,9 @@ pub enum Command {
     /// An image worker (started by the supervisor).
     #[command(hide = true)]
     Worker(WorkerArgs),
+    /// The metrics aggregator (started by the supervisor).
+    #[command(hide = true)]
+    Admin(AdminArgs),
     /// Validate the configuration (file, environment, flags) and print the
     /// effective result; exits non-zero if it is invalid.
     CheckConfig(CheckConfigArgs),
@@ -114,6 +117,9 @@ pub struct ServeArgs {
     /// a decoder that runs away fails that job instead of the machine [default: 4096].
     #[arg(long, env = "PIXPOOL_WORKER_MEMORY_MB")]
     pub worker_memory_mb: Option<u64>,
+    /// Admin listener serving Prometheus `/metrics`, or `off` [default: 127.0.0.1:9464].
+    #[arg(long, env = "PIXPOOL_ADMIN")]
+    pub admin: Option<String>,
     /// Log format: text (journald-friendly, colours only on a terminal) or json [default: text].
     #[arg(long, env = "PIXPOOL_LOG_FORMAT", value_enum)]
     pub log_format: Option<crate::config::LogFormat>,
@@ -150,6 +156,26 @@ pub struct ChildArgs {
     #[arg(long, value_enum)]
     pub log_format: crate::config::LogFormat,
     /// The control channel to the supervisor (readiness, heartbeats).
+    #[arg(long)]
+    pub control_fd: Option<i32>,
+    /// Where to send metrics snapshots (the admin process's socket).
+    #[arg(long)]
+    pub metrics_socket: Option<PathBuf>,
+}
+
+/// Options of the admin process.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The inherited admin listener.
+    #[arg(long)]
+    pub listen_fd: i32,
+    /// The metrics socket to read.
+    #[arg(long)]
+    pub metrics_socket: PathBuf,
+    /// Log format.
+    #[arg(long, value_enum)]
+    pub log_format: crate::config::LogFormat,
+    /// The control channel to the supervisor.
     #[arg(long)]
     pub control_fd: Option<i32>,
 }

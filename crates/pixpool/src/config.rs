@@ -70,6 +70,8 @@ pub struct Settings {
     pub api_tokens: Vec<String>,
     /// Log line format.
     pub log_format: LogFormat,
+    /// Address of the admin listener serving `/metrics`, or `off`.
+    pub admin: String,
 }
 
 impl Default for Settings {
@@ -100,6 +102,7 @@ impl Default for Settings {
             worker_memory_mb: 4096,
             api_tokens: Vec::new(),
             log_format: LogFormat::Text,
+            admin: "127.0.0.1:9464".to_string(),
         }
     }
 }
@@ -124,7 +127,7 @@ impl Settings {
         overlay!(s, args; bind, uploads, fronts, workers, grace_secs, max_upload_bytes,
             queue_depth, max_pixels, max_side, max_frames, min_free_disk_mb, max_connections,
             body_idle_secs, job_timeout_secs, recycle_after_jobs, recycle_rss_mb,
-            worker_memory_mb, log_format);
+            worker_memory_mb, log_format, admin);
         if !args.presets.is_empty() {
             s.presets = args.presets.iter().map(ToString::to_string).collect();
         }
@@ -161,7 +164,19 @@ impl Settings {
         if self.api_tokens.iter().any(|t| t.len() < 16) {
             bail!("API tokens must be at least 16 characters");
         }
+        self.admin_addr()?;
         self.presets().map(|_| ())
+    }
+
+    /// The admin listener's address; `None` when `admin = "off"`.
+    pub fn admin_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        if self.admin == "off" {
+            return Ok(None);
+        }
+        self.admin
+            .parse()
+            .map(Some)
+            .with_context(|| format!("admin must be an address or \"off\" (got {:?})", self.admin))
     }
 
     /// The presets, parsed and checked.

@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         None | Some(cli::Command::Serve(_)) => "supervisor",
         Some(cli::Command::Front(_)) => "front",
         Some(cli::Command::Worker(_)) => "worker",
+        Some(cli::Command::Admin(_)) => "admin",
         Some(cli::Command::CheckConfig(_)) => "check-config",
     };
     match run(cli) {
@@ -37,6 +38,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         Some(cli::Command::Serve(args)) => serve::serve(args),
         Some(cli::Command::Front(args)) => roles::front(args),
         Some(cli::Command::Worker(args)) => roles::worker(args),
+        Some(cli::Command::Admin(args)) => roles::admin(args),
         Some(cli::Command::CheckConfig(args)) => serve::check_config(args),
     }
 }

@@ -69,7 +69,12 @@ pub fn front(args: FrontArgs) -> anyhow::Result<ExitCode> {
         // every user of the machine (`ps`).
         api_tokens: api_tokens_from_env(),
     };
-    let report = Reporter::new("front", args.child.slot, args.child.control_fd);
+    let report = Reporter::new(
+        "front",
+        args.child.slot,
+        args.child.control_fd,
+        args.child.metrics_socket.clone(),
+    );
     runtime()?
         .block_on(async {
             tokio::spawn(report.clone().heartbeat(None));
@@ -102,7 +107,12 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         recycle_rss_bytes: args.recycle_rss_mb.saturating_mul(1024 * 1024),
         queued: Default::default(),
     };
-    let report = Reporter::new("worker", args.child.slot, args.child.control_fd);
+    let report = Reporter::new(
+        "worker",
+        args.child.slot,
+        args.child.control_fd,
+        args.child.metrics_socket.clone(),
+    );
     let queued = config.queued.clone();
     let exit = runtime()?
         .block_on(async {
@@ -150,10 +160,26 @@ struct Reporter {
     sock: Option<std::sync::Arc<std::os::unix::net::UnixDatagram>>,
     role: &'static str,
     slot: u32,
+    /// The admin process's socket, and an unbound socket to send to it.
+    metrics: Option<(
+        std::sync::Arc<std::os::unix::net::UnixDatagram>,
+        std::path::PathBuf,
+    )>,
 }
 
 impl Reporter {
-    fn new(role: &'static str, slot: u32, fd: Option<i32>) -> Reporter {
+    fn new(
+        role: &'static str,
+        slot: u32,
+        fd: Option<i32>,
+        metrics_socket: Option<std::path::PathBuf>,
+    ) -> Reporter {
+        pixpool_protocol::metrics::global().identify(role, slot);
+        let metrics = metrics_socket.and_then(|p| {
+            let s = std::os::unix::net::UnixDatagram::unbound().ok()?;
+            s.set_nonblocking(true).ok()?;
+            Some((std::sync::Arc::new(s), p))
+        });
         let sock = fd.map(|fd| {
             // SAFETY: the supervisor placed the control channel at this fd for
             // us; nothing else in this process owns it.
@@ -162,7 +188,12 @@ impl Reporter {
             let _ = s.set_nonblocking(true);
             std::sync::Arc::new(s)
         });
-        Reporter { sock, role, slot }
+        Reporter {
+            sock,
+            role,
+            slot,
+            metrics,
+        }
     }
 
     fn send(&self, line: &str) {
@@ -187,6 +218,33 @@ impl Reporter {
             self.send(&pixpool_supervisor::notify::alive_line(
                 self.role, self.slot, q,
             ));
+            if let Some((sock, path)) = &self.metrics {
+                let snapshot = pixpool_protocol::metrics::global().snapshot();
+                if let Ok(bytes) = pixpool_protocol::frame::encode(&snapshot) {
+                    // The admin process may be restarting: a lost snapshot is harmless.
+                    let _ = sock.send_to(&bytes, path);
+                }
+            }
         }
     }
+}
+
+/// `pixpool admin`.
+pub fn admin(args: crate::cli::AdminArgs) -> anyhow::Result<ExitCode> {
+    crate::logging::init("admin", Some(0), args.log_format);
+    let fd = args.listen_fd;
+    // SAFETY: the supervisor passed this fd to us as the admin listener, and
+    // nothing else in this process owns it.
+    let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+    let report = Reporter::new("admin", 0, args.control_fd, None);
+    runtime()?
+        .block_on(async {
+            tokio::spawn(report.clone().heartbeat(None));
+            pixpool_admin::run(listener, &args.metrics_socket, terminated(), || {
+                report.ready()
+            })
+            .await
+        })
+        .context("admin failed")?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -49,11 +49,27 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("could not find the pixpool executable")?;
     let program =
         CString::new(exe.as_os_str().as_bytes()).context("executable path contains NUL")?;
-    let fds = (listener.as_raw_fd(), children_end.as_raw_fd());
+    let admin = match settings.admin_addr()? {
+        Some(a) => Some(
+            std::net::TcpListener::bind(a)
+                .with_context(|| format!("could not listen on the admin address {a}"))?,
+        ),
+        None => None,
+    };
+    if let Some(a) = &admin {
+        let addr = a.local_addr().context("admin address")?;
+        info!("admin listening on {addr}: metrics at /metrics");
+    }
+    let fds = Fds {
+        listener: listener.as_raw_fd(),
+        control: children_end.as_raw_fd(),
+        admin: admin.as_ref().map(|a| a.as_raw_fd()),
+    };
     let children = child_specs(&settings, &store, &program, fds)?;
     share_tokens(&settings);
 
     let running = settings.clone();
+    let metrics_socket = admin.as_ref().map(|_| store.run_dir().join(ADMIN_SOCKET));
     let config = Config {
         children,
         // Children get the grace period; the supervisor adds a little on top
@@ -61,6 +77,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         grace: Duration::from_secs(settings.grace_secs) + Duration::from_secs(2),
         reload: Box::new(move || reload(&args, &running, &store, &exe, &program, fds)),
         control: Some(control),
+        metrics_socket,
     };
     let exit = pixpool_supervisor::run(config, || info!(fronts, workers, "all children started"))
         .context("supervisor failed")?;
@@ -68,6 +85,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // kernel keeps queueing connections even if every front is restarting.
     drop(listener);
     drop(children_end);
+    drop(admin);
     Ok(match exit {
         Exit::Drained | Exit::StoppedFast => {
             info!("stopped");
@@ -78,6 +96,20 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             ExitCode::FAILURE
         }
     })
+}
+
+/// The admin process's metrics socket, in the runtime directory.
+const ADMIN_SOCKET: &str = "admin.sock";
+
+/// The fds children inherit.
+#[derive(Debug, Clone, Copy)]
+struct Fds {
+    /// The shared HTTP listener (fronts).
+    listener: i32,
+    /// The children's end of the control channel.
+    control: i32,
+    /// The admin listener, if the admin process runs.
+    admin: Option<i32>,
 }
 
 /// The listening socket: the one systemd passed (socket activation,
@@ -114,7 +146,7 @@ fn reload(
     store: &Store,
     exe: &Path,
     program: &CString,
-    fds: (i32, i32),
+    fds: Fds,
 ) -> Result<Vec<ChildSpec>, String> {
     let new = Settings::resolve(args).map_err(|e| format!("{e:#}"))?;
     for (what, changed) in [
@@ -122,6 +154,7 @@ fn reload(
         ("uploads", new.uploads != running.uploads),
         ("fronts", new.fronts != running.fronts),
         ("workers", new.workers != running.workers),
+        ("admin", new.admin != running.admin),
     ] {
         if changed {
             return Err(format!(
@@ -158,8 +191,10 @@ fn child_specs(
     s: &Settings,
     store: &Store,
     program: &CString,
-    (listen_fd, control_fd): (i32, i32),
+    fds: Fds,
 ) -> anyhow::Result<Vec<ChildSpec>> {
+    let (listen_fd, control_fd) = (fds.listener, fds.control);
+    let metrics_socket = store.run_dir().join(ADMIN_SOCKET);
     let presets = s.presets()?;
     let log_format = match s.log_format {
         LogFormat::Text => "text",
@@ -189,6 +224,12 @@ fn child_specs(
             "--control-fd".into(),
             pixpool_supervisor::child::CONTROL_FD.to_string(),
         ];
+        if fds.admin.is_some() {
+            argv.extend([
+                "--metrics-socket".to_string(),
+                metrics_socket.to_string_lossy().into_owned(),
+            ]);
+        }
         for p in &presets {
             argv.extend(["--preset".to_string(), p.to_string()]);
         }
@@ -233,6 +274,30 @@ fn child_specs(
             Some(listen_fd),
             control_fd,
             0,
+        )?);
+    }
+    if let Some(admin_fd) = fds.admin {
+        // Stopped last, so the final counters of the others are still scraped.
+        let argv = vec![
+            "pixpool".to_string(),
+            "admin".into(),
+            "--listen-fd".into(),
+            pixpool_supervisor::child::INHERITED_FD.to_string(),
+            "--metrics-socket".into(),
+            metrics_socket.to_string_lossy().into_owned(),
+            "--log-format".into(),
+            log_format.into(),
+            "--control-fd".into(),
+            pixpool_supervisor::child::CONTROL_FD.to_string(),
+        ];
+        children.push(spec(
+            "admin",
+            0,
+            program,
+            argv,
+            Some(admin_fd),
+            control_fd,
+            2,
         )?);
     }
     Ok(children)

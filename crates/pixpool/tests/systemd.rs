@@ -53,7 +53,16 @@ fn socket_activation_and_notify_ready_watchdog_stopping_in_order() {
         .arg("--setenv=WATCHDOG_USEC=2000000")
         .arg("--setenv=RUST_LOG=info")
         .arg(env!("CARGO_BIN_EXE_pixpool"))
-        .args(["serve", "--fronts", "2", "--workers", "2", "--uploads"])
+        .args([
+            "serve",
+            "--fronts",
+            "2",
+            "--workers",
+            "2",
+            "--admin",
+            "127.0.0.1:0",
+            "--uploads",
+        ])
         .arg(&uploads)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -7,6 +7,8 @@
 //!   payload, the length checked against [`frame::MAX_FRAME_LEN`] before any
 //!   allocation. Change the wire format here and nowhere else.
 //! - [`channel`]: typed, buffered reader and writer halves over any async stream.
+//! - [`metrics`]: per-process counters, gauges and histograms, and the snapshot
+//!   each process sends to the admin process.
 //!
 //! Paths and ids cross this boundary, never pixels: the original is already on
 //! disk under the uploads directory when a job is submitted.
@@ -15,6 +17,7 @@
 pub mod channel;
 pub mod frame;
 pub mod message;
+pub mod metrics;
 
 pub use channel::{FrameReader, FrameWriter};
 pub use frame::{FrameError, MAX_FRAME_LEN};

@@ -18,6 +18,7 @@
 
 pub mod child;
 pub mod listener;
+pub mod metrics;
 pub mod notify;
 pub mod signals;
 pub mod supervisor;

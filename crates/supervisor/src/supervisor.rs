@@ -43,6 +43,9 @@ pub struct Config {
     /// The supervisor's end of the control channel ([`crate::child::control_channel`]):
     /// children report `READY` and `ALIVE` on it.
     pub control: Option<std::os::fd::OwnedFd>,
+    /// The admin process's metrics socket, if it runs: the supervisor sends
+    /// its own counters (restarts) there each second.
+    pub metrics_socket: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Config {
@@ -189,6 +192,7 @@ pub fn run(mut config: Config, on_ready: impl FnOnce()) -> Result<Exit, Supervis
         .take()
         .map(std::os::unix::net::UnixDatagram::from);
     let mut systemd = crate::notify::Systemd::new();
+    let metrics = crate::metrics::Sender::new(config.metrics_socket.take());
 
     let mut phase = Phase::Running;
     let mut roll = Roll::Idle;
@@ -283,6 +287,7 @@ pub fn run(mut config: Config, on_ready: impl FnOnce()) -> Result<Exit, Supervis
             systemd.stopping();
         }
         systemd.update(&slots, roll == Roll::Idle);
+        metrics.tick();
         match phase {
             Phase::Running => {
                 respawn_due(&mut slots);
@@ -493,6 +498,7 @@ fn reap(slots: &mut [Slot], phase: Phase) -> Option<(&'static str, u32)> {
                 "child asked to be replaced"
             );
             slot.respawn_at = Some(Instant::now());
+            crate::metrics::record_restart(slot.spec.role);
             continue;
         }
         if lived >= STABLE_AFTER {
@@ -508,6 +514,7 @@ fn reap(slots: &mut [Slot], phase: Phase) -> Option<(&'static str, u32)> {
             slot.deaths.pop_front();
         }
         let crash_loop = slot.deaths.len() >= CRASH_LOOP_DEATHS;
+        crate::metrics::record_restart(slot.spec.role);
         let delay = if crash_loop {
             MAX_BACKOFF
         } else {

@@ -69,7 +69,25 @@ pub async fn run_queue(
         let retry = job.clone();
         let ev = events.clone();
         let running = tokio::task::spawn_blocking(move || execute(&cfg, &job, &ev));
-        match tokio::time::timeout(config.job_timeout, running).await {
+        let started = std::time::Instant::now();
+        let metrics = pixpool_protocol::metrics::global();
+        let outcome = tokio::time::timeout(config.job_timeout, running).await;
+        if let Ok(Ok(o)) = &outcome {
+            let name = match o {
+                Outcome::Done => "done",
+                Outcome::Failed => "failed",
+                Outcome::Retry => "retry",
+                Outcome::Skipped => "skipped",
+            };
+            metrics.add(&format!("pixpool_jobs_total{{outcome=\"{name}\"}}"), 1);
+            if matches!(o, Outcome::Done | Outcome::Failed) {
+                metrics.observe(
+                    "pixpool_job_duration_seconds",
+                    started.elapsed().as_secs_f64(),
+                );
+            }
+        }
+        match outcome {
             Ok(Ok(Outcome::Retry)) => queue.push_recovered(retry),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => error!(cause = %e, job_id = %retry.id, "job thread panicked"),
@@ -84,6 +102,7 @@ pub async fn run_queue(
                     tokio::task::spawn_blocking(move || fail_timed_out(&cfg, &retry, &ev)).await;
                 // Let the `failed` event reach the fronts before the process goes.
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                metrics.add("pixpool_jobs_total{outcome=\"timeout\"}", 1);
                 return ExecExit::JobTimedOut;
             }
         }
@@ -247,6 +266,17 @@ pub fn execute(config: &WorkerConfig, job: &Job, events: &broadcast::Sender<JobE
     let ms = started.elapsed().as_secs_f64() * 1e3;
     match result {
         Ok(processed) => {
+            let m = pixpool_protocol::metrics::global();
+            for (stage, ms) in [
+                ("decode", processed.timings.decode_ms),
+                ("resize", processed.timings.resize_ms),
+                ("encode", processed.timings.encode_ms),
+            ] {
+                m.observe(
+                    &format!("pixpool_job_stage_seconds{{stage=\"{stage}\"}}"),
+                    ms / 1e3,
+                );
+            }
             rec.stage_ms = Some(StageMillis {
                 decode: processed.timings.decode_ms,
                 resize: processed.timings.resize_ms,

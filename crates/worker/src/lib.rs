@@ -140,10 +140,16 @@ pub async fn run(
     on_ready();
     // The queue depth, for the heartbeat the supervisor turns into STATUS=.
     let gauge = config.queued.clone();
+    let slot = config.slot;
     let watched = queue.clone();
     let gauge_task = tokio::spawn(async move {
         loop {
-            gauge.store(watched.len(), std::sync::atomic::Ordering::Relaxed);
+            let depth = watched.len();
+            gauge.store(depth, std::sync::atomic::Ordering::Relaxed);
+            pixpool_protocol::metrics::global().set(
+                &format!("pixpool_queue_depth{{worker=\"{}\"}}", slot),
+                depth as f64,
+            );
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         }
     });

@@ -91,6 +91,12 @@ impl Server {
                 &workers.to_string(),
             ])
             .args(extra)
+            // Tests run in parallel: no fixed admin port unless a test asks.
+            .args(if extra.contains(&"--admin") {
+                &[][..]
+            } else {
+                &["--admin", "off"][..]
+            })
             .env("RUST_LOG", "info")
             .envs(envs.iter().copied())
             .stdin(Stdio::null())
@@ -147,7 +153,11 @@ impl Server {
     pub fn wait_ready(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            let kids = self.children();
+            let kids: Vec<_> = self
+                .children()
+                .into_iter()
+                .filter(|(_, c)| c.starts_with("pixpool front") || c.starts_with("pixpool worker"))
+                .collect();
             let ready = kids.len() == (self.fronts + self.workers) as usize
                 && (0..self.workers)
                     .all(|w| self.uploads.join(format!("run/worker-{w}.sock")).exists())

@@ -1,0 +1,420 @@
+//! The pixpool admin process: every other process (supervisor, fronts,
+//! workers) sends it a cumulative metrics snapshot each second over a Unix
+//! datagram socket; it adds them up and serves Prometheus text on its own
+//! listener, so a scrape never lands on a random front and the supervisor
+//! stays a small single-threaded loop.
+//!
+//! # Layout
+//! - [`Aggregate`]: the latest snapshot per process, plus the totals of
+//!   processes that were replaced (so counters never go backwards when a
+//!   worker is respawned).
+//! - [`render`]: the Prometheus text exposition.
+//! - [`run`]: the datagram reader and the HTTP server.
+#![deny(missing_docs)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use pixpool_protocol::metrics::{label, Histogram, Snapshot, DURATION_BUCKETS};
+use tracing::{debug, info, warn};
+
+/// A process that has not reported for this long is considered gone: its
+/// counters move to the retired totals and its gauges disappear.
+pub const STALE_AFTER: Duration = Duration::from_secs(5);
+
+/// Why the admin process could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The metrics socket could not be bound.
+    #[error("could not bind the metrics socket {path}")]
+    BindSocket {
+        /// Its path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The inherited HTTP listener could not be used.
+    #[error("could not use the admin listener")]
+    Listener(#[source] std::io::Error),
+}
+
+/// What one process last said.
+#[derive(Debug, Clone)]
+struct Live {
+    snapshot: Snapshot,
+    seen: Instant,
+}
+
+/// All processes' metrics.
+#[derive(Debug, Default)]
+pub struct Aggregate {
+    /// Latest snapshot per (role, slot).
+    live: BTreeMap<(String, u32), Live>,
+    /// Counters of processes that were replaced or went away.
+    retired_counters: BTreeMap<String, u64>,
+    /// Histograms of processes that were replaced or went away.
+    retired_histograms: BTreeMap<String, Histogram>,
+}
+
+impl Aggregate {
+    fn retire(&mut self, old: Snapshot) {
+        for (k, v) in old.counters {
+            *self.retired_counters.entry(k).or_default() += v;
+        }
+        for (k, h) in old.histograms {
+            self.retired_histograms.entry(k).or_default().merge(&h);
+        }
+    }
+
+    /// Takes in one snapshot.
+    pub fn update(&mut self, snap: Snapshot) {
+        let key = (snap.role.clone(), snap.slot);
+        if let Some(prev) = self.live.get(&key) {
+            if prev.snapshot.pid != snap.pid {
+                let old = prev.snapshot.clone();
+                self.retire(old);
+            }
+        }
+        self.live.insert(
+            key,
+            Live {
+                snapshot: snap,
+                seen: Instant::now(),
+            },
+        );
+    }
+
+    /// Retires processes that stopped reporting.
+    pub fn expire(&mut self, now: Instant) {
+        let stale: Vec<_> = self
+            .live
+            .iter()
+            .filter(|(_, l)| now.duration_since(l.seen) > STALE_AFTER)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stale {
+            if let Some(l) = self.live.remove(&k) {
+                self.retire(l.snapshot);
+            }
+        }
+    }
+
+    /// Counters summed over every process, past and present.
+    pub fn counters(&self) -> BTreeMap<String, u64> {
+        let mut out = self.retired_counters.clone();
+        for l in self.live.values() {
+            for (k, v) in &l.snapshot.counters {
+                *out.entry(k.clone()).or_default() += v;
+            }
+        }
+        out
+    }
+
+    fn histograms(&self) -> BTreeMap<String, Histogram> {
+        let mut out = self.retired_histograms.clone();
+        for l in self.live.values() {
+            for (k, h) in &l.snapshot.histograms {
+                out.entry(k.clone()).or_default().merge(h);
+            }
+        }
+        out
+    }
+}
+
+/// Help text and type of each metric family.
+const FAMILIES: &[(&str, &str, &str)] = &[
+    (
+        "pixpool_http_requests_total",
+        "counter",
+        "HTTP requests answered, by route and status code.",
+    ),
+    (
+        "pixpool_http_request_duration_seconds",
+        "histogram",
+        "Time to answer an upload (the 202 or the refusal).",
+    ),
+    (
+        "pixpool_upload_bytes_total",
+        "counter",
+        "Bytes of accepted uploads.",
+    ),
+    (
+        "pixpool_rejections_total",
+        "counter",
+        "Uploads refused, by problem type.",
+    ),
+    (
+        "pixpool_jobs_total",
+        "counter",
+        "Jobs finished, by outcome.",
+    ),
+    (
+        "pixpool_job_duration_seconds",
+        "histogram",
+        "Wall time of one job run in a worker.",
+    ),
+    (
+        "pixpool_job_stage_seconds",
+        "histogram",
+        "Time per pipeline stage (decode, resize, encode).",
+    ),
+    (
+        "pixpool_restarts_total",
+        "counter",
+        "Children respawned by the supervisor, by role.",
+    ),
+    ("pixpool_queue_depth", "gauge", "Jobs queued per worker."),
+    (
+        "pixpool_process_rss_bytes",
+        "gauge",
+        "Resident memory per process.",
+    ),
+];
+
+fn family(series: &str) -> &str {
+    series.split('{').next().unwrap_or(series)
+}
+
+fn with_label(series: &str, extra: &str) -> String {
+    match series.strip_suffix('}') {
+        Some(open) => format!("{open},{extra}}}"),
+        None => format!("{series}{{{extra}}}"),
+    }
+}
+
+/// Resident set size of a process, from /proc.
+fn rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// The Prometheus text exposition of everything.
+pub fn render(agg: &Aggregate) -> String {
+    use std::fmt::Write;
+    let mut lines: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (series, v) in agg.counters() {
+        let fam = FAMILIES
+            .iter()
+            .find(|f| f.0 == family(&series))
+            .map_or("other", |f| f.0);
+        lines.entry(fam).or_default().push(format!("{series} {v}"));
+    }
+    for (series, h) in agg.histograms() {
+        let fam = FAMILIES
+            .iter()
+            .find(|f| f.0 == family(&series))
+            .map_or("other", |f| f.0);
+        let out = lines.entry(fam).or_default();
+        let base = family(&series);
+        let labels = series.strip_prefix(base).unwrap_or("");
+        let mut cumulative = 0;
+        for (i, le) in DURATION_BUCKETS.iter().enumerate() {
+            cumulative += h.buckets.get(i).copied().unwrap_or(0);
+            out.push(format!(
+                "{} {cumulative}",
+                with_label(&format!("{base}_bucket{labels}"), &format!("le=\"{le}\""))
+            ));
+        }
+        out.push(format!(
+            "{} {}",
+            with_label(&format!("{base}_bucket{labels}"), "le=\"+Inf\""),
+            h.count
+        ));
+        out.push(format!("{base}_sum{labels} {}", h.sum));
+        out.push(format!("{base}_count{labels} {}", h.count));
+    }
+    for l in agg.live.values() {
+        let s = &l.snapshot;
+        for (series, v) in &s.gauges {
+            let fam = FAMILIES
+                .iter()
+                .find(|f| f.0 == family(series))
+                .map_or("other", |f| f.0);
+            lines.entry(fam).or_default().push(format!("{series} {v}"));
+        }
+        if let Some(bytes) = rss(s.pid) {
+            lines
+                .entry("pixpool_process_rss_bytes")
+                .or_default()
+                .push(format!(
+                    "pixpool_process_rss_bytes{{role=\"{}\",slot=\"{}\",pid=\"{}\"}} {bytes}",
+                    label(&s.role),
+                    s.slot,
+                    s.pid
+                ));
+        }
+    }
+    if let Some(bytes) = rss(std::process::id()) {
+        lines
+            .entry("pixpool_process_rss_bytes")
+            .or_default()
+            .push(format!(
+                "pixpool_process_rss_bytes{{role=\"admin\",slot=\"0\",pid=\"{}\"}} {bytes}",
+                std::process::id()
+            ));
+    }
+    let mut text = String::new();
+    for (name, kind, help) in FAMILIES {
+        if let Some(series) = lines.get(name) {
+            let _ = writeln!(text, "# HELP {name} {help}");
+            let _ = writeln!(text, "# TYPE {name} {kind}");
+            for s in series {
+                let _ = writeln!(text, "{s}");
+            }
+        }
+    }
+    text
+}
+
+/// Reads snapshots from `socket` and serves `/metrics` on `listener` until
+/// `shutdown` resolves.
+pub async fn run(
+    listener: std::net::TcpListener,
+    socket: &Path,
+    shutdown: impl Future<Output = ()>,
+    on_ready: impl FnOnce(),
+) -> Result<(), AdminError> {
+    let _ = std::fs::remove_file(socket);
+    let sock = tokio::net::UnixDatagram::bind(socket).map_err(|source| AdminError::BindSocket {
+        path: socket.to_path_buf(),
+        source,
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(AdminError::Listener)?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(AdminError::Listener)?;
+    let addr = listener.local_addr().map_err(AdminError::Listener)?;
+    let agg = Arc::new(Mutex::new(Aggregate::default()));
+
+    let reader_agg = agg.clone();
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; pixpool_protocol::MAX_FRAME_LEN + 4];
+        loop {
+            let n = match sock.recv(&mut buf).await {
+                Ok(n) => n,
+                Err(e) => {
+                    warn!(cause = %e, "metrics socket read failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            match pixpool_protocol::frame::decode::<Snapshot>(&buf[..n]) {
+                Ok(Some((snap, _))) => {
+                    let mut a = reader_agg.lock().unwrap_or_else(|p| p.into_inner());
+                    a.update(snap);
+                    a.expire(Instant::now());
+                }
+                Ok(None) => debug!("truncated metrics datagram"),
+                Err(e) => debug!(cause = %e, "bad metrics datagram"),
+            }
+        }
+    });
+
+    info!("admin listening on {addr}");
+    on_ready();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let agg = agg.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let agg = agg.clone();
+                        async move { Ok::<_, Infallible>(respond(&agg, &req)) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    reader.abort();
+    let _ = std::fs::remove_file(socket);
+    Ok(())
+}
+
+fn respond(agg: &Mutex<Aggregate>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            let mut a = agg.lock().unwrap_or_else(|p| p.into_inner());
+            a.expire(Instant::now());
+            *resp.body_mut() = Full::new(Bytes::from(render(&a)));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+        }
+        (&Method::GET, "/health") => *resp.body_mut() = Full::new(Bytes::from_static(b"ok\n")),
+        _ => *resp.status_mut() = StatusCode::NOT_FOUND,
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(role: &str, pid: u32, requests: u64) -> Snapshot {
+        let mut s = Snapshot {
+            role: role.into(),
+            slot: 0,
+            pid,
+            ..Snapshot::default()
+        };
+        s.counters.insert(
+            "pixpool_http_requests_total{route=\"upload\",code=\"202\"}".into(),
+            requests,
+        );
+        let mut h = Histogram::default();
+        h.observe(0.2);
+        s.histograms
+            .insert("pixpool_job_duration_seconds".into(), h);
+        s
+    }
+
+    #[test]
+    fn counters_survive_a_restarted_process_and_render_as_prometheus_text() {
+        let mut agg = Aggregate::default();
+        agg.update(snap("front", 10, 5));
+        agg.update(snap("front", 10, 7));
+        agg.update(snap("front", 11, 2)); // respawned: old total retired
+        let key = "pixpool_http_requests_total{route=\"upload\",code=\"202\"}";
+        assert_eq!(agg.counters()[key], 9);
+        let text = render(&agg);
+        assert!(
+            text.contains("# TYPE pixpool_http_requests_total counter"),
+            "{text}"
+        );
+        assert!(text.contains(&format!("{key} 9")), "{text}");
+        assert!(
+            text.contains("pixpool_job_duration_seconds_bucket{le=\"0.25\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pixpool_job_duration_seconds_count 2"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,121 @@
+//! Prometheus metrics from the admin process, aggregated over every process.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use hyper::StatusCode;
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    let mut c = Conn::open(addr).await.expect("admin");
+    let resp = c.get("/metrics").await.expect("scrape");
+    assert_eq!(resp.status, StatusCode::OK);
+    assert!(resp
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("text/plain")));
+    String::from_utf8(resp.body.to_vec()).expect("utf-8")
+}
+
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn scrape_until(addr: std::net::SocketAddr, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = scrape(addr).await;
+        if ok(&text) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "{what}:\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_add_up_every_process_and_survive_a_worker_restart() {
+    let server = Server::start(2, 2, &["--admin", "127.0.0.1:0"]);
+    let log = server.log_text();
+    let admin: std::net::SocketAddr = log
+        .split("admin listening on ")
+        .nth(1)
+        .map(|r| {
+            r.chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                .collect::<String>()
+                .trim_end_matches(':')
+                .to_string()
+        })
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no admin address in the log:\n{log}"));
+    assert!(server
+        .children()
+        .iter()
+        .any(|(_, c)| c.starts_with("pixpool admin")));
+
+    let jpeg = std::fs::read(test_photo("06-grey-grayscale.jpg")).expect("photo");
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let resp = upload(server.addr, "g.jpg", &unique_jpeg(&jpeg, n)).await;
+        assert_eq!(resp.status, StatusCode::ACCEPTED);
+        ids.push(resp.json()["id"].as_str().expect("id").to_string());
+    }
+    let bad = upload(server.addr, "x.jpg", b"definitely not an image").await;
+    assert_eq!(bad.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    for id in &ids {
+        wait_final(server.addr, id, Duration::from_secs(30)).await;
+    }
+    let accepted = "pixpool_http_requests_total{route=\"upload\",code=\"202\"}";
+    let done = "pixpool_jobs_total{outcome=\"done\"}";
+    let text = scrape_until(admin, "3 uploads and 3 jobs", |t| {
+        value(t, accepted) >= 3.0 && value(t, done) >= 3.0
+    })
+    .await;
+    assert!(
+        value(
+            &text,
+            "pixpool_rejections_total{reason=\"unsupported-format\"}"
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        value(&text, "pixpool_upload_bytes_total") >= 3.0 * jpeg.len() as f64,
+        "{text}"
+    );
+    assert!(
+        value(&text, "pixpool_job_duration_seconds_count") >= 3.0,
+        "{text}"
+    );
+    assert!(
+        text.contains("pixpool_job_stage_seconds_bucket{stage=\"decode\",le=\"+Inf\"}"),
+        "{text}"
+    );
+    assert!(text.contains("pixpool_queue_depth{worker=\"1\"}"), "{text}");
+    for role in ["front", "worker", "supervisor", "admin"] {
+        assert!(
+            text.contains(&format!("pixpool_process_rss_bytes{{role=\"{role}\"")),
+            "rss of {role}: {text}"
+        );
+    }
+
+    // A worker dies: the restart is counted and no counter goes backwards.
+    let victim = server.child_pid("worker", 0).expect("worker");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    let before = value(&text, done);
+    let text = scrape_until(admin, "a worker restart", |t| {
+        value(t, "pixpool_restarts_total{role=\"worker\"}") >= 1.0
+    })
+    .await;
+    assert!(value(&text, done) >= before, "{text}");
+}
