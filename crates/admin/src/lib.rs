@@ -176,6 +176,11 @@ const FAMILIES: &[(&str, &str, &str)] = &[
     ),
     ("pixpool_queue_depth", "gauge", "Jobs queued per worker."),
     (
+        "pixpool_worker_busy",
+        "gauge",
+        "1 while a worker runs a job.",
+    ),
+    (
         "pixpool_process_rss_bytes",
         "gauge",
         "Resident memory per process.",
@@ -194,7 +199,7 @@ fn with_label(series: &str, extra: &str) -> String {
 }
 
 /// Resident set size of a process, from /proc.
-fn rss(pid: u32) -> Option<u64> {
+fn rss_of(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: u64 = status
         .lines()
@@ -250,7 +255,7 @@ pub fn render(agg: &Aggregate) -> String {
                 .map_or("other", |f| f.0);
             lines.entry(fam).or_default().push(format!("{series} {v}"));
         }
-        if let Some(bytes) = rss(s.pid) {
+        if let Some(bytes) = rss_of(s.pid) {
             lines
                 .entry("pixpool_process_rss_bytes")
                 .or_default()
@@ -262,7 +267,7 @@ pub fn render(agg: &Aggregate) -> String {
                 ));
         }
     }
-    if let Some(bytes) = rss(std::process::id()) {
+    if let Some(bytes) = rss_of(std::process::id()) {
         lines
             .entry("pixpool_process_rss_bytes")
             .or_default()
@@ -282,6 +287,46 @@ pub fn render(agg: &Aggregate) -> String {
         }
     }
     text
+}
+
+/// The dashboard's summary: written to `stats.json` beside the metrics socket
+/// every second, where any front can serve it.
+pub fn summary(agg: &Aggregate, jobs_per_s: f64) -> serde_json::Value {
+    let mut workers = 0;
+    let mut busy = 0.0;
+    let mut queued = 0.0;
+    let mut rss: BTreeMap<String, u64> = BTreeMap::new();
+    for l in agg.live.values() {
+        let s = &l.snapshot;
+        if s.role == "worker" {
+            workers += 1;
+        }
+        for (k, v) in &s.gauges {
+            match family(k) {
+                "pixpool_worker_busy" => busy += v,
+                "pixpool_queue_depth" => queued += v,
+                _ => {}
+            }
+        }
+        *rss.entry(s.role.clone()).or_default() += rss_of(s.pid).unwrap_or(0);
+    }
+    let counters = agg.counters();
+    let sum = |prefix: &str| -> u64 {
+        counters
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    serde_json::json!({
+        "workers": workers,
+        "workers_busy": busy,
+        "queued": queued,
+        "jobs_done": sum("pixpool_jobs_total{outcome=\"done\""),
+        "jobs_failed": sum("pixpool_jobs_total{outcome=\"failed\""),
+        "jobs_per_s": jobs_per_s,
+        "rss_bytes": rss,
+    })
 }
 
 /// Reads snapshots from `socket` and serves `/metrics` on `listener` until
@@ -328,6 +373,40 @@ pub async fn run(
         }
     });
 
+    let stats_agg = agg.clone();
+    let stats_path = socket.with_file_name("stats.json");
+    let stats = tokio::spawn(async move {
+        let mut history: std::collections::VecDeque<(Instant, u64)> = Default::default();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let body = {
+                let mut a = stats_agg.lock().unwrap_or_else(|p| p.into_inner());
+                a.expire(Instant::now());
+                let done: u64 = a
+                    .counters()
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("pixpool_jobs_total"))
+                    .map(|(_, v)| v)
+                    .sum();
+                history.push_back((Instant::now(), done));
+                while history.len() > 11 {
+                    history.pop_front();
+                }
+                let rate = match (history.front(), history.back()) {
+                    (Some(a), Some(b)) if b.0 > a.0 => {
+                        (b.1.saturating_sub(a.1)) as f64 / b.0.duration_since(a.0).as_secs_f64()
+                    }
+                    _ => 0.0,
+                };
+                summary(&a, rate).to_string()
+            };
+            // Temp file + rename: a front never serves half a file.
+            let tmp = stats_path.with_extension("json.tmp");
+            if std::fs::write(&tmp, body).is_ok() {
+                let _ = std::fs::rename(&tmp, &stats_path);
+            }
+        }
+    });
     info!("admin listening on {addr}");
     on_ready();
     tokio::pin!(shutdown);
@@ -350,6 +429,7 @@ pub async fn run(
         }
     }
     reader.abort();
+    stats.abort();
     let _ = std::fs::remove_file(socket);
     Ok(())
 }

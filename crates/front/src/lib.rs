@@ -307,6 +307,14 @@ async fn route(state: &State, req: Request<Incoming>) -> Result<Response<Body>, 
             Method::GET | Method::HEAD => Ok(health(state)),
             _ => Err(not_allowed("GET, HEAD")),
         },
+        [""] => match method {
+            Method::GET | Method::HEAD => Ok(dashboard()),
+            _ => Err(not_allowed("GET, HEAD")),
+        },
+        ["stats"] => match method {
+            Method::GET => Ok(stats(state).await),
+            _ => Err(not_allowed("GET")),
+        },
         ["readyz"] => match method {
             Method::GET | Method::HEAD => readiness(state),
             _ => Err(not_allowed("GET, HEAD")),
@@ -341,7 +349,7 @@ async fn route(state: &State, req: Request<Incoming>) -> Result<Response<Body>, 
 /// Liveness (`/health`) and readiness (`/readyz`) stay open to probes; every
 /// other route needs a bearer token when tokens are configured.
 fn authorize(config: &FrontConfig, req: &Request<Incoming>) -> Result<(), ApiError> {
-    if config.api_tokens.is_empty() || matches!(req.uri().path(), "/health" | "/readyz") {
+    if config.api_tokens.is_empty() || matches!(req.uri().path(), "/" | "/health" | "/readyz") {
         return Ok(());
     }
     let given = req
@@ -363,6 +371,45 @@ fn authorize(config: &FrontConfig, req: &Request<Incoming>) -> Result<(), ApiErr
     } else {
         Err(ApiError::Unauthorized)
     }
+}
+
+/// `GET /`: the dashboard, one self-contained page (no CDN, no build step).
+fn dashboard() -> Response<Body> {
+    let mut resp = Response::new(body::full(include_str!("dashboard.html")));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' blob:; style-src 'unsafe-inline'; script-src 'unsafe-inline'",
+        ),
+    );
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+/// `GET /stats`: the admin process's summary (busy workers, queue, jobs/s,
+/// RSS), which it rewrites every second in the runtime directory.
+async fn stats(state: &State) -> Response<Body> {
+    let path = state.store().run_dir().join("stats.json");
+    let body = match tokio::fs::read(&path).await {
+        Ok(b) => b,
+        Err(_) => br#"{"available":false}"#.to_vec(),
+    };
+    let mut resp = Response::new(body::full(body));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 /// `GET /readyz`: can this front take an upload now?

@@ -68,9 +68,11 @@ pub async fn run_queue(
         let cfg = config.clone();
         let retry = job.clone();
         let ev = events.clone();
+        let metrics = pixpool_protocol::metrics::global();
+        let busy = format!("pixpool_worker_busy{{worker=\"{}\"}}", config.slot);
+        metrics.set(&busy, 1.0);
         let running = tokio::task::spawn_blocking(move || execute(&cfg, &job, &ev));
         let started = std::time::Instant::now();
-        let metrics = pixpool_protocol::metrics::global();
         let outcome = tokio::time::timeout(config.job_timeout, running).await;
         if let Ok(Ok(o)) = &outcome {
             let name = match o {
@@ -87,6 +89,7 @@ pub async fn run_queue(
                 );
             }
         }
+        metrics.set(&busy, 0.0);
         match outcome {
             Ok(Ok(Outcome::Retry)) => queue.push_recovered(retry),
             Ok(Ok(_)) => {}

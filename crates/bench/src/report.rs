@@ -1,0 +1,600 @@
+//! The medians across repetitions, the markdown report, its `RESULT` line, and the
+//! JSON file.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::corpus::Corpus;
+use crate::procs::Role;
+use crate::runner::{Plan, RunResult};
+use crate::sample::CpuUse;
+use crate::server::{Launch, ServerKind};
+use crate::stats::median;
+
+const KIB_PER_MIB: f64 = 1024.0;
+
+/// Medians of one role's peak RSS over the runs where it was present.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RoleSummary {
+    /// Median of each run's largest single process, MiB.
+    pub max_process_mib: Option<f64>,
+    /// Median of each run's largest sum over the role, MiB.
+    pub max_sum_mib: Option<f64>,
+    /// The most processes of the role seen at once.
+    pub processes: usize,
+}
+
+/// One server's medians across its runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerSummary {
+    /// Which server.
+    pub server: ServerKind,
+    /// Runs.
+    pub runs: usize,
+    /// Jobs done over all runs.
+    pub done: usize,
+    /// Uploads over all runs.
+    pub uploads: usize,
+    /// 503s retried over all runs.
+    pub retries_503: usize,
+    /// Median images/s.
+    pub images_per_s: Option<f64>,
+    /// Median wall time, s.
+    pub wall_s: Option<f64>,
+    /// Median of the runs' 202 latency p50, ms.
+    pub accept_p50_ms: Option<f64>,
+    /// Median of the runs' 202 latency p99, ms.
+    pub accept_p99_ms: Option<f64>,
+    /// Median of the runs' time-to-processed p50, ms.
+    pub ttp_p50_ms: Option<f64>,
+    /// Median of the runs' time-to-processed p99, ms.
+    pub ttp_p99_ms: Option<f64>,
+    /// Median of the runs' `/health` p50, ms.
+    pub health_p50_ms: Option<f64>,
+    /// Median of the runs' `/health` p99, ms.
+    pub health_p99_ms: Option<f64>,
+    /// Median of the runs' slowest `/health`, ms.
+    pub health_max_ms: Option<f64>,
+    /// `/health` probes over all runs.
+    pub health_probes: usize,
+    /// Failed `/health` probes over all runs.
+    pub health_errors: usize,
+    /// Peak RSS per role.
+    pub rss: BTreeMap<Role, RoleSummary>,
+    /// Median of the runs' largest whole-tree RSS, MiB.
+    pub tree_mib: Option<f64>,
+    /// Per photo, the median time-to-processed when uploaded alone (`--per-image`), ms
+    /// (`None` if it never ended done).
+    pub per_image_ms: BTreeMap<String, Option<f64>>,
+    /// Median CPU time of the whole server tree per job done, ms.
+    pub cpu_ms_per_image: Option<f64>,
+    /// Median CPU time of the image role per job done, ms.
+    pub image_cpu_ms_per_image: Option<f64>,
+    /// Median share of the machine used by other processes during the bursts, %.
+    pub other_cpu_pct: Option<f64>,
+    /// The largest such share in one burst, %.
+    pub other_cpu_pct_max: Option<f64>,
+}
+
+/// `cpu_s` per job done, in ms.
+fn per_job_ms(r: &RunResult, cpu_s: f64) -> Option<f64> {
+    (r.done > 0).then(|| cpu_s * 1e3 / r.done as f64)
+}
+
+/// A run during which other processes used more than this share of the machine is
+/// flagged as noisy.
+const NOISY_OTHER_PCT: f64 = 10.0;
+
+impl ServerSummary {
+    fn of(server: ServerKind, runs: &[&RunResult]) -> ServerSummary {
+        let med = |f: &dyn Fn(&RunResult) -> Option<f64>| {
+            median(&runs.iter().filter_map(|r| f(r)).collect::<Vec<_>>())
+        };
+        let mut rss = BTreeMap::new();
+        for role in Role::ALL {
+            let peaks: Vec<_> = runs.iter().filter_map(|r| r.rss.roles.get(&role)).collect();
+            if peaks.is_empty() {
+                continue;
+            }
+            let mib = |kib: u64| kib as f64 / KIB_PER_MIB;
+            rss.insert(
+                role,
+                RoleSummary {
+                    max_process_mib: median(
+                        &peaks
+                            .iter()
+                            .map(|p| mib(p.max_process_kib))
+                            .collect::<Vec<_>>(),
+                    ),
+                    max_sum_mib: median(
+                        &peaks.iter().map(|p| mib(p.max_sum_kib)).collect::<Vec<_>>(),
+                    ),
+                    processes: peaks.iter().map(|p| p.max_processes).max().unwrap_or(0),
+                },
+            );
+        }
+        let mut per_image: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for record in runs.iter().flat_map(|r| &r.solo) {
+            let times = per_image.entry(record.photo.clone()).or_default();
+            if let (Some(ms), "done") = (record.ttp_ms, record.state.as_str()) {
+                times.push(ms);
+            }
+        }
+        ServerSummary {
+            server,
+            runs: runs.len(),
+            done: runs.iter().map(|r| r.done).sum(),
+            uploads: runs.iter().map(|r| r.uploads).sum(),
+            retries_503: runs.iter().map(|r| r.retries_503).sum(),
+            images_per_s: med(&|r| Some(r.images_per_s)),
+            wall_s: med(&|r| Some(r.wall_s)),
+            accept_p50_ms: med(&|r| r.accept_ms.p50),
+            accept_p99_ms: med(&|r| r.accept_ms.p99),
+            ttp_p50_ms: med(&|r| r.ttp_ms.p50),
+            ttp_p99_ms: med(&|r| r.ttp_ms.p99),
+            health_p50_ms: med(&|r| r.health_ms.p50),
+            health_p99_ms: med(&|r| r.health_ms.p99),
+            health_max_ms: med(&|r| r.health_ms.max),
+            health_probes: runs.iter().map(|r| r.health_ms.n).sum(),
+            health_errors: runs.iter().map(|r| r.health_errors).sum(),
+            rss,
+            tree_mib: med(&|r| Some(r.rss.max_tree_kib as f64 / KIB_PER_MIB)),
+            per_image_ms: per_image
+                .into_iter()
+                .map(|(photo, times)| (photo, median(&times)))
+                .collect(),
+            cpu_ms_per_image: med(&|r| per_job_ms(r, r.cpu.server_total_s)),
+            image_cpu_ms_per_image: med(&|r| {
+                per_job_ms(r, r.cpu.server_s.get(&Role::Image).copied().unwrap_or(0.0))
+            }),
+            other_cpu_pct: med(&|r| Some(r.cpu.other_pct())),
+            other_cpu_pct_max: runs.iter().map(|r| r.cpu.other_pct()).reduce(f64::max),
+        }
+    }
+
+    /// The image role's median largest process, MiB.
+    pub fn image_worker_mib(&self) -> Option<f64> {
+        self.rss.get(&Role::Image).and_then(|r| r.max_process_mib)
+    }
+}
+
+/// The benchmark's settings, as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    /// Image workers per server.
+    pub workers: u32,
+    /// HTTP processes per server.
+    pub fronts: u32,
+    /// Corpus rounds per run.
+    pub rounds: u32,
+    /// Uploads in flight.
+    pub concurrency: u32,
+    /// Repetitions.
+    pub reps: u32,
+    /// Warm-up uploads per run.
+    pub warmup: u32,
+    /// Sampling period, ms.
+    pub sample_ms: u64,
+}
+
+/// Everything the report says.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Every run valid (every upload accepted, every job done).
+    pub valid: bool,
+    /// What made runs invalid, prefixed with the run.
+    pub problems: Vec<String>,
+    /// The settings.
+    pub settings: Settings,
+    /// The whole benchmark's duration, s.
+    pub elapsed_s: f64,
+    /// pixpool, then the peer if it ran.
+    pub servers: Vec<ServerSummary>,
+    /// The report's last line.
+    pub result_line: String,
+}
+
+impl Summary {
+    /// Summarises `results`.
+    pub fn new(
+        results: &[RunResult],
+        plan: &Plan,
+        launch: &Launch,
+        reps: u32,
+        elapsed: Duration,
+    ) -> Summary {
+        let mut servers = Vec::new();
+        for kind in [ServerKind::Pixpool, ServerKind::Peer] {
+            let runs: Vec<&RunResult> = results.iter().filter(|r| r.server == kind).collect();
+            if !runs.is_empty() {
+                servers.push(ServerSummary::of(kind, &runs));
+            }
+        }
+        let problems: Vec<String> = results
+            .iter()
+            .flat_map(|r| {
+                r.problems
+                    .iter()
+                    .map(move |p| format!("rep {} {}: {p}", r.rep, r.server.name()))
+            })
+            .collect();
+        let valid = problems.is_empty();
+        let result_line = result_line(&servers, valid, problems.len());
+        Summary {
+            valid,
+            problems,
+            settings: Settings {
+                workers: launch.workers,
+                fronts: launch.fronts,
+                rounds: plan.rounds,
+                concurrency: plan.concurrency,
+                reps,
+                warmup: plan.warmup,
+                sample_ms: plan.sample_every.as_millis() as u64,
+            },
+            elapsed_s: elapsed.as_secs_f64(),
+            servers,
+            result_line,
+        }
+    }
+
+    fn server(&self, kind: ServerKind) -> Option<&ServerSummary> {
+        self.servers.iter().find(|s| s.server == kind)
+    }
+}
+
+/// `RESULT pixpool_img_s=… peer_img_s=… ratio=… health_p99_ms=… worker_rss_mb=…
+/// peer_worker_rss_mb=…` (`na` where unknown; `invalid=N` appended when N problems
+/// were found).
+fn result_line(servers: &[ServerSummary], valid: bool, problems: usize) -> String {
+    let find = |k| servers.iter().find(|s| s.server == k);
+    let (pix, peer) = (find(ServerKind::Pixpool), find(ServerKind::Peer));
+    let pix_ips = pix.and_then(|s| s.images_per_s);
+    let peer_ips = peer.and_then(|s| s.images_per_s);
+    let ratio = match (pix_ips, peer_ips) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    let mut line = format!(
+        "RESULT pixpool_img_s={} peer_img_s={} ratio={} health_p99_ms={} worker_rss_mb={} peer_worker_rss_mb={}",
+        num(pix_ips, 2),
+        num(peer_ips, 2),
+        num(ratio, 2),
+        num(pix.and_then(|s| s.health_p99_ms), 1),
+        num(pix.and_then(ServerSummary::image_worker_mib), 1),
+        num(peer.and_then(ServerSummary::image_worker_mib), 1),
+    );
+    if !valid {
+        let _ = write!(line, " invalid={problems}");
+    }
+    line
+}
+
+fn num(v: Option<f64>, decimals: usize) -> String {
+    match v {
+        Some(v) if v.is_finite() => format!("{v:.decimals$}"),
+        _ => "na".into(),
+    }
+}
+
+/// One line per run, for the progress output.
+pub fn progress_line(r: &RunResult) -> String {
+    let mut line = format!(
+        "pixpool-bench: rep {} {:<7} {}/{} done in {:.1} s = {:.2} img/s · 202 p50/p99 {}/{} ms · processed p50/p99 {}/{} ms · /health p99 {} ms · image worker RSS {} MiB · server CPU {:.1} s · others {:.0}% of the machine",
+        r.rep,
+        r.server.name(),
+        r.done,
+        r.uploads,
+        r.wall_s,
+        r.images_per_s,
+        num(r.accept_ms.p50, 1),
+        num(r.accept_ms.p99, 1),
+        num(r.ttp_ms.p50, 0),
+        num(r.ttp_ms.p99, 0),
+        num(r.health_ms.p99, 1),
+        num(
+            r.rss
+                .roles
+                .get(&Role::Image)
+                .map(|p| p.max_process_kib as f64 / KIB_PER_MIB),
+            1
+        ),
+        r.cpu.server_total_s,
+        r.cpu.other_pct(),
+    );
+    if !r.valid() {
+        let _ = write!(line, " · PROBLEMS: {}", r.problems.join("; "));
+    }
+    line
+}
+
+/// The markdown report; its last line is the `RESULT` line.
+pub fn render(summary: &Summary, results: &[RunResult], corpus: &Corpus) -> String {
+    let mut out = String::new();
+    let s = &summary.settings;
+    let kinds: Vec<ServerKind> = summary.servers.iter().map(|s| s.server).collect();
+    let title = if kinds.contains(&ServerKind::Peer) {
+        "pixpool vs peer (node-sharp)"
+    } else {
+        "pixpool"
+    };
+    let _ = writeln!(out, "\n## {title}: median of {} reps\n", s.reps);
+    let _ = writeln!(
+        out,
+        "{} workers + {} fronts each · {} photos ({:.1} MB) × {} rounds = {} uploads per run · concurrency {} · {} warm-up uploads · output 800 px wide JPEG q80 · samples every {} ms · whole benchmark {:.0} s\n",
+        s.workers,
+        s.fronts,
+        corpus.photos.len(),
+        corpus.total_bytes() as f64 / 1e6,
+        s.rounds,
+        corpus.photos.len() as u64 * u64::from(s.rounds),
+        s.concurrency,
+        s.warmup,
+        s.sample_ms,
+        summary.elapsed_s,
+    );
+
+    // The main table: one column per server.
+    let cols: Vec<&ServerSummary> = kinds.iter().filter_map(|k| summary.server(*k)).collect();
+    let two = cols.len() == 2;
+    let mut header = "| metric |".to_string();
+    let mut rule = "| --- |".to_string();
+    for c in &cols {
+        let _ = write!(header, " {} |", c.server.name());
+        rule.push_str(" ---: |");
+    }
+    if two {
+        header.push_str(" pixpool ÷ peer |");
+        rule.push_str(" ---: |");
+    }
+    let _ = writeln!(out, "{header}\n{rule}");
+    let mut row = |label: &str, cell: &dyn Fn(&ServerSummary) -> String, ratio: Option<String>| {
+        let mut line = format!("| {label} |");
+        for c in &cols {
+            let _ = write!(line, " {} |", cell(c));
+        }
+        if two {
+            let _ = write!(line, " {} |", ratio.unwrap_or_default());
+        }
+        let _ = writeln!(out, "{line}");
+    };
+    let ratio = |f: &dyn Fn(&ServerSummary) -> Option<f64>| {
+        let (a, b) = (
+            cols.first().and_then(|c| f(c)),
+            cols.get(1).and_then(|c| f(c)),
+        );
+        match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => Some(format!("{:.2}", a / b)),
+            _ => None,
+        }
+    };
+    row(
+        "**images/s** (jobs done ÷ wall time)",
+        &|c| format!("**{}**", num(c.images_per_s, 2)),
+        ratio(&|c| c.images_per_s),
+    );
+    row("wall time (s)", &|c| num(c.wall_s, 2), None);
+    row(
+        "jobs done / uploads (all runs)",
+        &|c| format!("{}/{}", c.done, c.uploads),
+        None,
+    );
+    row(
+        "202 latency p50 / p99 (ms)",
+        &|c| format!("{} / {}", num(c.accept_p50_ms, 1), num(c.accept_p99_ms, 1)),
+        None,
+    );
+    row(
+        "time-to-processed p50 / p99 (ms)",
+        &|c| format!("{} / {}", num(c.ttp_p50_ms, 0), num(c.ttp_p99_ms, 0)),
+        None,
+    );
+    row(
+        "/health under load p50 / **p99** / max (ms)",
+        &|c| {
+            format!(
+                "{} / **{}** / {}",
+                num(c.health_p50_ms, 1),
+                num(c.health_p99_ms, 1),
+                num(c.health_max_ms, 1)
+            )
+        },
+        None,
+    );
+    row(
+        "/health probes failed / sent (all runs)",
+        &|c| format!("{}/{}", c.health_errors, c.health_probes),
+        None,
+    );
+    for role in Role::ALL {
+        if !cols.iter().any(|c| c.rss.contains_key(&role)) {
+            continue;
+        }
+        let label = format!(
+            "peak RSS {} (MiB): largest process (max sum of n)",
+            cols.iter()
+                .map(|c| role.label(c.server))
+                .collect::<Vec<_>>()
+                .join(" · ")
+        );
+        row(
+            &label,
+            &|c| match c.rss.get(&role) {
+                None => "–".into(),
+                Some(r) if r.processes <= 1 => num(r.max_process_mib, 1),
+                Some(r) => format!(
+                    "{} ({} of {})",
+                    num(r.max_process_mib, 1),
+                    num(r.max_sum_mib, 1),
+                    r.processes
+                ),
+            },
+            None,
+        );
+    }
+    row(
+        "peak RSS whole tree (MiB)",
+        &|c| num(c.tree_mib, 1),
+        ratio(&|c| c.tree_mib),
+    );
+    row(
+        "server CPU time per image (ms): whole tree · image role",
+        &|c| {
+            format!(
+                "{} · {}",
+                num(c.cpu_ms_per_image, 0),
+                num(c.image_cpu_ms_per_image, 0)
+            )
+        },
+        ratio(&|c| c.cpu_ms_per_image),
+    );
+    row(
+        "other processes' CPU during the bursts (% of machine): median · max",
+        &|c| {
+            format!(
+                "{} · {}",
+                num(c.other_cpu_pct, 0),
+                num(c.other_cpu_pct_max, 0)
+            )
+        },
+        None,
+    );
+    row(
+        "503s retried (all runs)",
+        &|c| c.retries_503.to_string(),
+        None,
+    );
+
+    // Every run, to see the spread.
+    let _ = writeln!(
+        out,
+        "\nEvery run (order within a rep alternates):\n\n| rep | # | server | images/s | wall s | 202 p99 ms | processed p50 / p99 ms | /health p99 ms | image worker RSS MiB (largest) | server CPU s | others' CPU % | valid |\n| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    );
+    for r in results {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.2} | {:.2} | {} | {} / {} | {} | {} | {:.1} | {:.0} | {} |",
+            r.rep,
+            r.position,
+            r.server.name(),
+            r.images_per_s,
+            r.wall_s,
+            num(r.accept_ms.p99, 1),
+            num(r.ttp_ms.p50, 0),
+            num(r.ttp_ms.p99, 0),
+            num(r.health_ms.p99, 1),
+            num(
+                r.rss
+                    .roles
+                    .get(&Role::Image)
+                    .map(|p| p.max_process_kib as f64 / KIB_PER_MIB),
+                1
+            ),
+            r.cpu.server_total_s,
+            r.cpu.other_pct(),
+            if r.valid() { "yes" } else { "**no**" },
+        );
+    }
+
+    // Per photo, uploaded alone.
+    if cols.iter().any(|c| !c.per_image_ms.is_empty()) {
+        let solo_noise = results
+            .iter()
+            .filter_map(|r| r.solo_cpu.as_ref().map(CpuUse::other_pct))
+            .fold(0.0, f64::max);
+        let _ = writeln!(
+            out,
+            "\nEach photo uploaded alone after the burst (time-to-processed, median over reps, ms; other processes took at most {solo_noise:.0}% of the machine during these passes):\n"
+        );
+        let mut header = "| photo |".to_string();
+        let mut rule = "| --- |".to_string();
+        for c in &cols {
+            let _ = write!(header, " {} |", c.server.name());
+            rule.push_str(" ---: |");
+        }
+        if two {
+            header.push_str(" peer ÷ pixpool |");
+            rule.push_str(" ---: |");
+        }
+        let _ = writeln!(out, "{header}\n{rule}");
+        for photo in &corpus.photos {
+            let mut line = format!("| {} |", photo.name);
+            let times: Vec<Option<f64>> = cols
+                .iter()
+                .map(|c| c.per_image_ms.get(&photo.name).copied().flatten())
+                .collect();
+            for t in &times {
+                let _ = write!(line, " {} |", num(*t, 0));
+            }
+            if two {
+                let r = match (times[0], times[1]) {
+                    (Some(a), Some(b)) if a > 0.0 => Some(b / a),
+                    _ => None,
+                };
+                let _ = write!(line, " {} |", num(r, 2));
+            }
+            let _ = writeln!(out, "{line}");
+        }
+    }
+
+    let noisy = results
+        .iter()
+        .map(|r| r.cpu.other_pct())
+        .fold(0.0, f64::max);
+    if noisy > NOISY_OTHER_PCT {
+        let _ = writeln!(
+            out,
+            "\n**Noisy machine**: other processes used up to {noisy:.0}% of its CPU during a burst; compare with care, or run again when it is quiet."
+        );
+    }
+    if !summary.problems.is_empty() {
+        let _ = writeln!(out, "\n**Invalid runs** (failures are not throughput):\n");
+        for p in &summary.problems {
+            let _ = writeln!(out, "- {p}");
+        }
+    }
+    let _ = writeln!(out, "\n{}", summary.result_line);
+    out
+}
+
+/// Writes the summary and every run (each upload included) as JSON.
+pub fn write_json(path: &Path, summary: &Summary, results: &[RunResult]) -> anyhow::Result<()> {
+    #[derive(Serialize)]
+    struct File<'a> {
+        summary: &'a Summary,
+        runs: &'a [RunResult],
+    }
+    let json = serde_json::to_vec_pretty(&File {
+        summary,
+        runs: results,
+    })
+    .context("could not serialise the results")?;
+    std::fs::write(path, json).with_context(|| format!("could not write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_line_formats() {
+        let mut pix = ServerSummary::of(ServerKind::Pixpool, &[]);
+        pix.images_per_s = Some(12.0);
+        pix.health_p99_ms = Some(3.26);
+        let mut peer = ServerSummary::of(ServerKind::Peer, &[]);
+        peer.images_per_s = Some(8.0);
+        let line = result_line(&[pix.clone(), peer], true, 0);
+        assert_eq!(
+            line,
+            "RESULT pixpool_img_s=12.00 peer_img_s=8.00 ratio=1.50 health_p99_ms=3.3 worker_rss_mb=na peer_worker_rss_mb=na"
+        );
+        let alone = result_line(&[pix], false, 2);
+        assert!(alone.contains("peer_img_s=na ratio=na"));
+        assert!(alone.ends_with(" invalid=2"));
+    }
+}
