@@ -126,16 +126,30 @@ async fn the_dashboard_is_one_self_contained_page_and_stats_are_live() {
     let mut c = Conn::open(server.addr).await.expect("connect");
     let page = c.get("/").await.expect("page");
     assert_eq!(page.status, StatusCode::OK);
-    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
-    assert!(page.header("content-security-policy").is_some_and(|p| p.contains("default-src 'self'")));
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(page
+        .header("content-security-policy")
+        .is_some_and(|p| p.contains("default-src 'self'")));
     let html = String::from_utf8_lossy(&page.body);
-    assert!(html.contains("/jobs/") && html.contains("/events") && html.contains("/upload"), "uses the API");
-    assert!(!html.contains("http://") && !html.contains("https://"), "no CDN or external resource");
+    assert!(
+        html.contains("/jobs/") && html.contains("/events") && html.contains("/upload"),
+        "uses the API"
+    );
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no CDN or external resource"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let stats = c.get("/stats").await.expect("stats").json();
         if stats["workers"] == 1 {
-            assert!(stats["rss_bytes"]["worker"].as_u64().is_some_and(|b| b > 0), "{stats}");
+            assert!(
+                stats["rss_bytes"]["worker"].as_u64().is_some_and(|b| b > 0),
+                "{stats}"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "no live stats: {stats}");
