@@ -137,3 +137,49 @@ async fn json_logs_are_one_object_per_line_naming_the_process() {
         "the job id is followed from front to worker"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn low_disk_refuses_with_507_and_recovers_when_space_returns() {
+    // The floor is raised above the free space (as if the disk had filled),
+    // then lowered again (as if space had been freed), through SIGHUP.
+    let file = write_config("min_free_disk_mb = 100000000\npresets = [\"thumb:200x200:cover\"]\n");
+    let config = file.to_string_lossy().into_owned();
+    let server = Server::start(1, 1, &["--config", &config]);
+    let jpeg = std::fs::read(test_photo("06-grey-grayscale.jpg")).expect("photo");
+    let resp = upload(server.addr, "a.jpg", &jpeg).await;
+    assert_eq!(
+        resp.status,
+        StatusCode::INSUFFICIENT_STORAGE,
+        "{:?}",
+        resp.body
+    );
+    let leftovers: Vec<_> = ["raw", "jobs"]
+        .iter()
+        .flat_map(|d| {
+            std::fs::read_dir(server.uploads.join(d))
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "nothing half-written: {leftovers:?}");
+
+    std::fs::write(
+        &file,
+        "min_free_disk_mb = 1\npresets = [\"thumb:200x200:cover\"]\n",
+    )
+    .expect("write");
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server.log_text().contains("rolling restart complete") {
+        assert!(Instant::now() < deadline, "{}", server.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let resp = upload(server.addr, "a.jpg", &jpeg).await;
+    assert_eq!(resp.status, StatusCode::ACCEPTED, "{:?}", resp.body);
+    let id = resp.json()["id"].as_str().expect("id").to_string();
+    assert_eq!(
+        wait_final(server.addr, &id, Duration::from_secs(30)).await["state"],
+        "done"
+    );
+}
