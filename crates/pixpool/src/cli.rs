@@ -32,6 +32,9 @@ pub enum Command {
     /// The metrics aggregator (started by the supervisor).
     #[command(hide = true)]
     Admin(AdminArgs),
+    /// Upload images (files or folders) and wait until every one is processed;
+    /// exits non-zero if any failed.
+    Upload(pixpool_client::UploadArgs),
     /// Validate the configuration (file, environment, flags) and print the
     /// effective result; exits non-zero if it is invalid.
     CheckConfig(CheckConfigArgs),

@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         Some(cli::Command::Worker(_)) => "worker",
         Some(cli::Command::Admin(_)) => "admin",
         Some(cli::Command::CheckConfig(_)) => "check-config",
+        Some(cli::Command::Upload(_)) => "upload",
     };
     match run(cli) {
         Ok(code) => code,
@@ -40,5 +41,9 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         Some(cli::Command::Worker(args)) => roles::worker(args),
         Some(cli::Command::Admin(args)) => roles::admin(args),
         Some(cli::Command::CheckConfig(args)) => serve::check_config(args),
+        Some(cli::Command::Upload(args)) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(pixpool_client::run(args)),
     }
 }
