@@ -151,14 +151,23 @@ impl Dispatcher {
         if n == 0 {
             return Err(DispatchError::NoWorker);
         }
-        if self.workers_up() == 0 {
-            // At start-up, or while the only worker is being respawned, links
-            // come up within milliseconds: wait a little rather than refuse.
-            let deadline = tokio::time::Instant::now() + WAIT_FOR_WORKER;
-            while self.workers_up() == 0 && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(10)).await;
+        // At start-up, or while a worker is being replaced (respawned, recycled,
+        // rolled by SIGHUP), links come back within milliseconds: rather than
+        // refuse, keep trying for a little while — unless the workers are
+        // merely full, which is back-pressure to pass on at once.
+        let deadline = tokio::time::Instant::now() + WAIT_FOR_WORKER;
+        loop {
+            match self.try_once(job, n).await {
+                Ok(ack) => return Ok(ack),
+                Err(DispatchError::AllBusy) => return Err(DispatchError::AllBusy),
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         }
+    }
+
+    /// One round-robin pass over the live links.
+    async fn try_once(&self, job: &JobSpec, n: usize) -> Result<Ack, DispatchError> {
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         let (mut busy, mut tried) = (0, 0);
         for i in 0..n {

@@ -1,4 +1,5 @@
-//! Bytes to a [`Raster`]: sniff, check limits on the header, decode once, normalise.
+//! Bytes to a [`Raster`]: sniff, check limits on the header, decode once (a JPEG at the
+//! [`Scale`] the outputs allow), normalise.
 //!
 //! Colour handling follows what the `image` crate (zune-jpeg underneath) does:
 //! - CMYK and YCCK JPEGs are converted to RGB by zune-jpeg assuming the Adobe (inverted)
@@ -17,27 +18,49 @@ use tracing::debug;
 
 use crate::error::ImagingError;
 use crate::format::Format;
+use crate::jpeg::{self, Frame, Scale, Scan, ScanError};
 use crate::limits::Limits;
 use crate::raster::Raster;
 
-/// A decoded image in its stored orientation.
+/// A decoded image in its stored orientation (the [`Header`] has the EXIF orientation).
 #[derive(Debug)]
 pub(crate) struct Decoded {
     pub(crate) format: Format,
+    /// The pixels, at the scale asked of [`Header::decode`].
     pub(crate) raster: Raster,
-    /// The EXIF orientation, applied later to each output.
-    pub(crate) orientation: Orientation,
 }
 
-/// Decodes `data` (a whole file) under `limits`.
-///
-/// `keep_alpha` is false when no output can store alpha: transparency is then flattened
-/// onto white once, here, and everything downstream works on fewer channels.
-pub(crate) fn decode(
-    data: &[u8],
-    limits: &Limits,
-    keep_alpha: bool,
-) -> Result<Decoded, ImagingError> {
+/// A file whose header has been read and checked against the limits; no pixel buffer
+/// exists yet.
+pub(crate) struct Header<'a> {
+    pub(crate) format: Format,
+    /// Stored width, as the header declares it.
+    pub(crate) width: u32,
+    /// Stored height.
+    pub(crate) height: u32,
+    /// The EXIF orientation.
+    pub(crate) orientation: Orientation,
+    /// For a JPEG, what its frame header says (`None` for other formats, or when our own
+    /// reading of it failed and the `image` crate's decoder is left to judge).
+    pub(crate) jpeg: Option<Frame>,
+    data: &'a [u8],
+    decoder: Box<dyn ImageDecoder + 'a>,
+}
+
+impl std::fmt::Debug for Header<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Header")
+            .field("format", &self.format)
+            .field("width", &self.width)
+            .field("height", &self.height)
+            .field("orientation", &self.orientation)
+            .field("jpeg", &self.jpeg)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sniffs `data` (a whole file), reads its header and checks it against `limits`.
+pub(crate) fn read_header<'a>(data: &'a [u8], limits: &Limits) -> Result<Header<'a>, ImagingError> {
     let format = Format::sniff(data).ok_or(ImagingError::Sniff)?;
     if format == Format::Jpeg && !jpeg_has_end(data) {
         return Err(ImagingError::DecodeTruncated { format });
@@ -68,33 +91,141 @@ pub(crate) fn decode(
         debug!(cause = %err, "unreadable EXIF orientation, ignoring it");
         Orientation::NoTransforms
     });
-    let colour = decoder.color_type();
-    // GIF: the decoder's `read_image` reads the first frame only, never the animation.
-    let image = DynamicImage::from_decoder(decoder)
-        .map_err(|source| ImagingError::Decode { format, source })?;
-
-    let mut raster = Raster::from_dynamic(image);
-    if raster.layout.has_alpha() {
-        if raster.is_opaque() {
-            raster = raster.strip_alpha();
-        } else if !keep_alpha {
-            raster = raster.flatten_on_white();
-        }
-    }
-    debug!(
-        ?format,
+    let jpeg = (format == Format::Jpeg)
+        .then(|| Frame::parse(data))
+        .flatten();
+    Ok(Header {
+        format,
         width,
         height,
-        ?colour,
-        layout = ?raster.layout,
-        ?orientation,
-        "decoded"
-    );
-    Ok(Decoded {
-        format,
-        raster,
         orientation,
+        jpeg,
+        data,
+        decoder: Box::new(decoder),
     })
+}
+
+impl Header<'_> {
+    /// Decodes the pixels, for a JPEG at `scale` (other formats, and JPEGs whose scaled
+    /// decode is not worth it, are decoded whole: the resizer copes with either).
+    ///
+    /// `keep_alpha` is false when no output can store alpha: transparency is then
+    /// flattened onto white once, here, and everything downstream works on fewer
+    /// channels.
+    pub(crate) fn decode(
+        self,
+        scale: Scale,
+        limits: &Limits,
+        keep_alpha: bool,
+    ) -> Result<Decoded, ImagingError> {
+        let Header {
+            format,
+            width,
+            height,
+            orientation,
+            jpeg,
+            data,
+            decoder,
+        } = self;
+        let colour = decoder.color_type();
+        let scans = match jpeg {
+            Some(frame) if frame.progressive => progressive_scans(data)?,
+            _ => Vec::new(),
+        };
+        let jpeg = jpeg.and_then(|frame| decode_jpeg(data, &frame, &scans, scale, limits));
+        let mut raster = match jpeg {
+            Some(raster) => raster,
+            None => {
+                // GIF: the decoder's `read_image` reads the first frame only, never the
+                // animation.
+                let image = DynamicImage::from_decoder(decoder)
+                    .map_err(|source| ImagingError::Decode { format, source })?;
+                Raster::from_dynamic(image)
+            }
+        };
+        if raster.layout.has_alpha() {
+            if raster.is_opaque() {
+                raster = raster.strip_alpha();
+            } else if !keep_alpha {
+                raster = raster.flatten_on_white();
+            }
+        }
+        debug!(
+            ?format,
+            width,
+            height,
+            decoded_width = raster.width,
+            decoded_height = raster.height,
+            ?colour,
+            layout = ?raster.layout,
+            ?orientation,
+            "decoded"
+        );
+        Ok(Decoded { format, raster })
+    }
+}
+
+impl Header<'_> {
+    /// Decodes whole with the `image` crate, whatever the format (for the benchmarks).
+    pub(crate) fn decode_with_image_crate(self) -> Result<Raster, ImagingError> {
+        let format = self.format;
+        let image = DynamicImage::from_decoder(self.decoder)
+            .map_err(|source| ImagingError::Decode { format, source })?;
+        Ok(Raster::from_dynamic(image))
+    }
+}
+
+/// Decodes a JPEG with the decoder chosen for `scale`, or returns `None` to leave it to
+/// zune-jpeg at full size: when that is the faster way, or when the other decoder refused
+/// the file (zune-jpeg then decides, so that what is accepted and the errors given stay
+/// those of the plain build).
+#[cfg(not(feature = "turbojpeg"))]
+fn decode_jpeg(
+    data: &[u8],
+    frame: &Frame,
+    scans: &[Scan],
+    scale: Scale,
+    limits: &Limits,
+) -> Option<Raster> {
+    if !jpeg::prefer_scaled_decoder(frame, scale) {
+        return None;
+    }
+    jpeg::decode_scaled(data, frame, scans, scale, limits)
+        .inspect_err(|err| debug!(cause = %err, "scaled decode failed, decoding whole"))
+        .ok()
+}
+
+/// Decodes a JPEG with libjpeg-turbo at `scale`, or returns `None` to leave it to
+/// zune-jpeg when libjpeg-turbo refused it (so that what is accepted and the errors given
+/// stay those of the plain build).
+#[cfg(feature = "turbojpeg")]
+fn decode_jpeg(
+    data: &[u8],
+    frame: &Frame,
+    scans: &[Scan],
+    scale: Scale,
+    limits: &Limits,
+) -> Option<Raster> {
+    crate::turbo::decode(data, frame, scans, scale, limits)
+        .inspect_err(|err| debug!(cause = %err, "libjpeg-turbo failed, trying zune-jpeg"))
+        .ok()
+}
+
+/// The scans of a progressive JPEG, refusing a pathological number of them whichever
+/// decoder runs. A stream we cannot walk gets an empty list: nothing is pruned and the
+/// decoder judges it.
+fn progressive_scans(data: &[u8]) -> Result<Vec<Scan>, ImagingError> {
+    match jpeg::scans(data) {
+        Ok(scans) => Ok(scans),
+        Err(ScanError::Malformed) => Ok(Vec::new()),
+        Err(err @ ScanError::TooMany) => Err(ImagingError::Decode {
+            format: Format::Jpeg,
+            source: image::ImageError::Decoding(image::error::DecodingError::new(
+                image::ImageFormat::Jpeg.into(),
+                err,
+            )),
+        }),
+    }
 }
 
 fn header_error(format: Format, source: image::ImageError) -> ImagingError {

@@ -6,7 +6,7 @@ use image::ImageEncoder;
 
 use crate::error::EncodeError;
 use crate::format::OutputFormat;
-use crate::raster::{Layout, Raster};
+use crate::raster::Raster;
 
 /// Encodes `raster` (whatever its layout) in `format`.
 ///
@@ -46,6 +46,18 @@ pub(crate) fn encode(
     }
 }
 
+#[cfg(feature = "turbojpeg")]
+fn encode_jpeg(raster: &Raster, quality: u8) -> Result<Vec<u8>, EncodeError> {
+    if raster.width > 65_535 || raster.height > 65_535 {
+        return Err(EncodeError::TooLargeForJpeg {
+            width: raster.width,
+            height: raster.height,
+        });
+    }
+    Ok(crate::turbo::encode(raster, quality)?)
+}
+
+#[cfg(not(feature = "turbojpeg"))]
 fn encode_jpeg(raster: &Raster, quality: u8) -> Result<Vec<u8>, EncodeError> {
     let too_large = || EncodeError::TooLargeForJpeg {
         width: raster.width,
@@ -54,9 +66,11 @@ fn encode_jpeg(raster: &Raster, quality: u8) -> Result<Vec<u8>, EncodeError> {
     let width = u16::try_from(raster.width).map_err(|_| too_large())?;
     let height = u16::try_from(raster.height).map_err(|_| too_large())?;
     let colour = match raster.layout {
-        Layout::Luma => jpeg_encoder::ColorType::Luma,
-        Layout::Rgb => jpeg_encoder::ColorType::Rgb,
-        Layout::LumaAlpha | Layout::Rgba => unreachable!("alpha is flattened before encode_jpeg"),
+        crate::raster::Layout::Luma => jpeg_encoder::ColorType::Luma,
+        crate::raster::Layout::Rgb => jpeg_encoder::ColorType::Rgb,
+        crate::raster::Layout::LumaAlpha | crate::raster::Layout::Rgba => {
+            unreachable!("alpha is flattened before encode_jpeg")
+        }
     };
     // About 1 bit per pixel at q80 for photos; avoids regrowing the buffer.
     let mut out = Vec::with_capacity(raster.data.len() / 8);

@@ -163,6 +163,10 @@ pub enum EncodeError {
     /// `jpeg-encoder` failed.
     #[error(transparent)]
     Jpeg(#[from] jpeg_encoder::EncodingError),
+    /// libjpeg-turbo failed (the `turbojpeg` feature).
+    #[cfg(feature = "turbojpeg")]
+    #[error(transparent)]
+    Turbo(#[from] turbojpeg::Error),
     /// The `image` crate's PNG or WebP encoder failed.
     #[error(transparent)]
     Image(#[from] image::ImageError),

@@ -7,10 +7,11 @@ use image::metadata::Orientation;
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
-use crate::decode::decode;
+use crate::decode::read_header;
 use crate::encode::encode;
 use crate::error::ImagingError;
 use crate::format::Format;
+use crate::jpeg::Scale;
 use crate::limits::Limits;
 use crate::output::{remove_all, sync_dir, write_atomically};
 use crate::preset::{check_file_name_part, geometry, validate_presets, Geometry, Preset, Region};
@@ -122,36 +123,47 @@ pub fn process_with_progress(
     let keep_alpha = presets
         .iter()
         .any(|p| p.format.keeps_alpha() || p.alpha_format.is_some_and(|f| f.keeps_alpha()));
-    let decoded = decode(&data, limits, keep_alpha)?;
+    let header = read_header(&data, limits)?;
+    let orientation = header.orientation;
+    let transposed = swaps_axes(orientation);
+    // Geometry is worked out on the stored size from the header; the decoded raster may
+    // be smaller (shrink-on-load) but shows the same region, which the resizer maps.
+    let (stored_width, stored_height) = (header.width, header.height);
+    let (source_width, source_height) = if transposed {
+        (stored_height, stored_width)
+    } else {
+        (stored_width, stored_height)
+    };
+
+    // Largest first, so that each smaller output can be resampled from a larger one.
+    let mut order: Vec<(usize, Geometry)> = presets
+        .iter()
+        .map(|p| geometry(p, stored_width, stored_height, transposed))
+        .enumerate()
+        .collect();
+    order.sort_by_key(|(_, g)| std::cmp::Reverse(u64::from(g.width) * u64::from(g.height)));
+    let scale = match header.format {
+        Format::Jpeg => {
+            let wanted: Vec<Geometry> = order.iter().map(|(_, g)| *g).collect();
+            Scale::smallest_for(stored_width, stored_height, &wanted)
+        }
+        _ => Scale::FULL,
+    };
+
+    let decoded = header.decode(scale, limits, keep_alpha)?;
     drop(data);
     let mut timings = StageTimings {
         decode_ms: elapsed_ms(started),
         ..StageTimings::default()
     };
 
-    let orientation = decoded.orientation;
-    let transposed = swaps_axes(orientation);
-    let source = &decoded.raster;
-    let (source_width, source_height) = if transposed {
-        (source.height, source.width)
-    } else {
-        (source.width, source.height)
-    };
-
-    // Largest first, so that each smaller output can be resampled from a larger one.
-    let mut order: Vec<(usize, Geometry)> = presets
-        .iter()
-        .map(|p| geometry(p, source.width, source.height, transposed))
-        .enumerate()
-        .collect();
-    order.sort_by_key(|(_, g)| std::cmp::Reverse(u64::from(g.width) * u64::from(g.height)));
-
     on_progress(Progress::Decoded {
         width: source_width,
         height: source_height,
     });
+    let source_format = decoded.format;
     let source = Rendition {
-        region: Region::whole(source.width, source.height),
+        region: Region::whole(stored_width, stored_height),
         raster: decoded.raster,
     };
     let mut resampler = Resampler::default();
@@ -201,7 +213,7 @@ pub fn process_with_progress(
         "processed"
     );
     Ok(Processed {
-        source_format: decoded.format,
+        source_format,
         source_width,
         source_height,
         outputs,
@@ -288,7 +300,7 @@ fn orient(raster: &Raster, orientation: Orientation) -> Option<Raster> {
 }
 
 /// Whether `orientation` turns the image a quarter turn, exchanging width and height.
-fn swaps_axes(orientation: Orientation) -> bool {
+pub(crate) fn swaps_axes(orientation: Orientation) -> bool {
     match orientation {
         Orientation::Rotate90
         | Orientation::Rotate270

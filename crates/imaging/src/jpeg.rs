@@ -1,0 +1,663 @@
+//! JPEG specifics: the stream's structure, and shrink-on-load.
+//!
+//! A JPEG stores 8×8 blocks of DCT coefficients. A decoder can run a smaller inverse DCT
+//! (4×4, 2×2 or just the DC term) and get the image at 1/2, 1/4 or 1/8 of its size for
+//! a fraction of the work, with the quality of a box-filtered downscale. The pipeline
+//! asks for the smallest such [`Scale`] at which every output still has a source pixel
+//! per output pixel, and resamples from there with Lanczos3 as usual.
+//!
+//! Who decodes (pure-Rust build):
+//! - at full scale, zune-jpeg (through the `image` crate), the fastest Rust decoder;
+//! - at a reduced scale, `jpeg-decoder` (the only Rust decoder with DCT scaling), where it
+//!   beats zune-jpeg's full decode followed by a larger resize. Its Huffman decoding is
+//!   slower than zune-jpeg's, which [`prefer_scaled_decoder`] weighs; the numbers are in
+//!   the crate's benchmarks.
+//! - For progressive files, scans that only carry coefficients the reduced inverse DCT
+//!   never reads (e.g. every AC scan at 1/8) are cut out of the stream before
+//!   `jpeg-decoder` sees it ([`prune_scans`]): the output is identical and the entropy
+//!   decoding of those scans, the bulk of the file, is never done.
+//!
+//! With the `turbojpeg` feature, libjpeg-turbo decodes every JPEG at its scale instead
+//! (`turbo`).
+
+use std::borrow::Cow;
+
+use crate::preset::Geometry;
+#[cfg(not(feature = "turbojpeg"))]
+use crate::{
+    limits::Limits,
+    raster::{Layout, Raster},
+};
+
+/// Most scans a progressive JPEG may have. Encoders write about 10 (libjpeg) to 20
+/// (mozjpeg's optimised scripts); thousands of tiny scans are the known way to make a
+/// small file cost minutes of decoding.
+pub(crate) const MAX_SCANS: usize = 256;
+
+/// Source pixels per output pixel (in each dimension) that the scaled decode must keep.
+///
+/// 1: the smallest scale that still has a pixel per output pixel, as libvips and sharp do
+/// by default (`fastShrinkOnLoad`). Against the source decoded whole and resized straight
+/// to 800 px, the corpus's outputs keep a PSNR of 40 to 55 dB, except a very detailed
+/// landscape decoded at 1/4 to 816 px for 800 (37.8 dB: the reduced inverse DCT aliases a
+/// little and the final resize barely filters). 1.25 lifts every photo to 45 dB or more,
+/// at the cost of decoding such near-misses at twice the scale.
+const DETAIL_MARGIN: f64 = 1.0;
+
+/// Slack for comparing sizes computed in floating point.
+const EPSILON: f64 = 1e-6;
+
+/// A DCT scaling factor, in eighths: 1 (1/8), 2 (1/4), 4 (1/2) or 8 (full size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Scale(u8);
+
+impl Scale {
+    /// No scaling.
+    pub(crate) const FULL: Scale = Scale(8);
+
+    /// Every scale the decoders support, smallest first.
+    const ALL: [Scale; 4] = [Scale(1), Scale(2), Scale(4), Scale(8)];
+
+    /// 1, 2, 4 or 8 eighths.
+    pub(crate) fn from_eighths(eighths: u8) -> Option<Scale> {
+        Scale::ALL.into_iter().find(|s| s.0 == eighths)
+    }
+
+    /// The scale as a number of eighths.
+    pub(crate) fn eighths(self) -> u8 {
+        self.0
+    }
+
+    /// The length of a side of `len` pixels at this scale, rounded up as libjpeg and
+    /// `jpeg-decoder` do.
+    pub(crate) fn apply(self, len: u32) -> u32 {
+        let scaled = (u64::from(len) * u64::from(self.0)).div_ceil(8);
+        u32::try_from(scaled).expect("a scale of at most 1 keeps the length")
+    }
+
+    /// The smallest scale at which a `width` × `height` source still gives every output
+    /// at least one source pixel per output pixel, in both dimensions, over the region
+    /// it is resampled from (geometries are in stored orientation, so EXIF rotations and
+    /// cover crops are already accounted for).
+    pub(crate) fn smallest_for(width: u32, height: u32, outputs: &[Geometry]) -> Scale {
+        Scale::ALL
+            .into_iter()
+            .find(|scale| {
+                let sx = f64::from(scale.apply(width)) / f64::from(width);
+                let sy = f64::from(scale.apply(height)) / f64::from(height);
+                outputs.iter().all(|g| {
+                    g.region.width * sx >= DETAIL_MARGIN * f64::from(g.width) - EPSILON
+                        && g.region.height * sy >= DETAIL_MARGIN * f64::from(g.height) - EPSILON
+                })
+            })
+            .unwrap_or(Scale::FULL)
+    }
+}
+
+/// What the frame header and the segments before it say about a JPEG.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Frame {
+    /// SOF2: progressive, Huffman-coded.
+    pub(crate) progressive: bool,
+    /// SOF0, SOF1 or SOF2 with 8-bit samples: what a scaled DCT decode can handle.
+    pub(crate) scalable: bool,
+    /// Number of components: 1 (grey), 3 (YCbCr or RGB) or 4 (CMYK or YCCK).
+    pub(crate) components: u8,
+    /// The transform byte of an Adobe APP14 segment: 0 (none: RGB or CMYK), 1 (YCbCr),
+    /// 2 (YCCK).
+    pub(crate) adobe_transform: Option<u8>,
+}
+
+impl Frame {
+    /// Reads the segments from SOI up to the frame header, or `None` when the stream ends
+    /// before one or is not a JPEG.
+    pub(crate) fn parse(data: &[u8]) -> Option<Frame> {
+        if data.get(..2)? != [0xff, 0xd8] {
+            return None;
+        }
+        let mut adobe_transform = None;
+        let mut at = 2;
+        loop {
+            let (marker, body, next) = segment(data, at)?;
+            match marker {
+                0xc0..=0xcf if !matches!(marker, 0xc4 | 0xc8 | 0xcc) => {
+                    let precision = *body.first()?;
+                    let components = *body.get(5)?;
+                    return Some(Frame {
+                        progressive: marker == 0xc2,
+                        scalable: matches!(marker, 0xc0..=0xc2) && precision == 8,
+                        components,
+                        adobe_transform,
+                    });
+                }
+                0xee if body.starts_with(b"Adobe") => adobe_transform = body.get(11).copied(),
+                0xda | 0xd9 => return None,
+                _ => {}
+            }
+            at = next;
+        }
+    }
+}
+
+/// The segment whose marker starts at `at`: its marker byte, its body (after the length)
+/// and the offset just past it. Markers without a body (RSTn, SOI, EOI, TEM) have an
+/// empty one.
+fn segment(data: &[u8], at: usize) -> Option<(u8, &[u8], usize)> {
+    if *data.get(at)? != 0xff {
+        return None;
+    }
+    let mut at = at;
+    while data.get(at) == Some(&0xff) {
+        at += 1;
+    }
+    let marker = *data.get(at)?;
+    at += 1;
+    if matches!(marker, 0x01 | 0xd0..=0xd9) {
+        return Some((marker, &[], at));
+    }
+    let len = usize::from(u16::from_be_bytes([*data.get(at)?, *data.get(at + 1)?]));
+    let body = data.get(at + 2..at + len.max(2))?;
+    Some((marker, body, at + len.max(2)))
+}
+
+/// Offset of the byte after a scan's entropy-coded data that starts at `at`: the first
+/// `FF` that is neither a stuffed `FF 00` nor a restart marker.
+fn entropy_end(data: &[u8], mut at: usize) -> usize {
+    loop {
+        let Some(ff) = data[at..].iter().position(|&b| b == 0xff) else {
+            return data.len();
+        };
+        at += ff;
+        match data.get(at + 1) {
+            Some(0x00 | 0xd0..=0xd7) => at += 2,
+            _ => return at,
+        }
+    }
+}
+
+/// One scan of a JPEG: where its SOS segment starts and its entropy-coded data ends, and
+/// the band of coefficients (in zigzag order) it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Scan {
+    start: usize,
+    end: usize,
+    /// Component selectors (as the frame header numbers them), `components` of them.
+    selectors: [u8; 4],
+    components: u8,
+    spectral_start: u8,
+    spectral_end: u8,
+    /// Successive approximation, high bit: non-zero for a refinement scan.
+    approximation_high: u8,
+}
+
+impl Scan {
+    /// The band as a mask over zigzag positions.
+    fn band(&self) -> u64 {
+        let (lo, hi) = (
+            u32::from(self.spectral_start),
+            u32::from(self.spectral_end.min(63)),
+        );
+        if lo > hi {
+            // Malformed: claim every coefficient, so that it is kept and the decoder
+            // complains.
+            return u64::MAX;
+        }
+        (u64::MAX >> (63 - hi)) & (u64::MAX << lo)
+    }
+
+    fn selectors(&self) -> &[u8] {
+        &self.selectors[..usize::from(self.components)]
+    }
+}
+
+/// Why the scans of a stream could not be listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ScanError {
+    /// More scans than [`MAX_SCANS`].
+    #[error("more than {MAX_SCANS} scans")]
+    TooMany,
+    /// A segment is cut off or malformed; the decoder will say more.
+    #[error("malformed segment")]
+    Malformed,
+}
+
+/// Lists the scans of a stream, refusing more than [`MAX_SCANS`].
+pub(crate) fn scans(data: &[u8]) -> Result<Vec<Scan>, ScanError> {
+    let mut found = Vec::new();
+    let mut at = 2;
+    while at < data.len() {
+        let (marker, body, next) = segment(data, at).ok_or(ScanError::Malformed)?;
+        match marker {
+            0xd9 => break,
+            0xda => {
+                if found.len() == MAX_SCANS {
+                    return Err(ScanError::TooMany);
+                }
+                let count = *body.first().ok_or(ScanError::Malformed)?;
+                let n = usize::from(count);
+                if !(1..=4).contains(&n) {
+                    return Err(ScanError::Malformed);
+                }
+                let tail = body.get(1 + 2 * n..4 + 2 * n);
+                let &[spectral_start, spectral_end, approximation] =
+                    tail.ok_or(ScanError::Malformed)?
+                else {
+                    unreachable!("a three-byte slice")
+                };
+                let mut selectors = [0; 4];
+                for (i, selector) in selectors[..n].iter_mut().enumerate() {
+                    *selector = body[1 + 2 * i];
+                }
+                let end = entropy_end(data, next);
+                found.push(Scan {
+                    start: at,
+                    end,
+                    selectors,
+                    components: count,
+                    spectral_start,
+                    spectral_end,
+                    approximation_high: approximation >> 4,
+                });
+                at = end;
+            }
+            _ => at = next,
+        }
+    }
+    Ok(found)
+}
+
+/// Zigzag positions of the coefficients an inverse DCT of `scale` eighths reads: the
+/// top-left `scale` × `scale` corner of the block.
+fn needed_coefficients(scale: Scale) -> u64 {
+    const ZIGZAG: [[u8; 8]; 8] = [
+        [0, 1, 5, 6, 14, 15, 27, 28],
+        [2, 4, 7, 13, 16, 26, 29, 42],
+        [3, 8, 12, 17, 25, 30, 41, 43],
+        [9, 11, 18, 24, 31, 40, 44, 53],
+        [10, 19, 23, 32, 39, 45, 52, 54],
+        [20, 22, 33, 38, 46, 51, 55, 60],
+        [21, 34, 37, 47, 50, 56, 59, 61],
+        [35, 36, 48, 49, 57, 58, 62, 63],
+    ];
+    let n = usize::from(scale.eighths());
+    ZIGZAG[..n]
+        .iter()
+        .flat_map(|row| &row[..n])
+        .fold(0, |mask, &z| mask | 1 << z)
+}
+
+/// A progressive stream with the scans a decode at some scale can do without cut out.
+#[derive(Debug)]
+pub(crate) struct Pruned<'a> {
+    /// The stream to decode.
+    pub(crate) data: Cow<'a, [u8]>,
+    /// Whether decoding it gives exactly the pixels of the whole stream at that scale;
+    /// false when refinement scans of needed coefficients had to go too (see
+    /// [`prune_scans`]).
+    pub(crate) exact: bool,
+}
+
+/// Cuts out of a progressive stream the scans a decode at `scale` can do without.
+///
+/// A scan goes when its band holds no coefficient the reduced inverse DCT reads (at 1/8,
+/// every AC scan). A refinement scan cannot be parsed without every earlier scan of its
+/// component and band (which coefficients are already non-zero decides what its bits
+/// mean), so one that follows a cut scan must go too, even if its band is needed; its
+/// coefficients then keep the precision of their first pass, and the result is not
+/// [`exact`](Pruned::exact). With libjpeg's scan script that happens at 1/4 (the luma
+/// refinements of AC 1–63 follow the cut luma AC 6–63 scan), never at 1/8, and at 1/2
+/// nothing is cut.
+pub(crate) fn prune_scans<'a>(data: &'a [u8], scans: &[Scan], scale: Scale) -> Pruned<'a> {
+    let needed = needed_coefficients(scale);
+    // Per component selector, the coefficients some cut scan carried.
+    let mut cut_bands: Vec<(u8, u64)> = Vec::new();
+    let cut_band = |cut: &[(u8, u64)], selector: u8| {
+        cut.iter()
+            .find(|(s, _)| *s == selector)
+            .map_or(0, |(_, band)| *band)
+    };
+    let mut exact = true;
+    let mut cut: Vec<&Scan> = Vec::new();
+    for scan in scans {
+        let band = scan.band();
+        let useful = band & needed != 0;
+        let parseable = scan.approximation_high == 0
+            || scan
+                .selectors()
+                .iter()
+                .all(|&c| cut_band(&cut_bands, c) & band == 0);
+        if useful && parseable {
+            continue;
+        }
+        exact &= !useful;
+        cut.push(scan);
+        for &selector in scan.selectors() {
+            match cut_bands.iter_mut().find(|(s, _)| *s == selector) {
+                Some((_, b)) => *b |= band,
+                None => cut_bands.push((selector, band)),
+            }
+        }
+    }
+    if cut.is_empty() {
+        return Pruned {
+            data: Cow::Borrowed(data),
+            exact,
+        };
+    }
+    let mut pruned = Vec::with_capacity(data.len());
+    let mut at = 0;
+    for scan in cut {
+        pruned.extend_from_slice(&data[at..scan.start]);
+        at = scan.end;
+    }
+    pruned.extend_from_slice(&data[at..]);
+    Pruned {
+        data: Cow::Owned(pruned),
+        exact,
+    }
+}
+
+#[cfg(not(feature = "turbojpeg"))]
+/// Whether `jpeg-decoder` at `scale` (plus the smaller resize that follows) beats
+/// zune-jpeg's full decode (plus the larger resize), from the measurements in the
+/// crate's benchmarks.
+pub(crate) fn prefer_scaled_decoder(frame: &Frame, scale: Scale) -> bool {
+    // CMYK: `jpeg-decoder` took 58 ms where zune-jpeg's full decode and the larger
+    // resize took 45 (4.5 MP, 3 MB). Everything else gains at 1/4 and 1/8, most of all
+    // progressive files (their AC scans pruned): 2 to 3 times faster. At 1/2 the gain is
+    // smaller and varies (−20 % to +10 % per photo, a gain over the corpus).
+    frame.scalable && frame.components != 4 && scale < Scale::FULL
+}
+
+#[cfg(not(feature = "turbojpeg"))]
+/// Decodes a JPEG at `scale` with `jpeg-decoder` into RGB or grey.
+///
+/// CMYK and YCCK are converted as zune-jpeg does (see `decode`): the stored values are
+/// taken as Adobe's inverted ones, `R = C'·K'/255`.
+///
+/// `scans` lists a progressive stream's scans (empty: decode the stream as it is).
+pub(crate) fn decode_scaled(
+    data: &[u8],
+    frame: &Frame,
+    scans: &[Scan],
+    scale: Scale,
+    limits: &Limits,
+) -> Result<Raster, jpeg_decoder::Error> {
+    use jpeg_decoder::{ColorTransform, Decoder, PixelFormat};
+
+    let pruned = prune_scans(data, scans, scale);
+    if pruned.data.len() < data.len() {
+        tracing::debug!(
+            bytes = data.len(),
+            kept = pruned.data.len(),
+            exact = pruned.exact,
+            "pruned progressive scans"
+        );
+    }
+    let data = pruned.data;
+    let mut decoder = Decoder::new(&data[..]);
+    decoder.set_max_decoding_buffer_size(
+        usize::try_from(limits.max_alloc_bytes).unwrap_or(usize::MAX),
+    );
+    decoder.read_info()?;
+    let info = decoder
+        .info()
+        .ok_or_else(|| jpeg_decoder::Error::Format("no frame header after read_info".to_owned()))?;
+    let (width, height) = (u32::from(info.width), u32::from(info.height));
+    let want = (scale.apply(width), scale.apply(height));
+    let request = |len: u32| u16::try_from(len).expect("a scaled side fits where the whole did");
+    // `scale` picks the smallest factor reaching the request in *either* axis; asking for
+    // the exact scaled size gets `scale` itself (sides under 8 pixels aside, checked here).
+    let got = decoder.scale(request(want.0), request(want.1))?;
+    if (u32::from(got.0), u32::from(got.1)) != want {
+        return Err(jpeg_decoder::Error::Format(format!(
+            "asked for {want:?} at {}/8, got {got:?}",
+            scale.eighths()
+        )));
+    }
+    let layout = match info.pixel_format {
+        PixelFormat::L8 => Layout::Luma,
+        PixelFormat::RGB24 => Layout::Rgb,
+        PixelFormat::CMYK32 => {
+            decoder.set_color_transform(match frame.adobe_transform {
+                Some(2) => ColorTransform::YCCK,
+                _ => ColorTransform::CMYK,
+            });
+            Layout::Rgb
+        }
+        PixelFormat::L16 => {
+            return Err(jpeg_decoder::Error::Format(
+                "16-bit samples are left to the full decoder".to_owned(),
+            ))
+        }
+    };
+    let pixels = decoder.decode()?;
+    let data = match info.pixel_format {
+        PixelFormat::CMYK32 => cmyk_to_rgb(&pixels),
+        _ => pixels,
+    };
+    let raster = Raster {
+        width: want.0,
+        height: want.1,
+        layout,
+        data,
+    };
+    if raster.data.len() != raster.width as usize * raster.height as usize * layout.channels() {
+        return Err(jpeg_decoder::Error::Format(
+            "decoded buffer does not match its size".to_owned(),
+        ));
+    }
+    Ok(raster)
+}
+
+#[cfg(not(feature = "turbojpeg"))]
+/// `jpeg-decoder`'s CMYK output to RGB, with `R = C'·K'/255` on the stored, inverted,
+/// values. It hands back `255 − C'` for every channel, for CMYK (which it inverts) and
+/// YCCK alike (whose YCC → RGB step gives `255 − C'`, as libjpeg's encoder formed it
+/// from `C'`).
+fn cmyk_to_rgb(pixels: &[u8]) -> Vec<u8> {
+    let mut rgb = Vec::with_capacity(pixels.len() / 4 * 3);
+    for px in pixels.chunks_exact(4) {
+        let k = 255 - u32::from(px[3]);
+        for &c in &px[..3] {
+            let c = 255 - u32::from(c);
+            rgb.push(u8::try_from((c * k + 127) / 255).expect("a product of fractions"));
+        }
+    }
+    rgb
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::preset::Region;
+
+    fn output(region: Region, width: u32, height: u32) -> Geometry {
+        Geometry {
+            region,
+            width,
+            height,
+        }
+    }
+
+    #[test]
+    fn smallest_scale_keeps_every_output_fully_detailed() {
+        let whole = Region::whole(4000, 3000);
+        // 1600 wide needs 0.4 of the width: 1/2.
+        let large = output(whole, 1600, 1200);
+        assert_eq!(Scale::smallest_for(4000, 3000, &[large]), Scale(4));
+        // 800 wide: 1/4 gives exactly 1000 ≥ 800.
+        let medium = output(whole, 800, 600);
+        assert_eq!(Scale::smallest_for(4000, 3000, &[medium]), Scale(2));
+        // 500 wide: 1/8 gives exactly 500.
+        let small = output(whole, 500, 375);
+        assert_eq!(Scale::smallest_for(4000, 3000, &[small]), Scale(1));
+        // The largest output decides.
+        assert_eq!(
+            Scale::smallest_for(4000, 3000, &[small, large, medium]),
+            Scale(4)
+        );
+        // A cover crop reads a smaller region: a 400×400 thumbnail of the centre 3000×3000
+        // needs 400/3000 of the source, more than 1/8.
+        let square = Region {
+            left: 500.0,
+            top: 0.0,
+            width: 3000.0,
+            height: 3000.0,
+        };
+        assert_eq!(
+            Scale::smallest_for(4000, 3000, &[output(square, 400, 400)]),
+            Scale(2)
+        );
+        // A tall output: the height decides (a rotated source's box is transposed by
+        // `geometry` before it gets here).
+        assert_eq!(
+            Scale::smallest_for(4000, 3000, &[output(whole, 500, 1600)]),
+            Scale::FULL
+        );
+        // Never upscaled: a full-size output needs the full scale.
+        assert_eq!(
+            Scale::smallest_for(640, 480, &[output(Region::whole(640, 480), 640, 480)]),
+            Scale::FULL
+        );
+    }
+
+    #[test]
+    fn scaled_sides_round_up() {
+        assert_eq!(Scale(1).apply(6028), 754);
+        assert_eq!(Scale(2).apply(3391), 848);
+        assert_eq!(Scale(4).apply(1), 1);
+        assert_eq!(Scale::FULL.apply(1234), 1234);
+    }
+
+    #[test]
+    fn needed_coefficients_are_the_top_left_corner() {
+        assert_eq!(needed_coefficients(Scale(1)), 1);
+        // (0,0) (0,1) (1,0) (1,1) are zigzag 0, 1, 2 and 4.
+        assert_eq!(needed_coefficients(Scale(2)), 0b10111);
+        assert_eq!(needed_coefficients(Scale(4)).count_ones(), 16);
+        assert_eq!(needed_coefficients(Scale::FULL), u64::MAX);
+    }
+
+    /// SOI, a scan with the given band and some entropy data (with a stuffed byte and a
+    /// restart marker), and so on, then EOI.
+    /// Each scan is (component, first coefficient, last coefficient, refinement?).
+    fn stream(bands: &[(u8, u8, u8, bool)]) -> Vec<u8> {
+        let mut s = vec![0xff, 0xd8];
+        for &(c, lo, hi, refine) in bands {
+            let approximation = if refine { 0x10 } else { 0x01 };
+            s.extend_from_slice(&[0xff, 0xda, 0x00, 0x08, 0x01, c, 0x00, lo, hi, approximation]);
+            s.extend_from_slice(&[lo, 0xff, 0x00, 0xff, 0xd0, hi]);
+        }
+        s.extend_from_slice(&[0xff, 0xd9]);
+        s
+    }
+
+    #[test]
+    fn pruning_drops_whole_scans_of_unused_bands() {
+        // libjpeg's script, shortened: luma 1, chroma 2.
+        let dc = (1, 0, 0, false);
+        let luma_low = (1, 1, 5, false);
+        let chroma = (2, 1, 63, false);
+        let luma_high = (1, 6, 63, false);
+        let luma_refine = (1, 1, 63, true);
+        let chroma_refine = (2, 1, 63, true);
+        let all = stream(&[dc, luma_low, chroma, luma_high, luma_refine, chroma_refine]);
+        let found = scans(&all).expect("scans");
+        assert_eq!(found.len(), 6);
+        assert_eq!(
+            found[0].end, found[1].start,
+            "a scan ends at the next marker"
+        );
+
+        // At 1/8 only the DC scan stays, and nothing needed is lost.
+        let eighth = prune_scans(&all, &found, Scale(1));
+        assert_eq!((&*eighth.data, eighth.exact), (&stream(&[dc])[..], true));
+        // At 1/4 the luma 6..63 band goes, and with it the luma refinement that cannot be
+        // parsed without it; the chroma refinement stays.
+        let quarter = prune_scans(&all, &found, Scale(2));
+        assert_eq!(
+            (&*quarter.data, quarter.exact),
+            (&stream(&[dc, luma_low, chroma, chroma_refine])[..], false)
+        );
+        // At 1/2 and full scale every scan is needed and nothing is copied.
+        for scale in [Scale(4), Scale::FULL] {
+            let pruned = prune_scans(&all, &found, scale);
+            assert!(matches!(pruned.data, Cow::Borrowed(_)) && pruned.exact);
+        }
+    }
+
+    #[test]
+    fn too_many_scans_are_refused() {
+        let many = stream(&vec![(1, 0, 0, false); MAX_SCANS + 1]);
+        assert_eq!(scans(&many), Err(ScanError::TooMany));
+        let enough = stream(&vec![(1, 0, 0, false); MAX_SCANS]);
+        assert_eq!(scans(&enough).map(|s| s.len()), Ok(MAX_SCANS));
+    }
+
+    /// A progressive photo of the corpus, if it is there.
+    #[cfg(not(feature = "turbojpeg"))]
+    fn progressive_photo() -> Option<Vec<u8>> {
+        let dir = std::env::var_os("PIXPOOL_CORPUS").map_or_else(
+            || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"),
+            std::path::PathBuf::from,
+        );
+        std::fs::read(dir.join("11-bridge-progressive.jpg")).ok()
+    }
+
+    #[cfg(not(feature = "turbojpeg"))]
+    #[test]
+    fn pruned_decodes_match_whole_stream_decodes() {
+        let Some(data) = progressive_photo() else {
+            eprintln!("skipping: ../shared/corpus not found");
+            return;
+        };
+        let frame = Frame::parse(&data).expect("frame");
+        let found = scans(&data).expect("scans");
+        assert_eq!(found.len(), 10, "libjpeg's standard script");
+        let limits = Limits::default();
+        let decode = |scans: &[Scan], scale| {
+            decode_scaled(&data, &frame, scans, scale, &limits).expect("decode")
+        };
+        // 1/8: only the DC scans are read, and the pixels are the same.
+        let (pruned, whole) = (decode(&found, Scale(1)), decode(&[], Scale(1)));
+        assert_eq!((pruned.width, pruned.height), (544, 306));
+        assert!(
+            pruned.data == whole.data,
+            "1/8 from DC scans alone is exact"
+        );
+        assert!(prune_scans(&data, &found, Scale(1)).data.len() < data.len() / 4);
+        // 1/4: luma AC loses its last two refinement bits; measured 51.2 dB.
+        let (pruned, whole) = (decode(&found, Scale(2)), decode(&[], Scale(2)));
+        let mse = pruned
+            .data
+            .iter()
+            .zip(&whole.data)
+            .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
+            .sum::<f64>()
+            / whole.data.len() as f64;
+        let psnr = 10.0 * (255.0f64.powi(2) / mse).log10();
+        assert!(psnr > 40.0, "pruned 1/4 decode at {psnr:.1} dB");
+    }
+
+    #[test]
+    fn frame_header_and_adobe_segment_are_read() {
+        // SOI, APP14 "Adobe" with transform 2, SOF2 of 4 components.
+        let mut s = vec![0xff, 0xd8, 0xff, 0xee, 0x00, 0x0e];
+        s.extend_from_slice(b"Adobe\x00\x64\x00\x00\x00\x00\x02");
+        s.extend_from_slice(&[0xff, 0xc2, 0x00, 0x0b, 0x08, 0x00, 0x10, 0x00, 0x10, 0x04]);
+        s.extend_from_slice(&[0; 12]);
+        let frame = Frame::parse(&s).expect("frame");
+        assert_eq!(
+            frame,
+            Frame {
+                progressive: true,
+                scalable: true,
+                components: 4,
+                adobe_transform: Some(2),
+            }
+        );
+        assert_eq!(Frame::parse(b"\xff\xd8\xff\xd9"), None);
+        assert_eq!(Frame::parse(b"GIF89a"), None);
+    }
+}

@@ -1,0 +1,108 @@
+//! The pipeline's stages one by one, for the benchmarks (`benches/stages.rs`). Not part
+//! of the API: hidden from the documentation, and free to change with the pipeline.
+
+use crate::decode::read_header;
+use crate::encode::encode;
+use crate::error::ImagingError;
+use crate::format::OutputFormat;
+use crate::jpeg::{self, Frame, Scale};
+use crate::limits::Limits;
+use crate::pipeline::swaps_axes;
+use crate::preset::{geometry, Geometry, Preset, Region};
+use crate::raster::Raster;
+use crate::resize::{Rendition, Resampler};
+
+/// Decoded pixels, opaque.
+#[derive(Debug)]
+pub struct Pixels(Rendition);
+
+impl Pixels {
+    fn new(raster: Raster) -> Pixels {
+        Pixels(Rendition {
+            region: Region::whole(raster.width, raster.height),
+            raster,
+        })
+    }
+
+    /// Width and height.
+    pub fn size(&self) -> (u32, u32) {
+        (self.0.raster.width, self.0.raster.height)
+    }
+}
+
+/// Decodes any supported file whole, with the `image` crate (zune-jpeg for JPEG), as the
+/// pipeline does at full scale in the default build.
+pub fn decode_whole(data: &[u8]) -> Result<Pixels, ImagingError> {
+    let limits = Limits::default();
+    let header = read_header(data, &limits)?;
+    Ok(Pixels::new(header.decode_with_image_crate()?))
+}
+
+/// Decodes a JPEG at `eighths`/8 (1, 2, 4 or 8) with the decoder the pipeline uses for
+/// scaled decodes: `jpeg-decoder` with progressive scans pruned, or libjpeg-turbo with the
+/// `turbojpeg` feature.
+pub fn decode_jpeg_scaled(data: &[u8], eighths: u8) -> Result<Pixels, String> {
+    let scale = Scale::from_eighths(eighths).ok_or("scale must be 1, 2, 4 or 8 eighths")?;
+    let frame = Frame::parse(data).ok_or("not a JPEG with a frame header")?;
+    let scans = if frame.progressive {
+        jpeg::scans(data).map_err(|e| e.to_string())?
+    } else {
+        Vec::new()
+    };
+    let limits = Limits::default();
+    #[cfg(not(feature = "turbojpeg"))]
+    let raster = jpeg::decode_scaled(data, &frame, &scans, scale, &limits);
+    #[cfg(feature = "turbojpeg")]
+    let raster = crate::turbo::decode(data, &frame, &scans, scale, &limits);
+    raster.map(Pixels::new).map_err(|e| e.to_string())
+}
+
+/// The scale a JPEG would be decoded at for `presets`, and by which decoder, e.g.
+/// `"1/4 jpeg-decoder"`; `None` for other formats.
+pub fn jpeg_plan(data: &[u8], presets: &[Preset]) -> Result<Option<String>, ImagingError> {
+    let header = read_header(data, &Limits::default())?;
+    let Some(frame) = header.jpeg else {
+        return Ok(None);
+    };
+    let transposed = swaps_axes(header.orientation);
+    let wanted: Vec<Geometry> = presets
+        .iter()
+        .map(|p| geometry(p, header.width, header.height, transposed))
+        .collect();
+    let scale = Scale::smallest_for(header.width, header.height, &wanted);
+    #[cfg(not(feature = "turbojpeg"))]
+    let decoder = if jpeg::prefer_scaled_decoder(&frame, scale) {
+        "jpeg-decoder"
+    } else {
+        "zune-jpeg"
+    };
+    #[cfg(feature = "turbojpeg")]
+    let decoder = {
+        let _ = frame;
+        "libjpeg-turbo"
+    };
+    let fraction = match scale.eighths() {
+        8 => "1".to_owned(),
+        n => format!("1/{}", 8 / n),
+    };
+    Ok(Some(format!("{fraction} {decoder}")))
+}
+
+/// Resizes the whole of `pixels` to `width` × `height` (Lanczos3).
+pub fn resize(pixels: &Pixels, width: u32, height: u32) -> Pixels {
+    let want = Geometry {
+        region: pixels.0.region,
+        width,
+        height,
+    };
+    let (raster, _) = Resampler::default()
+        .render(&pixels.0, &[], &want)
+        .expect("a whole-image resize to a non-empty size");
+    Pixels::new(raster)
+}
+
+/// Encodes as JPEG at `quality` with the build's encoder (`jpeg-encoder`, or libjpeg-turbo
+/// with the `turbojpeg` feature).
+pub fn encode_jpeg(pixels: &Pixels, quality: u8) -> Vec<u8> {
+    encode(&pixels.0.raster, OutputFormat::Jpeg, quality).expect("an RGB or grey raster encodes")
+}
