@@ -22,55 +22,8 @@ if [[ ! -x $artillery ]]; then
     npm i --ignore-scripts --prefix "$artillery_dir" --no-audit --no-fund --loglevel=error artillery@2
 fi
 
-echo "== cargo build -p pixpool"
-cargo build -p pixpool --quiet
-bin=${CARGO_TARGET_DIR:-$root/target}/debug/pixpool
-
-uploads=$(mktemp -d "${TMPDIR:-/tmp}/pixpool-artillery.XXXXXX")
-log=$uploads.log
-: >"$log" # exists before the server writes to it: the wait below reads it at once
-server=
-stop_server() {
-    if [[ -n $server ]] && kill -0 "$server" 2>/dev/null; then
-        kill -TERM "$server" 2>/dev/null || true
-        wait "$server" 2>/dev/null || true
-    fi
-    rm -rf "$uploads" "$log"
-}
-trap stop_server EXIT
-
-# smoke.yml expects the built-in presets and an open API.
-# No admin listener: its fixed default port would clash with any other server
-# running on this machine.
-env -u PIXPOOL_API_TOKENS -u PIXPOOL_PRESETS PIXPOOL_ADMIN=off \
-    "$bin" serve --bind 127.0.0.1:0 --uploads "$uploads" 2>"$log" &
-server=$!
-
-# The supervisor logs `listening on ADDR` once bound; /readyz answers 200 once
-# every worker is connected.
-addr=
-deadline=$((SECONDS + 30))
-while ((SECONDS < deadline)); do
-    addr=$(sed -n '/admin listening/d; s/.* listening on \([0-9.:]*[0-9]\).*/\1/p' "$log" | head -n 1)
-    if [[ -n $addr ]] && node -e '
-        require("http").get(process.argv[1], r => process.exit(r.statusCode === 200 ? 0 : 1))
-            .on("error", () => process.exit(1));' "http://$addr/readyz"; then
-        break
-    fi
-    if ! kill -0 "$server" 2>/dev/null; then
-        echo "the server exited during start-up; its log:" >&2
-        cat "$log" >&2
-        exit 1
-    fi
-    addr=
-    sleep 0.1
-done
-if [[ -z $addr ]]; then
-    echo "the server did not become ready in 30 s; its log:" >&2
-    cat "$log" >&2
-    exit 1
-fi
-echo "== server ready on $addr"
+source .ci/server.sh
+start_server artillery
 
 # Artillery sends a telemetry event at exit even with ARTILLERY_DISABLE_TELEMETRY
 # set (only anonymised then), and waits for it: offline, that is ~10 s of DNS
