@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Builds the .deb with cargo-deb (metadata in crates/pixpool/Cargo.toml) and
+# checks its contents with dpkg-deb. CI uses the debug build (`--profile dev`)
+# to stay fast: what is checked is the package, not the optimiser.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v cargo-deb >/dev/null || cargo install --locked cargo-deb
+profile=${PIXPOOL_DEB_PROFILE:-dev}
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+cargo deb -p pixpool --profile "$profile" --no-strip -o "$out/" --quiet
+deb=$(ls "$out"/*.deb)
+listing=$(dpkg-deb -c "$deb")
+echo "$listing"
+for want in ./usr/bin/pixpool ./lib/systemd/system/pixpool.service ./lib/systemd/system/pixpool.socket \
+    ./etc/pixpool/pixpool.toml ./usr/share/doc/pixpool/LIFECYCLE.md; do
+  grep -q " $want\$" <<<"$listing" || { echo "missing from the package: $want"; exit 1; }
+done
+dpkg-deb -I "$deb" | grep -q "Depends:.*adduser" || { echo "the package must depend on adduser"; exit 1; }
+ctrl=$(mktemp -d); dpkg-deb -e "$deb" "$ctrl"
+for s in postinst prerm postrm conffiles; do [ -e "$ctrl/$s" ] || { echo "missing $s"; rm -rf "$ctrl"; exit 1; }; done
+grep -q "adduser --system" "$ctrl/postinst" || { echo "postinst does not create the system user"; exit 1; }
+grep -q "/etc/pixpool/pixpool.toml" "$ctrl/conffiles" || { echo "the config is not a conffile"; exit 1; }
+rm -rf "$ctrl"
+echo "package OK: $(basename "$deb")"
