@@ -25,7 +25,7 @@ start_server() {
     # The collection and the scenarios expect the built-in presets and an open API.
     # No admin listener: its fixed default port would clash with any other server
     # running on this machine.
-    env -u PIXPOOL_API_TOKENS -u PIXPOOL_PRESETS PIXPOOL_ADMIN=off \
+    env -u PIXPOOL_API_TOKENS -u PIXPOOL_PRESETS PIXPOOL_ADMIN="${SERVER_ADMIN:-off}" \
         "$bin" serve --bind 127.0.0.1:0 --uploads "$uploads" 2>"$log" &
     server=$!
 

@@ -1,0 +1,44 @@
+// End-to-end test of the dashboard (GET /) in headless Chromium, driven by
+// playwright-core: it uploads a photo through the page's file input and waits
+// for the job's row to show `done` with its thumbnail. Run by .ci/dashboard-e2e.sh,
+// which starts the server and passes its address as PIXPOOL_URL.
+const { chromium } = require("playwright-core");
+const path = require("path");
+
+(async () => {
+  const url = process.env.PIXPOOL_URL;
+  if (!url) throw new Error("PIXPOOL_URL is not set");
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"],
+  });
+  let failed = 0;
+  try {
+    const page = await browser.newPage();
+    const errors = [];
+    page.on("pageerror", (e) => errors.push(String(e)));
+    await page.goto(url + "/", { waitUntil: "load" });
+    const photo = path.resolve(__dirname, "../../../test-data/04-fallenleaf.jpg");
+    await page.setInputFiles("#files", photo);
+    // The row is fed by the job's event stream; the thumbnail appears once the
+    // `thumb` output event arrives, and the state cell says done.
+    await page.waitForSelector("tr[data-state=done] img.thumb", { timeout: 30000 });
+    const id = await page.getAttribute("tr[data-state=done]", "data-id");
+    if (!/^[0-9a-f-]{36}$/.test(id || "")) throw new Error("no job id in the row: " + id);
+    const loaded = await page.$eval("img.thumb", (img) => img.complete && img.naturalWidth === 200);
+    if (!loaded) throw new Error("the thumbnail did not load as a 200-px image");
+    // Live stats come from /stats once the admin process has written them.
+    await page.waitForFunction(() => /\d+ \/ \d+/.test(document.querySelector("#stats").textContent), null, { timeout: 15000 });
+    if (errors.length) throw new Error("page errors: " + errors.join("; "));
+    await page.screenshot({ path: process.env.SCREENSHOT || "/tmp/pixpool-dashboard.png" });
+    console.log("ok 1 - dashboard upload shows the job done with its thumbnail (" + id + ")");
+  } catch (e) {
+    failed = 1;
+    console.log("not ok 1 - " + e.message);
+  } finally {
+    await browser.close();
+  }
+  console.log(failed ? "dashboard e2e: FAILED" : "dashboard e2e: ok");
+  process.exit(failed);
+})();
