@@ -1,8 +1,11 @@
 //! `GET|HEAD /images/<id>/<preset>`: serve a finished variant with strong,
 //! immutable caching (its URL never changes content: a new upload is a new id).
 
+use std::path::PathBuf;
+
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
+use pixpool_imaging::Format;
 use pixpool_store::{JobId, JobState, Store};
 
 use crate::body::{full, Body};
@@ -28,21 +31,34 @@ pub async fn serve(
     if !record.presets.iter().any(|p| p == preset) {
         return Err(ApiError::NoSuchVariant(sanitise_for_log(preset)));
     }
-    match record.state {
-        JobState::Done => {}
+    let variant = match record.state {
+        JobState::Done => {
+            let output = record
+                .outputs
+                .iter()
+                .find(|o| o.preset == preset)
+                .ok_or_else(|| ApiError::NoSuchVariant(sanitise_for_log(preset)))?;
+            Variant {
+                path: store.root().join(&output.path),
+                content_type: output.content_type.clone(),
+                etag: output.etag.clone(),
+                bytes: None,
+                cache: CACHE_CONTROL,
+            }
+        }
         JobState::Failed => {
             return Err(ApiError::NoSuchVariant(format!(
                 "{preset} (the job failed)"
             )))
         }
-        JobState::Queued | JobState::Processing => return Err(ApiError::NotReady(id.to_string())),
-    }
-    let output = record
-        .outputs
-        .iter()
-        .find(|o| o.preset == preset)
-        .ok_or_else(|| ApiError::NoSuchVariant(sanitise_for_log(preset)))?;
-    let etag = HeaderValue::from_str(&format!("\"{}\"", output.etag)).ok();
+        JobState::Queued => return Err(ApiError::NotReady(id.to_string())),
+        // An `output` event has told the client this variant exists: serve it
+        // before the job is done.
+        JobState::Processing => in_progress(store, &id, preset)
+            .await?
+            .ok_or_else(|| ApiError::NotReady(id.to_string()))?,
+    };
+    let etag = HeaderValue::from_str(&format!("\"{}\"", variant.etag)).ok();
 
     let not_modified = match (&etag, headers.get(header::IF_NONE_MATCH)) {
         (Some(tag), Some(inm)) => if_none_match(inm, tag),
@@ -54,25 +70,27 @@ pub async fn serve(
         r
     } else {
         // Outputs are small (a 1600-px JPEG is a few hundred KB): one read.
-        let path = store.root().join(&output.path);
-        let bytes = if method == Method::HEAD {
-            None
-        } else {
-            Some(
-                tokio::fs::read(&path)
-                    .await
-                    .map_err(|source| ApiError::Storage {
-                        context: format!("could not read output {}", path.display()),
-                        source,
-                    })?,
-            )
+        let bytes = match variant.bytes {
+            Some(b) => b,
+            None => tokio::fs::read(&variant.path)
+                .await
+                .map_err(|source| ApiError::Storage {
+                    context: format!("could not read output {}", variant.path.display()),
+                    source,
+                })?,
         };
-        let mut r = Response::new(full(bytes.map(Bytes::from).unwrap_or_default()));
-        if let Ok(v) = HeaderValue::from_str(&output.content_type) {
+        let len = bytes.len();
+        let body = if method == Method::HEAD {
+            Bytes::new()
+        } else {
+            Bytes::from(bytes)
+        };
+        let mut r = Response::new(full(body));
+        if let Ok(v) = HeaderValue::from_str(&variant.content_type) {
             r.headers_mut().insert(header::CONTENT_TYPE, v);
         }
         r.headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(output.bytes));
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         r
     };
     let h = resp.headers_mut();
@@ -81,13 +99,58 @@ pub async fn serve(
     }
     h.insert(
         header::CACHE_CONTROL,
-        HeaderValue::from_static(CACHE_CONTROL),
+        HeaderValue::from_static(variant.cache),
     );
     h.insert(
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
     Ok(resp)
+}
+
+/// Cache policy of a variant served while its job is still running: the job may
+/// yet fail, and a failed job's outputs are removed.
+const CACHE_CONTROL_IN_PROGRESS: &str = "no-cache";
+
+/// What to send for one variant.
+struct Variant {
+    path: PathBuf,
+    content_type: String,
+    etag: String,
+    /// Already read (a variant of a running job is hashed for its ETag).
+    bytes: Option<Vec<u8>>,
+    cache: &'static str,
+}
+
+/// A variant of a job still processing, if the worker has already written it.
+/// Outputs are renamed into place whole, so a file that exists is complete;
+/// its ETag is the one the record will carry (BLAKE3 of the bytes).
+async fn in_progress(store: &Store, id: &JobId, preset: &str) -> Result<Option<Variant>, ApiError> {
+    for format in [Format::Jpeg, Format::WebP, Format::Png, Format::Gif] {
+        let path = store
+            .processed_dir()
+            .join(format!("{id}-{preset}.{}", format.extension()));
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => {
+                let etag = pixpool_store::output_etag(&bytes);
+                return Ok(Some(Variant {
+                    path,
+                    content_type: format.content_type().to_string(),
+                    etag,
+                    bytes: Some(bytes),
+                    cache: CACHE_CONTROL_IN_PROGRESS,
+                }));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(ApiError::Storage {
+                    context: format!("could not read output {}", path.display()),
+                    source,
+                })
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// RFC 9110 `If-None-Match`: `*`, or a list of (possibly weak) tags compared weakly.

@@ -813,3 +813,65 @@ async fn images_of_an_unfinished_job_are_409_with_retry_after() {
     let resp = conn.get(&format!("/images/{id}/thumb")).await.expect("get");
     assert_eq!(resp.status, StatusCode::OK);
 }
+
+/// An `output` event tells a client a variant exists before the job is done (the
+/// dashboard loads the thumbnail on it): the variant must be served from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_variant_written_while_its_job_runs_is_served_uncached() {
+    let server = Server::start(1, 1, &[]);
+    let bytes = tagged_jpeg(&photo("06-grey-grayscale.jpg"), "early");
+    let (id, worker) = stalled_job(&server, "grey.jpg", &bytes, "?presets=small,thumb").await;
+
+    // The worker, stopped, stands where it has renamed the thumbnail into place
+    // and not yet written the final record.
+    let record_path = server.uploads.join(format!("jobs/{id}.json"));
+    let mut rec: Value =
+        serde_json::from_slice(&std::fs::read(&record_path).expect("record")).expect("json");
+    rec["state"] = Value::from("processing");
+    std::fs::write(&record_path, serde_json::to_vec(&rec).expect("json")).expect("rewrite");
+    let thumb = std::fs::read(test_photo("04-fallenleaf.jpg")).expect("a JPEG");
+    let processed = server.uploads.join("processed");
+    std::fs::create_dir_all(&processed).expect("processed dir");
+    std::fs::write(processed.join(format!("{id}-thumb.jpg")), &thumb).expect("output");
+
+    let mut conn = Conn::open(server.addr).await.expect("connect");
+    let url = format!("/images/{id}/thumb");
+    let get = conn.get(&url).await.expect("get");
+    assert_eq!(get.status, StatusCode::OK, "{:?}", get.body);
+    assert!(get.body[..] == thumb[..], "the body is the file");
+    assert_eq!(get.header("content-type"), Some("image/jpeg"));
+    let etag = format!("\"{}\"", pixpool_store::output_etag(&thumb));
+    assert_eq!(get.header("etag"), Some(etag.as_str()));
+    assert_eq!(
+        get.header("cache-control"),
+        Some("no-cache"),
+        "the job may still fail: not immutable yet"
+    );
+    let cached = conn
+        .request(Method::GET, &url, &[("if-none-match", &etag)])
+        .await
+        .expect("conditional get");
+    assert_eq!(cached.status, StatusCode::NOT_MODIFIED);
+    let head = conn.request(Method::HEAD, &url, &[]).await.expect("head");
+    assert_eq!(head.status, StatusCode::OK);
+    assert!(head.body.is_empty());
+    assert_eq!(
+        head.header("content-length"),
+        Some(thumb.len().to_string().as_str())
+    );
+
+    // The variant not yet written is still 409.
+    let small = conn.get(&format!("/images/{id}/small")).await.expect("get");
+    assert_problem(&small, StatusCode::CONFLICT, "variant not written yet");
+
+    // The worker goes on and replaces the file with its own; done is immutable.
+    resume_process(worker);
+    let job = wait_final(server.addr, &id, Duration::from_secs(30)).await;
+    assert_eq!(job["state"], "done", "{job}");
+    let done = conn.get(&url).await.expect("get");
+    assert_eq!(done.status, StatusCode::OK);
+    assert_eq!(
+        done.header("cache-control"),
+        Some("public, max-age=31536000, immutable")
+    );
+}

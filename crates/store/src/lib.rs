@@ -389,6 +389,13 @@ fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
+/// The strong validator of an output: the first 128 bits of its BLAKE3, in hex.
+/// The worker puts it in the record; the front recomputes it for a variant it
+/// serves before the record lists it. Both must agree, so it is defined once.
+pub fn output_etag(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex()[..32].to_string()
+}
+
 /// An error and its sources, `: `-separated: the form used in problem details
 /// and log lines, so a cause is never lost behind its context.
 pub fn error_chain(e: &dyn std::error::Error) -> String {

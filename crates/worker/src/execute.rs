@@ -383,7 +383,7 @@ fn output_record(
 /// back from the page cache right after writing; outputs are small.
 fn etag_of(path: &std::path::Path) -> String {
     match std::fs::read(path) {
-        Ok(bytes) => blake3::hash(&bytes).to_hex()[..32].to_string(),
+        Ok(bytes) => pixpool_store::output_etag(&bytes),
         Err(e) => {
             warn!(cause = %e, path = %path.display(), "could not hash an output");
             String::new()
