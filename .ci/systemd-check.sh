@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v systemd-analyze >/dev/null || { apt-get update -qq && apt-get install -y -qq systemd >/dev/null; }
-bin="$PWD/target/debug/pixpool"
+bin="${CARGO_TARGET_DIR:-$PWD/target}/debug/pixpool"
 [ -x "$bin" ] || cargo build -q -p pixpool
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
