@@ -343,7 +343,7 @@ async fn burst(
         conns.push(Conn::open(server.addr).await?);
     }
     let resources = ResourceSampler::start(server.kind, server.pid, plan.sample_every)?;
-    let health = HealthProber::start(server.addr, plan.sample_every);
+    let health = HealthProber::start(server.addr, plan.sample_every)?;
 
     let t0 = Instant::now();
     let cursor = Arc::new(AtomicUsize::new(0));

@@ -42,20 +42,32 @@ pub struct HealthSample {
 
 /// Probes `GET /health` on a new connection every period, without waiting for the
 /// previous probe to answer, until [`HealthProber::finish`].
+///
+/// The prober has a thread and an event loop of its own: on the benchmark's runtime
+/// a probe would wait behind the upload tasks, and their client-side delay would be
+/// counted as the server's.
 #[derive(Debug)]
 pub struct HealthProber {
     stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Vec<HealthSample>>,
+    thread: Option<JoinHandle<Vec<HealthSample>>>,
 }
 
 impl HealthProber {
     /// Starts probing `addr` every `every`.
-    pub fn start(addr: SocketAddr, every: Duration) -> HealthProber {
+    pub fn start(addr: SocketAddr, every: Duration) -> anyhow::Result<HealthProber> {
         let (stop, stopped) = oneshot::channel();
-        HealthProber {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("could not start the /health prober's runtime")?;
+        let thread = std::thread::Builder::new()
+            .name("health-prober".into())
+            .spawn(move || runtime.block_on(probe_loop(addr, every, stopped)))
+            .context("could not start the /health prober thread")?;
+        Ok(HealthProber {
             stop: Some(stop),
-            task: tokio::spawn(probe_loop(addr, every, stopped)),
-        }
+            thread: Some(thread),
+        })
     }
 
     /// Stops probing, waits for the probes in flight, returns every sample.
@@ -63,15 +75,21 @@ impl HealthProber {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        (&mut self.task)
+        let thread = self
+            .thread
+            .take()
+            .context("the prober was already finished")?;
+        tokio::task::spawn_blocking(move || thread.join())
             .await
-            .context("the /health prober task failed")
+            .context("the /health prober could not be joined")?
+            .map_err(|_| anyhow::anyhow!("the /health prober thread panicked"))
     }
 }
 
 impl Drop for HealthProber {
     fn drop(&mut self) {
-        self.task.abort();
+        // Dropping the sender stops the loop; the thread ends on its own.
+        self.stop.take();
     }
 }
 

@@ -88,6 +88,23 @@ pub fn jpeg_plan(data: &[u8], presets: &[Preset]) -> Result<Option<String>, Imag
     Ok(Some(format!("{fraction} {decoder}")))
 }
 
+/// The DCT scale, in eighths, a JPEG would be decoded at for `presets`; `None` for other
+/// formats.
+pub fn jpeg_scale_eighths(data: &[u8], presets: &[Preset]) -> Result<Option<u8>, ImagingError> {
+    let header = read_header(data, &Limits::default())?;
+    if header.jpeg.is_none() {
+        return Ok(None);
+    }
+    let transposed = swaps_axes(header.orientation);
+    let wanted: Vec<Geometry> = presets
+        .iter()
+        .map(|p| geometry(p, header.width, header.height, transposed))
+        .collect();
+    Ok(Some(
+        Scale::smallest_for(header.width, header.height, &wanted).eighths(),
+    ))
+}
+
 /// Resizes the whole of `pixels` to `width` × `height` (Lanczos3).
 pub fn resize(pixels: &Pixels, width: u32, height: u32) -> Pixels {
     let want = Geometry {

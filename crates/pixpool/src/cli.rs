@@ -120,6 +120,10 @@ pub struct ServeArgs {
     /// a decoder that runs away fails that job instead of the machine [default: 4096].
     #[arg(long, env = "PIXPOOL_WORKER_MEMORY_MB")]
     pub worker_memory_mb: Option<u64>,
+    /// Niceness of the worker processes, 0 to 19: higher lets the fronts (and
+    /// /health) preempt saturated workers [default: 10].
+    #[arg(long, env = "PIXPOOL_WORKER_NICE")]
+    pub worker_nice: Option<i32>,
     /// Admin listener serving Prometheus `/metrics`, or `off` [default: 127.0.0.1:9464].
     #[arg(long, env = "PIXPOOL_ADMIN")]
     pub admin: Option<String>,
@@ -240,4 +244,7 @@ pub struct WorkerArgs {
     /// RLIMIT_AS in MiB (0: none).
     #[arg(long)]
     pub memory_mb: u64,
+    /// Niceness increment applied at start.
+    #[arg(long, default_value_t = 0)]
+    pub nice: i32,
 }

@@ -66,6 +66,9 @@ pub struct Settings {
     pub recycle_rss_mb: u64,
     /// RLIMIT_AS of each worker, MiB (0: none).
     pub worker_memory_mb: u64,
+    /// Scheduling niceness of the workers (0 to 19): above 0 the fronts win the
+    /// CPU from saturated workers, so the API stays responsive.
+    pub worker_nice: i32,
     /// Bearer tokens (empty: open). Also `PIXPOOL_API_TOKENS`.
     pub api_tokens: Vec<String>,
     /// Log line format.
@@ -73,6 +76,9 @@ pub struct Settings {
     /// Address of the admin listener serving `/metrics`, or `off`.
     pub admin: String,
 }
+
+/// Default worker niceness: see `worker_nice`.
+pub const DEFAULT_WORKER_NICE: i32 = 10;
 
 impl Default for Settings {
     fn default() -> Settings {
@@ -100,6 +106,7 @@ impl Default for Settings {
             recycle_after_jobs: 0,
             recycle_rss_mb: 1024,
             worker_memory_mb: 4096,
+            worker_nice: DEFAULT_WORKER_NICE,
             api_tokens: Vec::new(),
             log_format: LogFormat::Text,
             admin: "127.0.0.1:9464".to_string(),
@@ -127,7 +134,7 @@ impl Settings {
         overlay!(s, args; bind, uploads, fronts, workers, grace_secs, max_upload_bytes,
             queue_depth, max_pixels, max_side, max_frames, min_free_disk_mb, max_connections,
             body_idle_secs, job_timeout_secs, recycle_after_jobs, recycle_rss_mb,
-            worker_memory_mb, log_format, admin);
+            worker_memory_mb, worker_nice, log_format, admin);
         if !args.presets.is_empty() {
             s.presets = args.presets.iter().map(ToString::to_string).collect();
         }
@@ -154,6 +161,12 @@ impl Settings {
         }
         if !(1..=256).contains(&self.workers) {
             bail!("workers must be between 1 and 256 (got {})", self.workers);
+        }
+        if !(0..=19).contains(&self.worker_nice) {
+            bail!(
+                "worker_nice must be between 0 and 19 (got {})",
+                self.worker_nice
+            );
         }
         if self.queue_depth == 0 {
             bail!("queue_depth must be at least 1");

@@ -86,11 +86,15 @@ pub fn front(args: FrontArgs) -> anyhow::Result<ExitCode> {
 
 /// `pixpool worker`.
 pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    pixpool_worker::alloc::tune();
     crate::logging::init("worker", Some(args.child.slot), args.child.log_format);
     let store =
         Store::open(&args.child.uploads, None).context("could not open the uploads directory")?;
     if args.memory_mb > 0 {
         limit_address_space(args.memory_mb.saturating_mul(1024 * 1024))?;
+    }
+    if args.nice != 0 {
+        lower_priority(args.nice);
     }
     let config = pixpool_worker::WorkerConfig {
         slot: args.child.slot,
@@ -136,6 +140,21 @@ pub fn api_tokens_from_env() -> Vec<String> {
         .filter(|t| !t.is_empty())
         .map(str::to_string)
         .collect()
+}
+
+/// Adds `increment` to this process's niceness (all its threads: it is done
+/// before any other starts). Failure is not fatal: the worker runs, only at the
+/// fronts' priority.
+fn lower_priority(increment: i32) {
+    // SAFETY: nice changes this process's scheduling weight; no memory is shared.
+    // -1 is a valid result, so errno tells failure apart.
+    let failed = unsafe {
+        *libc::__errno_location() = 0;
+        libc::nice(increment) == -1 && *libc::__errno_location() != 0
+    };
+    if failed {
+        tracing::warn!(cause = %std::io::Error::last_os_error(), increment, "could not lower the worker's priority");
+    }
 }
 
 /// Caps this process's address space: an allocation past it fails (and the

@@ -249,6 +249,8 @@ fn child_specs(
             s.recycle_rss_mb.to_string(),
             "--memory-mb".into(),
             s.worker_memory_mb.to_string(),
+            "--nice".into(),
+            s.worker_nice.to_string(),
         ]);
         children.push(spec("worker", slot, program, argv, None, control_fd, 1)?);
     }

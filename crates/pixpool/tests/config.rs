@@ -183,3 +183,46 @@ async fn low_disk_refuses_with_507_and_recovers_when_space_returns() {
         "done"
     );
 }
+
+/// `nice` value of a process: field 19 of /proc/<pid>/stat (after the command).
+fn niceness(pid: i32) -> i64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after_comm = &stat[stat.rfind(')').expect("comm") + 2..];
+    after_comm
+        .split_whitespace()
+        .nth(16)
+        .expect("nice field")
+        .parse()
+        .expect("a number")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_run_at_the_configured_niceness_and_fronts_do_not() {
+    let server = Server::start(1, 1, &[]);
+    let base = niceness(std::process::id() as i32);
+    let worker = server.child_pid("worker", 0).expect("worker");
+    let front = server.child_pid("front", 0).expect("front");
+    assert_eq!(niceness(worker), (base + 10).min(19), "default worker_nice");
+    assert_eq!(
+        niceness(front),
+        base,
+        "fronts keep the supervisor's priority"
+    );
+    drop(server);
+
+    let server = Server::start(1, 1, &["--worker-nice", "3"]);
+    let worker = server.child_pid("worker", 0).expect("worker");
+    assert_eq!(niceness(worker), (base + 3).min(19));
+    drop(server);
+
+    let out = pixpool()
+        .args(["check-config", "--worker-nice", "20"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success(), "niceness past 19 is refused");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("worker_nice"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

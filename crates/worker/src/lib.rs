@@ -13,6 +13,7 @@
 //! starts in its slot takes them over, so no acknowledged job is lost.
 #![deny(missing_docs)]
 
+pub mod alloc;
 pub mod execute;
 pub mod queue;
 pub mod server;

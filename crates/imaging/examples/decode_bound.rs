@@ -1,0 +1,115 @@
+//! The issue-4 bound: per-image worker time against libjpeg-turbo's decode-only time for
+//! that image at the scale the pipeline chooses.
+//!
+//! ```sh
+//! cargo run --release -p pixpool-imaging --features turbojpeg --example decode_bound -- ../shared/corpus 7
+//! ```
+//!
+//! For each JPEG of the folder, best of N runs of:
+//! - `turbo decode`: libjpeg-turbo decoding the file as it is (every progressive scan) at
+//!   the DCT scale the pipeline picks for the `medium` preset (800 px wide), into RGB;
+//! - `pipeline`: [`process`] with `medium`, as a worker runs it: read, decode (scans
+//!   pruned), resize, encode, and the output written (temporary file, fsync, rename);
+//! - `stages`: the pipeline's decode + resize + encode, without the file I/O.
+//!
+//! The last line gives the median and worst `pipeline / turbo decode` ratios.
+
+use std::path::Path;
+use std::time::Instant;
+
+use pixpool_imaging::stages::jpeg_scale_eighths;
+use pixpool_imaging::{process, Limits, Preset};
+use turbojpeg::{Decompressor, Image, PixelFormat, ScalingFactor};
+
+fn turbo_decode(data: &[u8], eighths: u8) -> f64 {
+    let started = Instant::now();
+    let mut d = Decompressor::new().expect("decompressor");
+    let header = d.read_header(data).expect("header");
+    let factor = ScalingFactor::new(usize::from(eighths), 8);
+    if factor != ScalingFactor::ONE {
+        d.set_scaling_factor(factor).expect("scaling factor");
+    }
+    let (w, h) = (factor.scale(header.width), factor.scale(header.height));
+    let format = if header.colorspace == turbojpeg::Colorspace::CMYK
+        || header.colorspace == turbojpeg::Colorspace::YCCK
+    {
+        PixelFormat::CMYK
+    } else {
+        PixelFormat::RGB
+    };
+    let mut pixels = vec![0u8; w * h * format.size()];
+    d.decompress(
+        data,
+        Image {
+            pixels: &mut pixels[..],
+            width: w,
+            pitch: w * format.size(),
+            height: h,
+            format,
+        },
+    )
+    .expect("decode");
+    std::hint::black_box(&pixels);
+    started.elapsed().as_secs_f64() * 1e3
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let dir = args.next().unwrap_or_else(|| "../shared/corpus".to_owned());
+    let reps: usize = args.next().map_or(7, |n| n.parse().expect("a count"));
+    let presets = vec![Preset::medium()];
+    let out = std::env::temp_dir().join(format!("decode-bound-{}", std::process::id()));
+    std::fs::create_dir_all(&out).expect("create output dir");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .expect("read corpus")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .collect();
+    names.sort();
+    println!(
+        "| {:32} | {:>5} | {:>12} | {:>11} | {:>9} | {:>6} |",
+        "file", "scale", "turbo decode", "pipeline ms", "stages ms", "ratio"
+    );
+    println!(
+        "|{:-<34}|{:->7}|{:->14}|{:->13}|{:->11}|{:->8}|",
+        "", ":", ":", ":", ":", ":"
+    );
+    let mut ratios = Vec::new();
+    for path in names {
+        let data = std::fs::read(&path).expect("read");
+        let eighths = jpeg_scale_eighths(&data, &presets)
+            .expect("header")
+            .expect("a JPEG");
+        let mut best = [f64::MAX; 3];
+        for _ in 0..reps {
+            best[0] = best[0].min(turbo_decode(&data, eighths));
+            let started = Instant::now();
+            let done = process(&path, &presets, &out, "b", &Limits::default()).expect("process");
+            best[1] = best[1].min(started.elapsed().as_secs_f64() * 1e3);
+            let t = done.timings;
+            best[2] = best[2].min(t.decode_ms + t.resize_ms + t.encode_ms);
+        }
+        let ratio = best[1] / best[0];
+        ratios.push(ratio);
+        let name = path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let scale = if eighths == 8 {
+            "1".to_owned()
+        } else {
+            format!("1/{}", 8 / eighths)
+        };
+        println!(
+            "| {name:32} | {scale:>5} | {:>12.1} | {:>11.1} | {:>9.1} | {ratio:>5.2}× |",
+            best[0], best[1], best[2]
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN);
+    let worst = ratios.last().copied().unwrap_or(f64::NAN);
+    println!(
+        "RESULT median_ratio={median:.2} worst_ratio={worst:.2} images={}",
+        ratios.len()
+    );
+}
