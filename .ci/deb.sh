@@ -8,7 +8,12 @@ command -v cargo-deb >/dev/null || cargo install --locked cargo-deb
 profile=${PIXPOOL_DEB_PROFILE:-dev}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-cargo deb -p pixpool --profile "$profile" --no-strip -o "$out/" --quiet
+# With PIXPOOL_BIN (set by .ci/run) the binary `cargo test --workspace` built is
+# packaged as it is: `cargo deb` building `-p pixpool` alone would resolve other
+# dependency features and compile them all again.
+build=()
+[[ -n ${PIXPOOL_BIN:-} && $profile == dev ]] && build=(--no-build)
+cargo deb -p pixpool --profile "$profile" --no-strip "${build[@]}" -o "$out/" --quiet
 deb=$(ls "$out"/*.deb)
 listing=$(dpkg-deb -c "$deb")
 echo "$listing"

@@ -5,9 +5,16 @@
 # `uploads`, `log`, `server` and `addr`. Call as `start_server NAME`.
 
 start_server() {
-    echo "== cargo build -p pixpool"
-    cargo build -p pixpool --quiet
-    bin=${CARGO_TARGET_DIR:-$root/target}/debug/pixpool
+    # .ci/run sets PIXPOOL_BIN to the binary `cargo test` built; run alone, a
+    # script builds it (a build of `-p pixpool` alone resolves other features
+    # than the workspace's, which in CI would compile the dependencies again).
+    if [[ -n ${PIXPOOL_BIN:-} ]]; then
+        bin=$PIXPOOL_BIN
+    else
+        echo "== cargo build -p pixpool"
+        cargo build -p pixpool --quiet
+        bin=${CARGO_TARGET_DIR:-$root/target}/debug/pixpool
+    fi
 
     uploads=$(mktemp -d "${TMPDIR:-/tmp}/pixpool-$1.XXXXXX")
     log=$uploads.log
