@@ -13,7 +13,7 @@ trap 'rm -rf "$out"' EXIT
 # dependency features and compile them all again.
 build=()
 [[ -n ${PIXPOOL_BIN:-} && $profile == dev ]] && build=(--no-build)
-cargo deb -p pixpool --profile "$profile" --no-strip "${build[@]}" -o "$out/" --quiet
+cargo deb -p pixpool --profile "$profile" --no-strip --fast "${build[@]}" -o "$out/" --quiet
 deb=$(ls "$out"/*.deb)
 listing=$(dpkg-deb -c "$deb")
 echo "$listing"

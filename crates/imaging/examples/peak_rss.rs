@@ -1,4 +1,4 @@
-//! Peak resident memory of processing one image: the `VmHWM` of this process after
+//! Peak resident memory (and time) of processing one image: the `VmHWM` of this process after
 //! `process` has run, less the one before (what the pipeline itself costs).
 //!
 //! ```sh
@@ -34,7 +34,9 @@ fn main() {
     let out = std::env::temp_dir().join(format!("peak-rss-{}", std::process::id()));
     std::fs::create_dir_all(&out).expect("create output dir");
     let before = vm_hwm_kib();
+    let started = std::time::Instant::now();
     let result = process(Path::new(&file), &presets, &out, "r", &Limits::default());
+    let ms = started.elapsed().as_secs_f64() * 1e3;
     let after = vm_hwm_kib();
     let _ = std::fs::remove_dir_all(&out);
     let name = Path::new(&file)
@@ -42,7 +44,7 @@ fn main() {
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     match result {
         Ok(_) => println!(
-            "{name:36} peak {:>6.1} MiB (pipeline {:>6.1} MiB)",
+            "{name:36} peak {:>6.1} MiB (pipeline {:>6.1} MiB) in {ms:.1} ms",
             after as f64 / 1024.0,
             after.saturating_sub(before) as f64 / 1024.0
         ),

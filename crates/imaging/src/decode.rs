@@ -112,9 +112,13 @@ impl Header<'_> {
     /// `keep_alpha` is false when no output can store alpha: transparency is then
     /// flattened onto white once, here, and everything downstream works on fewer
     /// channels.
+    ///
+    /// `reduce_to`: for a WebP decoded by libwebp (the `libwebp` feature), the size its
+    /// rescaler produces; ignored otherwise.
     pub(crate) fn decode(
         self,
         scale: Scale,
+        reduce_to: Option<(u32, u32)>,
         limits: &Limits,
         keep_alpha: bool,
     ) -> Result<Decoded, ImagingError> {
@@ -133,7 +137,8 @@ impl Header<'_> {
             _ => Vec::new(),
         };
         let jpeg = jpeg.and_then(|frame| decode_jpeg(data, &frame, &scans, scale, limits));
-        let mut raster = match jpeg {
+        let native = jpeg.or_else(|| decode_webp(format, data, reduce_to, limits));
+        let mut raster = match native {
             Some(raster) => raster,
             None => {
                 // GIF: the decoder's `read_image` reads the first frame only, never the
@@ -209,6 +214,29 @@ fn decode_jpeg(
     crate::turbo::decode(data, frame, scans, scale, limits)
         .inspect_err(|err| debug!(cause = %err, "libjpeg-turbo failed, trying zune-jpeg"))
         .ok()
+}
+
+/// Decodes a WebP with libwebp, or returns `None` to leave it to the `image` crate (an
+/// animation, or a file libwebp refused: what is accepted and the errors given stay those
+/// of the plain build).
+#[cfg(feature = "libwebp")]
+fn decode_webp(
+    format: Format,
+    data: &[u8],
+    reduce_to: Option<(u32, u32)>,
+    limits: &Limits,
+) -> Option<Raster> {
+    if format != Format::WebP {
+        return None;
+    }
+    crate::webp::decode(data, reduce_to, limits)
+        .inspect_err(|err| debug!(cause = %err, "libwebp did not decode it, trying image-webp"))
+        .ok()
+}
+
+#[cfg(not(feature = "libwebp"))]
+fn decode_webp(_: Format, _: &[u8], _: Option<(u32, u32)>, _: &Limits) -> Option<Raster> {
+    None
 }
 
 /// The scans of a progressive JPEG, refusing a pathological number of them whichever

@@ -66,7 +66,8 @@
 //! - `stages` (hidden): the steps one by one, for the benchmarks (`benches/stages.rs`).
 
 #![deny(missing_docs)]
-#![forbid(unsafe_code)]
+// No unsafe code, except the FFI boundary of the optional libwebp decoder (`webp`).
+#![deny(unsafe_code)]
 
 mod decode;
 mod encode;
@@ -85,6 +86,9 @@ mod resize;
 pub mod stages;
 #[cfg(feature = "turbojpeg")]
 mod turbo;
+#[cfg(feature = "libwebp")]
+#[allow(unsafe_code)]
+mod webp;
 
 pub use error::{EncodeError, ImagingError};
 pub use format::{Format, OutputFormat};

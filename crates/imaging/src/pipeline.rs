@@ -142,15 +142,21 @@ pub fn process_with_progress(
         .enumerate()
         .collect();
     order.sort_by_key(|(_, g)| std::cmp::Reverse(u64::from(g.width) * u64::from(g.height)));
+    let wanted: Vec<Geometry> = order.iter().map(|(_, g)| *g).collect();
     let scale = match header.format {
-        Format::Jpeg => {
-            let wanted: Vec<Geometry> = order.iter().map(|(_, g)| *g).collect();
-            Scale::smallest_for(stored_width, stored_height, &wanted)
-        }
+        Format::Jpeg => Scale::smallest_for(stored_width, stored_height, &wanted),
         _ => Scale::FULL,
     };
+    // With libwebp, a WebP is rescaled while it is decoded (the default build has no
+    // reduced decode for it).
+    #[cfg(feature = "libwebp")]
+    let reduce_to = (header.format == Format::WebP)
+        .then(|| crate::webp::target_size(stored_width, stored_height, &wanted))
+        .flatten();
+    #[cfg(not(feature = "libwebp"))]
+    let reduce_to = None;
 
-    let decoded = header.decode(scale, limits, keep_alpha)?;
+    let decoded = header.decode(scale, reduce_to, limits, keep_alpha)?;
     drop(data);
     let mut timings = StageTimings {
         decode_ms: elapsed_ms(started),
@@ -290,13 +296,83 @@ fn make_output(
 
 /// Applies the EXIF orientation to a copy of an output (cheap: outputs are small), or
 /// returns `None` when there is nothing to do.
+///
+/// One pass from the source into a new buffer, with the pixel mapping of the `image`
+/// crate's `apply_orientation` (which would need a copy of the raster first, since the
+/// un-oriented one is kept for the cascade).
 fn orient(raster: &Raster, orientation: Orientation) -> Option<Raster> {
     if orientation == Orientation::NoTransforms {
         return None;
     }
-    let mut image = raster.clone().into_dynamic();
-    image.apply_orientation(orientation);
-    Some(Raster::from_dynamic(image))
+    let (w, h) = (raster.width as usize, raster.height as usize);
+    let c = raster.layout.channels();
+    let src = &raster.data;
+    let mut out = vec![0u8; src.len()];
+    let row = w * c;
+    // Whole rows move for the flips about a horizontal axis.
+    let reversed_row = |y: usize, dst: &mut [u8]| {
+        let line = &src[y * row..(y + 1) * row];
+        for (d, s) in dst.chunks_exact_mut(c).zip(line.chunks_exact(c).rev()) {
+            d.copy_from_slice(s);
+        }
+    };
+    match orientation {
+        Orientation::NoTransforms => return None,
+        Orientation::FlipHorizontal => {
+            for (y, dst) in out.chunks_exact_mut(row).enumerate() {
+                reversed_row(y, dst);
+            }
+        }
+        Orientation::FlipVertical => {
+            for (y, dst) in out.chunks_exact_mut(row).enumerate() {
+                dst.copy_from_slice(&src[(h - 1 - y) * row..(h - y) * row]);
+            }
+        }
+        Orientation::Rotate180 => {
+            for (y, dst) in out.chunks_exact_mut(row).enumerate() {
+                reversed_row(h - 1 - y, dst);
+            }
+        }
+        // Quarter turns: the output is h wide. Written in order, one output row at a
+        // time; each output row reads one source column.
+        Orientation::Rotate90 => quarter_turn(src, w, h, c, &mut out, |dx, dy| (dy, h - 1 - dx)),
+        Orientation::Rotate270 => quarter_turn(src, w, h, c, &mut out, |dx, dy| (w - 1 - dy, dx)),
+        Orientation::Rotate90FlipH => quarter_turn(src, w, h, c, &mut out, |dx, dy| (dy, dx)),
+        Orientation::Rotate270FlipH => {
+            quarter_turn(src, w, h, c, &mut out, |dx, dy| (w - 1 - dy, h - 1 - dx))
+        }
+    }
+    let (width, height) = if swaps_axes(orientation) {
+        (raster.height, raster.width)
+    } else {
+        (raster.width, raster.height)
+    };
+    Some(Raster {
+        width,
+        height,
+        layout: raster.layout,
+        data: out,
+    })
+}
+
+/// Fills `out` (`h` wide, `w` high) from `src` (`w` × `h`, `c` bytes a pixel), output
+/// pixel (dx, dy) from the source pixel (x, y) that `source` names.
+fn quarter_turn(
+    src: &[u8],
+    w: usize,
+    h: usize,
+    c: usize,
+    out: &mut [u8],
+    source: impl Fn(usize, usize) -> (usize, usize),
+) {
+    let row = w * c;
+    for (dy, line) in out.chunks_exact_mut(h * c).enumerate() {
+        for (dx, px) in line.chunks_exact_mut(c).enumerate() {
+            let (x, y) = source(dx, dy);
+            let at = y * row + x * c;
+            px.copy_from_slice(&src[at..at + c]);
+        }
+    }
 }
 
 /// Whether `orientation` turns the image a quarter turn, exchanging width and height.
@@ -315,4 +391,51 @@ pub(crate) fn swaps_axes(orientation: Orientation) -> bool {
 
 fn elapsed_ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raster::Layout;
+
+    #[test]
+    fn orient_maps_pixels_as_the_image_crate_does() {
+        let all = [
+            Orientation::NoTransforms,
+            Orientation::Rotate90,
+            Orientation::Rotate180,
+            Orientation::Rotate270,
+            Orientation::FlipHorizontal,
+            Orientation::FlipVertical,
+            Orientation::Rotate90FlipH,
+            Orientation::Rotate270FlipH,
+        ];
+        for layout in [Layout::Luma, Layout::LumaAlpha, Layout::Rgb, Layout::Rgba] {
+            let (width, height) = (7u32, 4u32);
+            let len = width as usize * height as usize * layout.channels();
+            let data = (0..len).map(|i| (i * 37 % 256) as u8).collect();
+            let raster = Raster {
+                width,
+                height,
+                layout,
+                data,
+            };
+            for orientation in all {
+                let mut expected = raster.clone().into_dynamic();
+                expected.apply_orientation(orientation);
+                let expected = Raster::from_dynamic(expected);
+                let got = orient(&raster, orientation).unwrap_or_else(|| raster.clone());
+                assert_eq!(
+                    (got.width, got.height, got.layout, &got.data),
+                    (
+                        expected.width,
+                        expected.height,
+                        expected.layout,
+                        &expected.data
+                    ),
+                    "{layout:?} {orientation:?}"
+                );
+            }
+        }
+    }
 }

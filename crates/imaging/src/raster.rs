@@ -5,7 +5,7 @@
 //! (a quarter of the work and bytes of RGBA), and alpha is only carried when it is used.
 
 use fast_image_resize::PixelType;
-use image::{DynamicImage, ExtendedColorType, ImageBuffer};
+use image::{DynamicImage, ExtendedColorType};
 
 /// Channel layout of a [`Raster`], 8 bits per channel, alpha not premultiplied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,22 +108,24 @@ impl Raster {
         }
     }
 
-    /// Hands the pixels to the `image` crate (for orientation), without copying.
+    /// Hands the pixels to the `image` crate, without copying (tests compare our
+    /// orientation with its own).
+    #[cfg(test)]
     pub(crate) fn into_dynamic(self) -> DynamicImage {
         const INVARIANT: &str = "raster buffer length matches its dimensions";
         let (w, h, data) = (self.width, self.height, self.data);
         match self.layout {
             Layout::Luma => {
-                DynamicImage::ImageLuma8(ImageBuffer::from_raw(w, h, data).expect(INVARIANT))
+                DynamicImage::ImageLuma8(image::ImageBuffer::from_raw(w, h, data).expect(INVARIANT))
             }
-            Layout::LumaAlpha => {
-                DynamicImage::ImageLumaA8(ImageBuffer::from_raw(w, h, data).expect(INVARIANT))
-            }
+            Layout::LumaAlpha => DynamicImage::ImageLumaA8(
+                image::ImageBuffer::from_raw(w, h, data).expect(INVARIANT),
+            ),
             Layout::Rgb => {
-                DynamicImage::ImageRgb8(ImageBuffer::from_raw(w, h, data).expect(INVARIANT))
+                DynamicImage::ImageRgb8(image::ImageBuffer::from_raw(w, h, data).expect(INVARIANT))
             }
             Layout::Rgba => {
-                DynamicImage::ImageRgba8(ImageBuffer::from_raw(w, h, data).expect(INVARIANT))
+                DynamicImage::ImageRgba8(image::ImageBuffer::from_raw(w, h, data).expect(INVARIANT))
             }
         }
     }
