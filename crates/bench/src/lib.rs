@@ -72,7 +72,8 @@
 //!   started on the clock, not after the previous one answered, so a stalled server gets
 //!   a probe per tick rather than one long sample (no coordinated omission). A probe
 //!   that fails or takes over 5 s counts as an error (and as 5 s). Only probes started
-//!   within the burst count.
+//!   within the burst count. The prober runs on a thread and event loop of its own, so
+//!   that the upload tasks' client-side delays are not counted as the server's.
 //! - **peak RSS per role**: from [`sample::ResourceSampler`]: every 50 ms, `VmRSS` of every
 //!   process of the server's tree (`/proc/<pid>/status`; the tree is rediscovered every
 //!   500 ms from the parent pids in `/proc/*/stat`), classified by role (pixpool:
