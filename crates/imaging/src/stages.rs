@@ -57,9 +57,9 @@ pub fn decode_jpeg_scaled(data: &[u8], eighths: u8) -> Result<Pixels, String> {
     raster.map(Pixels::new).map_err(|e| e.to_string())
 }
 
-/// The scale a JPEG would be decoded at for `presets`, and by which decoder, e.g.
-/// `"1/4 jpeg-decoder"`; `None` for other formats.
-pub fn jpeg_plan(data: &[u8], presets: &[Preset]) -> Result<Option<String>, ImagingError> {
+/// A JPEG's frame and the scale it would be decoded at for `presets`, as the pipeline
+/// picks it; `None` for other formats.
+fn plan(data: &[u8], presets: &[Preset]) -> Result<Option<(Frame, Scale)>, ImagingError> {
     let header = read_header(data, &Limits::default())?;
     let Some(frame) = header.jpeg else {
         return Ok(None);
@@ -70,6 +70,15 @@ pub fn jpeg_plan(data: &[u8], presets: &[Preset]) -> Result<Option<String>, Imag
         .map(|p| geometry(p, header.width, header.height, transposed))
         .collect();
     let scale = Scale::smallest_for(header.width, header.height, &wanted);
+    Ok(Some((frame, scale)))
+}
+
+/// The scale a JPEG would be decoded at for `presets`, and by which decoder, e.g.
+/// `"1/4 jpeg-decoder"`; `None` for other formats.
+pub fn jpeg_plan(data: &[u8], presets: &[Preset]) -> Result<Option<String>, ImagingError> {
+    let Some((frame, scale)) = plan(data, presets)? else {
+        return Ok(None);
+    };
     #[cfg(not(feature = "turbojpeg"))]
     let decoder = if jpeg::prefer_scaled_decoder(&frame, scale) {
         "jpeg-decoder"
@@ -91,18 +100,7 @@ pub fn jpeg_plan(data: &[u8], presets: &[Preset]) -> Result<Option<String>, Imag
 /// The DCT scale, in eighths, a JPEG would be decoded at for `presets`; `None` for other
 /// formats.
 pub fn jpeg_scale_eighths(data: &[u8], presets: &[Preset]) -> Result<Option<u8>, ImagingError> {
-    let header = read_header(data, &Limits::default())?;
-    if header.jpeg.is_none() {
-        return Ok(None);
-    }
-    let transposed = swaps_axes(header.orientation);
-    let wanted: Vec<Geometry> = presets
-        .iter()
-        .map(|p| geometry(p, header.width, header.height, transposed))
-        .collect();
-    Ok(Some(
-        Scale::smallest_for(header.width, header.height, &wanted).eighths(),
-    ))
+    Ok(plan(data, presets)?.map(|(_, scale)| scale.eighths()))
 }
 
 /// Resizes the whole of `pixels` to `width` × `height` (Lanczos3).
