@@ -42,6 +42,7 @@ pub async fn serve(
                 path: store.root().join(&output.path),
                 content_type: output.content_type.clone(),
                 etag: output.etag.clone(),
+                len: output.bytes,
                 bytes: None,
                 cache: CACHE_CONTROL,
             }
@@ -69,28 +70,26 @@ pub async fn serve(
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         r
     } else {
-        // Outputs are small (a 1600-px JPEG is a few hundred KB): one read.
-        let bytes = match variant.bytes {
-            Some(b) => b,
-            None => tokio::fs::read(&variant.path)
-                .await
-                .map_err(|source| ApiError::Storage {
-                    context: format!("could not read output {}", variant.path.display()),
-                    source,
-                })?,
-        };
-        let len = bytes.len();
-        let body = if method == Method::HEAD {
-            Bytes::new()
-        } else {
-            Bytes::from(bytes)
+        // Outputs are small (a 1600-px JPEG is a few hundred KB): one read, none for
+        // HEAD of a finished one (the record has its size).
+        let body = match (method == Method::HEAD, variant.bytes) {
+            (true, _) => Bytes::new(),
+            (false, Some(b)) => Bytes::from(b),
+            (false, None) => {
+                Bytes::from(tokio::fs::read(&variant.path).await.map_err(|source| {
+                    ApiError::Storage {
+                        context: format!("could not read output {}", variant.path.display()),
+                        source,
+                    }
+                })?)
+            }
         };
         let mut r = Response::new(full(body));
         if let Ok(v) = HeaderValue::from_str(&variant.content_type) {
             r.headers_mut().insert(header::CONTENT_TYPE, v);
         }
         r.headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(variant.len));
         r
     };
     let h = resp.headers_mut();
@@ -117,6 +116,8 @@ struct Variant {
     path: PathBuf,
     content_type: String,
     etag: String,
+    /// Its size in bytes.
+    len: u64,
     /// Already read (a variant of a running job is hashed for its ETag).
     bytes: Option<Vec<u8>>,
     cache: &'static str,
@@ -137,6 +138,7 @@ async fn in_progress(store: &Store, id: &JobId, preset: &str) -> Result<Option<V
                     path,
                     content_type: format.content_type().to_string(),
                     etag,
+                    len: bytes.len() as u64,
                     bytes: Some(bytes),
                     cache: CACHE_CONTROL_IN_PROGRESS,
                 }));
