@@ -14,6 +14,8 @@
 //!
 //! The last line gives the median and worst `pipeline / turbo decode` ratios.
 
+mod common;
+
 use std::time::Instant;
 
 use pixpool_imaging::stages::jpeg_scale_eighths;
@@ -59,12 +61,7 @@ fn main() {
     let presets = vec![Preset::medium()];
     let out = std::env::temp_dir().join(format!("decode-bound-{}", std::process::id()));
     std::fs::create_dir_all(&out).expect("create output dir");
-    let mut names: Vec<_> = std::fs::read_dir(&dir)
-        .expect("read corpus")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
-        .collect();
-    names.sort();
+    let names = common::jpegs(&dir);
     println!(
         "| {:32} | {:>5} | {:>12} | {:>11} | {:>20} | {:>6} |",
         "file", "scale", "turbo decode", "pipeline ms", "decode/resize/encode", "ratio"

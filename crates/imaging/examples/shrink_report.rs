@@ -12,6 +12,8 @@
 //! that JPEG encoding does not count: what is left is the loss of shrink-on-load and of
 //! the cascade (`medium` resampled from `large`).
 
+mod common;
+
 use std::path::Path;
 use std::time::Instant;
 
@@ -31,12 +33,7 @@ fn main() {
     let out = std::env::temp_dir().join(format!("shrink-report-{}", std::process::id()));
     std::fs::create_dir_all(&out).expect("create output dir");
 
-    let mut names: Vec<_> = std::fs::read_dir(&dir)
-        .expect("read corpus")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
-        .collect();
-    names.sort();
+    let names = common::jpegs(&dir);
     println!(
         "{:34} {:>8} {:>7} {:>7} {:>7} {:>7}",
         "file", "total", "decode", "resize", "encode", "psnr"
