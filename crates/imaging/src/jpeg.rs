@@ -356,10 +356,17 @@ pub(crate) fn prune_scans<'a>(data: &'a [u8], scans: &[Scan], scale: Scale) -> P
         at = scan.end;
     }
     pruned.extend_from_slice(&data[at..]);
-    Pruned {
+    let pruned = Pruned {
         data: Cow::Owned(pruned),
         exact,
-    }
+    };
+    tracing::debug!(
+        bytes = data.len(),
+        kept = pruned.data.len(),
+        exact = pruned.exact,
+        "pruned progressive scans"
+    );
+    pruned
 }
 
 #[cfg(not(feature = "turbojpeg"))]
@@ -391,14 +398,6 @@ pub(crate) fn decode_scaled(
     use jpeg_decoder::{ColorTransform, Decoder, PixelFormat};
 
     let pruned = prune_scans(data, scans, scale);
-    if pruned.data.len() < data.len() {
-        tracing::debug!(
-            bytes = data.len(),
-            kept = pruned.data.len(),
-            exact = pruned.exact,
-            "pruned progressive scans"
-        );
-    }
     let data = pruned.data;
     let mut decoder = Decoder::new(&data[..]);
     decoder.set_max_decoding_buffer_size(

@@ -25,14 +25,6 @@ pub(crate) fn decode(
     limits: &Limits,
 ) -> Result<Raster, turbojpeg::Error> {
     let pruned = jpeg::prune_scans(data, scans, scale);
-    if pruned.data.len() < data.len() {
-        tracing::debug!(
-            bytes = data.len(),
-            kept = pruned.data.len(),
-            exact = pruned.exact,
-            "pruned progressive scans"
-        );
-    }
     let data: Cow<'_, [u8]> = pruned.data;
     let mut decompressor = Decompressor::new()?;
     decompressor.set_scan_limit(u32::try_from(MAX_SCANS).expect("a small constant"))?;
