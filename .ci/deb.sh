@@ -21,7 +21,10 @@ for want in ./usr/bin/pixpool ./lib/systemd/system/pixpool.service ./lib/systemd
     ./etc/pixpool/pixpool.toml ./usr/share/doc/pixpool/LIFECYCLE.md; do
   grep -q " $want\$" <<<"$listing" || { echo "missing from the package: $want"; exit 1; }
 done
-dpkg-deb -I "$deb" | grep -q "Depends:.*adduser" || { echo "the package must depend on adduser"; exit 1; }
+# Captured first: `dpkg-deb | grep -q` under pipefail fails whenever grep exits
+# at the match before dpkg-deb has finished writing (SIGPIPE).
+info=$(dpkg-deb -I "$deb")
+grep -q "Depends:.*adduser" <<<"$info" || { echo "the package must depend on adduser"; exit 1; }
 ctrl=$(mktemp -d); dpkg-deb -e "$deb" "$ctrl"
 for s in postinst prerm postrm conffiles; do [ -e "$ctrl/$s" ] || { echo "missing $s"; rm -rf "$ctrl"; exit 1; }; done
 grep -q "adduser --system" "$ctrl/postinst" || { echo "postinst does not create the system user"; exit 1; }

@@ -41,7 +41,7 @@ start_server() {
     addr=
     deadline=$((SECONDS + 30))
     while ((SECONDS < deadline)); do
-        addr=$(sed -n '/admin listening/d; s/.* listening on \([0-9.:]*[0-9]\).*/\1/p' "$log" | head -n 1)
+        addr=$(sed -n '/admin listening/d; s/.* listening on \([0-9.:]*[0-9]\).*/\1/p;T;q' "$log")
         if [[ -n $addr ]] && node -e '
             require("http").get(process.argv[1], r => process.exit(r.statusCode === 200 ? 0 : 1))
                 .on("error", () => process.exit(1));' "http://$addr/readyz"; then
