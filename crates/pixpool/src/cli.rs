@@ -124,6 +124,10 @@ pub struct ServeArgs {
     /// /health) preempt saturated workers [default: 10].
     #[arg(long, env = "PIXPOOL_WORKER_NICE")]
     pub worker_nice: Option<i32>,
+    /// Whether an idle worker takes queued jobs from a busy sibling (true or
+    /// false; routing stays round-robin either way) [default: true].
+    #[arg(long, env = "PIXPOOL_WORK_STEALING", value_name = "BOOL")]
+    pub work_stealing: Option<bool>,
     /// Admin listener serving Prometheus `/metrics`, or `off` [default: 127.0.0.1:9464].
     #[arg(long, env = "PIXPOOL_ADMIN")]
     pub admin: Option<String>,
@@ -247,4 +251,7 @@ pub struct WorkerArgs {
     /// Niceness increment applied at start.
     #[arg(long, default_value_t = 0)]
     pub nice: i32,
+    /// Never take queued jobs from busy siblings.
+    #[arg(long)]
+    pub no_steal: bool,
 }

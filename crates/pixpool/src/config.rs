@@ -69,6 +69,10 @@ pub struct Settings {
     /// Scheduling niceness of the workers (0 to 19): above 0 the fronts win the
     /// CPU from saturated workers, so the API stays responsive.
     pub worker_nice: i32,
+    /// An idle worker takes queued jobs from a busy sibling (routing stays
+    /// round-robin): one long image does not hold the jobs behind it while
+    /// another worker has nothing to do.
+    pub work_stealing: bool,
     /// Bearer tokens (empty: open). Also `PIXPOOL_API_TOKENS`.
     pub api_tokens: Vec<String>,
     /// Log line format.
@@ -107,6 +111,7 @@ impl Default for Settings {
             recycle_rss_mb: 1024,
             worker_memory_mb: 4096,
             worker_nice: DEFAULT_WORKER_NICE,
+            work_stealing: true,
             api_tokens: Vec::new(),
             log_format: LogFormat::Text,
             admin: "127.0.0.1:9464".to_string(),
@@ -134,7 +139,7 @@ impl Settings {
         overlay!(s, args; bind, uploads, fronts, workers, grace_secs, max_upload_bytes,
             queue_depth, max_pixels, max_side, max_frames, min_free_disk_mb, max_connections,
             body_idle_secs, job_timeout_secs, recycle_after_jobs, recycle_rss_mb,
-            worker_memory_mb, worker_nice, log_format, admin);
+            worker_memory_mb, worker_nice, work_stealing, log_format, admin);
         if !args.presets.is_empty() {
             s.presets = args.presets.iter().map(ToString::to_string).collect();
         }

@@ -109,6 +109,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or(pixpool_worker::DEFAULT_JOB_TIMEOUT),
         recycle_after_jobs: args.recycle_after_jobs,
         recycle_rss_bytes: args.recycle_rss_mb.saturating_mul(1024 * 1024),
+        steal: !args.no_steal,
         queued: Default::default(),
     };
     let report = Reporter::new(

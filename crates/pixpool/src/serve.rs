@@ -252,6 +252,9 @@ fn child_specs(
             "--nice".into(),
             s.worker_nice.to_string(),
         ]);
+        if !s.work_stealing {
+            argv.push("--no-steal".into());
+        }
         children.push(spec("worker", slot, program, argv, None, control_fd, 1)?);
     }
     for slot in 0..s.fronts {

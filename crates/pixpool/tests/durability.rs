@@ -64,8 +64,11 @@ async fn a_worker_killed_mid_job_is_redelivered_to_its_slot_and_completes() {
         "the job finished before the kill (make it slower): {rec}"
     );
     assert!(
-        server.uploads.join(format!("claims/0/{id}")).exists(),
-        "the dead worker's claim stays on disk"
+        server
+            .uploads
+            .join(format!("claims/0/{id}.running"))
+            .exists(),
+        "the dead worker's claim stays on disk, as running"
     );
 
     let respawned = server

@@ -481,3 +481,159 @@ async fn bad_requests_get_problem_json_and_the_server_keeps_serving() {
         .count();
     assert_eq!(raws, 2, "only the two accepted uploads are kept");
 }
+
+/// A worker frozen (SIGSTOP) in the middle of a slow job, with two small jobs
+/// routed to it behind that job, and two routed to its sibling.
+struct Frozen {
+    server: Server,
+    /// The frozen worker's slot and pid.
+    slot: u64,
+    pid: i32,
+    slow: String,
+    /// Routed to the frozen worker (round-robin), behind the slow job.
+    behind: Vec<String>,
+    /// Routed to the other worker.
+    others: Vec<String>,
+}
+
+/// One front, two workers. Uploads a slow job, then, while it runs, four small
+/// ones, which round-robin routes to the other worker, the busy one, the other,
+/// the busy one; then SIGSTOPs the busy worker. A set-up that raced (the slow
+/// job finished before the stop) is tried again on a fresh server.
+async fn jobs_behind_a_frozen_worker(extra: &[&str]) -> Frozen {
+    let small = std::fs::read(test_photo("06-grey-grayscale.jpg")).expect("photo");
+    for attempt in 0..3 {
+        let server = Server::start(1, 2, extra);
+        let (slow_name, slow_bytes) = slow_photo(&format!("frozen-{attempt}"));
+        let mut conn = Conn::open(server.addr).await.expect("connect");
+        let resp = conn.upload(&slow_name, &slow_bytes).await.expect("upload");
+        let slow = accepted_id(&resp, "slow job");
+        let rec = server
+            .wait_record(&slow, Duration::from_secs(10), "processing", |r| {
+                r["state"] == "processing"
+            })
+            .await;
+        let slot = rec["worker"].as_u64().expect("worker slot");
+        let mut ids = Vec::new();
+        for n in 0..4 {
+            let bytes = unique_jpeg(&small, 100 * attempt + n);
+            let resp = conn.upload("grey.jpg", &bytes).await.expect("upload");
+            ids.push(accepted_id(&resp, "small job"));
+        }
+        let pid = server
+            .child_pid("worker", slot as u32)
+            .expect("busy worker");
+        pause_process(pid);
+        let running = server
+            .uploads
+            .join(format!("claims/{slot}/{slow}.running"))
+            .exists();
+        if !running {
+            eprintln!("attempt {attempt}: the slow job ended before its worker was stopped; again");
+            resume_process(pid);
+            continue;
+        }
+        return Frozen {
+            server,
+            slot,
+            pid,
+            slow,
+            behind: vec![ids[1].clone(), ids[3].clone()],
+            others: vec![ids[0].clone(), ids[2].clone()],
+        };
+    }
+    panic!("the slow job never outlasted four small uploads");
+}
+
+/// Claims left under `claims/` (none once every job is final).
+fn claims_left(server: &Server) -> Vec<String> {
+    let mut left = Vec::new();
+    for slot in std::fs::read_dir(server.uploads.join("claims"))
+        .expect("claims")
+        .flatten()
+    {
+        for claim in std::fs::read_dir(slot.path()).expect("slot dir").flatten() {
+            left.push(format!(
+                "{}/{}",
+                slot.file_name().to_string_lossy(),
+                claim.file_name().to_string_lossy()
+            ));
+        }
+    }
+    left
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_runs_the_jobs_queued_behind_a_busy_sibling() {
+    let f = jobs_behind_a_frozen_worker(&[]).await;
+    let other = 1 - f.slot;
+    // The frozen worker cannot run anything: its sibling runs all four.
+    for id in f.behind.iter().chain(&f.others) {
+        let job = wait_final(f.server.addr, id, Duration::from_secs(30)).await;
+        assert_eq!(job["state"], "done", "{job}");
+        assert_eq!(job["worker"], other, "run by the idle worker: {job}");
+        assert_eq!(job["attempts"], 1, "{job}");
+    }
+    let stolen = f
+        .server
+        .log_lines_with(&["took a queued job from a busy sibling"]);
+    for id in &f.behind {
+        assert!(
+            stolen.iter().any(|l| l.contains(id.as_str())),
+            "no log line for taking {id}:\n{}",
+            f.server.log_text()
+        );
+    }
+    // Resumed, the busy worker finishes its own job and finds the two it had
+    // queued gone: nothing runs twice, and no claim is left.
+    resume_process(f.pid);
+    let job = wait_final(f.server.addr, &f.slow, Duration::from_secs(60)).await;
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["worker"], f.slot, "{job}");
+    poll_until(
+        Duration::from_secs(10),
+        || format!("claims left: {:?}", claims_left(&f.server)),
+        || claims_left(&f.server).is_empty().then_some(()),
+    )
+    .await;
+    for id in f.behind.iter().chain(&f.others) {
+        let rec = f.server.record(id).expect("record");
+        assert_eq!(
+            (&rec["worker"], &rec["attempts"]),
+            (&other.into(), &1.into()),
+            "{rec}"
+        );
+        assert_eq!(f.server.processing_lines(id).len(), 1, "ran once: {id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_work_stealing_jobs_wait_for_the_worker_they_were_routed_to() {
+    let f = jobs_behind_a_frozen_worker(&["--work-stealing", "false"]).await;
+    for id in &f.others {
+        let job = wait_final(f.server.addr, id, Duration::from_secs(30)).await;
+        assert_eq!(job["worker"], 1 - f.slot, "{job}");
+    }
+    // Round-robin put these behind the frozen worker's job; nobody takes them.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for id in &f.behind {
+        let rec = f.server.record(id).expect("record");
+        assert_eq!(rec["state"], "queued", "{rec}");
+        assert!(
+            f.server
+                .uploads
+                .join(format!("claims/{}/{id}", f.slot))
+                .exists(),
+            "still queued with its worker"
+        );
+    }
+    resume_process(f.pid);
+    for id in &f.behind {
+        let job = wait_final(f.server.addr, id, Duration::from_secs(60)).await;
+        assert_eq!(
+            (&job["state"], &job["worker"]),
+            (&"done".into(), &f.slot.into()),
+            "{job}"
+        );
+    }
+}

@@ -11,6 +11,7 @@
 //!   processed/<id>-<preset>.<ext>   outputs, written to a temp file then renamed
 //!   jobs/<id>.json         the job record (temp file + fsync + rename + dir fsync)
 //!   claims/<slot>/<id>     a worker's durable claim: "this job is mine and not done"
+//!   claims/<slot>/<id>.running  the same claim once the job is in the worker's hands
 //!   run/                   mode 0700: the workers' Unix sockets
 //! ```
 //!
@@ -263,14 +264,15 @@ impl Store {
         Ok(())
     }
 
-    /// Whether any worker holds a claim on job `id`.
+    /// Whether any worker holds a claim on job `id`, queued or running.
     pub fn is_claimed(&self, id: &JobId) -> bool {
         let Ok(slots) = fs::read_dir(self.root.join("claims")) else {
             return false;
         };
-        slots
-            .flatten()
-            .any(|slot| slot.path().join(id.as_str()).exists())
+        slots.flatten().any(|slot| {
+            let dir = slot.path();
+            dir.join(id.as_str()).exists() || dir.join(running_name(id)).exists()
+        })
     }
 
     /// Cleans up after a previous process of front slot `front` that died:
@@ -323,14 +325,90 @@ impl Store {
         res.map_err(|source| StoreError::Claim { path, source })
     }
 
-    /// Drops the claim of worker `slot` on job `id` (the job reached a final state).
-    pub fn release(&self, slot: u32, id: &JobId) -> Result<(), StoreError> {
-        let path = self.claim_dir(slot).join(id.as_str());
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StoreError::Claim { path, source }),
+    /// Takes job `id` into worker `slot`'s hands: its queued claim in `owner`'s
+    /// directory becomes `claims/<slot>/<id>.running`, by one `rename`, so that of
+    /// two workers taking the same job (its owner, and a sibling helping it) exactly
+    /// one gets it. `Ok(false)`: the claim is gone, another worker took it.
+    ///
+    /// A claim already running in `slot`'s directory (taken earlier by this slot, or
+    /// by its predecessor before a crash) counts as taken; so does a running claim
+    /// of `owner` when `owner` is a retired slot (`owner >= workers`) whose jobs this
+    /// worker adopted at start-up. A live sibling's running claim is never taken.
+    ///
+    /// The rename is not fsynced: lost in a crash, the claim is back where it was
+    /// and the job runs again, which is harmless; it is never lost.
+    pub fn take(
+        &self,
+        slot: u32,
+        owner: u32,
+        workers: u32,
+        id: &JobId,
+    ) -> Result<bool, StoreError> {
+        let mine = self.claim_dir(slot);
+        create_dir(&mine, 0o755)?;
+        let to = mine.join(running_name(id));
+        let mut from = vec![self.claim_dir(owner).join(id.as_str())];
+        if owner >= workers && owner != slot {
+            from.push(self.claim_dir(owner).join(running_name(id)));
         }
+        for path in from {
+            match fs::rename(&path, &to) {
+                Ok(()) => return Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(StoreError::Claim { path, source }),
+            }
+        }
+        Ok(to.exists())
+    }
+
+    /// Worker `slot` helps a busy sibling: the oldest queued claim of a live slot
+    /// (`< workers`) that is running a job right now is taken, as by [`Store::take`],
+    /// and its id returned. A sibling that is idle is left alone (it will start its
+    /// queue itself), so with work for everyone, jobs run where they were routed.
+    pub fn steal(&self, slot: u32, workers: u32) -> Result<Option<JobId>, StoreError> {
+        let mut candidates = Vec::new();
+        for owner in (0..workers).filter(|&s| s != slot) {
+            let dir = self.claim_dir(owner);
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(StoreError::Claim { path: dir, source }),
+            };
+            let (mut busy, mut queued) = (false, Vec::new());
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                match name.strip_suffix(RUNNING) {
+                    Some(_) => busy = true,
+                    None => queued.extend(JobId::parse(name).map(|id| (owner, id))),
+                }
+            }
+            if busy {
+                candidates.extend(queued);
+            }
+        }
+        // Ids sort by creation time: the oldest first, as its owner would run them.
+        candidates.sort_by(|a, b| a.1.as_str().cmp(b.1.as_str()));
+        for (owner, id) in candidates {
+            if self.take(slot, owner, workers, &id)? {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Drops the claim of worker `slot` on job `id` (the job reached a final
+    /// state), running or still queued.
+    pub fn release(&self, slot: u32, id: &JobId) -> Result<(), StoreError> {
+        let dir = self.claim_dir(slot);
+        for path in [dir.join(running_name(id)), dir.join(id.as_str())] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(StoreError::Claim { path, source }),
+            }
+        }
+        Ok(())
     }
 
     /// The claims a worker `slot` of `workers` must take over at start-up: its own,
@@ -364,7 +442,10 @@ impl Store {
             let claims =
                 fs::read_dir(&dir).map_err(|source| StoreError::Claim { path: dir, source })?;
             for claim in claims.flatten() {
-                if let Some(id) = claim.file_name().to_str().and_then(JobId::parse) {
+                let name = claim.file_name();
+                let Some(name) = name.to_str() else { continue };
+                let id = name.strip_suffix(RUNNING).unwrap_or(name);
+                if let Some(id) = JobId::parse(id) {
                     out.push((owner, id));
                 }
             }
@@ -372,6 +453,13 @@ impl Store {
         out.sort_by(|a, b| a.1.as_str().cmp(b.1.as_str()));
         Ok(out)
     }
+}
+
+/// The suffix of a claim whose job is in a worker's hands.
+const RUNNING: &str = ".running";
+
+fn running_name(id: &JobId) -> String {
+    format!("{}{RUNNING}", id.as_str())
 }
 
 fn create_dir(dir: &Path, mode: u32) -> Result<(), StoreError> {
@@ -407,4 +495,106 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         src = cause.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(tag: &str) -> (Store, PathBuf) {
+        let root = std::env::temp_dir().join(format!("pixpool-store-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        (Store::open(&root, None).expect("open store"), root)
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .map(|e| {
+                e.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_job_is_taken_once_whoever_tries() {
+        let (store, root) = store("take");
+        let id = JobId::generate();
+        store.claim(0, &id).expect("claim");
+        assert!(store.is_claimed(&id));
+        // Its owner and a sibling race for it: one rename wins.
+        assert!(store.take(1, 0, 2, &id).expect("sibling takes it"));
+        assert!(!store.take(0, 0, 2, &id).expect("owner finds it gone"));
+        assert_eq!(names(&store.claim_dir(0)), Vec::<String>::new());
+        assert_eq!(
+            names(&store.claim_dir(1)),
+            [format!("{}.running", id.as_str())]
+        );
+        assert!(store.is_claimed(&id), "a running claim is a claim");
+        // Taking it again in the same slot (a restarted worker) is a no-op success.
+        assert!(store.take(1, 1, 2, &id).expect("already mine"));
+        store.release(1, &id).expect("release");
+        assert!(!store.is_claimed(&id));
+        let _ = fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn only_a_busy_siblings_queued_claims_are_stolen_oldest_first() {
+        let (store, root) = store("steal");
+        let (running, older, newer) = (JobId::generate(), JobId::generate(), JobId::generate());
+        for id in [&running, &older, &newer] {
+            store.claim(0, id).expect("claim");
+        }
+        // Worker 0 is idle (nothing running): its queue is its own to start.
+        assert_eq!(store.steal(1, 2).expect("steal"), None);
+        assert!(store.take(0, 0, 2, &running).expect("owner starts one"));
+        // Now it is busy: worker 1 takes the oldest queued job, then the next.
+        assert_eq!(store.steal(1, 2).expect("steal"), Some(older.clone()));
+        assert_eq!(store.steal(1, 2).expect("steal"), Some(newer.clone()));
+        assert_eq!(
+            store.steal(1, 2).expect("steal"),
+            None,
+            "a running job is never stolen"
+        );
+        assert_eq!(
+            names(&store.claim_dir(1)),
+            [
+                format!("{}.running", older.as_str()),
+                format!("{}.running", newer.as_str())
+            ]
+        );
+        // A worker does not steal from itself, and a lone worker has nobody to help.
+        store.claim(0, &JobId::generate()).expect("claim");
+        assert_eq!(store.steal(0, 2).expect("steal"), None);
+        assert_eq!(store.steal(0, 1).expect("steal"), None);
+        let _ = fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn running_claims_are_recovered_and_adopted_from_retired_slots() {
+        let (store, root) = store("recover");
+        let (mine, retired) = (JobId::generate(), JobId::generate());
+        store.claim(0, &mine).expect("claim");
+        store.claim(2, &retired).expect("claim");
+        assert!(store.take(0, 0, 3, &mine).expect("take"));
+        assert!(store.take(2, 2, 3, &retired).expect("take"));
+        // The server restarts with 2 workers: slot 0 gets its own running job back
+        // and adopts retired slot 2's, running or not.
+        let got = store.claims_to_recover(0, 2).expect("recover");
+        assert_eq!(got, vec![(0, mine.clone()), (2, retired.clone())]);
+        assert!(store.take(0, 0, 2, &mine).expect("own running claim"));
+        assert!(store
+            .take(0, 2, 2, &retired)
+            .expect("retired slot's running claim"));
+        assert_eq!(names(&store.claim_dir(2)), Vec::<String>::new());
+        // A live sibling's running claim is never taken.
+        let busy = JobId::generate();
+        store.claim(1, &busy).expect("claim");
+        assert!(store.take(1, 1, 2, &busy).expect("take"));
+        assert!(!store.take(0, 1, 2, &busy).expect("not a retired slot"));
+        let _ = fs::remove_dir_all(root);
+    }
 }

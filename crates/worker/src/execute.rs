@@ -11,7 +11,7 @@ use pixpool_store::record::now_rfc3339;
 use pixpool_store::{JobRecord, JobState, OutputRecord, Problem, StageMillis};
 use tokio::sync::broadcast;
 use tokio::sync::watch;
-use tracing::{error, info, instrument, warn};
+use tracing::{debug, error, info, instrument, warn};
 
 use crate::queue::{Job, JobQueue};
 use crate::WorkerConfig;
@@ -46,6 +46,42 @@ pub enum ExecExit {
     JobTimedOut,
 }
 
+/// How often an idle worker looks for a busy sibling's queued jobs (when it
+/// finishes a job and its own queue is empty, it looks at once).
+pub const STEAL_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// With its own queue empty, takes the oldest queued job of a sibling that is
+/// busy with another one (see [`pixpool_store::Store::steal`]). Routing stays
+/// round-robin; this only keeps a worker from idling while jobs wait behind a
+/// long one elsewhere.
+async fn help_a_sibling(config: &Arc<WorkerConfig>) -> Option<Job> {
+    if !config.steal || config.workers < 2 {
+        return None;
+    }
+    let cfg = config.clone();
+    let stolen = tokio::task::spawn_blocking(move || cfg.store.steal(cfg.slot, cfg.workers)).await;
+    match stolen {
+        Ok(Ok(Some(id))) => {
+            info!(job_id = %id, "took a queued job from a busy sibling");
+            pixpool_protocol::metrics::global().add("pixpool_jobs_stolen_total", 1);
+            Some(Job {
+                id,
+                owner: config.slot,
+                presets: None,
+            })
+        }
+        Ok(Ok(None)) => None,
+        Ok(Err(e)) => {
+            warn!(cause = %e, "could not look at the siblings' queues");
+            None
+        }
+        Err(e) => {
+            warn!(cause = %e, "the look at the siblings' queues failed");
+            None
+        }
+    }
+}
+
 /// Runs queued jobs until `stop` turns true; the job in hand always finishes.
 pub async fn run_queue(
     config: Arc<WorkerConfig>,
@@ -58,12 +94,21 @@ pub async fn run_queue(
         if *stop.borrow() {
             return ExecExit::Stopped;
         }
-        let Some(job) = queue.try_pop() else {
-            tokio::select! {
-                _ = queue.wait() => {}
-                _ = stop.changed() => {}
-            }
-            continue;
+        let job = match queue.try_pop() {
+            Some(job) => job,
+            None => match help_a_sibling(&config).await {
+                Some(job) => job,
+                None => {
+                    // Idle: wake for a job of our own, for the drain, or to look
+                    // again for a sibling's backlog.
+                    tokio::select! {
+                        _ = queue.wait() => {}
+                        _ = stop.changed() => {}
+                        _ = tokio::time::sleep(STEAL_POLL), if config.steal && config.workers > 1 => {}
+                    }
+                    continue;
+                }
+            },
         };
         let cfg = config.clone();
         let retry = job.clone();
@@ -158,6 +203,11 @@ fn fail_timed_out(config: &WorkerConfig, job: &Job, events: &broadcast::Sender<J
             kind,
         });
     };
+    // The job was taken into this worker's hands before it ran.
+    let job = &Job {
+        owner: config.slot,
+        ..job.clone()
+    };
     finish(config, job, &mut rec, Err(problem), &emit);
 }
 
@@ -171,6 +221,23 @@ pub fn execute(config: &WorkerConfig, job: &Job, events: &broadcast::Sender<JobE
             id: job.id.clone(),
             kind,
         });
+    };
+    // Into this worker's hands first: a sibling may have taken it meanwhile.
+    match store.take(config.slot, job.owner, config.workers, &job.id) {
+        Ok(true) => {}
+        Ok(false) => {
+            debug!("a sibling took this job; skipping it");
+            return Outcome::Skipped;
+        }
+        Err(e) => {
+            error!(cause = %e, "could not take the job's claim; will retry");
+            return Outcome::Retry;
+        }
+    }
+    // From here on the claim is `claims/<this slot>/<id>.running`.
+    let job = &Job {
+        owner: config.slot,
+        ..job.clone()
     };
     let release = || {
         if let Err(e) = store.release(job.owner, &job.id) {

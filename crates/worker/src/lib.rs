@@ -55,6 +55,8 @@ pub struct WorkerConfig {
     pub recycle_after_jobs: u64,
     /// Replace the process when its RSS exceeds this after a job (0: never).
     pub recycle_rss_bytes: u64,
+    /// When idle, take queued jobs from busy siblings (see [`pixpool_store::Store::steal`]).
+    pub steal: bool,
     /// Kept up to date with the number of queued jobs (for heartbeats).
     pub queued: Arc<std::sync::atomic::AtomicUsize>,
 }
