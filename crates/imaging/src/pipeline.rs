@@ -305,19 +305,46 @@ fn orient(raster: &Raster, orientation: Orientation) -> Option<Raster> {
         return None;
     }
     let (w, h) = (raster.width as usize, raster.height as usize);
-    let c = raster.layout.channels();
-    let src = &raster.data;
-    let mut out = vec![0u8; src.len()];
-    let row = w * c;
+    let mut out = vec![0u8; raster.data.len()];
+    // Monomorphised per pixel size: a pixel copy is then a fixed-size move, not a
+    // call to memmove (which made this pass cost as much as the resize).
+    match raster.layout.channels() {
+        1 => orient_pixels::<1>(&raster.data, w, h, orientation, &mut out),
+        2 => orient_pixels::<2>(&raster.data, w, h, orientation, &mut out),
+        3 => orient_pixels::<3>(&raster.data, w, h, orientation, &mut out),
+        _ => orient_pixels::<4>(&raster.data, w, h, orientation, &mut out),
+    }
+    let (width, height) = if swaps_axes(orientation) {
+        (raster.height, raster.width)
+    } else {
+        (raster.width, raster.height)
+    };
+    Some(Raster {
+        width,
+        height,
+        layout: raster.layout,
+        data: out,
+    })
+}
+
+/// [`orient`] for pixels of `C` bytes: `src` is `w` × `h`, `out` the same size.
+fn orient_pixels<const C: usize>(
+    src: &[u8],
+    w: usize,
+    h: usize,
+    orientation: Orientation,
+    out: &mut [u8],
+) {
+    let row = w * C;
     // Whole rows move for the flips about a horizontal axis.
     let reversed_row = |y: usize, dst: &mut [u8]| {
         let line = &src[y * row..(y + 1) * row];
-        for (d, s) in dst.chunks_exact_mut(c).zip(line.chunks_exact(c).rev()) {
+        for (d, s) in dst.chunks_exact_mut(C).zip(line.chunks_exact(C).rev()) {
             d.copy_from_slice(s);
         }
     };
     match orientation {
-        Orientation::NoTransforms => return None,
+        Orientation::NoTransforms => out.copy_from_slice(src),
         Orientation::FlipHorizontal => {
             for (y, dst) in out.chunks_exact_mut(row).enumerate() {
                 reversed_row(y, dst);
@@ -333,44 +360,40 @@ fn orient(raster: &Raster, orientation: Orientation) -> Option<Raster> {
                 reversed_row(h - 1 - y, dst);
             }
         }
-        // Quarter turns: the output is h wide. Written in order, one output row at a
-        // time; each output row reads one source column.
-        Orientation::Rotate90 => quarter_turn(src, w, h, c, &mut out, |dx, dy| (dy, h - 1 - dx)),
-        Orientation::Rotate270 => quarter_turn(src, w, h, c, &mut out, |dx, dy| (w - 1 - dy, dx)),
-        Orientation::Rotate90FlipH => quarter_turn(src, w, h, c, &mut out, |dx, dy| (dy, dx)),
+        // Quarter turns: the output is h wide.
+        Orientation::Rotate90 => quarter_turn::<C>(src, w, h, out, |dx, dy| (dy, h - 1 - dx)),
+        Orientation::Rotate270 => quarter_turn::<C>(src, w, h, out, |dx, dy| (w - 1 - dy, dx)),
+        Orientation::Rotate90FlipH => quarter_turn::<C>(src, w, h, out, |dx, dy| (dy, dx)),
         Orientation::Rotate270FlipH => {
-            quarter_turn(src, w, h, c, &mut out, |dx, dy| (w - 1 - dy, h - 1 - dx))
+            quarter_turn::<C>(src, w, h, out, |dx, dy| (w - 1 - dy, h - 1 - dx))
         }
     }
-    let (width, height) = if swaps_axes(orientation) {
-        (raster.height, raster.width)
-    } else {
-        (raster.width, raster.height)
-    };
-    Some(Raster {
-        width,
-        height,
-        layout: raster.layout,
-        data: out,
-    })
 }
 
-/// Fills `out` (`h` wide, `w` high) from `src` (`w` × `h`, `c` bytes a pixel), output
-/// pixel (dx, dy) from the source pixel (x, y) that `source` names.
-fn quarter_turn(
+/// Side of the square tiles a quarter turn walks: one output row of a tile reads a
+/// source column of the tile, and the tile's source rows stay in cache between them.
+const TURN_TILE: usize = 64;
+
+/// Fills `out` (`h` wide, `w` high) from `src` (`w` × `h`, `C` bytes a pixel), output
+/// pixel (dx, dy) from the source pixel (x, y) that `source` names, tile by tile.
+fn quarter_turn<const C: usize>(
     src: &[u8],
     w: usize,
     h: usize,
-    c: usize,
     out: &mut [u8],
     source: impl Fn(usize, usize) -> (usize, usize),
 ) {
-    let row = w * c;
-    for (dy, line) in out.chunks_exact_mut(h * c).enumerate() {
-        for (dx, px) in line.chunks_exact_mut(c).enumerate() {
-            let (x, y) = source(dx, dy);
-            let at = y * row + x * c;
-            px.copy_from_slice(&src[at..at + c]);
+    let (out_w, out_h) = (h, w);
+    for ty in (0..out_h).step_by(TURN_TILE) {
+        for tx in (0..out_w).step_by(TURN_TILE) {
+            for dy in ty..(ty + TURN_TILE).min(out_h) {
+                let line = &mut out[dy * out_w * C..(dy + 1) * out_w * C];
+                for dx in tx..(tx + TURN_TILE).min(out_w) {
+                    let (x, y) = source(dx, dy);
+                    let at = (y * w + x) * C;
+                    line[dx * C..dx * C + C].copy_from_slice(&src[at..at + C]);
+                }
+            }
         }
     }
 }
@@ -410,8 +433,16 @@ mod tests {
             Orientation::Rotate90FlipH,
             Orientation::Rotate270FlipH,
         ];
-        for layout in [Layout::Luma, Layout::LumaAlpha, Layout::Rgb, Layout::Rgba] {
-            let (width, height) = (7u32, 4u32);
+        // Small, and larger than a turn's tile with partial tiles on both axes.
+        let sizes = [
+            (7u32, 4u32),
+            (TURN_TILE as u32 * 2 + 5, TURN_TILE as u32 + 3),
+        ];
+        for (layout, (width, height)) in
+            [Layout::Luma, Layout::LumaAlpha, Layout::Rgb, Layout::Rgba]
+                .into_iter()
+                .flat_map(|l| sizes.map(|s| (l, s)))
+        {
             let len = width as usize * height as usize * layout.channels();
             let data = (0..len).map(|i| (i * 37 % 256) as u8).collect();
             let raster = Raster {
