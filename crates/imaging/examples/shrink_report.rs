@@ -14,11 +14,8 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Instant;
 
-use fast_image_resize::{images::Image, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
-use image::{DynamicImage, ImageDecoder, ImageReader};
 use pixpool_imaging::{process, Limits, Preset};
 
 fn main() {
@@ -62,7 +59,9 @@ fn main() {
             })
             .collect();
         process(&path, &lossless, &out, "png", &Limits::default()).expect("process");
-        let psnr = psnr_against_reference(&path, &out.join("png-medium.png"));
+        let psnr =
+            pixpool_imaging::stages::psnr_against_whole_decode(&path, &out.join("png-medium.png"))
+                .expect("psnr");
         let data = std::fs::read(&path).expect("read");
         let plan = pixpool_imaging::stages::jpeg_plan(&data, &presets)
             .expect("plan")
@@ -79,38 +78,4 @@ fn main() {
     }
     println!("{:34} {sum:8.1}", "sum");
     let _ = std::fs::remove_dir_all(&out);
-}
-
-/// PSNR (RGB, 8 bits) of `output` against `source` decoded whole, oriented, and resized to
-/// the output's size.
-fn psnr_against_reference(source: &Path, output: &Path) -> f64 {
-    let ours = image::open(output).expect("decode output").into_rgb8();
-    let mut decoder = ImageReader::open(source)
-        .expect("open")
-        .with_guessed_format()
-        .expect("guess")
-        .into_decoder()
-        .expect("decoder");
-    let orientation = decoder.orientation().expect("orientation");
-    let mut full = DynamicImage::from_decoder(decoder).expect("decode");
-    full.apply_orientation(orientation);
-    let full = full.into_rgb8();
-    let (w, h) = full.dimensions();
-    let src = Image::from_vec_u8(w, h, full.into_raw(), PixelType::U8x3).expect("image");
-    let mut dst = Image::new(ours.width(), ours.height(), PixelType::U8x3);
-    Resizer::new()
-        .resize(
-            &src,
-            &mut dst,
-            &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3)),
-        )
-        .expect("resize");
-    let mse = ours
-        .as_raw()
-        .iter()
-        .zip(dst.buffer())
-        .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
-        .sum::<f64>()
-        / ours.as_raw().len() as f64;
-    10.0 * (255.0f64 * 255.0 / mse).log10()
 }

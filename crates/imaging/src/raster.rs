@@ -85,6 +85,31 @@ impl std::fmt::Debug for Raster {
 }
 
 impl Raster {
+    /// Adds `offsets[c]` to every sample of channel `c` (`offsets` has one per channel),
+    /// saturating at 0 and 255.
+    pub(crate) fn add_offsets(&mut self, offsets: &[i16]) {
+        let c = self.layout.channels();
+        debug_assert_eq!(offsets.len(), c);
+        // A pattern of 48 bytes (a multiple of every pixel size and of 16) that adds and
+        // subtracts per byte, so that the loop below becomes saturating vector adds.
+        let (mut add, mut sub) = ([0u8; 48], [0u8; 48]);
+        for i in 0..48 {
+            let o = offsets[i % c].clamp(-255, 255);
+            add[i] = u8::try_from(o.max(0)).unwrap_or(u8::MAX);
+            sub[i] = u8::try_from((-o).max(0)).unwrap_or(u8::MAX);
+        }
+        let mut chunks = self.data.chunks_exact_mut(48);
+        for chunk in &mut chunks {
+            let chunk: &mut [u8; 48] = chunk.try_into().expect("chunks of 48");
+            for i in 0..48 {
+                chunk[i] = chunk[i].saturating_add(add[i]).saturating_sub(sub[i]);
+            }
+        }
+        for ((v, a), s) in chunks.into_remainder().iter_mut().zip(&add).zip(&sub) {
+            *v = v.saturating_add(*a).saturating_sub(*s);
+        }
+    }
+
     /// Takes a decoded image, converting wider samples (16-bit, float) down to 8 bits.
     pub(crate) fn from_dynamic(image: DynamicImage) -> Raster {
         let (width, height) = (image.width(), image.height());

@@ -1,6 +1,8 @@
 //! The pipeline's stages one by one, for the benchmarks (`benches/stages.rs`). Not part
 //! of the API: hidden from the documentation, and free to change with the pipeline.
 
+use std::path::Path;
+
 use crate::decode::read_header;
 use crate::encode::encode;
 use crate::error::ImagingError;
@@ -120,4 +122,43 @@ pub fn resize(pixels: &Pixels, width: u32, height: u32) -> Pixels {
 /// with the `turbojpeg` feature).
 pub fn encode_jpeg(pixels: &Pixels, quality: u8) -> Vec<u8> {
     encode(&pixels.0.raster, OutputFormat::Jpeg, quality).expect("an RGB or grey raster encodes")
+}
+
+/// PSNR (RGB, 8 bits, dB) of the image file `output` against `source` decoded whole with
+/// the `image` crate, EXIF orientation applied, and resized straight to the output's
+/// size (Lanczos3): what shrink-on-load, pruned progressive scans and the cascade cost
+/// against the slow, plain way. `f64::INFINITY` when identical.
+pub fn psnr_against_whole_decode(source: &Path, output: &Path) -> Result<f64, String> {
+    use fast_image_resize::{images::Image, PixelType, ResizeOptions, Resizer};
+    use image::{DynamicImage, ImageDecoder, ImageReader};
+
+    let ours = image::open(output)
+        .map_err(|e| format!("{}: {e}", output.display()))?
+        .into_rgb8();
+    let mut decoder = ImageReader::open(source)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| format!("{}: {e}", source.display()))?
+        .into_decoder()
+        .map_err(|e| format!("{}: {e}", source.display()))?;
+    let orientation = decoder.orientation().map_err(|e| e.to_string())?;
+    let mut full = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
+    full.apply_orientation(orientation);
+    let full = full.into_rgb8();
+    let (w, h) = full.dimensions();
+    let src =
+        Image::from_vec_u8(w, h, full.into_raw(), PixelType::U8x3).map_err(|e| e.to_string())?;
+    let mut dst = Image::new(ours.width(), ours.height(), PixelType::U8x3);
+    let lanczos =
+        fast_image_resize::ResizeAlg::Convolution(fast_image_resize::FilterType::Lanczos3);
+    Resizer::new()
+        .resize(&src, &mut dst, &ResizeOptions::new().resize_alg(lanczos))
+        .map_err(|e| e.to_string())?;
+    let mse = ours
+        .as_raw()
+        .iter()
+        .zip(dst.buffer())
+        .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
+        .sum::<f64>()
+        / ours.as_raw().len() as f64;
+    Ok(10.0 * (255.0f64 * 255.0 / mse).log10())
 }

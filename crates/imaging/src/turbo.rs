@@ -19,12 +19,13 @@ use crate::raster::{Layout, Raster};
 /// (`scans`: see [`jpeg::prune_scans`]).
 pub(crate) fn decode(
     data: &[u8],
-    _frame: &Frame,
+    frame: &Frame,
     scans: &[Scan],
     scale: Scale,
     limits: &Limits,
 ) -> Result<Raster, turbojpeg::Error> {
-    let pruned = jpeg::prune_scans(data, scans, scale);
+    let pruned = jpeg::prune_scans(data, frame, scans, scale);
+    let dc_truncated = pruned.dc_truncated;
     let data: Cow<'_, [u8]> = pruned.data;
     let mut decompressor = Decompressor::new()?;
     decompressor.set_scan_limit(u32::try_from(MAX_SCANS).expect("a small constant"))?;
@@ -58,12 +59,14 @@ pub(crate) fn decode(
     if format == PixelFormat::CMYK {
         pixels = cmyk_to_rgb(&pixels);
     }
-    Ok(Raster {
+    let mut raster = Raster {
         width: u32::try_from(width).map_err(|_| turbojpeg::Error::IntegerOverflow("width"))?,
         height: u32::try_from(height).map_err(|_| turbojpeg::Error::IntegerOverflow("height"))?,
         layout,
         data: pixels,
-    })
+    };
+    jpeg::correct_dc(&mut raster, frame, dc_truncated);
+    Ok(raster)
 }
 
 /// libjpeg's CMYK (the stored values, inverted by Adobe's convention) to RGB.

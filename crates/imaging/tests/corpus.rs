@@ -519,3 +519,34 @@ fn alpha_format_keeps_transparency_only_for_sources_that_have_it() {
         );
     }
 }
+
+#[test]
+fn every_jpeg_output_stays_within_the_stated_psnr_bound() {
+    let corpus = corpus_or_skip!();
+    let out = ScratchDir::new("psnr");
+    // PNG output: the JPEG encoder's own loss does not count, only the decode's.
+    let lossless = [Preset {
+        format: OutputFormat::Png,
+        ..Preset::medium()
+    }];
+    let mut worst = (f64::INFINITY, String::new());
+    for photo in photos(&corpus).iter().filter(|p| p.format == Format::Jpeg) {
+        let path = corpus.join(&photo.name);
+        let processed = process(&path, &lossless, out.path(), "q", &Limits::default())
+            .unwrap_or_else(|e| panic!("{}: {e}", photo.name));
+        let output = out.path().join(&processed.outputs[0].file_name);
+        let psnr = pixpool_imaging::stages::psnr_against_whole_decode(&path, &output)
+            .unwrap_or_else(|e| panic!("{}: {e}", photo.name));
+        eprintln!("{:36} {psnr:6.2} dB", photo.name);
+        if psnr < worst.0 {
+            worst = (psnr, photo.name.clone());
+        }
+    }
+    assert!(
+        worst.0 >= pixpool_imaging::SHRINK_ON_LOAD_MIN_PSNR_DB,
+        "{} at {:.2} dB, under the stated {} dB",
+        worst.1,
+        worst.0,
+        pixpool_imaging::SHRINK_ON_LOAD_MIN_PSNR_DB
+    );
+}
