@@ -195,14 +195,15 @@ fn decode_jpeg(
     if !jpeg::prefer_scaled_decoder(frame, scale) {
         return None;
     }
-    jpeg::decode_scaled(data, frame, scans, scale, limits)
+    scaled_jpeg(data, frame, scans, scale, limits)
         .inspect_err(|err| debug!(cause = %err, "scaled decode failed, decoding whole"))
         .ok()
 }
 
-/// Decodes a JPEG with libjpeg-turbo at `scale`, or returns `None` to leave it to
-/// zune-jpeg when libjpeg-turbo refused it (so that what is accepted and the errors given
-/// stay those of the plain build).
+/// Decodes a JPEG at `scale` with libjpeg-turbo (or `jpeg-decoder`, for the progressive
+/// files it decodes faster: [`jpeg::prefer_jpeg_decoder_to_turbo`]), or returns `None`
+/// to leave it to zune-jpeg when the decoder refused it (so that what is accepted and the
+/// errors given stay those of the plain build).
 #[cfg(feature = "turbojpeg")]
 fn decode_jpeg(
     data: &[u8],
@@ -211,9 +212,25 @@ fn decode_jpeg(
     scale: Scale,
     limits: &Limits,
 ) -> Option<Raster> {
-    crate::turbo::decode(data, frame, scans, scale, limits)
-        .inspect_err(|err| debug!(cause = %err, "libjpeg-turbo failed, trying zune-jpeg"))
+    scaled_jpeg(data, frame, scans, scale, limits)
+        .inspect_err(|err| debug!(cause = %err, "scaled decode failed, trying zune-jpeg"))
         .ok()
+}
+
+/// The build's decoder for a JPEG at a DCT scale (see `decode_jpeg`), without the
+/// fall-back.
+pub(crate) fn scaled_jpeg(
+    data: &[u8],
+    frame: &Frame,
+    scans: &[Scan],
+    scale: Scale,
+    limits: &Limits,
+) -> Result<Raster, String> {
+    #[cfg(feature = "turbojpeg")]
+    if !jpeg::prefer_jpeg_decoder_to_turbo(frame, scale) {
+        return crate::turbo::decode(data, frame, scans, scale, limits).map_err(|e| e.to_string());
+    }
+    jpeg::decode_scaled(data, frame, scans, scale, limits).map_err(|e| e.to_string())
 }
 
 /// Decodes a WebP with libwebp, or returns `None` to leave it to the `image` crate (an

@@ -42,7 +42,7 @@ pub fn decode_whole(data: &[u8]) -> Result<Pixels, ImagingError> {
 
 /// Decodes a JPEG at `eighths`/8 (1, 2, 4 or 8) with the decoder the pipeline uses for
 /// scaled decodes: `jpeg-decoder` with progressive scans pruned, or libjpeg-turbo with the
-/// `turbojpeg` feature.
+/// `turbojpeg` feature (but for the progressive files `jpeg-decoder` does faster).
 pub fn decode_jpeg_scaled(data: &[u8], eighths: u8) -> Result<Pixels, String> {
     let scale = Scale::from_eighths(eighths).ok_or("scale must be 1, 2, 4 or 8 eighths")?;
     let frame = Frame::parse(data).ok_or("not a JPEG with a frame header")?;
@@ -52,11 +52,7 @@ pub fn decode_jpeg_scaled(data: &[u8], eighths: u8) -> Result<Pixels, String> {
         Vec::new()
     };
     let limits = Limits::default();
-    #[cfg(not(feature = "turbojpeg"))]
-    let raster = jpeg::decode_scaled(data, &frame, &scans, scale, &limits);
-    #[cfg(feature = "turbojpeg")]
-    let raster = crate::turbo::decode(data, &frame, &scans, scale, &limits);
-    raster.map(Pixels::new).map_err(|e| e.to_string())
+    crate::decode::scaled_jpeg(data, &frame, &scans, scale, &limits).map(Pixels::new)
 }
 
 /// A JPEG's frame and the scale it would be decoded at for `presets`, as the pipeline
@@ -88,8 +84,9 @@ pub fn jpeg_plan(data: &[u8], presets: &[Preset]) -> Result<Option<String>, Imag
         "zune-jpeg"
     };
     #[cfg(feature = "turbojpeg")]
-    let decoder = {
-        let _ = frame;
+    let decoder = if jpeg::prefer_jpeg_decoder_to_turbo(&frame, scale) {
+        "jpeg-decoder"
+    } else {
         "libjpeg-turbo"
     };
     let fraction = match scale.eighths() {
