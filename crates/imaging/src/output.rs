@@ -3,7 +3,9 @@
 //! Each output is written to `.<name>.tmp` in the output directory (a dot file, so that a
 //! directory listing or a static file server skips it), flushed to disk, then renamed over
 //! `<name>`. The rename is atomic within a file system; the fsync before it makes sure the
-//! name never points at data still in the page cache when the machine goes down.
+//! name never points at data still in the page cache when the machine goes down. A caller
+//! that flushes later itself ([`crate::process_unsynced`], then
+//! [`crate::sync_outputs`]) skips that fsync: readers still only ever see whole files.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -13,11 +15,17 @@ use tracing::debug;
 
 use crate::error::ImagingError;
 
-/// Writes `bytes` to `dir/name` through a synced temporary file and a rename.
-pub(crate) fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), ImagingError> {
+/// Writes `bytes` to `dir/name` through a temporary file and a rename; the temporary
+/// file is flushed to disk first when `sync` (else see [`sync_files`]).
+pub(crate) fn write_atomically(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    sync: bool,
+) -> Result<(), ImagingError> {
     let temp = dir.join(format!(".{name}.tmp"));
     let target = dir.join(name);
-    let result = write_synced(&temp, bytes).and_then(|()| {
+    let result = write_temp(&temp, bytes, sync).and_then(|()| {
         fs::rename(&temp, &target).map_err(|source| ImagingError::WriteOutput {
             path: target.clone(),
             source,
@@ -30,7 +38,7 @@ pub(crate) fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(
     result
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ImagingError> {
+fn write_temp(path: &Path, bytes: &[u8], sync: bool) -> Result<(), ImagingError> {
     let failed = |source| ImagingError::WriteOutput {
         path: path.to_owned(),
         source,
@@ -43,7 +51,22 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ImagingError> {
         .open(path)
         .map_err(failed)?;
     file.write_all(bytes).map_err(failed)?;
-    file.sync_all().map_err(failed)
+    if sync {
+        file.sync_all().map_err(failed)?;
+    }
+    Ok(())
+}
+
+/// Flushes files already renamed into place, then their directory (the renames).
+pub(crate) fn sync_files(dir: &Path, names: &[&str]) -> Result<(), ImagingError> {
+    for name in names {
+        let path = dir.join(name);
+        File::open(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(|source| ImagingError::WriteOutput { path, source })?;
+    }
+    sync_dir(dir);
+    Ok(())
 }
 
 /// Makes the renames themselves durable. Some file systems refuse to sync a directory;

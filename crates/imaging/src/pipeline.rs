@@ -99,7 +99,6 @@ pub fn process(
 ///
 /// `stem` follows the rules of preset names (ASCII letters, digits, `-`, `_`; at most 128
 /// bytes): it is the server's, never a client's file name.
-#[tracing::instrument(level = "debug", skip_all, fields(input = %input.display(), stem = %stem))]
 /// `on_progress` is called after the decode and after each output is written.
 pub fn process_with_progress(
     input: &Path,
@@ -108,6 +107,41 @@ pub fn process_with_progress(
     stem: &str,
     limits: &Limits,
     on_progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<Processed, ImagingError> {
+    run(input, presets, out_dir, stem, limits, on_progress, true)
+}
+
+/// As [`process_with_progress`], but the outputs are not flushed to disk: readers see
+/// each appear whole (temporary file, then rename), but a crash of the machine may lose
+/// them until [`sync_outputs`] has returned. For a caller with other work to do while
+/// the disk catches up (a worker starts its next job, and syncs on another thread).
+pub fn process_unsynced(
+    input: &Path,
+    presets: &[Preset],
+    out_dir: &Path,
+    stem: &str,
+    limits: &Limits,
+    on_progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<Processed, ImagingError> {
+    run(input, presets, out_dir, stem, limits, on_progress, false)
+}
+
+/// Flushes to disk the outputs [`process_unsynced`] wrote to `out_dir`: each file, then
+/// the directory.
+pub fn sync_outputs(out_dir: &Path, outputs: &[Output]) -> Result<(), ImagingError> {
+    let names: Vec<&str> = outputs.iter().map(|o| o.file_name.as_str()).collect();
+    crate::output::sync_files(out_dir, &names)
+}
+
+#[tracing::instrument(level = "debug", skip_all, fields(input = %input.display(), stem = %stem))]
+fn run(
+    input: &Path,
+    presets: &[Preset],
+    out_dir: &Path,
+    stem: &str,
+    limits: &Limits,
+    on_progress: &mut dyn FnMut(Progress<'_>),
+    sync: bool,
 ) -> Result<Processed, ImagingError> {
     validate_presets(presets)?;
     check_file_name_part(stem, 128).map_err(|reason| ImagingError::ValidateStem {
@@ -189,6 +223,7 @@ pub fn process_with_progress(
             &renditions,
             &mut resampler,
             &mut timings,
+            sync,
         );
         match result {
             Ok((output, rendition)) => {
@@ -206,7 +241,9 @@ pub fn process_with_progress(
             }
         }
     }
-    sync_dir(out_dir);
+    if sync {
+        sync_dir(out_dir);
+    }
 
     let outputs = outputs
         .into_iter()
@@ -241,6 +278,7 @@ fn make_output(
     renditions: &[Rendition],
     resampler: &mut Resampler,
     timings: &mut StageTimings,
+    sync: bool,
 ) -> Result<(Output, Rendition), ImagingError> {
     let started = Instant::now();
     let (raster, cascaded) = resampler
@@ -266,7 +304,7 @@ fn make_output(
             source,
         })?;
     let file_name = format!("{stem}-{}.{}", preset.name, format.extension());
-    write_atomically(out_dir, &file_name, &bytes)?;
+    write_atomically(out_dir, &file_name, &bytes, sync)?;
     timings.encode_ms += elapsed_ms(started);
 
     debug!(
