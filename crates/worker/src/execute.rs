@@ -46,9 +46,14 @@ pub enum ExecExit {
     JobTimedOut,
 }
 
-/// How often an idle worker looks for a busy sibling's queued jobs (when it
-/// finishes a job and its own queue is empty, it looks at once).
+/// How soon an idle worker looks again for a busy sibling's queued jobs (when it
+/// finishes a job and its own queue is empty, it looks at once). Each look that
+/// finds nothing doubles the wait, up to [`STEAL_POLL_MAX`]: an idle server does
+/// not scan its claim directories ten times a second per worker.
 pub const STEAL_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The longest wait between two looks at the siblings' queues.
+pub const STEAL_POLL_MAX: std::time::Duration = std::time::Duration::from_millis(1600);
 
 /// With its own queue empty, takes the oldest queued job of a sibling that is
 /// busy with another one (see [`pixpool_store::Store::steal`]). Routing stays
@@ -148,6 +153,7 @@ async fn run_jobs(
     pending: &mut Option<Pending>,
 ) -> ExecExit {
     let mut jobs_run: u64 = 0;
+    let mut steal_poll = STEAL_POLL;
     loop {
         if *stop.borrow() {
             return ExecExit::Stopped;
@@ -165,14 +171,17 @@ async fn run_jobs(
                     // Idle: wake for a job of our own, for the drain, or to look
                     // again for a sibling's backlog.
                     tokio::select! {
-                        _ = queue.wait() => {}
+                        _ = queue.wait() => steal_poll = STEAL_POLL,
                         _ = stop.changed() => {}
-                        _ = tokio::time::sleep(STEAL_POLL), if config.steal && config.workers > 1 => {}
+                        _ = tokio::time::sleep(steal_poll), if config.steal && config.workers > 1 => {
+                            steal_poll = (steal_poll * 2).min(STEAL_POLL_MAX);
+                        }
                     }
                     continue;
                 }
             },
         };
+        steal_poll = STEAL_POLL;
         let cfg = config.clone();
         let retry = job.clone();
         let ev = events.clone();
