@@ -95,8 +95,7 @@ pub use format::{Format, OutputFormat};
 pub use frames::count_frames;
 pub use limits::Limits;
 pub use pipeline::{
-    process, process_unsynced, process_with_progress, sync_outputs, Output, Processed, Progress,
-    StageTimings,
+    process, process_with_progress, sync_outputs, Flush, Output, Processed, Progress, StageTimings,
 };
 pub use preset::{Fit, Preset, PresetParseError};
 pub use probe::{probe, Probe};

@@ -4,8 +4,8 @@
 //! directory listing or a static file server skips it), flushed to disk, then renamed over
 //! `<name>`. The rename is atomic within a file system; the fsync before it makes sure the
 //! name never points at data still in the page cache when the machine goes down. A caller
-//! that flushes later itself ([`crate::process_unsynced`], then
-//! [`crate::sync_outputs`]) skips that fsync: readers still only ever see whole files.
+//! that flushes later itself ([`crate::Flush::Later`], then [`crate::sync_outputs`])
+//! skips that fsync: readers still only ever see whole files.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;

@@ -88,7 +88,35 @@ pub fn process(
     stem: &str,
     limits: &Limits,
 ) -> Result<Processed, ImagingError> {
-    process_with_progress(input, presets, out_dir, stem, limits, &mut |_| {})
+    process_with_progress(
+        input,
+        presets,
+        out_dir,
+        stem,
+        limits,
+        Flush::Now,
+        &mut |_| {},
+    )
+}
+
+/// When [`process_with_progress`] flushes its outputs to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// Each output before it is renamed into place, then the directory: durable when
+    /// the call returns.
+    Now,
+    /// Not at all: readers still see each output appear whole (temporary file, then
+    /// rename), but a crash of the machine may lose them until [`sync_outputs`] has
+    /// returned. For a caller with other work to do while the disk catches up (a worker
+    /// starts its next job, and syncs on another thread).
+    Later,
+}
+
+/// Flushes to disk the outputs written with [`Flush::Later`] to `out_dir`: each file,
+/// then the directory.
+pub fn sync_outputs(out_dir: &Path, outputs: &[Output]) -> Result<(), ImagingError> {
+    let names: Vec<&str> = outputs.iter().map(|o| o.file_name.as_str()).collect();
+    crate::output::sync_files(out_dir, &names)
 }
 
 /// Decodes `input` once and writes one output per preset into `out_dir`.
@@ -99,50 +127,19 @@ pub fn process(
 ///
 /// `stem` follows the rules of preset names (ASCII letters, digits, `-`, `_`; at most 128
 /// bytes): it is the server's, never a client's file name.
-/// `on_progress` is called after the decode and after each output is written.
+/// `on_progress` is called after the decode and after each output is written; `flush`
+/// says whether the outputs are on disk when this returns.
+#[tracing::instrument(level = "debug", skip_all, fields(input = %input.display(), stem = %stem))]
 pub fn process_with_progress(
     input: &Path,
     presets: &[Preset],
     out_dir: &Path,
     stem: &str,
     limits: &Limits,
+    flush: Flush,
     on_progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<Processed, ImagingError> {
-    run(input, presets, out_dir, stem, limits, on_progress, true)
-}
-
-/// As [`process_with_progress`], but the outputs are not flushed to disk: readers see
-/// each appear whole (temporary file, then rename), but a crash of the machine may lose
-/// them until [`sync_outputs`] has returned. For a caller with other work to do while
-/// the disk catches up (a worker starts its next job, and syncs on another thread).
-pub fn process_unsynced(
-    input: &Path,
-    presets: &[Preset],
-    out_dir: &Path,
-    stem: &str,
-    limits: &Limits,
-    on_progress: &mut dyn FnMut(Progress<'_>),
-) -> Result<Processed, ImagingError> {
-    run(input, presets, out_dir, stem, limits, on_progress, false)
-}
-
-/// Flushes to disk the outputs [`process_unsynced`] wrote to `out_dir`: each file, then
-/// the directory.
-pub fn sync_outputs(out_dir: &Path, outputs: &[Output]) -> Result<(), ImagingError> {
-    let names: Vec<&str> = outputs.iter().map(|o| o.file_name.as_str()).collect();
-    crate::output::sync_files(out_dir, &names)
-}
-
-#[tracing::instrument(level = "debug", skip_all, fields(input = %input.display(), stem = %stem))]
-fn run(
-    input: &Path,
-    presets: &[Preset],
-    out_dir: &Path,
-    stem: &str,
-    limits: &Limits,
-    on_progress: &mut dyn FnMut(Progress<'_>),
-    sync: bool,
-) -> Result<Processed, ImagingError> {
+    let sync = flush == Flush::Now;
     validate_presets(presets)?;
     check_file_name_part(stem, 128).map_err(|reason| ImagingError::ValidateStem {
         stem: stem.to_owned(),

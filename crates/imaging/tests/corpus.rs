@@ -504,6 +504,7 @@ fn alpha_format_keeps_transparency_only_for_sources_that_have_it() {
             out.path(),
             "job",
             &Limits::default(),
+            pixpool_imaging::Flush::Now,
             &mut |p| seen.push(format!("{p:?}")),
         )
         .expect("process");

@@ -447,12 +447,14 @@ pub fn execute(config: &WorkerConfig, job: &Job, events: &broadcast::Sender<JobE
             made += 1;
         }
     };
-    let result = pixpool_imaging::process_unsynced(
+    let result = pixpool_imaging::process_with_progress(
         &raw,
         &presets,
         &processed_dir,
         job.id.as_str(),
         &config.limits,
+        // Flushed by `commit`, on another thread, while the next job decodes.
+        pixpool_imaging::Flush::Later,
         &mut on_progress,
     );
     let ms = started.elapsed().as_secs_f64() * 1e3;
