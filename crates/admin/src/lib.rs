@@ -160,6 +160,11 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "Jobs finished, by outcome.",
     ),
     (
+        "pixpool_jobs_stolen_total",
+        "counter",
+        "Queued jobs an idle worker took from a busy sibling, by taker.",
+    ),
+    (
         "pixpool_job_duration_seconds",
         "histogram",
         "Wall time of one job run in a worker.",

@@ -68,7 +68,10 @@ async fn help_a_sibling(config: &Arc<WorkerConfig>) -> Option<Job> {
     match stolen {
         Ok(Ok(Some(id))) => {
             info!(job_id = %id, "took a queued job from a busy sibling");
-            pixpool_protocol::metrics::global().add("pixpool_jobs_stolen_total", 1);
+            pixpool_protocol::metrics::global().add(
+                &format!("pixpool_jobs_stolen_total{{worker=\"{}\"}}", config.slot),
+                1,
+            );
             Some(Job {
                 id,
                 owner: config.slot,
