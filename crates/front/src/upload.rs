@@ -211,15 +211,13 @@ async fn accept(
     // Durable before the 202: the original's rename, a "pending" marker (so a
     // respawned front can undo a job it never got acknowledged), the record.
     let pending = store.pending_path(slot, &id);
-    let (st, rec) = (store.clone(), record);
-    let (id_for_marker, raw_for_marker) = (id.clone(), file.path.clone());
+    let (st, rec, marker) = (store.clone(), record, pending.clone());
     tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
         let storage = |context: &str| {
             let context = context.to_string();
             move |source| ApiError::Storage { context, source }
         };
-        st.mark_pending(slot, &id_for_marker, &raw_for_marker)
-            .map_err(storage("could not create the pending marker"))?;
+        std::fs::File::create(&marker).map_err(storage("could not create the pending marker"))?;
         pixpool_store::fsutil::sync_dir(&st.raw_dir()).map_err(storage("could not sync raw/"))?;
         st.write_record(&rec)?;
         Ok(())

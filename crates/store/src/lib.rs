@@ -6,13 +6,11 @@
 //! uploads/
 //!   tmp/<front>/<id>.part  uploads being streamed by front slot <front> (removed on failure)
 //!   tmp/<front>/<id>.pending  a job recorded but not yet acknowledged by a worker
-//!                          (a hard link to its original: a name, not a new file)
 //!   dedup/<key>            content hash + preset set → job id (single-flight index)
 //!   raw/<id>.<ext>         originals, fsynced before the job exists
 //!   processed/<id>-<preset>.<ext>   outputs, written to a temp file then renamed
 //!   jobs/<id>.json         the job record (temp file + fsync + rename + dir fsync)
 //!   claims/<slot>/<id>     a worker's durable claim: "this job is mine and not done"
-//!                          (a link to the pending marker where it exists)
 //!   claims/<slot>/<id>.running  the same claim once the job is in the worker's hands
 //!   run/                   mode 0700: the workers' Unix sockets
 //! ```
@@ -316,36 +314,15 @@ impl Store {
     }
 
     /// Durably records that worker `slot` owns job `id` until it is finished.
-    ///
-    /// The claim is a new name for the pending marker of front `front` (itself a
-    /// name of the job's original, see [`Store::mark_pending`]) when that exists: a
-    /// link creates no inode, and inode creation is the dearest part of a small
-    /// file on a busy ext4. Otherwise an empty file. Only the name matters.
-    pub fn claim(&self, slot: u32, id: &JobId, front: Option<u32>) -> Result<(), StoreError> {
+    pub fn claim(&self, slot: u32, id: &JobId) -> Result<(), StoreError> {
         let dir = self.claim_dir(slot);
         let path = dir.join(id.as_str());
         let res = (|| {
             fs::create_dir_all(&dir)?;
-            let linked =
-                front.is_some_and(|f| fs::hard_link(self.pending_path(f, id), &path).is_ok());
-            if !linked {
-                fs::File::create(&path)?;
-            }
+            fs::File::create(&path)?;
             fsutil::sync_dir(&dir)
         })();
         res.map_err(|source| StoreError::Claim { path, source })
-    }
-
-    /// Marks job `id`, recorded by front `front` but not yet acknowledged by a worker,
-    /// as pending (see [`Store::recover_front`]): a second name for its original
-    /// `raw`, so no inode is created; an empty file where links are refused.
-    pub fn mark_pending(&self, front: u32, id: &JobId, raw: &Path) -> io::Result<()> {
-        let marker = self.pending_path(front, id);
-        match fs::hard_link(raw, &marker) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            Err(_) => fs::File::create(&marker).map(drop),
-        }
     }
 
     /// Takes job `id` into worker `slot`'s hands: its queued claim in `owner`'s
@@ -543,42 +520,10 @@ mod tests {
     }
 
     #[test]
-    fn pending_markers_and_claims_are_new_names_not_new_files() {
-        use std::os::unix::fs::MetadataExt;
-        let (store, root) = store("links");
-        let id = JobId::generate();
-        let raw = store.raw_dir().join(format!("{}.jpg", id.as_str()));
-        fs::write(&raw, b"the original").expect("raw");
-        fs::create_dir_all(store.spool_dir(1)).expect("spool dir");
-        store.mark_pending(1, &id, &raw).expect("mark pending");
-        store.claim(0, &id, Some(1)).expect("claim");
-        let inode = |p: &Path| fs::metadata(p).expect("metadata").ino();
-        let claim = store.claim_dir(0).join(id.as_str());
-        assert_eq!(inode(&store.pending_path(1, &id)), inode(&raw));
-        assert_eq!(inode(&claim), inode(&raw));
-        // The claim outlives the marker (the front drops it after the ack) and the
-        // job's files, and goes with its release.
-        fs::remove_file(store.pending_path(1, &id)).expect("drop the marker");
-        assert!(store.is_claimed(&id));
-        store.release(0, &id).expect("release");
-        assert_eq!(fs::read(&raw).expect("raw"), b"the original");
-        // Without a marker (a front of an older version), a claim is an empty file.
-        let other = JobId::generate();
-        store.claim(0, &other, Some(1)).expect("claim");
-        assert_eq!(
-            fs::metadata(store.claim_dir(0).join(other.as_str()))
-                .expect("claim")
-                .len(),
-            0
-        );
-        let _ = fs::remove_dir_all(root);
-    }
-
-    #[test]
     fn a_job_is_taken_once_whoever_tries() {
         let (store, root) = store("take");
         let id = JobId::generate();
-        store.claim(0, &id, None).expect("claim");
+        store.claim(0, &id).expect("claim");
         assert!(store.is_claimed(&id));
         // Its owner and a sibling race for it: one rename wins.
         assert!(store.take(1, 0, 2, &id).expect("sibling takes it"));
@@ -601,7 +546,7 @@ mod tests {
         let (store, root) = store("steal");
         let (running, older, newer) = (JobId::generate(), JobId::generate(), JobId::generate());
         for id in [&running, &older, &newer] {
-            store.claim(0, id, None).expect("claim");
+            store.claim(0, id).expect("claim");
         }
         // Worker 0 is idle (nothing running): its queue is its own to start.
         assert_eq!(store.steal(1, 2).expect("steal"), None);
@@ -622,7 +567,7 @@ mod tests {
             ]
         );
         // A worker does not steal from itself, and a lone worker has nobody to help.
-        store.claim(0, &JobId::generate(), None).expect("claim");
+        store.claim(0, &JobId::generate()).expect("claim");
         assert_eq!(store.steal(0, 2).expect("steal"), None);
         assert_eq!(store.steal(0, 1).expect("steal"), None);
         let _ = fs::remove_dir_all(root);
@@ -632,8 +577,8 @@ mod tests {
     fn running_claims_are_recovered_and_adopted_from_retired_slots() {
         let (store, root) = store("recover");
         let (mine, retired) = (JobId::generate(), JobId::generate());
-        store.claim(0, &mine, None).expect("claim");
-        store.claim(2, &retired, None).expect("claim");
+        store.claim(0, &mine).expect("claim");
+        store.claim(2, &retired).expect("claim");
         assert!(store.take(0, 0, 3, &mine).expect("take"));
         assert!(store.take(2, 2, 3, &retired).expect("take"));
         // The server restarts with 2 workers: slot 0 gets its own running job back
@@ -647,7 +592,7 @@ mod tests {
         assert_eq!(names(&store.claim_dir(2)), Vec::<String>::new());
         // A live sibling's running claim is never taken.
         let busy = JobId::generate();
-        store.claim(1, &busy, None).expect("claim");
+        store.claim(1, &busy).expect("claim");
         assert!(store.take(1, 1, 2, &busy).expect("take"));
         assert!(!store.take(0, 1, 2, &busy).expect("not a retired slot"));
         let _ = fs::remove_dir_all(root);

@@ -94,7 +94,6 @@ async fn connection(
         }
     };
     tracing::Span::current().record("front", peer.slot);
-    let front = peer.slot;
     if let Err(e) = writer
         .send(&ToFront::Hello(Hello::new(Role::Worker, config.slot)))
         .await
@@ -145,8 +144,7 @@ async fn connection(
                     (config.clone(), queue.clone(), tx.clone(), stop.clone());
                 tokio::spawn(
                     async move {
-                        let answer =
-                            admit(&config, &queue, &stop, req, job.id, job.presets, front).await;
+                        let answer = admit(&config, &queue, &stop, req, job.id, job.presets).await;
                         let _ = tx.send(answer).await;
                     }
                     .in_current_span(),
@@ -180,7 +178,6 @@ async fn admit(
     req: u64,
     id: pixpool_store::JobId,
     presets: Vec<String>,
-    front: u32,
 ) -> ToFront {
     if *stop.borrow() {
         return ToFront::Rejected {
@@ -198,8 +195,7 @@ async fn admit(
     let store = config.store.clone();
     let slot = config.slot;
     let claim_id = id.clone();
-    let claimed =
-        tokio::task::spawn_blocking(move || store.claim(slot, &claim_id, Some(front))).await;
+    let claimed = tokio::task::spawn_blocking(move || store.claim(slot, &claim_id)).await;
     match claimed {
         Ok(Ok(())) => {
             let depth = queue.push_reserved(Job {
