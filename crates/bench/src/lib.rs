@@ -227,7 +227,8 @@ async fn benchmark(cli: Cli) -> anyhow::Result<ExitCode> {
         "pixpool binary not found at {} (build it: cargo build --release -p pixpool, or pass --pixpool-bin)",
         pixpool_bin.display()
     );
-    let work_dir = cli.work_dir();
+    // Declared before anything that runs a server: removed last, with every run's files.
+    let work_dir = server::WorkDir::create(&cli.work_dir())?;
     let peer_dir = if cli.no_peer {
         None
     } else {
@@ -242,7 +243,7 @@ async fn benchmark(cli: Cli) -> anyhow::Result<ExitCode> {
         pixpool_bin,
         peer_dir,
         node: cli.node.clone(),
-        work_dir,
+        work_dir: work_dir.path().to_path_buf(),
         workers: cli.workers,
         fronts: cli.fronts,
         pixpool_log: std::env::var("RUST_LOG").unwrap_or_else(|_| server::PIXPOOL_LOG.into()),

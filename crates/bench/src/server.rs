@@ -67,7 +67,7 @@ pub struct Launch {
     pub peer_dir: Option<PathBuf>,
     /// The Node.js executable.
     pub node: PathBuf,
-    /// Parent of the temporary uploads directories.
+    /// Where the runs' uploads directories go (the benchmark's [`WorkDir`]).
     pub work_dir: PathBuf,
     /// Image workers.
     pub workers: u32,
@@ -116,7 +116,7 @@ fn lock(log: &SharedLog) -> std::sync::MutexGuard<'_, LogTail> {
     log.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A directory removed when dropped.
+/// A run's uploads directory, inside the benchmark's [`WorkDir`], which removes it.
 #[derive(Debug)]
 struct TempDir(PathBuf);
 
@@ -132,7 +132,33 @@ impl TempDir {
     }
 }
 
-impl Drop for TempDir {
+/// The directory that holds every run's uploads directory, removed (with them) when
+/// the benchmark ends, not after each run.
+///
+/// Removing a run's thousands of files just before the next run is measured would tax
+/// that run for something no real server sees: on ext4 without a journal (this
+/// project's VMs), an inode freed in the last minute is skipped, one by one, by every
+/// file creation in its block group (`recently_deleted`), and a group just emptied is
+/// where the next run's directories go. pixpool creates about eight files a job against
+/// the peer's two or three, so it paid that tax four times over.
+#[derive(Debug)]
+pub struct WorkDir(PathBuf);
+
+impl WorkDir {
+    /// `parent/pixpool-bench-<pid>`, created.
+    pub fn create(parent: &Path) -> anyhow::Result<WorkDir> {
+        let dir = parent.join(format!("pixpool-bench-{}", std::process::id()));
+        TempDir::create(dir.clone())?;
+        Ok(WorkDir(dir))
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for WorkDir {
     fn drop(&mut self) {
         if let Err(err) = std::fs::remove_dir_all(&self.0) {
             if err.kind() != std::io::ErrorKind::NotFound {
@@ -160,7 +186,7 @@ pub struct Server {
     child: Child,
     log: SharedLog,
     stopped: bool,
-    // Declared last: dropped after `Drop::drop` has stopped the processes using it.
+    // Removed with the benchmark's `WorkDir`, after every run.
     uploads: TempDir,
 }
 
@@ -168,11 +194,7 @@ impl Server {
     /// Starts `kind` with `launch`'s settings in a new uploads directory named after
     /// `tag`, and waits until it is ready (see the crate documentation).
     pub async fn start(kind: ServerKind, launch: &Launch, tag: &str) -> anyhow::Result<Server> {
-        let uploads = TempDir::create(
-            launch
-                .work_dir
-                .join(format!("pixpool-bench-{}-{tag}", std::process::id())),
-        )?;
+        let uploads = TempDir::create(launch.work_dir.join(tag))?;
         let (mut cmd, addr) = match kind {
             ServerKind::Pixpool => {
                 let mut cmd = Command::new(&launch.pixpool_bin);
@@ -344,7 +366,8 @@ impl Server {
     }
 
     /// Stops the server: SIGTERM to its root, up to [`STOP_GRACE`] to exit, then
-    /// SIGKILL to its whole process group; removes its uploads directory.
+    /// SIGKILL to its whole process group. Its uploads directory stays until the
+    /// benchmark's [`WorkDir`] goes.
     pub fn stop(&mut self) {
         if self.stopped {
             return;
@@ -367,12 +390,6 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(2);
         while killpg(pid, None).is_ok() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
-        }
-        if let Err(err) = std::fs::remove_dir_all(&self.uploads.0) {
-            eprintln!(
-                "pixpool-bench: could not remove {}: {err}",
-                self.uploads.0.display()
-            );
         }
     }
 }
