@@ -313,6 +313,28 @@ pub fn progress_line(r: &RunResult) -> String {
     line
 }
 
+/// pixpool's images/s over the peer's, rep by rep, from `(rep, server, images/s)` of
+/// the valid runs (reps with both), ascending.
+fn per_rep_ratios(runs: impl IntoIterator<Item = (u32, ServerKind, f64)>) -> Vec<f64> {
+    let mut by_rep: BTreeMap<u32, (Option<f64>, Option<f64>)> = BTreeMap::new();
+    for (rep, server, images_per_s) in runs {
+        let entry = by_rep.entry(rep).or_default();
+        match server {
+            ServerKind::Pixpool => entry.0 = Some(images_per_s),
+            ServerKind::Peer => entry.1 = Some(images_per_s),
+        }
+    }
+    let mut ratios: Vec<f64> = by_rep
+        .values()
+        .filter_map(|pair| match *pair {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios
+}
+
 /// The markdown report; its last line is the `RESULT` line.
 pub fn render(summary: &Summary, results: &[RunResult], corpus: &Corpus) -> String {
     let mut out = String::new();
@@ -378,6 +400,25 @@ pub fn render(summary: &Summary, results: &[RunResult], corpus: &Corpus) -> Stri
         &|c| format!("**{}**", num(c.images_per_s, 2)),
         ratio(&|c| c.images_per_s),
     );
+    if two {
+        // Each rep runs both servers back to back: their ratio is immune to the
+        // machine's drift over the benchmark, which the medians above are not.
+        let ratios = per_rep_ratios(
+            results
+                .iter()
+                .filter(|r| r.valid())
+                .map(|r| (r.rep, r.server, r.images_per_s)),
+        );
+        let spread = match (median(&ratios), ratios.first(), ratios.last()) {
+            (Some(m), Some(lo), Some(hi)) => format!("{m:.2} ({lo:.2}–{hi:.2})"),
+            _ => "–".to_owned(),
+        };
+        row(
+            "images/s ratio within each rep: median (min–max)",
+            &|_| String::new(),
+            Some(spread),
+        );
+    }
     row("wall time (s)", &|c| num(c.wall_s, 2), None);
     row(
         "jobs done / uploads (all runs)",
@@ -596,5 +637,20 @@ mod tests {
         let alone = result_line(&[pix], false, 2);
         assert!(alone.contains("peer_img_s=na ratio=na"));
         assert!(alone.ends_with(" invalid=2"));
+    }
+
+    #[test]
+    fn ratios_pair_the_runs_of_each_rep() {
+        use ServerKind::{Peer, Pixpool};
+        let runs = [
+            (1, Pixpool, 50.0),
+            (1, Peer, 25.0),
+            (2, Peer, 20.0),
+            (2, Pixpool, 30.0),
+            // A rep whose peer run is missing (invalid) pairs nothing.
+            (3, Pixpool, 90.0),
+        ];
+        assert_eq!(per_rep_ratios(runs), vec![1.5, 2.0]);
+        assert!(per_rep_ratios([(1, Pixpool, 10.0), (1, Peer, 0.0)]).is_empty());
     }
 }
