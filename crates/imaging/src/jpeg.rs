@@ -10,7 +10,7 @@
 //! - at full scale, zune-jpeg (through the `image` crate), the fastest Rust decoder;
 //! - at a reduced scale, `jpeg-decoder` (the only Rust decoder with DCT scaling), where it
 //!   beats zune-jpeg's full decode followed by a larger resize. Its Huffman decoding is
-//!   slower than zune-jpeg's, which [`prefer_scaled_decoder`] weighs; the numbers are in
+//!   slower than zune-jpeg's, which `prefer_scaled_decoder` weighs; the numbers are in
 //!   the crate's benchmarks.
 //! - For progressive files, scans that only carry coefficients the reduced inverse DCT
 //!   never reads (e.g. every AC scan at 1/8) are cut out of the stream before
@@ -19,7 +19,7 @@
 //!
 //! With the `turbojpeg` feature, libjpeg-turbo decodes every JPEG at its scale instead
 //! (`turbo`), except progressive files at 1/4 and 1/8, which `jpeg-decoder` decodes
-//! faster once pruned ([`prefer_jpeg_decoder_to_turbo`]).
+//! faster once pruned (`prefer_jpeg_decoder_to_turbo`).
 
 use std::borrow::Cow;
 
@@ -341,7 +341,7 @@ pub(crate) struct Pruned<'a> {
     /// [`prune_scans`]).
     pub(crate) exact: bool,
     /// Components (bit i: the frame's i-th) whose DC lost its last bit, which makes
-    /// their samples darker by half a DC step on average ([`dc_bias`] corrects it).
+    /// their samples darker by half a DC step on average ([`correct_dc`] corrects it).
     pub(crate) dc_truncated: u8,
 }
 
@@ -354,7 +354,7 @@ pub(crate) struct Pruned<'a> {
 ///   progressive file's bytes, and every scan kept costs a pass over the whole
 ///   coefficient buffer, while a missing last bit moves a coefficient by one quantiser
 ///   step at most, which the reduced IDCT and the downscale after it average out. DC
-///   truncated so is darker by half a step on average; [`dc_bias`] adds it back.
+///   truncated so is darker by half a step on average; [`correct_dc`] adds it back.
 ///   Measured on the corpus's seven progressive photos (`examples/shrink_report.rs`,
 ///   libjpeg-turbo): their decodes take 21 % less time (316 to 250 ms), for 0.4 to 4.6
 ///   dB of PSNR (the least, 37.3 dB, is the landscape that shrink-on-load already
