@@ -118,17 +118,17 @@ fn lock(log: &SharedLog) -> std::sync::MutexGuard<'_, LogTail> {
 
 /// A run's uploads directory, inside the benchmark's [`WorkDir`], which removes it.
 #[derive(Debug)]
-struct TempDir(PathBuf);
+struct RunDir(PathBuf);
 
-impl TempDir {
-    fn create(path: PathBuf) -> anyhow::Result<TempDir> {
+impl RunDir {
+    fn create(path: PathBuf) -> anyhow::Result<RunDir> {
         if path.exists() {
             std::fs::remove_dir_all(&path)
                 .with_context(|| format!("could not clear {}", path.display()))?;
         }
         std::fs::create_dir_all(&path)
             .with_context(|| format!("could not create {}", path.display()))?;
-        Ok(TempDir(path))
+        Ok(RunDir(path))
     }
 }
 
@@ -148,7 +148,7 @@ impl WorkDir {
     /// `parent/pixpool-bench-<pid>`, created.
     pub fn create(parent: &Path) -> anyhow::Result<WorkDir> {
         let dir = parent.join(format!("pixpool-bench-{}", std::process::id()));
-        TempDir::create(dir.clone())?;
+        RunDir::create(dir.clone())?;
         Ok(WorkDir(dir))
     }
 
@@ -187,14 +187,14 @@ pub struct Server {
     log: SharedLog,
     stopped: bool,
     // Removed with the benchmark's `WorkDir`, after every run.
-    uploads: TempDir,
+    uploads: RunDir,
 }
 
 impl Server {
     /// Starts `kind` with `launch`'s settings in a new uploads directory named after
     /// `tag`, and waits until it is ready (see the crate documentation).
     pub async fn start(kind: ServerKind, launch: &Launch, tag: &str) -> anyhow::Result<Server> {
-        let uploads = TempDir::create(launch.work_dir.join(tag))?;
+        let uploads = RunDir::create(launch.work_dir.join(tag))?;
         let (mut cmd, addr) = match kind {
             ServerKind::Pixpool => {
                 let mut cmd = Command::new(&launch.pixpool_bin);

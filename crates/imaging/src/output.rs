@@ -14,18 +14,19 @@ use std::path::{Path, PathBuf};
 use tracing::debug;
 
 use crate::error::ImagingError;
+use crate::pipeline::Flush;
 
-/// Writes `bytes` to `dir/name` through a temporary file and a rename; the temporary
-/// file is flushed to disk first when `sync` (else see [`sync_files`]).
+/// Writes `bytes` to `dir/name` through a temporary file and a rename; with
+/// [`Flush::Now`] the temporary file is flushed to disk first (else see [`sync_files`]).
 pub(crate) fn write_atomically(
     dir: &Path,
     name: &str,
     bytes: &[u8],
-    sync: bool,
+    flush: Flush,
 ) -> Result<(), ImagingError> {
     let temp = dir.join(format!(".{name}.tmp"));
     let target = dir.join(name);
-    let result = write_temp(&temp, bytes, sync).and_then(|()| {
+    let result = write_temp(&temp, bytes, flush).and_then(|()| {
         fs::rename(&temp, &target).map_err(|source| ImagingError::WriteOutput {
             path: target.clone(),
             source,
@@ -38,7 +39,7 @@ pub(crate) fn write_atomically(
     result
 }
 
-fn write_temp(path: &Path, bytes: &[u8], sync: bool) -> Result<(), ImagingError> {
+fn write_temp(path: &Path, bytes: &[u8], flush: Flush) -> Result<(), ImagingError> {
     let failed = |source| ImagingError::WriteOutput {
         path: path.to_owned(),
         source,
@@ -51,7 +52,7 @@ fn write_temp(path: &Path, bytes: &[u8], sync: bool) -> Result<(), ImagingError>
         .open(path)
         .map_err(failed)?;
     file.write_all(bytes).map_err(failed)?;
-    if sync {
+    if flush == Flush::Now {
         file.sync_all().map_err(failed)?;
     }
     Ok(())

@@ -139,7 +139,6 @@ pub fn process_with_progress(
     flush: Flush,
     on_progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<Processed, ImagingError> {
-    let sync = flush == Flush::Now;
     validate_presets(presets)?;
     check_file_name_part(stem, 128).map_err(|reason| ImagingError::ValidateStem {
         stem: stem.to_owned(),
@@ -220,7 +219,7 @@ pub fn process_with_progress(
             &renditions,
             &mut resampler,
             &mut timings,
-            sync,
+            flush,
         );
         match result {
             Ok((output, rendition)) => {
@@ -238,7 +237,7 @@ pub fn process_with_progress(
             }
         }
     }
-    if sync {
+    if flush == Flush::Now {
         sync_dir(out_dir);
     }
 
@@ -275,7 +274,7 @@ fn make_output(
     renditions: &[Rendition],
     resampler: &mut Resampler,
     timings: &mut StageTimings,
-    sync: bool,
+    flush: Flush,
 ) -> Result<(Output, Rendition), ImagingError> {
     let started = Instant::now();
     let (raster, cascaded) = resampler
@@ -301,7 +300,7 @@ fn make_output(
             source,
         })?;
     let file_name = format!("{stem}-{}.{}", preset.name, format.extension());
-    write_atomically(out_dir, &file_name, &bytes, sync)?;
+    write_atomically(out_dir, &file_name, &bytes, flush)?;
     timings.encode_ms += elapsed_ms(started);
 
     debug!(

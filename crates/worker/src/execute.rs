@@ -281,10 +281,7 @@ fn fail_timed_out(config: &WorkerConfig, job: &Job, events: &broadcast::Sender<J
         });
     };
     // The job was taken into this worker's hands before it ran.
-    let job = &Job {
-        owner: config.slot,
-        ..job.clone()
-    };
+    let job = &job.taken_by(config.slot);
     finish(config, job, &mut rec, Err(problem), &emit);
 }
 
@@ -360,10 +357,7 @@ pub fn execute(config: &WorkerConfig, job: &Job, events: &broadcast::Sender<JobE
         }
     }
     // From here on the claim is `claims/<this slot>/<id>.running`.
-    let job = &Job {
-        owner: config.slot,
-        ..job.clone()
-    };
+    let job = &job.taken_by(config.slot);
     let release = || {
         if let Err(e) = store.release(job.owner, &job.id) {
             warn!(cause = %e, "could not drop the claim");

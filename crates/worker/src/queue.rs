@@ -18,6 +18,16 @@ pub struct Job {
     pub presets: Option<Vec<String>>,
 }
 
+impl Job {
+    /// This job once worker `slot` has taken it: its claim is then in `slot`'s directory.
+    pub fn taken_by(&self, slot: u32) -> Job {
+        Job {
+            owner: slot,
+            ..self.clone()
+        }
+    }
+}
+
 /// FIFO with admission control: new jobs need a reservation (bounded), jobs
 /// recovered at start-up do not (they were already accepted once).
 #[derive(Debug)]
