@@ -6,16 +6,21 @@
 //!   convention that Photoshop and every other prepress tool writes, with the naive formula
 //!   `R = C'·K'/255` on the stored (inverted) values. Colours are right in hue and close
 //!   in value; the embedded CMYK ICC profile is not applied (no colour management).
-//! - ICC profiles are ignored throughout: pixels are treated as sRGB, and no profile is
-//!   written to outputs.
+//! - An embedded ICC profile is honoured by converting the pixels to sRGB ([`colour`]):
+//!   RGB profiles (Display P3, Adobe RGB, …) after decoding, CMYK profiles in place of the
+//!   naive formula above. Outputs are sRGB and carry no profile.
+//!
+//! [`colour`]: crate::colour
 //! - 16-bit PNGs are reduced to 8 bits.
 
 use std::io::Cursor;
 
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageReader};
+use moxcms::Transform8BitExecutor;
 use tracing::debug;
 
+use crate::colour::{self, Profile};
 use crate::error::ImagingError;
 use crate::format::Format;
 use crate::jpeg::{self, Frame, Scale, Scan, ScanError};
@@ -43,6 +48,8 @@ pub(crate) struct Header<'a> {
     /// For a JPEG, what its frame header says (`None` for other formats, or when our own
     /// reading of it failed and the `image` crate's decoder is left to judge).
     pub(crate) jpeg: Option<Frame>,
+    /// What the embedded ICC profile asks of the pixels (`None`: they are sRGB).
+    pub(crate) profile: Option<Profile>,
     data: &'a [u8],
     decoder: Box<dyn ImageDecoder + 'a>,
 }
@@ -55,6 +62,7 @@ impl std::fmt::Debug for Header<'_> {
             .field("height", &self.height)
             .field("orientation", &self.orientation)
             .field("jpeg", &self.jpeg)
+            .field("profile", &self.profile)
             .finish_non_exhaustive()
     }
 }
@@ -94,12 +102,21 @@ pub(crate) fn read_header<'a>(data: &'a [u8], limits: &Limits) -> Result<Header<
     let jpeg = (format == Format::Jpeg)
         .then(|| Frame::parse(data))
         .flatten();
+    let profile = match decoder.icc_profile() {
+        Ok(Some(icc)) => colour::profile(&icc),
+        Ok(None) => None,
+        Err(err) => {
+            debug!(cause = %err, "unreadable ICC profile, taking the pixels as sRGB");
+            None
+        }
+    };
     Ok(Header {
         format,
         width,
         height,
         orientation,
         jpeg,
+        profile,
         data,
         decoder: Box::new(decoder),
     })
@@ -128,6 +145,7 @@ impl Header<'_> {
             height,
             orientation,
             jpeg,
+            profile,
             data,
             decoder,
         } = self;
@@ -136,7 +154,11 @@ impl Header<'_> {
             Some(frame) if frame.progressive => progressive_scans(data)?,
             _ => Vec::new(),
         };
-        let jpeg = jpeg.and_then(|frame| decode_jpeg(data, &frame, &scans, scale, limits));
+        let cmyk = match &profile {
+            Some(Profile::Cmyk(transform)) => Some(transform.as_ref()),
+            _ => None,
+        };
+        let jpeg = jpeg.and_then(|frame| decode_jpeg(data, &frame, &scans, scale, limits, cmyk));
         let native = jpeg.or_else(|| decode_webp(format, data, reduce_to, limits));
         let mut raster = match native {
             Some(raster) => raster,
@@ -148,6 +170,7 @@ impl Header<'_> {
                 Raster::from_dynamic(image)
             }
         };
+        let converted = profile.as_ref().is_some_and(|p| p.apply(&mut raster));
         if raster.layout.has_alpha() {
             if raster.is_opaque() {
                 raster = raster.strip_alpha();
@@ -164,6 +187,8 @@ impl Header<'_> {
             ?colour,
             layout = ?raster.layout,
             ?orientation,
+            ?profile,
+            converted,
             "decoded"
         );
         Ok(Decoded { format, raster })
@@ -191,11 +216,14 @@ fn decode_jpeg(
     scans: &[Scan],
     scale: Scale,
     limits: &Limits,
+    cmyk: Option<&Transform8BitExecutor>,
 ) -> Option<Raster> {
-    if !jpeg::prefer_scaled_decoder(frame, scale) {
+    // zune-jpeg (through the `image` crate) hands back CMYK already made RGB: a CMYK
+    // profile needs the inks, which `jpeg-decoder` gives.
+    if !jpeg::prefer_scaled_decoder(frame, scale) && cmyk.is_none() {
         return None;
     }
-    scaled_jpeg(data, frame, scans, scale, limits)
+    scaled_jpeg(data, frame, scans, scale, limits, cmyk)
         .inspect_err(|err| debug!(cause = %err, "scaled decode failed, decoding whole"))
         .ok()
 }
@@ -211,8 +239,9 @@ fn decode_jpeg(
     scans: &[Scan],
     scale: Scale,
     limits: &Limits,
+    cmyk: Option<&Transform8BitExecutor>,
 ) -> Option<Raster> {
-    scaled_jpeg(data, frame, scans, scale, limits)
+    scaled_jpeg(data, frame, scans, scale, limits, cmyk)
         .inspect_err(|err| debug!(cause = %err, "scaled decode failed, trying zune-jpeg"))
         .ok()
 }
@@ -225,12 +254,14 @@ pub(crate) fn scaled_jpeg(
     scans: &[Scan],
     scale: Scale,
     limits: &Limits,
+    cmyk: Option<&Transform8BitExecutor>,
 ) -> Result<Raster, String> {
     #[cfg(feature = "turbojpeg")]
     if !jpeg::prefer_jpeg_decoder_to_turbo(frame, scale) {
-        return crate::turbo::decode(data, frame, scans, scale, limits).map_err(|e| e.to_string());
+        return crate::turbo::decode(data, frame, scans, scale, limits, cmyk)
+            .map_err(|e| e.to_string());
     }
-    jpeg::decode_scaled(data, frame, scans, scale, limits).map_err(|e| e.to_string())
+    jpeg::decode_scaled(data, frame, scans, scale, limits, cmyk).map_err(|e| e.to_string())
 }
 
 /// Decodes a WebP with libwebp, or returns `None` to leave it to the `image` crate (an

@@ -507,8 +507,9 @@ pub(crate) fn correct_dc(raster: &mut Raster, frame: &Frame, truncated: u8) {
 
 /// Decodes a JPEG at `scale` with `jpeg-decoder` into RGB or grey.
 ///
-/// CMYK and YCCK are converted as zune-jpeg does (see `decode`): the stored values are
-/// taken as Adobe's inverted ones, `R = C'·K'/255`.
+/// CMYK and YCCK go through `cmyk`, the embedded profile's transform; without one they
+/// are converted as zune-jpeg does (see `decode`): the stored values are taken as Adobe's
+/// inverted ones, `R = C'·K'/255`.
 ///
 /// `scans` lists a progressive stream's scans (empty: decode the stream as it is).
 pub(crate) fn decode_scaled(
@@ -517,6 +518,7 @@ pub(crate) fn decode_scaled(
     scans: &[Scan],
     scale: Scale,
     limits: &Limits,
+    cmyk: Option<&moxcms::Transform8BitExecutor>,
 ) -> Result<Raster, jpeg_decoder::Error> {
     use jpeg_decoder::{ColorTransform, Decoder, PixelFormat};
 
@@ -559,9 +561,12 @@ pub(crate) fn decode_scaled(
             ))
         }
     };
-    let pixels = decoder.decode()?;
+    let mut pixels = decoder.decode()?;
     let data = match info.pixel_format {
-        PixelFormat::CMYK32 => cmyk_to_rgb(&pixels),
+        // It hands back `255 − C'` for every channel, for CMYK (which it inverts) and
+        // YCCK alike (whose YCC → RGB step gives `255 − C'`, as libjpeg's encoder formed
+        // it from `C'`): the inks.
+        PixelFormat::CMYK32 => crate::colour::cmyk_to_rgb(cmyk, &mut pixels, false),
         _ => pixels,
     };
     let mut raster = Raster {
@@ -577,22 +582,6 @@ pub(crate) fn decode_scaled(
     }
     correct_dc(&mut raster, frame, dc_truncated);
     Ok(raster)
-}
-
-/// `jpeg-decoder`'s CMYK output to RGB, with `R = C'·K'/255` on the stored, inverted,
-/// values. It hands back `255 − C'` for every channel, for CMYK (which it inverts) and
-/// YCCK alike (whose YCC → RGB step gives `255 − C'`, as libjpeg's encoder formed it
-/// from `C'`).
-fn cmyk_to_rgb(pixels: &[u8]) -> Vec<u8> {
-    let mut rgb = Vec::with_capacity(pixels.len() / 4 * 3);
-    for px in pixels.chunks_exact(4) {
-        let k = 255 - u32::from(px[3]);
-        for &c in &px[..3] {
-            let c = 255 - u32::from(c);
-            rgb.push(u8::try_from((c * k + 127) / 255).expect("a product of fractions"));
-        }
-    }
-    rgb
 }
 
 #[cfg(test)]
@@ -818,7 +807,7 @@ mod tests {
         assert_eq!(found.len(), 10, "libjpeg's standard script");
         let limits = Limits::default();
         let decode = |scans: &[Scan], scale| {
-            decode_scaled(&data, &frame, scans, scale, &limits).expect("decode")
+            decode_scaled(&data, &frame, scans, scale, &limits, None).expect("decode")
         };
         let psnr = |a: &Raster, b: &Raster| {
             let mse = a

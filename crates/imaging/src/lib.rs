@@ -69,6 +69,7 @@
 // No unsafe code, except the FFI boundary of the optional libwebp decoder (`webp`).
 #![deny(unsafe_code)]
 
+mod colour;
 mod decode;
 mod encode;
 pub mod error;

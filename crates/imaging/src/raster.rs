@@ -134,8 +134,7 @@ impl Raster {
     }
 
     /// Hands the pixels to the `image` crate, without copying (tests compare our
-    /// orientation with its own).
-    #[cfg(test)]
+    /// orientation with its own; the quality measure of [`crate::stages`] orients with it).
     pub(crate) fn into_dynamic(self) -> DynamicImage {
         const INVARIANT: &str = "raster buffer length matches its dimensions";
         let (w, h, data) = (self.width, self.height, self.data);

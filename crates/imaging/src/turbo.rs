@@ -3,14 +3,17 @@
 //!
 //! About twice as fast as the pure-Rust codecs on one core (SIMD Huffman and DCT code
 //! written in assembly); the price is a C library built from source, hence a feature that
-//! is off by default. Colour follows the pure-Rust build: CMYK and YCCK become RGB with
-//! `R = C'·K'/255` on the stored (Adobe-inverted) values, which is what libjpeg hands
-//! back for both.
+//! is off by default. Colour follows the pure-Rust build: CMYK and YCCK become RGB through
+//! the embedded CMYK profile, or else with `R = C'·K'/255` on the stored (Adobe-inverted)
+//! values, which is what libjpeg hands back for both.
 
 use std::borrow::Cow;
 
 use turbojpeg::{Colorspace, Compressor, Decompressor, Image, PixelFormat, ScalingFactor, Subsamp};
 
+use moxcms::Transform8BitExecutor;
+
+use crate::colour;
 use crate::jpeg::{self, Frame, Scale, Scan, MAX_SCANS};
 use crate::limits::Limits;
 use crate::raster::{Layout, Raster};
@@ -23,6 +26,7 @@ pub(crate) fn decode(
     scans: &[Scan],
     scale: Scale,
     limits: &Limits,
+    cmyk: Option<&Transform8BitExecutor>,
 ) -> Result<Raster, turbojpeg::Error> {
     let pruned = jpeg::prune_scans(data, frame, scans, scale);
     let dc_truncated = pruned.dc_truncated;
@@ -57,7 +61,8 @@ pub(crate) fn decode(
         },
     )?;
     if format == PixelFormat::CMYK {
-        pixels = cmyk_to_rgb(&pixels);
+        // libjpeg hands back the stored (Adobe-inverted) values.
+        pixels = colour::cmyk_to_rgb(cmyk, &mut pixels, true);
     }
     let mut raster = Raster {
         width: u32::try_from(width).map_err(|_| turbojpeg::Error::IntegerOverflow("width"))?,
@@ -67,19 +72,6 @@ pub(crate) fn decode(
     };
     jpeg::correct_dc(&mut raster, frame, dc_truncated);
     Ok(raster)
-}
-
-/// libjpeg's CMYK (the stored values, inverted by Adobe's convention) to RGB.
-fn cmyk_to_rgb(pixels: &[u8]) -> Vec<u8> {
-    let mut rgb = Vec::with_capacity(pixels.len() / 4 * 3);
-    for px in pixels.chunks_exact(4) {
-        let k = u32::from(px[3]);
-        for &c in &px[..3] {
-            let v = (u32::from(c) * k + 127) / 255;
-            rgb.push(u8::try_from(v).expect("a product of fractions"));
-        }
-    }
-    rgb
 }
 
 /// Encodes an RGB or grey raster as a baseline JPEG with standard Huffman tables, with the

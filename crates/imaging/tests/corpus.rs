@@ -145,10 +145,21 @@ fn every_photo_makes_a_medium_jpeg_true_to_the_source() {
         );
 
         // Same picture, same place: compare 4×4 grids of mean colour with the reference.
+        // The `image` crate applies no ICC profile: the CMYK photo's colours come from
+        // its profile, and are checked against LittleCMS instead (below).
         let ours = grid_means(&image.to_rgb8(), 4, 4);
         let theirs = grid_means(&reference(&path), 4, 4);
         let diff = max_grid_diff(&ours, &theirs);
-        assert!(diff < 4.0, "{}: grid differs by {diff:.1}", photo.name);
+        let tolerance = if photo.name == "16-fig-cmyk.jpg" {
+            f64::INFINITY
+        } else {
+            4.0
+        };
+        assert!(
+            diff < tolerance,
+            "{}: grid differs by {diff:.1}",
+            photo.name
+        );
 
         timings.push((photo.name, processed.timings, diff));
     }
@@ -284,23 +295,25 @@ fn transparent_corners_become_white_in_jpeg_and_stay_transparent_in_png() {
 }
 
 /// Reference means for `16-fig-cmyk.jpg` on a 4×3 grid, computed with Pillow 13.0 and
-/// LittleCMS (`ImageCms.profileToProfile(im, <embedded FOGRA39L>, sRGB, perceptual)`), then
-/// `resize((4, 3), Image.BOX)`. That is the colour-managed truth. The pipeline converts
-/// CMYK naively (no ICC), which Pillow's `convert("RGB")` reproduces at a mean absolute
-/// difference of 18 and at most 27 from this reference; an inverted decode is 91 away.
+/// LittleCMS 2.19 (`ImageCms.buildTransform(<embedded FOGRA39L>, sRGB, "CMYK", "RGB",
+/// renderingIntent=1)`, relative colorimetric without black-point compensation, which
+/// is also libvips' default and so the peer's), then `resize((4, 3), Image.BOX)`.
+/// The naive conversion (Pillow's `convert("RGB")`, what the pipeline did before it
+/// read profiles) is 23.7 away on average and 36 at most; LittleCMS's perceptual
+/// rendering is 5.8 and 13 away.
 const FIG_ICC_GRID: [[f64; 3]; 12] = [
-    [141.0, 140.0, 139.0],
-    [91.0, 56.0, 48.0],
-    [168.0, 67.0, 52.0],
-    [181.0, 132.0, 126.0],
-    [136.0, 129.0, 128.0],
-    [193.0, 62.0, 35.0],
-    [195.0, 72.0, 48.0],
-    [157.0, 42.0, 30.0],
-    [144.0, 140.0, 135.0],
-    [169.0, 108.0, 101.0],
-    [159.0, 53.0, 39.0],
-    [147.0, 87.0, 81.0],
+    [144.0, 143.0, 141.0],
+    [100.0, 66.0, 58.0],
+    [171.0, 75.0, 62.0],
+    [182.0, 136.0, 130.0],
+    [140.0, 133.0, 131.0],
+    [195.0, 71.0, 47.0],
+    [196.0, 80.0, 58.0],
+    [159.0, 54.0, 43.0],
+    [146.0, 142.0, 137.0],
+    [170.0, 114.0, 107.0],
+    [161.0, 63.0, 51.0],
+    [149.0, 96.0, 90.0],
 ];
 
 #[test]
@@ -317,8 +330,8 @@ fn cmyk_colours_match_a_colour_managed_reference() {
         .collect();
     let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
     let max = diffs.iter().copied().fold(0.0, f64::max);
-    eprintln!("CMYK vs ICC reference: mean abs diff {mean:.1}, max {max:.1}");
-    assert!(mean < 25.0 && max < 40.0, "mean {mean:.1}, max {max:.1}");
+    eprintln!("CMYK vs ICC reference: mean abs diff {mean:.2}, max {max:.2}");
+    assert!(mean < 1.5 && max < 4.0, "mean {mean:.2}, max {max:.2}");
 }
 
 #[test]

@@ -67,3 +67,25 @@ proptest! {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// A damaged ICC profile (the P3 file's APP2 segment holds one in its first 700
+    /// bytes) is ignored or applied, never a panic: the colour engine parses input.
+    #[test]
+    fn damaged_icc_profiles_never_panic(
+        flips in prop::collection::vec((20usize..700, any::<u8>()), 1..8),
+    ) {
+        let bytes = mutate(test_photo("04-fallenleaf-p3.jpg"), &flips);
+        let dir = std::env::temp_dir().join(format!("pixpool-icc-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let input = dir.join("in.jpg");
+        std::fs::write(&input, &bytes).expect("write");
+        match process(&input, &[Preset::medium()], &dir, "icc", &Limits::default()) {
+            Ok(p) => prop_assert!(p.outputs[0].width <= 400),
+            Err(e) => prop_assert!(e.is_input_error(), "a corrupt input is the input's fault: {e}"),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

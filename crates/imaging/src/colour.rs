@@ -1,0 +1,276 @@
+//! Colour management: pixels that an embedded ICC profile describes are converted to
+//! sRGB, so that every output is sRGB and carries no profile (untagged images are sRGB
+//! on the web, in browsers and in the peer's sharp).
+//!
+//! The colour engine is `moxcms` (pure Rust, SIMD, already a dependency of the `image`
+//! crate, so no build cost), with the perceptual rendering intent where the profile has
+//! one (CMYK printing profiles do) and the colorimetric mapping of matrix/shaper profiles
+//! otherwise.
+//!
+//! - **RGB profiles** (Display P3 from phones, Adobe RGB, ProPhoto, camera profiles): RGB
+//!   and RGBA rasters are converted after decoding, alpha untouched. A profile that
+//!   maps every colour of a test cube to within one level of itself (sRGB under its many
+//!   names and versions) is recognised as sRGB and costs nothing more.
+//! - **CMYK profiles** (FOGRA39, SWOP, …): the JPEG decoders hand back the inks, which go
+//!   through the profile, instead of the naive `R = (1 − C)(1 − K)`.
+//! - **No profile**, a grey profile, one that does not parse, or one that does not match
+//!   the pixels (an RGB profile on a grey image): the pixels are taken as sRGB, as
+//!   browsers do; CMYK without a profile keeps the naive formula.
+//!
+//! Parsed profiles and their transforms are kept per thread (a few, most recently used
+//! first): a server sees the same handful of profiles over and over, and building a
+//! CMYK transform takes longer than applying it to a small raster.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use moxcms::{ColorProfile, DataColorSpace, Layout as CmsLayout, RenderingIntent};
+use moxcms::{Transform8BitExecutor, TransformOptions};
+use tracing::debug;
+
+use crate::raster::{Layout, Raster};
+
+/// What an embedded profile asks of the pixels.
+#[derive(Clone)]
+pub(crate) enum Profile {
+    /// An RGB profile other than sRGB: RGB (or RGBA) to sRGB.
+    Rgb(Arc<RgbTransforms>),
+    /// A CMYK profile: inks (0: none, 255: full) to sRGB.
+    Cmyk(Arc<Transform8BitExecutor>),
+}
+
+impl std::fmt::Debug for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Profile::Rgb(_) => "Profile::Rgb",
+            Profile::Cmyk(_) => "Profile::Cmyk",
+        })
+    }
+}
+
+/// The two transforms of an RGB profile, one per pixel layout.
+pub(crate) struct RgbTransforms {
+    rgb: Arc<Transform8BitExecutor>,
+    rgba: Arc<Transform8BitExecutor>,
+}
+
+/// Profiles kept per thread.
+const CACHED: usize = 4;
+
+thread_local! {
+    /// The profiles seen last by this thread, their bytes and what they parsed to
+    /// (`None`: sRGB, or nothing to apply), most recent first.
+    static RECENT: RefCell<Vec<(Vec<u8>, Option<Profile>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// What the embedded profile `icc` asks of the pixels; `None` when nothing (sRGB, grey,
+/// or a profile that cannot be used, which is logged).
+pub(crate) fn profile(icc: &[u8]) -> Option<Profile> {
+    if let Some(hit) = RECENT.with_borrow_mut(|recent| {
+        let at = recent.iter().position(|(bytes, _)| bytes == icc)?;
+        let entry = recent.remove(at);
+        let profile = entry.1.clone();
+        recent.insert(0, entry);
+        Some(profile)
+    }) {
+        return hit;
+    }
+    let parsed = parse(icc)
+        .inspect_err(|reason| debug!(%reason, bytes = icc.len(), "ICC profile not applied"))
+        .ok()
+        .flatten();
+    RECENT.with_borrow_mut(|recent| {
+        recent.truncate(CACHED - 1);
+        recent.insert(0, (icc.to_vec(), parsed.clone()));
+    });
+    parsed
+}
+
+fn parse(icc: &[u8]) -> Result<Option<Profile>, String> {
+    let source = ColorProfile::new_from_slice(icc).map_err(|e| format!("unreadable: {e}"))?;
+    let srgb = ColorProfile::new_srgb();
+    let options = TransformOptions {
+        rendering_intent: RenderingIntent::RelativeColorimetric,
+        ..TransformOptions::default()
+    };
+    let transform = |from: CmsLayout, to: CmsLayout| {
+        source
+            .create_transform_8bit(from, &srgb, to, options)
+            .map_err(|e| format!("no transform to sRGB: {e}"))
+    };
+    match source.color_space {
+        DataColorSpace::Rgb => {
+            let rgb = transform(CmsLayout::Rgb, CmsLayout::Rgb)?;
+            if is_identity(rgb.as_ref()) {
+                return Ok(None);
+            }
+            let rgba = transform(CmsLayout::Rgba, CmsLayout::Rgba)?;
+            Ok(Some(Profile::Rgb(Arc::new(RgbTransforms { rgb, rgba }))))
+        }
+        DataColorSpace::Cmyk => Ok(Some(Profile::Cmyk(transform(
+            CmsLayout::Rgba,
+            CmsLayout::Rgb,
+        )?))),
+        DataColorSpace::Gray => Ok(None),
+        other => Err(format!("{other:?} data is not handled")),
+    }
+}
+
+/// Whether `rgb` leaves every colour of a 9-level cube within one level: an sRGB
+/// profile, under whatever name.
+fn is_identity(rgb: &Transform8BitExecutor) -> bool {
+    let levels: Vec<u8> = (0..=8u16).map(|i| (i * 255 / 8) as u8).collect();
+    let cube: Vec<u8> = levels
+        .iter()
+        .flat_map(|&r| {
+            let levels = &levels;
+            levels
+                .iter()
+                .flat_map(move |&g| levels.iter().flat_map(move |&b| [r, g, b]))
+        })
+        .collect();
+    let mut out = vec![0; cube.len()];
+    rgb.transform(&cube, &mut out).is_ok()
+        && cube.iter().zip(&out).all(|(a, b)| a.abs_diff(*b) <= 1)
+}
+
+impl Profile {
+    /// Converts an RGB or RGBA raster to sRGB in place (other layouts, and CMYK
+    /// profiles, which the decoders apply, are left alone). Returns whether it did.
+    pub(crate) fn apply(&self, raster: &mut Raster) -> bool {
+        let Profile::Rgb(transforms) = self else {
+            return false;
+        };
+        let transform = match raster.layout {
+            Layout::Rgb => &transforms.rgb,
+            Layout::Rgba => &transforms.rgba,
+            Layout::Luma | Layout::LumaAlpha => return false,
+        };
+        let mut out = vec![0; raster.data.len()];
+        match transform.transform(&raster.data, &mut out) {
+            Ok(()) => {
+                raster.data = out;
+                true
+            }
+            Err(e) => {
+                debug!(cause = %e, "ICC transform failed; pixels left as they are");
+                false
+            }
+        }
+    }
+}
+
+/// A CMYK raster (four bytes a pixel) to RGB: through the profile's transform when
+/// there is one, else with the naive `R = (1 − C)(1 − K)`. `inverted` says the bytes are
+/// Adobe's (255 for no ink), as libjpeg hands them back; otherwise 0 is no ink, as
+/// `jpeg-decoder` hands them back.
+pub(crate) fn cmyk_to_rgb(
+    transform: Option<&Transform8BitExecutor>,
+    cmyk: &mut [u8],
+    inverted: bool,
+) -> Vec<u8> {
+    if inverted {
+        for v in cmyk.iter_mut() {
+            *v = 255 - *v;
+        }
+    }
+    if let Some(transform) = transform {
+        let mut rgb = vec![0; cmyk.len() / 4 * 3];
+        match transform.transform(cmyk, &mut rgb) {
+            Ok(()) => return rgb,
+            Err(e) => debug!(cause = %e, "CMYK profile not applied; naive conversion"),
+        }
+    }
+    let mut rgb = Vec::with_capacity(cmyk.len() / 4 * 3);
+    for px in cmyk.chunks_exact(4) {
+        let k = 255 - u32::from(px[3]);
+        for &c in &px[..3] {
+            let c = 255 - u32::from(c);
+            rgb.push(u8::try_from((c * k + 127) / 255).expect("a product of fractions"));
+        }
+    }
+    rgb
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn srgb_under_any_name_is_recognised_and_costs_nothing() {
+        let srgb = ColorProfile::new_srgb().encode().expect("encode sRGB");
+        assert!(profile(&srgb).is_none());
+    }
+
+    #[test]
+    fn display_p3_pixels_become_more_saturated_srgb() {
+        let p3 = ColorProfile::new_display_p3()
+            .encode()
+            .expect("encode Display P3");
+        let profile = profile(&p3).expect("P3 is not sRGB");
+        // P3's pure red is outside sRGB: it clips to sRGB red, with green and blue at 0.
+        // A P3 mid grey stays grey (same white point and near-same curve).
+        let mut raster = Raster {
+            width: 2,
+            height: 1,
+            layout: Layout::Rgb,
+            data: vec![255, 0, 0, 128, 128, 128],
+        };
+        assert!(profile.apply(&mut raster));
+        assert_eq!(&raster.data[..3], &[255, 0, 0]);
+        let grey = &raster.data[3..];
+        assert!(grey.iter().all(|&v| v.abs_diff(128) <= 1), "{grey:?}");
+        // A muted P3 red is a more saturated sRGB red.
+        let mut raster = Raster {
+            width: 1,
+            height: 1,
+            layout: Layout::Rgba,
+            data: vec![200, 80, 60, 77],
+        };
+        assert!(profile.apply(&mut raster));
+        let [r, g, b, a] = raster.data[..] else {
+            unreachable!("one RGBA pixel")
+        };
+        assert!(r > 200 && g < 80 && b < 60, "{:?}", raster.data);
+        assert_eq!(a, 77, "alpha untouched");
+    }
+
+    #[test]
+    fn garbage_and_grey_profiles_are_ignored() {
+        assert!(profile(b"not an ICC profile").is_none());
+        assert!(profile(&[0; 200]).is_none());
+        let grey = ColorProfile::new_gray_with_gamma(1.8)
+            .encode()
+            .expect("encode a grey profile");
+        assert!(profile(&grey).is_none());
+    }
+
+    /// The corpus photos tagged "sRGB IEC61966-2.1" (v2 profiles with their own
+    /// 1024-entry curves) are recognised, and the FOGRA39 one is a CMYK profile.
+    #[test]
+    fn corpus_profiles_are_recognised() {
+        let corpus =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus");
+        if !corpus.join("MANIFEST.md").is_file() {
+            eprintln!("skipping: ../shared/corpus not found");
+            return;
+        }
+        for (name, cmyk) in [
+            ("05-colorfulcups-progressive.jpg", false),
+            ("08-path-orient8.jpg", false),
+            ("16-fig-cmyk.jpg", true),
+        ] {
+            use image::ImageDecoder;
+            let mut decoder = image::ImageReader::open(corpus.join(name))
+                .expect("open")
+                .into_decoder()
+                .expect("header");
+            let icc = decoder.icc_profile().expect("read").expect("a profile");
+            match profile(&icc) {
+                None => assert!(!cmyk, "{name}: sRGB"),
+                Some(Profile::Cmyk(_)) => assert!(cmyk, "{name}: CMYK"),
+                Some(Profile::Rgb(_)) => panic!("{name}: taken for a non-sRGB RGB profile"),
+            }
+        }
+    }
+}
