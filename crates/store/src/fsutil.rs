@@ -8,6 +8,18 @@ use std::path::Path;
 /// sees either the old content or the new, never a mix: write a temp file in the
 /// same directory, fsync it, rename it over `path`, fsync the directory.
 pub fn replace_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace(path, bytes, true)
+}
+
+/// [`replace_durably`] without the directory fsync: the new content is on disk before its
+/// name can be, so a reader after power loss still sees the old content or the new,
+/// never a torn file; but the replacement itself may be undone. For a state that a crash
+/// may roll back to the previous durable one (one fsync instead of two).
+pub fn replace_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace(path, bytes, false)
+}
+
+fn replace(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::other("path has no parent directory"))?;
@@ -22,7 +34,10 @@ pub fn replace_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
-        sync_dir(dir)
+        if durable {
+            sync_dir(dir)?;
+        }
+        Ok(())
     })();
     if res.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -47,6 +62,8 @@ mod tests {
         replace_durably(&path, b"one").expect("first write");
         replace_durably(&path, b"two").expect("second write");
         assert_eq!(fs::read(&path).expect("read back"), b"two");
+        replace_atomically(&path, b"three").expect("third write");
+        assert_eq!(fs::read(&path).expect("read back"), b"three");
         let names: Vec<_> = fs::read_dir(&dir)
             .expect("list")
             .flatten()

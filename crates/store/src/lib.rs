@@ -195,13 +195,28 @@ impl Store {
 
     /// Writes `record` durably (temp file, fsync, rename, directory fsync).
     pub fn write_record(&self, record: &JobRecord) -> Result<(), StoreError> {
+        self.write_record_with(record, fsutil::replace_durably)
+    }
+
+    /// Writes `record` atomically but not durably ([`fsutil::replace_atomically`]): a
+    /// crash of the machine may bring back the previous durable record, never a torn
+    /// one. For the `processing` state, which a crash rolls back anyway (the job is
+    /// claimed and runs again): one fsync on the worker's path instead of two.
+    pub fn write_record_provisional(&self, record: &JobRecord) -> Result<(), StoreError> {
+        self.write_record_with(record, fsutil::replace_atomically)
+    }
+
+    fn write_record_with(
+        &self,
+        record: &JobRecord,
+        replace: fn(&Path, &[u8]) -> io::Result<()>,
+    ) -> Result<(), StoreError> {
         let path = self.record_path(&record.id);
         let bytes = serde_json::to_vec_pretty(record).map_err(|e| StoreError::WriteRecord {
             path: path.clone(),
             source: io::Error::other(e),
         })?;
-        fsutil::replace_durably(&path, &bytes)
-            .map_err(|source| StoreError::WriteRecord { path, source })
+        replace(&path, &bytes).map_err(|source| StoreError::WriteRecord { path, source })
     }
 
     /// Reads a job record; `Ok(None)` when there is no such job.

@@ -401,7 +401,10 @@ pub fn execute(config: &WorkerConfig, job: &Job, events: &broadcast::Sender<JobE
     rec.attempts += 1;
     rec.worker = Some(config.slot);
     rec.started_at = Some(now_rfc3339());
-    if let Err(e) = store.write_record(&rec) {
+    // Not durable: lost in a power cut, the job is back to its queued record and runs
+    // again (its attempt uncounted), which the claim guarantees anyway. A crash of this
+    // process keeps it (page cache), so a poison job's attempts add up.
+    if let Err(e) = store.write_record_provisional(&rec) {
         error!(cause = %e, "could not mark the job processing; will retry");
         return Step::Finished(Outcome::Retry);
     }
