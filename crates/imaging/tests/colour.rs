@@ -10,7 +10,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{decode_output, grid_means, ScratchDir};
+use common::{decode_output, grid_distance, grid_means, ScratchDir};
 use pixpool_imaging::{process, Limits, Preset};
 
 /// Mean colours on an 8×5 grid of LittleCMS's sRGB rendering of the P3 file
@@ -67,17 +67,6 @@ fn test_data(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Mean and largest absolute difference between two grids, over every channel.
-fn distance(a: &[[f64; 3]], b: &[[f64; 3]]) -> (f64, f64) {
-    let diffs: Vec<f64> = a
-        .iter()
-        .zip(b)
-        .flat_map(|(p, q)| (0..3).map(move |c| (p[c] - q[c]).abs()))
-        .collect();
-    let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
-    (mean, diffs.iter().copied().fold(0.0, f64::max))
-}
-
 /// A lossless preset at the source's own size: what comes out is the decoded,
 /// colour-converted pixels themselves.
 fn lossless(width: u32) -> Preset {
@@ -102,11 +91,11 @@ fn rgb_profiles_are_converted_to_srgb() {
         .unwrap_or_else(|e| panic!("{name}: {e:?}"));
         let (_, image) = decode_output(&out, &processed.outputs[0]);
         assert_eq!(image.width(), width, "{name}: kept at its size");
-        let (mean, max) = distance(&grid_means(&image.to_rgb8(), 8, 5), &FALLENLEAF_SRGB_GRID);
+        let (mean, max) = grid_distance(&grid_means(&image.to_rgb8(), 8, 5), &FALLENLEAF_SRGB_GRID);
         // The same file read as if it were sRGB (the `image` crate applies no profile):
         // what the test tells apart from a conversion.
         let raw = image::open(&input).expect("decodes").to_rgb8();
-        let (raw_mean, raw_max) = distance(&grid_means(&raw, 8, 5), &FALLENLEAF_SRGB_GRID);
+        let (raw_mean, raw_max) = grid_distance(&grid_means(&raw, 8, 5), &FALLENLEAF_SRGB_GRID);
         eprintln!(
             "{name}: converted {mean:.2} / {max:.2}, profile ignored {raw_mean:.2} / {raw_max:.2}"
         );

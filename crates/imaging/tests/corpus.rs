@@ -8,7 +8,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{decode_output, grid_means, process_medium, ScratchDir};
+use common::{decode_output, grid_distance, grid_means, process_medium, ScratchDir};
 use image::{DynamicImage, ImageDecoder, ImageReader};
 use pixpool_imaging::{
     probe, process, Fit, Format, ImagingError, Limits, OutputFormat, Preset, Processed,
@@ -322,14 +322,7 @@ fn cmyk_colours_match_a_colour_managed_reference() {
     let out = ScratchDir::new("cmyk");
     let processed = process_medium(&corpus.join("16-fig-cmyk.jpg"), &out);
     let (_, image) = decode_output(&out, &processed.outputs[0]);
-    let ours = grid_means(&image.to_rgb8(), 4, 3);
-    let diffs: Vec<f64> = ours
-        .iter()
-        .zip(&FIG_ICC_GRID)
-        .flat_map(|(p, q)| (0..3).map(move |c| (p[c] - q[c]).abs()))
-        .collect();
-    let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
-    let max = diffs.iter().copied().fold(0.0, f64::max);
+    let (mean, max) = grid_distance(&grid_means(&image.to_rgb8(), 4, 3), &FIG_ICC_GRID);
     eprintln!("CMYK vs ICC reference: mean abs diff {mean:.2}, max {max:.2}");
     assert!(mean < 1.5 && max < 4.0, "mean {mean:.2}, max {max:.2}");
 }

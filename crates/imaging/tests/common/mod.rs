@@ -114,3 +114,15 @@ pub fn grid_means(image: &image::RgbImage, cols: u32, rows: u32) -> Vec<[f64; 3]
     }
     cells
 }
+
+/// Mean and largest absolute difference between two grids of cell means, over every
+/// cell and channel.
+pub fn grid_distance(a: &[[f64; 3]], b: &[[f64; 3]]) -> (f64, f64) {
+    let diffs: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .flat_map(|(p, q)| (0..3).map(move |c| (p[c] - q[c]).abs()))
+        .collect();
+    let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
+    (mean, diffs.iter().copied().fold(0.0, f64::max))
+}
