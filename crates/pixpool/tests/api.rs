@@ -875,3 +875,74 @@ async fn a_variant_written_while_its_job_runs_is_served_uncached() {
         Some("public, max-age=31536000, immutable")
     );
 }
+
+/// Mean colour of each cell of an 8×5 grid.
+fn grid_8x5(image: &image::RgbImage) -> Vec<[f64; 3]> {
+    let (w, h) = image.dimensions();
+    let mut cells = Vec::new();
+    for row in 0..5 {
+        for col in 0..8 {
+            let (x0, x1) = (col * w / 8, (col + 1) * w / 8);
+            let (y0, y1) = (row * h / 5, (row + 1) * h / 5);
+            let mut sum = [0f64; 3];
+            for y in y0..y1 {
+                for x in x0..x1 {
+                    for (c, v) in image.get_pixel(x, y).0.iter().enumerate() {
+                        sum[c] += f64::from(*v);
+                    }
+                }
+            }
+            let n = f64::from((x1 - x0) * (y1 - y0));
+            cells.push(sum.map(|s| s / n));
+        }
+    }
+    cells
+}
+
+fn mean_grid_distance(a: &[[f64; 3]], b: &[[f64; 3]]) -> f64 {
+    let diffs: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .flat_map(|(p, q)| (0..3).map(move |c| (p[c] - q[c]).abs()))
+        .collect();
+    diffs.iter().sum::<f64>() / diffs.len() as f64
+}
+
+/// An upload tagged with a Display P3 profile is served as sRGB: the variant matches
+/// the sRGB picture the file was made from (`test-data/04-fallenleaf.jpg`, converted
+/// into P3 by LittleCMS), which the same file read without its profile is far from.
+/// The imaging crate's `tests/colour.rs` measures the conversion against LittleCMS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_display_p3_upload_is_served_as_srgb() {
+    let server = Server::start(1, 1, &[]);
+    let mut conn = Conn::open(server.addr).await.expect("connect");
+    let p3 = photo("04-fallenleaf-p3.jpg");
+    let resp = conn
+        .upload_to("/upload?presets=medium", &[("image", Some("p3.jpg"), &p3)])
+        .await
+        .expect("send");
+    let id = accepted_id(&resp, "p3");
+    let job = wait_final(server.addr, &id, Duration::from_secs(30)).await;
+    assert_eq!(job["state"], "done", "{job}");
+    let url = job["outputs"][0]["url"].as_str().expect("url");
+    let get = conn.get(url).await.expect("get");
+    assert_eq!(get.status, StatusCode::OK, "{url}");
+    let served = image::load_from_memory(&get.body)
+        .expect("the variant decodes")
+        .to_rgb8();
+    assert_eq!(served.dimensions(), (400, 250), "never upscaled");
+    let srgb = image::load_from_memory(&photo("04-fallenleaf.jpg"))
+        .expect("the source decodes")
+        .resize_exact(400, 250, image::imageops::FilterType::Lanczos3)
+        .to_rgb8();
+    let unmanaged = image::load_from_memory(&p3).expect("decodes").to_rgb8();
+    let truth = grid_8x5(&srgb);
+    let converted = mean_grid_distance(&grid_8x5(&served), &truth);
+    let ignored = mean_grid_distance(&grid_8x5(&unmanaged), &truth);
+    eprintln!("served vs sRGB: {converted:.2}; profile ignored: {ignored:.2}");
+    assert!(
+        ignored > 5.0,
+        "the P3 file must differ from sRGB: {ignored:.2}"
+    );
+    assert!(converted < 1.5, "served vs sRGB: {converted:.2}");
+}
