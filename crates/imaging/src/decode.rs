@@ -17,13 +17,12 @@ use std::io::Cursor;
 
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageReader};
-use moxcms::Transform8BitExecutor;
 use tracing::debug;
 
 use crate::colour::{self, Profile};
 use crate::error::ImagingError;
 use crate::format::Format;
-use crate::jpeg::{self, Frame, Scale, Scan, ScanError};
+use crate::jpeg::{self, Frame, Scale, ScaledJpeg, Scan, ScanError};
 use crate::limits::Limits;
 use crate::raster::Raster;
 
@@ -158,7 +157,16 @@ impl Header<'_> {
             Some(Profile::Cmyk(transform)) => Some(transform.as_ref()),
             _ => None,
         };
-        let jpeg = jpeg.and_then(|frame| decode_jpeg(data, &frame, &scans, scale, limits, cmyk));
+        let jpeg = jpeg.and_then(|frame| {
+            decode_jpeg(ScaledJpeg {
+                data,
+                frame: &frame,
+                scans: &scans,
+                scale,
+                limits,
+                cmyk,
+            })
+        });
         let native = jpeg.or_else(|| decode_webp(format, data, reduce_to, limits));
         let mut raster = match native {
             Some(raster) => raster,
@@ -210,20 +218,13 @@ impl Header<'_> {
 /// the file (zune-jpeg then decides, so that what is accepted and the errors given stay
 /// those of the plain build).
 #[cfg(not(feature = "turbojpeg"))]
-fn decode_jpeg(
-    data: &[u8],
-    frame: &Frame,
-    scans: &[Scan],
-    scale: Scale,
-    limits: &Limits,
-    cmyk: Option<&Transform8BitExecutor>,
-) -> Option<Raster> {
+fn decode_jpeg(job: ScaledJpeg<'_>) -> Option<Raster> {
     // zune-jpeg (through the `image` crate) hands back CMYK already made RGB: a CMYK
     // profile needs the inks, which `jpeg-decoder` gives.
-    if !jpeg::prefer_scaled_decoder(frame, scale) && cmyk.is_none() {
+    if !jpeg::prefer_scaled_decoder(job.frame, job.scale) && job.cmyk.is_none() {
         return None;
     }
-    scaled_jpeg(data, frame, scans, scale, limits, cmyk)
+    scaled_jpeg(job)
         .inspect_err(|err| debug!(cause = %err, "scaled decode failed, decoding whole"))
         .ok()
 }
@@ -233,35 +234,20 @@ fn decode_jpeg(
 /// to leave it to zune-jpeg when the decoder refused it (so that what is accepted and the
 /// errors given stay those of the plain build).
 #[cfg(feature = "turbojpeg")]
-fn decode_jpeg(
-    data: &[u8],
-    frame: &Frame,
-    scans: &[Scan],
-    scale: Scale,
-    limits: &Limits,
-    cmyk: Option<&Transform8BitExecutor>,
-) -> Option<Raster> {
-    scaled_jpeg(data, frame, scans, scale, limits, cmyk)
+fn decode_jpeg(job: ScaledJpeg<'_>) -> Option<Raster> {
+    scaled_jpeg(job)
         .inspect_err(|err| debug!(cause = %err, "scaled decode failed, trying zune-jpeg"))
         .ok()
 }
 
 /// The build's decoder for a JPEG at a DCT scale (see `decode_jpeg`), without the
 /// fall-back.
-pub(crate) fn scaled_jpeg(
-    data: &[u8],
-    frame: &Frame,
-    scans: &[Scan],
-    scale: Scale,
-    limits: &Limits,
-    cmyk: Option<&Transform8BitExecutor>,
-) -> Result<Raster, String> {
+pub(crate) fn scaled_jpeg(job: ScaledJpeg<'_>) -> Result<Raster, String> {
     #[cfg(feature = "turbojpeg")]
-    if !jpeg::prefer_jpeg_decoder_to_turbo(frame, scale) {
-        return crate::turbo::decode(data, frame, scans, scale, limits, cmyk)
-            .map_err(|e| e.to_string());
+    if !jpeg::prefer_jpeg_decoder_to_turbo(job.frame, job.scale) {
+        return crate::turbo::decode(job).map_err(|e| e.to_string());
     }
-    jpeg::decode_scaled(data, frame, scans, scale, limits, cmyk).map_err(|e| e.to_string())
+    jpeg::decode_scaled(job).map_err(|e| e.to_string())
 }
 
 /// Decodes a WebP with libwebp, or returns `None` to leave it to the `image` crate (an

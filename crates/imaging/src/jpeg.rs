@@ -505,23 +505,41 @@ pub(crate) fn correct_dc(raster: &mut Raster, frame: &Frame, truncated: u8) {
     }
 }
 
-/// Decodes a JPEG at `scale` with `jpeg-decoder` into RGB or grey.
+/// One JPEG to decode at a DCT scale: what every scaled decoder takes.
+#[derive(Clone, Copy)]
+pub(crate) struct ScaledJpeg<'a> {
+    /// The file.
+    pub(crate) data: &'a [u8],
+    /// Its frame header.
+    pub(crate) frame: &'a Frame,
+    /// A progressive stream's scans (empty: decode the stream as it is); those `scale`
+    /// does not need are cut out first ([`prune_scans`]).
+    pub(crate) scans: &'a [Scan],
+    /// The DCT scale.
+    pub(crate) scale: Scale,
+    /// Allocation limits.
+    pub(crate) limits: &'a Limits,
+    /// The embedded CMYK profile's transform, for CMYK and YCCK files (`None`: the
+    /// naive conversion).
+    pub(crate) cmyk: Option<&'a moxcms::Transform8BitExecutor>,
+}
+
+/// Decodes a JPEG at its scale with `jpeg-decoder` into RGB or grey.
 ///
-/// CMYK and YCCK go through `cmyk`, the embedded profile's transform; without one they
-/// are converted as zune-jpeg does (see `decode`): the stored values are taken as Adobe's
+/// CMYK and YCCK go through the embedded profile's transform; without one they are
+/// converted as zune-jpeg does (see `decode`): the stored values are taken as Adobe's
 /// inverted ones, `R = C'·K'/255`.
-///
-/// `scans` lists a progressive stream's scans (empty: decode the stream as it is).
-pub(crate) fn decode_scaled(
-    data: &[u8],
-    frame: &Frame,
-    scans: &[Scan],
-    scale: Scale,
-    limits: &Limits,
-    cmyk: Option<&moxcms::Transform8BitExecutor>,
-) -> Result<Raster, jpeg_decoder::Error> {
+pub(crate) fn decode_scaled(job: ScaledJpeg<'_>) -> Result<Raster, jpeg_decoder::Error> {
     use jpeg_decoder::{ColorTransform, Decoder, PixelFormat};
 
+    let ScaledJpeg {
+        data,
+        frame,
+        scans,
+        scale,
+        limits,
+        cmyk,
+    } = job;
     let pruned = prune_scans(data, frame, scans, scale);
     let dc_truncated = pruned.dc_truncated;
     let data = pruned.data;
@@ -807,7 +825,15 @@ mod tests {
         assert_eq!(found.len(), 10, "libjpeg's standard script");
         let limits = Limits::default();
         let decode = |scans: &[Scan], scale| {
-            decode_scaled(&data, &frame, scans, scale, &limits, None).expect("decode")
+            decode_scaled(ScaledJpeg {
+                data: &data,
+                frame: &frame,
+                scans,
+                scale,
+                limits: &limits,
+                cmyk: None,
+            })
+            .expect("decode")
         };
         let psnr = |a: &Raster, b: &Raster| {
             let mse = a

@@ -53,7 +53,15 @@ pub fn decode_jpeg_scaled(data: &[u8], eighths: u8) -> Result<Pixels, String> {
         Vec::new()
     };
     let limits = Limits::default();
-    crate::decode::scaled_jpeg(data, &frame, &scans, scale, &limits, None).map(Pixels::new)
+    crate::decode::scaled_jpeg(jpeg::ScaledJpeg {
+        data,
+        frame: &frame,
+        scans: &scans,
+        scale,
+        limits: &limits,
+        cmyk: None,
+    })
+    .map(Pixels::new)
 }
 
 /// A JPEG's frame and the scale it would be decoded at for `presets`, as the pipeline
@@ -139,15 +147,17 @@ pub fn psnr_against_whole_decode(source: &Path, output: &Path) -> Result<f64, St
     let header = read_header(&data, &limits).map_err(|e| e.to_string())?;
     let (orientation, profile, frame) = (header.orientation, header.profile.clone(), header.jpeg);
     let whole = match (&profile, frame) {
-        (Some(crate::colour::Profile::Cmyk(cmyk)), Some(frame)) => jpeg::decode_scaled(
-            &data,
-            &frame,
-            &[],
-            Scale::FULL,
-            &limits,
-            Some(cmyk.as_ref()),
-        )
-        .map_err(|e| e.to_string())?,
+        (Some(crate::colour::Profile::Cmyk(cmyk)), Some(frame)) => {
+            jpeg::decode_scaled(jpeg::ScaledJpeg {
+                data: &data,
+                frame: &frame,
+                scans: &[],
+                scale: Scale::FULL,
+                limits: &limits,
+                cmyk: Some(cmyk.as_ref()),
+            })
+            .map_err(|e| e.to_string())?
+        }
         _ => {
             let mut raster = header
                 .decode_with_image_crate()

@@ -11,23 +11,21 @@ use std::borrow::Cow;
 
 use turbojpeg::{Colorspace, Compressor, Decompressor, Image, PixelFormat, ScalingFactor, Subsamp};
 
-use moxcms::Transform8BitExecutor;
-
 use crate::colour;
-use crate::jpeg::{self, Frame, Scale, Scan, MAX_SCANS};
-use crate::limits::Limits;
+use crate::jpeg::{self, ScaledJpeg, MAX_SCANS};
 use crate::raster::{Layout, Raster};
 
-/// Decodes a JPEG at `scale`, progressive scans that `scale` does not need cut out first
-/// (`scans`: see [`jpeg::prune_scans`]).
-pub(crate) fn decode(
-    data: &[u8],
-    frame: &Frame,
-    scans: &[Scan],
-    scale: Scale,
-    limits: &Limits,
-    cmyk: Option<&Transform8BitExecutor>,
-) -> Result<Raster, turbojpeg::Error> {
+/// Decodes a JPEG at its scale, progressive scans that the scale does not need cut out
+/// first (see [`jpeg::prune_scans`]).
+pub(crate) fn decode(job: ScaledJpeg<'_>) -> Result<Raster, turbojpeg::Error> {
+    let ScaledJpeg {
+        data,
+        frame,
+        scans,
+        scale,
+        limits,
+        cmyk,
+    } = job;
     let pruned = jpeg::prune_scans(data, frame, scans, scale);
     let dc_truncated = pruned.dc_truncated;
     let data: Cow<'_, [u8]> = pruned.data;
