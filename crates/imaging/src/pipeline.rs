@@ -174,7 +174,10 @@ pub fn process_with_progress(
     order.sort_by_key(|(_, g)| std::cmp::Reverse(u64::from(g.width) * u64::from(g.height)));
     let wanted: Vec<Geometry> = order.iter().map(|(_, g)| *g).collect();
     let scale = match header.format {
-        Format::Jpeg => Scale::smallest_for(stored_width, stored_height, &wanted),
+        Format::Jpeg => match &header.jpeg {
+            Some(frame) => Scale::for_frame(frame, stored_width, stored_height, &wanted),
+            None => Scale::smallest_for(stored_width, stored_height, &wanted),
+        },
         _ => Scale::FULL,
     };
     // With libwebp, a WebP is rescaled while it is decoded (the default build has no

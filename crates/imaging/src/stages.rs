@@ -45,7 +45,8 @@ pub fn decode_whole(data: &[u8]) -> Result<Pixels, ImagingError> {
 /// `turbojpeg` feature (but for the progressive files `jpeg-decoder` does faster). CMYK is
 /// converted naively: the embedded profile is the pipeline's concern, not this stage's.
 pub fn decode_jpeg_scaled(data: &[u8], eighths: u8) -> Result<Pixels, String> {
-    let scale = Scale::from_eighths(eighths).ok_or("scale must be 1, 2, 4 or 8 eighths")?;
+    let scale = Scale::from_eighths(eighths)
+        .ok_or("scale must be 1, 2, 4 or 8 eighths (or 5 to 7 with libjpeg-turbo)")?;
     let frame = Frame::parse(data).ok_or("not a JPEG with a frame header")?;
     let scans = if frame.progressive {
         jpeg::scans(data).map_err(|e| e.to_string())?
@@ -76,7 +77,7 @@ fn plan(data: &[u8], presets: &[Preset]) -> Result<Option<(Frame, Scale)>, Imagi
         .iter()
         .map(|p| geometry(p, header.width, header.height, transposed))
         .collect();
-    let scale = Scale::smallest_for(header.width, header.height, &wanted);
+    let scale = Scale::for_frame(&frame, header.width, header.height, &wanted);
     Ok(Some((frame, scale)))
 }
 
@@ -98,11 +99,16 @@ pub fn jpeg_plan(data: &[u8], presets: &[Preset]) -> Result<Option<String>, Imag
     } else {
         "libjpeg-turbo"
     };
-    let fraction = match scale.eighths() {
+    Ok(Some(format!("{} {decoder}", scale_label(scale.eighths()))))
+}
+
+/// A DCT scale in eighths as a fraction: `1`, `1/2`, `1/4`, `1/8`, or `5/8` and the like.
+pub fn scale_label(eighths: u8) -> String {
+    match eighths {
         8 => "1".to_owned(),
-        n => format!("1/{}", 8 / n),
-    };
-    Ok(Some(format!("{fraction} {decoder}")))
+        1 | 2 | 4 => format!("1/{}", 8 / eighths),
+        n => format!("{n}/8"),
+    }
 }
 
 /// The DCT scale, in eighths, a JPEG would be decoded at for `presets`; `None` for other
