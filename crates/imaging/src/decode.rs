@@ -1,17 +1,17 @@
 //! Bytes to a [`Raster`]: sniff, check limits on the header, decode once (a JPEG at the
 //! [`Scale`] the outputs allow), normalise.
 //!
-//! Colour handling follows what the `image` crate (zune-jpeg underneath) does:
-//! - CMYK and YCCK JPEGs are converted to RGB by zune-jpeg assuming the Adobe (inverted)
-//!   convention that Photoshop and every other prepress tool writes, with the naive formula
-//!   `R = C'·K'/255` on the stored (inverted) values. Colours are right in hue and close
-//!   in value; the embedded CMYK ICC profile is not applied (no colour management).
+//! Colour:
 //! - An embedded ICC profile is honoured by converting the pixels to sRGB ([`colour`]):
-//!   RGB profiles (Display P3, Adobe RGB, …) after decoding, CMYK profiles in place of the
-//!   naive formula above. Outputs are sRGB and carry no profile.
+//!   RGB profiles (Display P3, Adobe RGB, …) after decoding, CMYK profiles through the
+//!   inks the JPEG decoders hand back. Outputs are sRGB and carry no profile.
+//! - CMYK and YCCK JPEGs without a profile (or whose profile fails) are converted to RGB as
+//!   zune-jpeg does, assuming the Adobe (inverted) convention that Photoshop and every
+//!   other prepress tool writes, with the naive formula `R = C'·K'/255` on the stored
+//!   (inverted) values: right in hue, close in value.
+//! - 16-bit PNGs are reduced to 8 bits.
 //!
 //! [`colour`]: crate::colour
-//! - 16-bit PNGs are reduced to 8 bits.
 
 use std::io::Cursor;
 
