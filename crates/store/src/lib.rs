@@ -79,6 +79,15 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+    /// A directory of the layout could not be listed.
+    #[error("could not list directory {path}")]
+    List {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// A claim marker could not be created, removed or listed.
     #[error("could not update claim {path}")]
     Claim {
@@ -235,6 +244,11 @@ impl Store {
     /// Takes the dedup entry `key` for job `id`, atomically across processes
     /// (`link(2)` fails if the name exists). Returns the job that holds it when
     /// another upload got there first.
+    ///
+    /// An entry that names no job (empty or garbage: torn by a crash before its
+    /// content reached the disk) is treated as absent and replaced by one
+    /// `rename`. Entries are linked only once their content is fsynced, so a
+    /// live writer never shows a partial one.
     pub fn dedup_claim(&self, key: &str, id: &JobId) -> Result<Option<JobId>, StoreError> {
         let path = self.dedup_path(key);
         let err = |source| StoreError::Dedup {
@@ -242,25 +256,53 @@ impl Store {
             source,
         };
         let tmp = path.with_file_name(format!(".{key}.{id}.tmp"));
-        fs::write(&tmp, id.as_str()).map_err(err)?;
-        let linked = fs::hard_link(&tmp, &path);
+        let write_tmp = || -> io::Result<()> {
+            let mut f = fs::File::create(&tmp)?;
+            io::Write::write_all(&mut f, id.as_str().as_bytes())?;
+            f.sync_all()
+        };
+        let outcome = (|| {
+            write_tmp()?;
+            // Each round either settles or saw the entry vanish under it (released
+            // by its holder between our link and our read): a few rounds suffice
+            // unless something keeps deleting it.
+            for _ in 0..DEDUP_CLAIM_ROUNDS {
+                match fs::hard_link(&tmp, &path) {
+                    Ok(()) => return Ok(None),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e),
+                }
+                match fs::read(&path) {
+                    Ok(bytes) => {
+                        let holder = std::str::from_utf8(&bytes)
+                            .ok()
+                            .and_then(|s| JobId::parse(s.trim()));
+                        if let Some(holder) = holder {
+                            return Ok(Some(holder));
+                        }
+                        tracing::warn!(entry = %path.display(), "torn dedup entry; replacing it");
+                        fs::rename(&tmp, &path)?;
+                        return Ok(None);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(io::Error::other(
+                "the entry kept changing; giving up on dedup for this upload",
+            ))
+        })();
         let _ = fs::remove_file(&tmp);
-        match linked {
-            Ok(()) => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match self.dedup_holder(key)? {
-                Some(holder) => Ok(Some(holder)),
-                // Released between our link and our read: try again.
-                None => self.dedup_claim(key, id),
-            },
-            Err(e) => Err(err(e)),
-        }
+        outcome.map_err(err)
     }
 
     /// The job holding dedup entry `key`, if any (an unreadable entry counts as none).
     pub fn dedup_holder(&self, key: &str) -> Result<Option<JobId>, StoreError> {
         let path = self.dedup_path(key);
-        match fs::read_to_string(&path) {
-            Ok(s) => Ok(JobId::parse(s.trim())),
+        match fs::read(&path) {
+            Ok(b) => Ok(std::str::from_utf8(&b)
+                .ok()
+                .and_then(|s| JobId::parse(s.trim()))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(StoreError::Dedup { path, source }),
         }
@@ -311,11 +353,15 @@ impl Store {
                 let orphan = !self.is_claimed(&id)
                     && record.as_ref().is_none_or(|r| r.state == JobState::Queued);
                 if orphan {
-                    if let Some(rec) = &record {
-                        let _ = fs::remove_file(self.root.join(&rec.source.path));
-                        if let Some(key) = &rec.dedup_key {
-                            let _ = self.dedup_release(key, &id);
+                    match &record {
+                        Some(rec) => {
+                            let _ = fs::remove_file(self.root.join(&rec.source.path));
+                            if let Some(key) = &rec.dedup_key {
+                                let _ = self.dedup_release(key, &id);
+                            }
                         }
+                        // Died between moving the original and writing the record.
+                        None => self.remove_originals(&id),
                     }
                     let _ = fs::remove_file(self.record_path(&id));
                     jobs += 1;
@@ -326,6 +372,61 @@ impl Store {
             let _ = fs::remove_file(&path);
         }
         Ok((parts, jobs))
+    }
+
+    /// Removes `raw/<id>.*`: the original of a job that has no record.
+    fn remove_originals(&self, id: &JobId) {
+        let Ok(entries) = fs::read_dir(self.raw_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let stem = name
+                .to_str()
+                .and_then(|n| n.split_once('.'))
+                .map(|(s, _)| s);
+            if stem == Some(id.as_str()) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// What a crash of any process can leave behind and nothing else removes:
+    /// temp files of records, dedup entries and outputs (`.<name>.tmp`), and
+    /// originals with no record (a front killed between moving the upload into
+    /// `raw/` and recording its job: it was never answered 202). Call it only
+    /// while no front or worker runs (the supervisor, before it starts them).
+    pub fn sweep_orphans(&self) -> Result<Swept, StoreError> {
+        let mut swept = Swept::default();
+        for dir in [
+            self.jobs_dir(),
+            self.root.join("dedup"),
+            self.processed_dir(),
+        ] {
+            for entry in list(&dir)? {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with('.') && name.ends_with(".tmp") {
+                    if fs::remove_file(entry.path()).is_ok() {
+                        swept.temp_files += 1;
+                    }
+                }
+            }
+        }
+        for entry in list(&self.raw_dir())? {
+            let name = entry.file_name();
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.split_once('.'))
+                .and_then(|(stem, _)| JobId::parse(stem))
+            else {
+                continue;
+            };
+            if !self.record_path(&id).exists() && fs::remove_file(entry.path()).is_ok() {
+                swept.originals += 1;
+            }
+        }
+        Ok(swept)
     }
 
     /// Durably records that worker `slot` owns job `id` until it is finished.
@@ -470,6 +571,30 @@ impl Store {
     }
 }
 
+/// What [`Store::sweep_orphans`] removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    /// Temp files of interrupted writes.
+    pub temp_files: usize,
+    /// Originals whose job was never recorded.
+    pub originals: usize,
+}
+
+/// The entries of `dir`; none when it does not exist.
+fn list(dir: &Path) -> Result<Vec<fs::DirEntry>, StoreError> {
+    match fs::read_dir(dir) {
+        Ok(entries) => Ok(entries.flatten().collect()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(StoreError::List {
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Rounds of link-then-read before [`Store::dedup_claim`] gives up.
+const DEDUP_CLAIM_ROUNDS: usize = 16;
+
 /// The suffix of a claim whose job is in a worker's hands.
 const RUNNING: &str = ".running";
 
@@ -532,6 +657,76 @@ mod tests {
             .unwrap_or_default();
         v.sort();
         v
+    }
+
+    #[test]
+    fn a_torn_dedup_entry_counts_as_absent_and_is_replaced() {
+        let (store, root) = store("dedup-torn");
+        let (first, second) = (JobId::generate(), JobId::generate());
+        for torn in [&b""[..], b"garbage", b"\xff\xfe", b"../../etc/passwd"] {
+            fs::write(store.dedup_path("k"), torn).expect("tear the entry");
+            assert_eq!(store.dedup_holder("k").expect("read"), None);
+            // Before the fix this recursed without bound (stack overflow, SIGABRT).
+            assert_eq!(store.dedup_claim("k", &first).expect("claim"), None);
+            assert_eq!(store.dedup_holder("k").expect("read"), Some(first.clone()));
+            assert_eq!(
+                store.dedup_claim("k", &second).expect("claim"),
+                Some(first.clone())
+            );
+            store.dedup_release("k", &first).expect("release");
+        }
+        assert_eq!(
+            names(&root.join("dedup")),
+            Vec::<String>::new(),
+            "no temp file left"
+        );
+        let _ = fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn orphans_of_a_crash_are_swept_and_live_files_kept() {
+        let (store, root) = store("orphans");
+        let (live, orphan) = (JobId::generate(), JobId::generate());
+        let rec = JobRecord::queued(
+            live.clone(),
+            SourceRecord {
+                path: format!("raw/{live}.jpg"),
+                format: "jpeg".into(),
+                bytes: 1,
+            },
+            vec!["medium".into()],
+        );
+        store.write_record(&rec).expect("record");
+        for (dir, name) in [
+            ("raw", format!("{live}.jpg")),
+            ("raw", format!("{orphan}.png")),
+            ("raw", "not-an-id.jpg".to_string()),
+            ("jobs", format!(".{orphan}.json.4242.tmp")),
+            ("dedup", format!(".abc-def.{orphan}.tmp")),
+            ("processed", format!(".{orphan}-medium.jpg.tmp")),
+            ("processed", format!("{live}-medium.jpg")),
+        ] {
+            fs::write(root.join(dir).join(name), b"x").expect("write");
+        }
+        let swept = store.sweep_orphans().expect("sweep");
+        assert_eq!(
+            swept,
+            Swept {
+                temp_files: 3,
+                originals: 1
+            }
+        );
+        assert_eq!(
+            names(&root.join("raw")),
+            [format!("{live}.jpg"), "not-an-id.jpg".to_string()]
+        );
+        assert_eq!(names(&root.join("jobs")), [format!("{live}.json")]);
+        assert_eq!(names(&root.join("dedup")), Vec::<String>::new());
+        assert_eq!(
+            names(&root.join("processed")),
+            [format!("{live}-medium.jpg")]
+        );
+        let _ = fs::remove_dir_all(root);
     }
 
     #[test]

@@ -13,15 +13,39 @@ use serde::{Deserialize, Serialize};
 #[serde(try_from = "String", into = "String")]
 pub struct JobId(String);
 
+/// Hex digits of the creation time (milliseconds since the epoch) that open an id.
+const ID_TIME_DIGITS: usize = 12;
+/// Hex digits of randomness after the time: 104 bits, so that an id cannot be
+/// guessed even knowing when it was made (a v7 UUID has about 32 random bits
+/// within one millisecond of one process).
+const ID_RANDOM_DIGITS: usize = 26;
+
 impl JobId {
-    /// A fresh id.
+    /// A fresh id: the creation time, then 104 random bits, in lowercase hex.
+    /// Ids sort by creation time, which is what the claim queues rely on.
     pub fn generate() -> JobId {
-        JobId(uuid::Uuid::now_v7().hyphenated().to_string())
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+            & 0xffff_ffff_ffff;
+        let mut random = [0u8; ID_RANDOM_DIGITS / 2];
+        getrandom::fill(&mut random).expect("the operating system's random source is available");
+        let mut s = format!("{ms:0width$x}", width = ID_TIME_DIGITS);
+        for b in random {
+            s.push_str(&format!("{b:02x}"));
+        }
+        JobId(s)
     }
-    /// Validates an id taken from a URL, a file name or a message.
+    /// Validates an id taken from a URL, a file name or a message: the current
+    /// form, or the canonical UUID of ids made before it (still on disk).
     pub fn parse(s: &str) -> Option<JobId> {
-        // Exactly the canonical lowercase hyphenated form: no other spelling of the
-        // same id may name a different file.
+        // Exactly one spelling per id: no other spelling of the same id may name a
+        // different file.
+        let current = s.len() == ID_TIME_DIGITS + ID_RANDOM_DIGITS
+            && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if current {
+            return Some(JobId(s.to_string()));
+        }
         let u = uuid::Uuid::try_parse(s).ok()?;
         let canon = u.hyphenated().to_string();
         (canon == s).then_some(JobId(canon))
@@ -221,10 +245,37 @@ mod tests {
         let id = JobId::generate();
         assert_eq!(JobId::parse(id.as_str()), Some(id.clone()));
         assert_eq!(JobId::parse(&id.as_str().to_uppercase()), None);
-        assert_eq!(JobId::parse(&id.as_str().replace('-', "")), None);
+        assert_eq!(JobId::parse(&id.as_str()[1..]), None);
+        assert_eq!(JobId::parse(&format!("{id}0")), None);
         for bad in ["", "..", "../../etc/passwd", "a/b", "x\0y"] {
             assert_eq!(JobId::parse(bad), None, "{bad:?}");
         }
+        // Ids made before the current form stay valid, in their one spelling.
+        let legacy = "0193a5b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
+        assert_eq!(JobId::parse(legacy).map(|i| i.0), Some(legacy.to_string()));
+        assert_eq!(JobId::parse(&legacy.to_uppercase()), None);
+        assert_eq!(JobId::parse(&legacy.replace('-', "")), None);
+    }
+
+    #[test]
+    fn job_ids_carry_over_96_random_bits_and_sort_by_time() {
+        let ids: Vec<JobId> = (0..2000).map(|_| JobId::generate()).collect();
+        // Within one millisecond, ids of one process still differ in their random
+        // part, and each random digit takes all 16 values across the sample.
+        let random: std::collections::HashSet<&str> =
+            ids.iter().map(|i| &i.as_str()[ID_TIME_DIGITS..]).collect();
+        assert_eq!(random.len(), ids.len());
+        assert!(ID_RANDOM_DIGITS * 4 >= 96);
+        for digit in ID_TIME_DIGITS..ID_TIME_DIGITS + ID_RANDOM_DIGITS {
+            let seen: std::collections::HashSet<u8> =
+                ids.iter().map(|i| i.as_str().as_bytes()[digit]).collect();
+            assert_eq!(seen.len(), 16, "digit {digit} is not random");
+        }
+        let later = {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            JobId::generate()
+        };
+        assert!(ids.iter().all(|i| i.as_str() < later.as_str()));
     }
 
     #[test]
