@@ -20,7 +20,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use pixpool_protocol::{EventKind, JobEvent};
 use pixpool_store::{JobId, JobRecord, JobState, Store};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
 use crate::body::Body;
@@ -32,6 +32,10 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// Longest long-poll a client may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// The last words of an SSE stream ended by a drain or a rolling restart:
+/// the client reconnects (to another front) and resumes with `Last-Event-ID`.
+const DRAINING: &[u8] = b": this front is restarting; reconnect with Last-Event-ID\n\n";
 
 /// Events buffered per followed job before a slow follower lags (and resyncs
 /// from the record).
@@ -47,10 +51,29 @@ pub enum HubMsg {
 }
 
 /// Fan-out of job events to the clients of this front following them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EventHub {
     /// Only jobs somebody follows have an entry; events for others are dropped.
     jobs: Mutex<HashMap<JobId, broadcast::Sender<HubMsg>>>,
+    /// Event streams open at once. Their own bound, apart from the connection
+    /// limit: followers, who wait for minutes, cannot take every connection
+    /// that uploads need.
+    streams: Arc<Semaphore>,
+    /// Set when the front drains: streams end and long-polls answer at once,
+    /// instead of holding the drain (or a rolling restart) for its whole grace.
+    closing: watch::Sender<bool>,
+}
+
+impl Default for EventHub {
+    fn default() -> EventHub {
+        EventHub::new(crate::DEFAULT_MAX_EVENT_STREAMS)
+    }
+}
+
+/// A place among a front's event streams; given back when dropped.
+#[derive(Debug)]
+pub struct StreamPermit {
+    _permit: OwnedSemaphorePermit,
 }
 
 /// A follower's end; unregisters itself when dropped.
@@ -62,6 +85,41 @@ pub struct Subscription {
 }
 
 impl EventHub {
+    /// A hub that lets `max_streams` event streams be open at once.
+    pub fn new(max_streams: usize) -> EventHub {
+        EventHub {
+            jobs: Mutex::default(),
+            streams: Arc::new(Semaphore::new(max_streams)),
+            closing: watch::Sender::new(false),
+        }
+    }
+
+    /// A place for one more event stream, or 503 (with `Retry-After`) when
+    /// this front already holds as many as it may.
+    pub fn admit(&self) -> Result<StreamPermit, ApiError> {
+        match self.streams.clone().try_acquire_owned() {
+            Ok(permit) => Ok(StreamPermit { _permit: permit }),
+            Err(_) => {
+                debug!("event stream refused: at the limit");
+                Err(ApiError::Unavailable(
+                    "this front follows as many jobs as it may; retry shortly".into(),
+                ))
+            }
+        }
+    }
+
+    /// Ends every event stream, now and to come: the front is draining.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once [`EventHub::close`] has been called.
+    async fn closed(&self) {
+        let mut rx = self.closing.subscribe();
+        // The sender lives in `self`, which outlives this call: no error.
+        let _ = rx.wait_for(|closing| *closing).await;
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, broadcast::Sender<HubMsg>>> {
         // Each critical section is a single map operation: poisoning cannot
         // leave the map inconsistent.
@@ -149,6 +207,8 @@ pub async fn long_poll(
         return Ok(Some(record));
     }
     let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+    let closing = hub.closed();
+    tokio::pin!(closing);
     loop {
         tokio::select! {
             msg = sub.recv() => match msg {
@@ -161,6 +221,8 @@ pub async fn long_poll(
                 }
             },
             _ = tokio::time::sleep_until(deadline) => return read_record(store, id).await,
+            // Draining: the current state now, rather than a drain held for the wait.
+            _ = &mut closing => return read_record(store, id).await,
         }
     }
 }
@@ -252,11 +314,13 @@ fn from_kind(id: &str, kind: &EventKind, record: Option<&JobRecord>) -> Sse {
 }
 
 /// `GET /jobs/<id>/events`: a Server-Sent Events stream of the job's life.
+/// `permit` (from [`EventHub::admit`]) is held until the stream ends.
 pub async fn stream(
     hub: &Arc<EventHub>,
     store: &Store,
     id: &JobId,
     last_event_id: Option<u64>,
+    permit: StreamPermit,
 ) -> Result<Response<Body>, ApiError> {
     let sub = hub.subscribe(id);
     let record = read_record(store, id)
@@ -265,10 +329,12 @@ pub async fn stream(
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     tokio::spawn(follow(sub, store.clone(), record, last_event_id, tx));
 
-    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+    // The permit lives with the body: given back when the stream ends or
+    // when the client goes away (hyper drops the body).
+    let frames = futures_util::stream::unfold((rx, permit), |(mut rx, permit)| async move {
         rx.recv()
             .await
-            .map(|b| (Ok::<_, std::io::Error>(Frame::data(b)), rx))
+            .map(|b| (Ok::<_, std::io::Error>(Frame::data(b)), (rx, permit)))
     });
     let mut resp = Response::new(StreamBody::new(frames).boxed());
     *resp.status_mut() = StatusCode::OK;
@@ -291,8 +357,19 @@ async fn follow(
     tx: mpsc::Sender<Bytes>,
 ) {
     let id = record.id.clone();
-    // Everything above `last` is still owed to the client.
-    let mut last: Option<u64> = last_event_id;
+    // Everything above `last` is still owed to the client. An id this job
+    // cannot have issued yet is not ours (the record, written before each
+    // event is sent, knows every attempt so far): replay everything rather
+    // than skip events that have not happened.
+    let newest = EventKind::Finished {
+        attempt: record.attempts.max(1),
+        state: JobState::Done,
+    }
+    .seq();
+    let mut last: Option<u64> = last_event_id.filter(|l| *l <= newest);
+    if last != last_event_id {
+        debug!(job_id = %id, ?last_event_id, "Last-Event-ID beyond this job's events; replaying");
+    }
     let owed = |events: Vec<Sse>, last: &mut Option<u64>| -> Vec<Sse> {
         let mut out = Vec::new();
         for e in events {
@@ -319,20 +396,23 @@ async fn follow(
         return;
     }
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+    let hub = sub.hub.clone();
+    let closing = hub.closed();
+    tokio::pin!(closing);
     loop {
-        let batch = tokio::select! {
+        // The stream ends once the job is final, whether or not its last
+        // event is still owed (a client may already have it).
+        let (batch, done) = tokio::select! {
             msg = sub.recv() => match msg {
-                HubMsg::Event(ev) => {
-                    let record = if ev.kind.is_final() {
-                        read_record(&store, &id).await.ok().flatten()
-                    } else {
-                        None
-                    };
-                    owed(vec![from_kind(id.as_str(), &ev.kind, record.as_ref())], &mut last)
+                HubMsg::Event(ev) if ev.kind.is_final() => {
+                    let record = read_record(&store, &id).await.ok().flatten();
+                    let event = from_kind(id.as_str(), &ev.kind, record.as_ref());
+                    (owed(vec![event], &mut last), true)
                 }
+                HubMsg::Event(ev) => (owed(vec![from_kind(id.as_str(), &ev.kind, None)], &mut last), false),
                 HubMsg::Resync => match read_record(&store, &id).await {
-                    Ok(Some(r)) => owed(history(&r), &mut last),
-                    _ => Vec::new(),
+                    Ok(Some(r)) => (owed(history(&r), &mut last), r.state.is_final()),
+                    _ => (Vec::new(), false),
                 },
             },
             _ = tick.tick() => {
@@ -342,12 +422,19 @@ async fn follow(
                 // Belt and braces: a final state whose event was lost with a
                 // worker connection still reaches the client.
                 match read_record(&store, &id).await {
-                    Ok(Some(r)) if r.state.is_final() => owed(history(&r), &mut last),
-                    _ => Vec::new(),
+                    Ok(Some(r)) if r.state.is_final() => (owed(history(&r), &mut last), true),
+                    _ => (Vec::new(), false),
                 }
             }
+            () = &mut closing => {
+                // Everything owed is sent already; say why the stream ends.
+                let _ = tx.send(Bytes::from_static(DRAINING)).await;
+                debug!(job_id = %id, "event stream ended by a drain");
+                return;
+            }
+            // The client went away: free its place now, not at the next keep-alive.
+            () = tx.closed() => return,
         };
-        let done = batch.iter().any(|e| e.name == "done" || e.name == "failed");
         if !send_all(batch).await || done {
             debug!(job_id = %id, "event stream ended");
             return;
@@ -438,5 +525,184 @@ mod tests {
         }
         drop(sub);
         assert!(hub.lock().is_empty());
+    }
+
+    /// A store in a fresh temp directory, removed on drop.
+    struct TempStore(Store, std::path::PathBuf);
+
+    impl TempStore {
+        fn new(tag: &str) -> TempStore {
+            let dir = std::env::temp_dir().join(format!(
+                "pixpool-events-{tag}-{}-{}",
+                std::process::id(),
+                JobId::generate()
+            ));
+            TempStore(Store::open(&dir, None).expect("store"), dir)
+        }
+    }
+
+    impl Drop for TempStore {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+
+    /// Every SSE event id and name of a response, until its body ends.
+    async fn sse(resp: Response<Body>) -> (Vec<(u64, String)>, String) {
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let events = text
+            .split("\n\n")
+            .filter_map(|block| {
+                let field = |f: &str| {
+                    block
+                        .lines()
+                        .find_map(|l| l.strip_prefix(f).map(str::to_string))
+                };
+                Some((field("id: ")?.parse().ok()?, field("event: ")?))
+            })
+            .collect();
+        (events, text)
+    }
+
+    const WITHIN: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn a_last_event_id_beyond_the_job_replays_it_and_ends() {
+        let store = TempStore::new("beyond");
+        let hub = Arc::new(EventHub::new(4));
+        let done = record(JobState::Done, 1, 1);
+        store.0.write_record(&done).expect("record");
+        let resp = stream(
+            &hub,
+            &store.0,
+            &done.id,
+            Some(u64::MAX),
+            hub.admit().expect("room"),
+        )
+        .await
+        .expect("stream");
+        let (events, _) = tokio::time::timeout(WITHIN, sse(resp)).await.expect("ends");
+        let names: Vec<&str> = events.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(names, ["queued", "processing", "output", "done"]);
+
+        // Live: the job finishes while the client follows from a bogus id.
+        let live = record(JobState::Processing, 1, 0);
+        store.0.write_record(&live).expect("record");
+        let resp = stream(
+            &hub,
+            &store.0,
+            &live.id,
+            Some(u64::MAX),
+            hub.admit().expect("room"),
+        )
+        .await
+        .expect("stream");
+        let mut finished = live.clone();
+        finished.state = JobState::Done;
+        store.0.write_record(&finished).expect("record");
+        hub.publish(JobEvent {
+            id: live.id.clone(),
+            kind: EventKind::Finished {
+                attempt: 1,
+                state: JobState::Done,
+            },
+        });
+        let (events, _) = tokio::time::timeout(WITHIN, sse(resp)).await.expect("ends");
+        assert_eq!(events.last().map(|(_, n)| n.as_str()), Some("done"));
+    }
+
+    #[tokio::test]
+    async fn a_stream_ends_on_the_final_event_even_when_the_client_has_it() {
+        let store = TempStore::new("has-it");
+        let hub = Arc::new(EventHub::new(4));
+        let live = record(JobState::Processing, 1, 0);
+        store.0.write_record(&live).expect("record");
+        // The client claims the final event of attempt 1: plausible, owed nothing.
+        let final_seq = EventKind::Finished {
+            attempt: 1,
+            state: JobState::Done,
+        }
+        .seq();
+        let resp = stream(
+            &hub,
+            &store.0,
+            &live.id,
+            Some(final_seq),
+            hub.admit().expect("room"),
+        )
+        .await
+        .expect("stream");
+        hub.publish(JobEvent {
+            id: live.id.clone(),
+            kind: EventKind::Finished {
+                attempt: 1,
+                state: JobState::Done,
+            },
+        });
+        let (events, _) = tokio::time::timeout(WITHIN, sse(resp)).await.expect("ends");
+        assert!(events.is_empty(), "{events:?}");
+    }
+
+    #[tokio::test]
+    async fn streams_are_bounded_and_their_places_come_back() {
+        let store = TempStore::new("bound");
+        let hub = Arc::new(EventHub::new(2));
+        let live = record(JobState::Queued, 0, 0);
+        store.0.write_record(&live).expect("record");
+        let a = stream(&hub, &store.0, &live.id, None, hub.admit().expect("1st"))
+            .await
+            .expect("stream");
+        let _b = hub.admit().expect("2nd");
+        let refused = hub.admit().expect_err("3rd is over the bound");
+        assert_eq!(
+            refused.into_response().status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        // The client of `a` goes away: its place comes back.
+        drop(a);
+        let back = async {
+            loop {
+                if let Ok(p) = hub.admit() {
+                    return p;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(WITHIN, back)
+            .await
+            .expect("the place is given back");
+    }
+
+    #[tokio::test]
+    async fn closing_the_hub_ends_streams_and_answers_long_polls_at_once() {
+        let store = TempStore::new("close");
+        let hub = Arc::new(EventHub::new(4));
+        let live = record(JobState::Processing, 1, 0);
+        store.0.write_record(&live).expect("record");
+        let resp = stream(&hub, &store.0, &live.id, None, hub.admit().expect("room"))
+            .await
+            .expect("stream");
+        let poll = {
+            let (hub, store, id) = (hub.clone(), store.0.clone(), live.id.clone());
+            tokio::spawn(async move { long_poll(&hub, &store, &id, MAX_WAIT).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!poll.is_finished(), "a long-poll waits while the job runs");
+        hub.close();
+        let (events, text) = tokio::time::timeout(WITHIN, sse(resp)).await.expect("ends");
+        let names: Vec<&str> = events.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(names, ["queued", "processing"]);
+        assert!(
+            text.ends_with(std::str::from_utf8(DRAINING).expect("ascii")),
+            "{text:?}"
+        );
+        let answer = tokio::time::timeout(WITHIN, poll)
+            .await
+            .expect("answered at once")
+            .expect("task")
+            .expect("long poll")
+            .expect("record");
+        assert_eq!(answer.state, JobState::Processing);
     }
 }

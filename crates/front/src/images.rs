@@ -16,9 +16,14 @@ use crate::upload::sanitise_for_log;
 /// Cache policy of every variant: content-addressed, never changes.
 const CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
 
+/// The same when tokens guard the API: a shared cache must not hand one
+/// client's image to anyone who asks for its URL.
+const CACHE_CONTROL_PRIVATE: &str = "private, max-age=31536000, immutable";
+
 /// Serves one variant.
 pub async fn serve(
     store: &Store,
+    private: bool,
     method: &Method,
     headers: &HeaderMap,
     raw_id: &str,
@@ -44,7 +49,11 @@ pub async fn serve(
                 etag: output.etag.clone(),
                 len: output.bytes,
                 bytes: None,
-                cache: CACHE_CONTROL,
+                cache: if private {
+                    CACHE_CONTROL_PRIVATE
+                } else {
+                    CACHE_CONTROL
+                },
             }
         }
         JobState::Failed => {
@@ -98,7 +107,10 @@ pub async fn serve(
     }
     h.insert(
         header::CACHE_CONTROL,
-        HeaderValue::from_static(variant.cache),
+        HeaderValue::from_static(match (private, variant.cache) {
+            (true, CACHE_CONTROL_IN_PROGRESS) => "private, no-cache",
+            (_, cache) => cache,
+        }),
     );
     h.insert(
         "x-content-type-options",

@@ -6,7 +6,9 @@
 //! - [`upload`]: `POST /upload`, streamed with multer, sniffed, journaled, dispatched.
 //! - [`dispatch`]: one persistent link per worker; round-robin over the live ones;
 //!   job events from the workers go to the [`events::EventHub`].
+//! - [`framing`]: bounds on what multer would buffer (preamble, part headers).
 //! - [`events`]: following a job — SSE stream and long-poll.
+//! - [`pace`]: how fast a request body must arrive (idle limit, minimum rate).
 //! - [`images`]: serving the variants (ETag, immutable caching, 304).
 //! - [`problem`]: every error's status code and problem+json body, in one place.
 //! - [`body`]: the response body type.
@@ -16,7 +18,9 @@
 pub mod body;
 pub mod dispatch;
 pub mod events;
+pub mod framing;
 pub mod images;
+pub mod pace;
 pub mod problem;
 pub mod upload;
 
@@ -53,6 +57,13 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Default for [`FrontConfig::body_idle_timeout`].
 pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Default for [`FrontConfig::min_upload_bytes_per_sec`]: 16 KiB/s (128 kbit/s,
+/// a poor mobile link), averaged over [`pace::RATE_WINDOW`].
+pub const DEFAULT_MIN_UPLOAD_BYTES_PER_SEC: u64 = 16 * 1024;
+
+/// Default for [`FrontConfig::max_event_streams`].
+pub const DEFAULT_MAX_EVENT_STREAMS: usize = 256;
+
 /// Default for [`FrontConfig::min_free_bytes`]: 512 MiB.
 pub const DEFAULT_MIN_FREE_BYTES: u64 = 512 * 1024 * 1024;
 
@@ -82,8 +93,20 @@ pub struct FrontConfig {
     pub max_connections: usize,
     /// A request body that sends nothing for this long is cut off (408).
     pub body_idle_timeout: Duration,
+    /// A request body slower than this over a [`pace::RATE_WINDOW`] is cut
+    /// off (408); 0: no minimum.
+    pub min_upload_bytes_per_sec: u64,
+    /// Event streams (SSE and long-polls) open at once, counted apart from
+    /// `max_connections`; more are refused (503).
+    pub max_event_streams: usize,
     /// Bearer tokens; empty: the API is open.
     pub api_tokens: Vec<String>,
+    /// Each preset's specification by name: dedup keys depend on what a preset
+    /// makes, not only on its name.
+    pub preset_specs: std::collections::BTreeMap<String, String>,
+    /// Origins (`scheme://host[:port]`) whose pages may send state-changing
+    /// requests while the API is open, besides the server's own.
+    pub allowed_origins: Vec<String>,
 }
 
 impl FrontConfig {
@@ -100,6 +123,11 @@ impl FrontConfig {
             if !out.iter().any(|o| o == name) {
                 out.push(name.to_string());
             }
+        }
+        // A list that names nothing (`presets=,`) is not "the defaults": it
+        // would make a job with no outputs.
+        if out.is_empty() {
+            return Err(ApiError::UnknownPreset(upload::sanitise_for_log(list)));
         }
         Ok(out)
     }
@@ -159,7 +187,7 @@ pub async fn run(
     let sockets = (0..config.workers)
         .map(|w| config.store.worker_socket(w))
         .collect();
-    let hub = Arc::new(events::EventHub::default());
+    let hub = Arc::new(events::EventHub::new(config.max_event_streams));
     let dispatcher = Dispatcher::start(config.slot, sockets, hub.clone());
     let grace = config.drain_grace;
     let state = Arc::new(State {
@@ -195,14 +223,20 @@ pub async fn run(
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let state = state.clone();
-                    let svc = service_fn(move |req| handle(state.clone(), peer, req));
+                    let seat = Arc::new(Seat {
+                        limit: connections.clone(),
+                        permit: std::sync::Mutex::new(Some(permit)),
+                    });
+                    let svc = service_fn(move |mut req: Request<Incoming>| {
+                        req.extensions_mut().insert(seat.clone());
+                        handle(state.clone(), peer, req)
+                    });
                     let conn = http.serve_connection(TokioIo::new(stream), svc);
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {
                             debug!(%peer, cause = %e, "connection ended with an error");
                         }
-                        drop(permit);
                     });
                 }
                 Err(e) => {
@@ -217,6 +251,9 @@ pub async fn run(
     // Stop accepting: our copy of the shared socket closes; queued connections
     // stay in the kernel's queue for the other fronts.
     drop(listener);
+    // Followers wait on jobs, not on us: end their streams now (they resume
+    // elsewhere with Last-Event-ID) instead of holding the drain for its grace.
+    state.hub.close();
     info!("draining in-flight requests");
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
@@ -231,6 +268,49 @@ pub async fn run(
     Ok(())
 }
 
+/// A connection's place under [`FrontConfig::max_connections`], reachable
+/// from its requests (an extension). An event stream gives the place back
+/// while it waits on a job, so that followers, bounded on their own by
+/// [`FrontConfig::max_event_streams`], cannot take the places uploads need.
+#[derive(Debug)]
+struct Seat {
+    /// The front's connection limit.
+    limit: Arc<tokio::sync::Semaphore>,
+    /// This connection's place, while it holds one.
+    permit: std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
+}
+
+impl Seat {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<tokio::sync::OwnedSemaphorePermit>> {
+        // A single take or put under the lock: poisoning leaves nothing half-done.
+        self.permit.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Gives this connection's place back (for the length of an event stream).
+    fn release(&self) {
+        self.lock().take();
+    }
+
+    /// Takes a place again, waiting as a new connection would.
+    async fn reclaim(&self) {
+        if self.lock().is_some() {
+            return;
+        }
+        let permit = self
+            .limit
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        *self.lock() = Some(permit);
+    }
+}
+
+/// The seat of the connection `req` came on (none outside the accept loop).
+fn seat_of<B>(req: &Request<B>) -> Option<Arc<Seat>> {
+    req.extensions().get::<Arc<Seat>>().cloned()
+}
+
 #[instrument(skip_all, fields(%peer, method = %req.method(), path = %req.uri().path()))]
 async fn handle(
     state: Arc<State>,
@@ -239,8 +319,8 @@ async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let started = std::time::Instant::now();
     let route_name = route_label(req.uri().path());
-    let result = match authorize(&state.config, &req) {
-        Ok(()) => route(&state, req).await,
+    let result = match authorize(&state.config, route_name, &req) {
+        Ok(client) => route(&state, req, client).await,
         Err(e) => Err(e),
     };
     let metrics = pixpool_protocol::metrics::global();
@@ -282,6 +362,7 @@ fn route_label(path: &str) -> &'static str {
         ["upload"] => "upload",
         ["health"] => "health",
         ["readyz"] => "readyz",
+        ["stats"] => "stats",
         ["jobs", _] => "job",
         ["jobs", _, "events"] => "job_events",
         ["images", _, _] => "image",
@@ -290,7 +371,11 @@ fn route_label(path: &str) -> &'static str {
     }
 }
 
-async fn route(state: &State, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn route(
+    state: &Arc<State>,
+    req: Request<Incoming>,
+    client: Option<Client>,
+) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let not_allowed = |allow| ApiError::MethodNotAllowed {
@@ -300,7 +385,7 @@ async fn route(state: &State, req: Request<Incoming>) -> Result<Response<Body>, 
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segments.as_slice() {
         ["upload"] => match method {
-            Method::POST => upload::upload(state, req).await,
+            Method::POST => upload::upload(state, req, client).await,
             _ => Err(not_allowed("POST")),
         },
         ["health"] => match method {
@@ -320,7 +405,7 @@ async fn route(state: &State, req: Request<Incoming>) -> Result<Response<Body>, 
             _ => Err(not_allowed("GET, HEAD")),
         },
         ["jobs", id] => match method {
-            Method::GET => job_status(state, id, req.uri().query()).await,
+            Method::GET => job_status(state, id, req.uri().query(), seat_of(&req)).await,
             _ => Err(not_allowed("GET")),
         },
         ["jobs", id, "events"] => match method {
@@ -332,13 +417,23 @@ async fn route(state: &State, req: Request<Incoming>) -> Result<Response<Body>, 
                     .get("last-event-id")
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.trim().parse::<u64>().ok());
-                events::stream(&state.hub, state.store(), &id, last).await
+                let permit = state.hub.admit()?;
+                let mut resp = events::stream(&state.hub, state.store(), &id, last, permit).await?;
+                // The stream may wait on the job for minutes: its connection's
+                // place goes back to uploads, so the connection ends with it.
+                if let Some(seat) = seat_of(&req) {
+                    seat.release();
+                }
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                Ok(resp)
             }
             _ => Err(not_allowed("GET")),
         },
         ["images", id, preset] => match method {
             Method::GET | Method::HEAD => {
-                images::serve(state.store(), &method, req.headers(), id, preset).await
+                let private = !state.config.api_tokens.is_empty();
+                images::serve(state.store(), private, &method, req.headers(), id, preset).await
             }
             _ => Err(not_allowed("GET, HEAD")),
         },
@@ -346,11 +441,38 @@ async fn route(state: &State, req: Request<Incoming>) -> Result<Response<Body>, 
     }
 }
 
-/// Liveness (`/health`) and readiness (`/readyz`) stay open to probes; every
-/// other route needs a bearer token when tokens are configured.
-fn authorize(config: &FrontConfig, req: &Request<Incoming>) -> Result<(), ApiError> {
-    if config.api_tokens.is_empty() || matches!(req.uri().path(), "/" | "/health" | "/readyz") {
-        return Ok(());
+/// Who sent a request, when tokens are configured: a tag derived from the
+/// token it presented (never the token), so that one client's uploads are
+/// told apart from another's (dedup).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client(String);
+
+impl Client {
+    /// The tag: 64 bits of a hash of the token, in hex.
+    pub fn tag(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Routes a request may use without a token: the probes (`/health`,
+/// `/readyz`: load balancers and systemd have none) and the dashboard page
+/// itself (static; everything it fetches asks for a token). Every other route,
+/// `/stats` included, needs one when tokens are configured.
+const OPEN_ROUTES: &[&str] = &["health", "readyz", "index"];
+
+/// Checks the bearer token (tokens configured) or, with the API open, that a
+/// browser page from another origin is not posting to it.
+fn authorize(
+    config: &FrontConfig,
+    route: &str,
+    req: &Request<Incoming>,
+) -> Result<Option<Client>, ApiError> {
+    if config.api_tokens.is_empty() {
+        check_origin(config, req)?;
+        return Ok(None);
+    }
+    if OPEN_ROUTES.contains(&route) {
+        return Ok(None);
     }
     let given = req
         .headers()
@@ -361,16 +483,62 @@ fn authorize(config: &FrontConfig, req: &Request<Incoming>) -> Result<(), ApiErr
         .ok_or(ApiError::Unauthorized)?;
     // blake3::Hash compares in constant time; hashing first also hides the
     // tokens' lengths. Every token is compared, so timing says nothing of which.
-    let given = blake3::hash(given.as_bytes());
-    let ok = config
-        .api_tokens
-        .iter()
-        .fold(false, |ok, t| (blake3::hash(t.as_bytes()) == given) | ok);
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized)
+    let given_hash = blake3::hash(given.as_bytes());
+    let ok = config.api_tokens.iter().fold(false, |ok, t| {
+        (blake3::hash(t.as_bytes()) == given_hash) | ok
+    });
+    if !ok {
+        return Err(ApiError::Unauthorized);
     }
+    let tag = blake3::derive_key("pixpool client tag v1", given.as_bytes());
+    Ok(Some(Client(
+        tag.iter().take(8).map(|b| format!("{b:02x}")).collect(),
+    )))
+}
+
+/// An open API answers anyone who can connect, and a browser lets any page it
+/// shows post a form to `127.0.0.1`: a state-changing request that carries an
+/// `Origin` (browsers add it) must come from an allowed origin or from the
+/// server's own, addressed by an IP literal or `localhost` (a DNS name could
+/// be rebound to this address by the page's own site).
+fn check_origin(config: &FrontConfig, req: &Request<Incoming>) -> Result<(), ApiError> {
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(());
+    }
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("null").trim_end_matches('/');
+    if config
+        .allowed_origins
+        .iter()
+        .any(|o| o.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    {
+        return Ok(());
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    if authority.is_some_and(|a| a.eq_ignore_ascii_case(host)) && not_rebindable(host) {
+        return Ok(());
+    }
+    Err(ApiError::ForbiddenOrigin(upload::sanitise_for_log(origin)))
+}
+
+/// Whether a `Host` names this machine in a way no other site's DNS can:
+/// an IP literal or `localhost`, with or without a port.
+fn not_rebindable(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// `GET /`: the dashboard, one self-contained page (no CDN, no build step).
@@ -456,6 +624,7 @@ async fn job_status(
     state: &State,
     raw_id: &str,
     query: Option<&str>,
+    seat: Option<Arc<Seat>>,
 ) -> Result<Response<Body>, ApiError> {
     let id = parse_id(raw_id)?;
     let wait = query
@@ -464,9 +633,23 @@ async fn job_status(
         .filter(|w| w.is_finite() && *w > 0.0)
         .map(|w| Duration::from_secs_f64(w.min(events::MAX_WAIT.as_secs_f64())))
         .unwrap_or(Duration::ZERO);
-    let record = events::long_poll(&state.hub, state.store(), &id, wait)
-        .await?
-        .ok_or_else(|| ApiError::NoSuchJob(id.to_string()))?;
+    // A long-poll is an event stream: counted apart, and its connection's
+    // place lent back while it waits; taken again before the answer, as the
+    // connection stays open for the next request.
+    let (permit, seat) = if wait.is_zero() {
+        (None, None)
+    } else {
+        (Some(state.hub.admit()?), seat)
+    };
+    if let Some(seat) = &seat {
+        seat.release();
+    }
+    let record = events::long_poll(&state.hub, state.store(), &id, wait).await;
+    if let Some(seat) = &seat {
+        seat.reclaim().await;
+    }
+    drop(permit);
+    let record = record?.ok_or_else(|| ApiError::NoSuchJob(id.to_string()))?;
     let mut body = serde_json::to_value(&record).unwrap_or_default();
     if let Some(obj) = body.as_object_mut() {
         obj.insert("status_url".into(), format!("/jobs/{id}").into());

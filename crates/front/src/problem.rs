@@ -36,6 +36,10 @@ pub enum ApiError {
     /// The multipart body is malformed, or a field is unexpected.
     #[error("malformed upload: {0}")]
     BadMultipart(String),
+    /// The body broke a framing bound (bytes before the first boundary, a
+    /// part's headers): refused before it is buffered, and the connection closed.
+    #[error("malformed upload: {0}")]
+    Framing(String),
     /// No `image` file field.
     #[error("the form has no file in the `image` field")]
     MissingImage,
@@ -60,9 +64,16 @@ pub enum ApiError {
     /// The client stopped sending its body.
     #[error("the request body stalled for more than {0} s")]
     BodyTimeout(u64),
+    /// The client sent its body slower than the minimum upload rate.
+    #[error("the request body arrived slower than the minimum of {0} bytes/s")]
+    TooSlow(u64),
     /// A token is required and none (or a wrong one) was given.
     #[error("a valid `Authorization: Bearer <token>` header is required")]
     Unauthorized,
+    /// A browser page of another origin sent a state-changing request to an
+    /// open API.
+    #[error("requests from the origin {0:?} are not allowed (see `allowed_origins`)")]
+    ForbiddenOrigin(String),
     /// The readiness check failed.
     #[error("not ready: {0}")]
     NotReady503(String),
@@ -116,6 +127,11 @@ impl ApiError {
                 "bad-multipart",
                 "Malformed multipart body",
             ),
+            Framing(_) => (
+                StatusCode::BAD_REQUEST,
+                "bad-multipart",
+                "Malformed multipart body",
+            ),
             MissingImage => (StatusCode::BAD_REQUEST, "missing-image", "Missing image"),
             EmptyFile => (StatusCode::BAD_REQUEST, "empty-file", "Empty file"),
             UnsupportedFormat => (
@@ -144,7 +160,17 @@ impl ApiError {
                 "body-timeout",
                 "Request body timed out",
             ),
+            TooSlow(_) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "too-slow",
+                "Request body too slow",
+            ),
             Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            ForbiddenOrigin(_) => (
+                StatusCode::FORBIDDEN,
+                "forbidden-origin",
+                "Cross-origin request refused",
+            ),
             NotReady503(_) => (StatusCode::SERVICE_UNAVAILABLE, "not-ready", "Not ready"),
             BodyRead(_) => (
                 StatusCode::BAD_REQUEST,
@@ -202,7 +228,11 @@ impl ApiError {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             }
-            ApiError::TooLarge { .. } | ApiError::LimitExceeded(_) | ApiError::BodyTimeout(_) => {
+            ApiError::TooLarge { .. }
+            | ApiError::LimitExceeded(_)
+            | ApiError::BodyTimeout(_)
+            | ApiError::TooSlow(_)
+            | ApiError::Framing(_) => {
                 // The rest of the body is not read: tell the client we close.
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));

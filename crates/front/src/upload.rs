@@ -18,6 +18,8 @@ use tracing::{info, instrument, warn};
 
 use crate::body::{json, Body};
 use crate::dispatch::DispatchError;
+use crate::framing::FramingError;
+use crate::pace::{Pace, PaceError};
 use crate::problem::ApiError;
 use crate::State;
 
@@ -71,7 +73,11 @@ const DEDUP_WAIT: Duration = Duration::from_secs(5);
 
 /// Handles one upload.
 #[instrument(skip_all, fields(job_id))]
-pub async fn upload(state: &State, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub async fn upload(
+    state: &std::sync::Arc<State>,
+    req: Request<Incoming>,
+    client: Option<crate::Client>,
+) -> Result<Response<Body>, ApiError> {
     let started = Instant::now();
     let content_type = req
         .headers()
@@ -97,7 +103,15 @@ pub async fn upload(state: &State, req: Request<Incoming>) -> Result<Response<Bo
 
     let limit = state.config.max_upload_bytes;
     let constraints = form_constraints(limit);
-    let stream = idle_limited(req.into_body(), state.config.body_idle_timeout);
+    // Idle limit and minimum rate: a trickling client cannot hold a
+    // connection and a spool file for days.
+    let pace = Pace {
+        idle: state.config.body_idle_timeout,
+        min_bytes_per_sec: state.config.min_upload_bytes_per_sec,
+    };
+    let stream = crate::pace::paced(req.into_body().into_data_stream(), pace);
+    // Bounds what multer would buffer before the first boundary and in part headers.
+    let stream = crate::framing::Guarded::new(Box::pin(stream), &boundary);
     let mut form = Multipart::with_constraints(stream, boundary, constraints);
     let idle_secs = state.config.body_idle_timeout.as_secs();
 
@@ -146,20 +160,29 @@ pub async fn upload(state: &State, req: Request<Incoming>) -> Result<Response<Bo
         .config
         .resolve_presets(form_presets.as_deref().or(query_presets.as_deref()))?;
 
-    // Single flight: the first upload of these bytes for this preset set holds
-    // the dedup entry; the others get its job.
-    let dedup_key = dedup_key(&received.hash, &presets);
-    if let Some(existing) = take_dedup_entry(state, &dedup_key, &id).await? {
-        info!(existing = %existing.id, "duplicate upload; returning the existing job");
-        return Ok(accepted_response(&existing.id, existing.state, true));
-    }
+    // From here the upload becomes a job on its own task: a client that hangs up
+    // mid-way (the request future dropped) cannot leave a job recorded and never
+    // dispatched, or a dedup entry naming it; the job is finished or undone.
     let bytes = received.bytes;
-    let result = accept(state, id.clone(), received, presets, &dedup_key).await;
-    if result.is_err() {
-        let (store, key, id) = (state.store().clone(), dedup_key.clone(), id.clone());
-        let _ = tokio::task::spawn_blocking(move || store.dedup_release(&key, &id)).await;
-    }
-    let ack = result?;
+    let dedup_key = dedup_key(&received.hash, &presets, &state.config, client.as_ref());
+    let task = tokio::spawn(admit(
+        state.clone(),
+        id.clone(),
+        received,
+        presets,
+        dedup_key,
+    ));
+    let admitted = task.await.map_err(|e| ApiError::Storage {
+        context: "the upload's admission task failed".into(),
+        source: std::io::Error::other(e),
+    })??;
+    let ack = match admitted {
+        Admitted::Existing(existing) => {
+            info!(existing = %existing.id, "duplicate upload; returning the existing job");
+            return Ok(accepted_response(&existing.id, existing.state, true));
+        }
+        Admitted::New(ack) => ack,
+    };
     pixpool_protocol::metrics::global().add("pixpool_upload_bytes_total", bytes);
     info!(
         worker = ack.worker,
@@ -170,13 +193,43 @@ pub async fn upload(state: &State, req: Request<Incoming>) -> Result<Response<Bo
     Ok(accepted_response(&id, JobState::Queued, false))
 }
 
+/// What became of an upload.
+enum Admitted {
+    /// Identical bytes, presets and client as a job a worker has acknowledged.
+    Existing(JobRecord),
+    /// A new job, acknowledged by a worker.
+    New(crate::dispatch::Ack),
+}
+
+/// Single flight, then the job: the first upload of these bytes (for these
+/// presets and this client) holds the dedup entry, the others get its job.
+async fn admit(
+    state: std::sync::Arc<State>,
+    id: JobId,
+    received: Received,
+    presets: Vec<String>,
+    dedup_key: String,
+) -> Result<Admitted, ApiError> {
+    let mut key = Some(dedup_key);
+    match take_dedup_entry(&state, key.as_deref().unwrap_or_default(), &id).await? {
+        Dedup::Existing(existing) => return Ok(Admitted::Existing(existing)),
+        Dedup::Owner => {}
+        Dedup::Bypass => key = None,
+    }
+    let result = accept(&state, id.clone(), received, presets, key.as_deref()).await;
+    if let (Err(_), Some(key)) = (&result, key) {
+        release(state.store(), &key, &id).await;
+    }
+    result.map(Admitted::New)
+}
+
 /// Makes the upload a job: original in place, record durable, a worker's ack.
 async fn accept(
     state: &State,
     id: JobId,
     received: Received,
     presets: Vec<String>,
-    dedup_key: &str,
+    dedup_key: Option<&str>,
 ) -> Result<crate::dispatch::Ack, ApiError> {
     let Received {
         mut file,
@@ -186,6 +239,19 @@ async fn accept(
     } = received;
     let store = state.store().clone();
     let slot = state.config.slot;
+    // First the "pending" marker, so that a front that dies at any later step is
+    // undone by the next one in its slot: a job never acknowledged never ran.
+    let pending = store.pending_path(slot, &id);
+    tokio::fs::File::create(&pending)
+        .await
+        .map_err(|source| ApiError::Storage {
+            context: format!("could not create the pending marker {}", pending.display()),
+            source,
+        })?;
+    let marker = Spooled {
+        path: pending,
+        keep: false,
+    };
     // The original becomes raw/<id>.<ext>; the client's name is never a path.
     let raw_rel = format!("raw/{id}.{}", format.extension());
     let raw_path = store.root().join(&raw_rel);
@@ -206,20 +272,20 @@ async fn accept(
         presets.clone(),
     );
     record.content_hash = Some(hash);
-    record.dedup_key = Some(dedup_key.to_string());
+    record.dedup_key = dedup_key.map(str::to_string);
 
-    // Durable before the 202: the original's rename, a "pending" marker (so a
-    // respawned front can undo a job it never got acknowledged), the record.
-    let pending = store.pending_path(slot, &id);
-    let (st, rec, marker) = (store.clone(), record, pending.clone());
+    // Durable before the 202: the original's rename, then the record.
+    let mut record_file = Spooled {
+        path: store.record_path(&id),
+        keep: false,
+    };
+    let st = store.clone();
     tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
-        let storage = |context: &str| {
-            let context = context.to_string();
-            move |source| ApiError::Storage { context, source }
-        };
-        std::fs::File::create(&marker).map_err(storage("could not create the pending marker"))?;
-        pixpool_store::fsutil::sync_dir(&st.raw_dir()).map_err(storage("could not sync raw/"))?;
-        st.write_record(&rec)?;
+        pixpool_store::fsutil::sync_dir(&st.raw_dir()).map_err(|source| ApiError::Storage {
+            context: "could not sync raw/".into(),
+            source,
+        })?;
+        st.write_record(&record)?;
         Ok(())
     })
     .await
@@ -227,14 +293,6 @@ async fn accept(
         context: "record writer failed".into(),
         source: std::io::Error::other(e),
     })??;
-    let mut record_file = Spooled {
-        path: store.record_path(&id),
-        keep: false,
-    };
-    let marker = Spooled {
-        path: pending,
-        keep: false,
-    };
 
     let spec = JobSpec { id, presets };
     let ack = state.dispatcher.submit(&spec).await.map_err(|e| {
@@ -251,23 +309,50 @@ async fn accept(
     Ok(ack)
 }
 
-/// `<content hash>-<hash of the sorted preset names>`.
-fn dedup_key(content_hash: &str, presets: &[String]) -> String {
-    let mut names: Vec<&str> = presets.iter().map(String::as_str).collect();
-    names.sort_unstable();
-    let presets_hash = blake3::hash(names.join(",").as_bytes());
-    format!("{content_hash}-{}", &presets_hash.to_hex()[..16])
+/// `<content hash>-<hash of the presets>[-<client>]`. The presets count by name
+/// and specification, so that a preset changed on reload is not served from
+/// outputs made to its old specification; the client (which token), so that
+/// one client cannot learn from a dedup hit what another has uploaded.
+fn dedup_key(
+    content_hash: &str,
+    presets: &[String],
+    config: &crate::FrontConfig,
+    client: Option<&crate::Client>,
+) -> String {
+    let mut specs: Vec<String> = presets
+        .iter()
+        .map(|name| match config.preset_specs.get(name) {
+            Some(spec) => spec.clone(),
+            None => name.clone(),
+        })
+        .collect();
+    specs.sort_unstable();
+    let presets_hash = blake3::hash(specs.join("\n").as_bytes());
+    let mut key = format!("{content_hash}-{}", &presets_hash.to_hex()[..16]);
+    if let Some(client) = client {
+        key.push('-');
+        key.push_str(client.tag());
+    }
+    key
 }
 
-/// Takes the dedup entry for `key`, or returns the job that holds it. Waits
-/// (briefly) for a concurrent identical upload to record its job; an entry
-/// whose job failed on the server side, or that stays without a record, is
-/// replaced so that the new upload is processed.
-async fn take_dedup_entry(
-    state: &State,
-    key: &str,
-    id: &JobId,
-) -> Result<Option<JobRecord>, ApiError> {
+/// What the dedup index says of an upload.
+enum Dedup {
+    /// This upload holds the entry: it becomes the job.
+    Owner,
+    /// An identical upload's job, acknowledged by a worker.
+    Existing(JobRecord),
+    /// The holder's job was not acknowledged in time: process this upload as
+    /// its own job, without the index (at worst, the same bytes twice).
+    Bypass,
+}
+
+/// Takes the dedup entry for `key`, or returns the job that holds it — only once
+/// a worker has acknowledged that job, since until then its dispatch may still
+/// fail and remove it. Waits (briefly) for a concurrent identical upload; an
+/// entry whose job failed on the server side, or that stays without a record,
+/// is replaced so that the new upload is processed.
+async fn take_dedup_entry(state: &State, key: &str, id: &JobId) -> Result<Dedup, ApiError> {
     let store = state.store();
     let deadline = tokio::time::Instant::now() + DEDUP_WAIT;
     loop {
@@ -279,8 +364,9 @@ async fn take_dedup_entry(
                 source: std::io::Error::other(e),
             })??;
         let Some(holder) = holder else {
-            return Ok(None);
+            return Ok(Dedup::Owner);
         };
+        let waiting = tokio::time::Instant::now() < deadline;
         match crate::events::read_record(store, &holder).await {
             Ok(Some(rec))
                 if rec.state == JobState::Failed
@@ -289,8 +375,16 @@ async fn take_dedup_entry(
                 // A server-side failure is not the image's fault: process anew.
                 release(store, key, &holder).await;
             }
-            Ok(Some(rec)) => return Ok(Some(rec)),
-            Ok(None) | Err(_) if tokio::time::Instant::now() < deadline => {
+            Ok(Some(rec)) if rec.state != JobState::Queued || is_claimed(store, &holder).await => {
+                return Ok(Dedup::Existing(rec))
+            }
+            // Recorded, not yet acknowledged: its dispatch may still fail.
+            Ok(Some(_)) if waiting => tokio::time::sleep(Duration::from_millis(10)).await,
+            Ok(Some(_)) => {
+                warn!(holder = %holder, "identical upload still unacknowledged; processing this one apart");
+                return Ok(Dedup::Bypass);
+            }
+            Ok(None) | Err(_) if waiting => {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             Ok(None) | Err(_) => {
@@ -299,6 +393,13 @@ async fn take_dedup_entry(
             }
         }
     }
+}
+
+async fn is_claimed(store: &pixpool_store::Store, id: &JobId) -> bool {
+    let (st, id) = (store.clone(), id.clone());
+    tokio::task::spawn_blocking(move || st.is_claimed(&id))
+        .await
+        .unwrap_or(false)
 }
 
 async fn release(store: &pixpool_store::Store, key: &str, holder: &JobId) {
@@ -458,29 +559,6 @@ async fn check_animation(
         .map_err(|e| ApiError::LimitExceeded(e.to_string()))
 }
 
-/// Marks a request body that stalled.
-#[derive(Debug, thiserror::Error)]
-#[error("request body idle for too long")]
-struct IdleTimeout;
-
-/// The body as a stream of data chunks, failing with [`IdleTimeout`] when no
-/// chunk arrives for `idle` (a client that stops sending mid-upload).
-fn idle_limited(
-    body: Incoming,
-    idle: Duration,
-) -> impl futures_util::Stream<Item = Result<Bytes, Box<dyn std::error::Error + Send + Sync>>> {
-    use futures_util::StreamExt;
-    futures_util::stream::unfold(Some(body.into_data_stream()), move |state| async move {
-        let mut s = state?;
-        match tokio::time::timeout(idle, s.next()).await {
-            Ok(Some(Ok(b))) => Some((Ok(b), Some(s))),
-            Ok(Some(Err(e))) => Some((Err(Box::new(e) as Box<_>), None)),
-            Ok(None) => None,
-            Err(_) => Some((Err(Box::new(IdleTimeout) as Box<_>), None)),
-        }
-    })
-}
-
 fn keep_head(head: &mut Vec<u8>, chunk: &Bytes) {
     let room = HEAD_LEN.saturating_sub(head.len());
     head.extend_from_slice(&chunk[..room.min(chunk.len())]);
@@ -493,8 +571,16 @@ fn multer_error(e: multer::Error, limit: u64, idle_secs: u64) -> ApiError {
             ApiError::BadMultipart(format!("field {field_name:?} is too long"))
         }
         M::FieldSizeExceeded { .. } | M::StreamSizeExceeded { .. } => ApiError::TooLarge { limit },
-        M::StreamReadFailed(cause) if cause.downcast_ref::<IdleTimeout>().is_some() => {
-            ApiError::BodyTimeout(idle_secs)
+        M::StreamReadFailed(cause) if cause.downcast_ref::<PaceError>().is_some() => {
+            match cause.downcast_ref::<PaceError>() {
+                Some(PaceError::TooSlow {
+                    min_bytes_per_sec, ..
+                }) => ApiError::TooSlow(*min_bytes_per_sec),
+                _ => ApiError::BodyTimeout(idle_secs),
+            }
+        }
+        M::StreamReadFailed(cause) if cause.downcast_ref::<FramingError>().is_some() => {
+            ApiError::Framing(cause.to_string())
         }
         M::StreamReadFailed(cause) => ApiError::BodyRead(cause.to_string()),
         M::UnknownField { field_name } => ApiError::BadMultipart(format!(
@@ -536,19 +622,27 @@ mod tests {
     /// Runs the form parser over `body` as the upload path does; returns the
     /// error it maps to, if any.
     fn parse(body: Vec<u8>, limit: u64) -> Result<(), ApiError> {
+        parse_chunked(body, limit, 97).0
+    }
+
+    /// The same, in chunks of `size`; also returns how many bytes the parser
+    /// pulled from the body: what it can have buffered at most.
+    fn parse_chunked(body: Vec<u8>, limit: u64, size: usize) -> (Result<(), ApiError>, usize) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let pulled = std::sync::Arc::new(AtomicUsize::new(0));
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");
-        rt.block_on(async move {
-            let chunks: Vec<Result<Bytes, std::io::Error>> = body
-                .chunks(97)
-                .map(|c| Ok(Bytes::copy_from_slice(c)))
-                .collect();
-            let mut form = Multipart::with_constraints(
-                futures_util::stream::iter(chunks),
-                "B",
-                form_constraints(limit),
-            );
+        let counter = pulled.clone();
+        let result = rt.block_on(async move {
+            use futures_util::StreamExt;
+            let chunks: Vec<Bytes> = body.chunks(size).map(Bytes::copy_from_slice).collect();
+            let source = futures_util::stream::iter(chunks).map(move |c| {
+                counter.fetch_add(c.len(), Ordering::Relaxed);
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(c)
+            });
+            let guarded = crate::framing::Guarded::new(source, "B");
+            let mut form = Multipart::with_constraints(guarded, "B", form_constraints(limit));
             while let Some(mut field) = form
                 .next_field()
                 .await
@@ -561,7 +655,8 @@ mod tests {
                 }
             }
             Ok(())
-        })
+        });
+        (result, pulled.load(Ordering::Relaxed))
     }
 
     fn framed(parts: &[(&str, &[u8])]) -> Vec<u8> {
@@ -598,6 +693,44 @@ mod tests {
             if let Err(e) = parse(body, 1024) {
                 prop_assert!(!e.is_server_error(), "{e}");
             }
+        }
+
+        /// Adversarial preambles and part headers: junk of any length and shape
+        /// (dashes, CRs, LFs, near-boundaries) before the first boundary or in a
+        /// header block. Whatever the chunking, the parser either succeeds or
+        /// refuses with a client error, and never pulls (so never buffers) more
+        /// than the framing bounds allow plus one chunk.
+        #[test]
+        fn adversarial_framing_is_refused_within_the_bounds(
+            junk in prop::collection::vec(
+                prop::sample::select(vec![b'-', b'\r', b'\n', b'B', b'a', b':', b' ']),
+                0..40_000,
+            ),
+            in_headers in any::<bool>(),
+            size in 1usize..20_000,
+        ) {
+            // The junk never completes what it imitates: a boundary in the
+            // preamble, the blank line ending a header block.
+            let never = if in_headers { b"\r\n\r\n".as_slice() } else { b"--B".as_slice() };
+            let mut body = if in_headers {
+                b"--B\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x\"\r\n".to_vec()
+            } else {
+                Vec::new()
+            };
+            for byte in junk {
+                body.push(byte);
+                if body.ends_with(never) {
+                    *body.last_mut().expect("just pushed") = b'a';
+                }
+            }
+            let (result, pulled) = parse_chunked(body, 1 << 20, size);
+            match &result {
+                Err(e) => prop_assert!(!e.is_server_error(), "{e}"),
+                Ok(()) => prop_assert!(false, "a form without framing was accepted"),
+            }
+            let bound = crate::framing::MAX_PREAMBLE_BYTES.max(crate::framing::MAX_PART_HEADER_BYTES)
+                + 128 + size;
+            prop_assert!(pulled <= bound, "pulled {pulled} bytes, bound {bound}");
         }
 
         #[test]

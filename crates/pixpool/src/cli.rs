@@ -107,6 +107,14 @@ pub struct ServeArgs {
     /// Seconds a request body may stall before the request is cut off (408) [default: 30].
     #[arg(long, env = "PIXPOOL_BODY_IDLE_SECS")]
     pub body_idle_secs: Option<u64>,
+    /// Slowest request body accepted, in bytes per second averaged over 10 s;
+    /// slower is cut off (408); 0: no minimum [default: 16384].
+    #[arg(long, env = "PIXPOOL_MIN_UPLOAD_BYTES_PER_SEC")]
+    pub min_upload_bytes_per_sec: Option<u64>,
+    /// Event streams (SSE and long-polls) one front keeps open at once, apart
+    /// from --max-connections; more get 503 [default: 256].
+    #[arg(long, env = "PIXPOOL_MAX_EVENT_STREAMS")]
+    pub max_event_streams: Option<usize>,
     /// Seconds one job may take before it fails and its worker is replaced [default: 30].
     #[arg(long, env = "PIXPOOL_JOB_TIMEOUT_SECS")]
     pub job_timeout_secs: Option<f64>,
@@ -131,6 +139,21 @@ pub struct ServeArgs {
     /// Admin listener serving Prometheus `/metrics`, or `off` [default: 127.0.0.1:9464].
     #[arg(long, env = "PIXPOOL_ADMIN")]
     pub admin: Option<String>,
+    /// File-creation mask of every process, in octal: what the uploads tree
+    /// withholds (0027: directories 0750, files 0640) [default: 0027, or
+    /// stricter when the inherited umask is].
+    #[arg(long, env = "PIXPOOL_UMASK", value_name = "OCTAL")]
+    pub umask: Option<crate::umask::Umask>,
+    /// An origin (`https://app.example.com`) whose pages may post to an open
+    /// API (no tokens), besides the server's own; repeat for several.
+    /// PIXPOOL_ALLOWED_ORIGINS takes a comma-separated list.
+    #[arg(
+        long = "allowed-origin",
+        env = "PIXPOOL_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        value_name = "ORIGIN"
+    )]
+    pub allowed_origins: Vec<String>,
     /// Log format: text (journald-friendly, colours only on a terminal) or json [default: text].
     #[arg(long, env = "PIXPOOL_LOG_FORMAT", value_enum)]
     pub log_format: Option<crate::config::LogFormat>,
@@ -192,6 +215,13 @@ pub struct AdminArgs {
 }
 
 impl ChildArgs {
+    /// What the supervisor validated, checked again here: an executable
+    /// replaced in place may judge presets differently.
+    pub fn check(&self) -> Result<(), crate::exit::ConfigError> {
+        pixpool_imaging::preset::validate_presets(&self.presets)
+            .map_err(crate::exit::ConfigError::Presets)
+    }
+
     /// The image limits.
     pub fn limits(&self) -> pixpool_imaging::Limits {
         pixpool_imaging::Limits {
@@ -225,6 +255,16 @@ pub struct FrontArgs {
     /// Body idle timeout in seconds.
     #[arg(long)]
     pub body_idle_secs: u64,
+    /// Minimum body rate, bytes/s (0: none). Defaulted so that a new binary
+    /// still starts from an older supervisor's command line (upgrade in place).
+    #[arg(long, default_value_t = pixpool_front::DEFAULT_MIN_UPLOAD_BYTES_PER_SEC)]
+    pub min_upload_bytes_per_sec: u64,
+    /// Event streams open at once (defaulted, as above).
+    #[arg(long, default_value_t = pixpool_front::DEFAULT_MAX_EVENT_STREAMS)]
+    pub max_event_streams: usize,
+    /// Origins allowed to post to an open API.
+    #[arg(long = "allowed-origin")]
+    pub allowed_origins: Vec<String>,
 }
 
 /// Options of a worker.

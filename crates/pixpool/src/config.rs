@@ -58,6 +58,10 @@ pub struct Settings {
     pub max_connections: usize,
     /// Request body idle timeout, seconds.
     pub body_idle_secs: u64,
+    /// Slowest request body accepted, bytes/s over 10 s (0: no minimum).
+    pub min_upload_bytes_per_sec: u64,
+    /// Event streams (SSE, long-polls) per front, apart from `max_connections`.
+    pub max_event_streams: usize,
     /// Per-job time limit, seconds.
     pub job_timeout_secs: f64,
     /// Replace a worker after this many jobs (0: never).
@@ -79,6 +83,27 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Address of the admin listener serving `/metrics`, or `off`.
     pub admin: String,
+    /// Origins whose pages may post to an open API, besides the server's own.
+    pub allowed_origins: Vec<String>,
+    /// File-creation mask of the whole tree; unset: 0027, or the inherited
+    /// umask where that is stricter (see [`crate::umask::apply`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub umask: Option<crate::umask::Umask>,
+}
+
+/// Shortest API token accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// The operator's `PIXPOOL_API_TOKENS`: comma- or whitespace-separated (a
+/// token with spaces belongs in the file). The supervisor never writes this
+/// variable, so a SIGHUP sees what the operator set, not a copy of the file.
+pub fn api_tokens_from_env() -> Vec<String> {
+    std::env::var("PIXPOOL_API_TOKENS")
+        .unwrap_or_default()
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// Default worker niceness: see `worker_nice`.
@@ -106,6 +131,8 @@ impl Default for Settings {
             min_free_disk_mb: 512,
             max_connections: pixpool_front::DEFAULT_MAX_CONNECTIONS,
             body_idle_secs: 30,
+            min_upload_bytes_per_sec: pixpool_front::DEFAULT_MIN_UPLOAD_BYTES_PER_SEC,
+            max_event_streams: pixpool_front::DEFAULT_MAX_EVENT_STREAMS,
             job_timeout_secs: pixpool_worker::DEFAULT_JOB_TIMEOUT.as_secs_f64(),
             recycle_after_jobs: 0,
             recycle_rss_mb: 1024,
@@ -115,6 +142,8 @@ impl Default for Settings {
             api_tokens: Vec::new(),
             log_format: LogFormat::Text,
             admin: "127.0.0.1:9464".to_string(),
+            allowed_origins: Vec::new(),
+            umask: None,
         }
     }
 }
@@ -140,10 +169,17 @@ impl Settings {
             queue_depth, max_pixels, max_side, max_frames, min_free_disk_mb, max_connections,
             body_idle_secs, job_timeout_secs, recycle_after_jobs, recycle_rss_mb,
             worker_memory_mb, worker_nice, work_stealing, log_format, admin);
+        overlay!(s, args; min_upload_bytes_per_sec, max_event_streams);
+        if args.umask.is_some() {
+            s.umask = args.umask;
+        }
+        if !args.allowed_origins.is_empty() {
+            s.allowed_origins = args.allowed_origins.clone();
+        }
         if !args.presets.is_empty() {
             s.presets = args.presets.iter().map(ToString::to_string).collect();
         }
-        let env_tokens = crate::roles::api_tokens_from_env();
+        let env_tokens = api_tokens_from_env();
         if !env_tokens.is_empty() {
             s.api_tokens = env_tokens;
         }
@@ -176,11 +212,40 @@ impl Settings {
         if self.queue_depth == 0 {
             bail!("queue_depth must be at least 1");
         }
+        if self.max_event_streams == 0 {
+            bail!("max_event_streams must be at least 1");
+        }
         if !(self.job_timeout_secs.is_finite() && self.job_timeout_secs > 0.0) {
             bail!("job_timeout_secs must be a positive number of seconds");
         }
-        if self.api_tokens.iter().any(|t| t.len() < 16) {
-            bail!("API tokens must be at least 16 characters");
+        for (i, t) in self.api_tokens.iter().enumerate() {
+            // Checked as given: a token is never split or trimmed on its way to a front.
+            if t.len() < MIN_TOKEN_LEN {
+                bail!(
+                    "API token #{} is shorter than {MIN_TOKEN_LEN} characters",
+                    i + 1
+                );
+            }
+            // What an `Authorization` header can carry, and what a front compares
+            // after trimming: visible ASCII, inner spaces allowed.
+            if !t.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) || t.trim() != t {
+                bail!(
+                    "API token #{} must be printable ASCII without leading or trailing spaces",
+                    i + 1
+                );
+            }
+        }
+        for origin in &self.allowed_origins {
+            let authority = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"))
+                .unwrap_or("");
+            if authority.is_empty() || authority.trim_end_matches('/').contains('/') {
+                bail!("allowed_origins: {origin:?} is not an origin like https://app.example.com");
+            }
+        }
+        if let Some(umask) = self.umask {
+            umask.validate()?;
         }
         self.admin_addr()?;
         self.presets().map(|_| ())
@@ -248,6 +313,16 @@ mod tests {
         assert!(s.validate().is_err());
         let s: Settings = toml::from_str("api_tokens = [\"short\"]").expect("parses");
         assert!(s.validate().is_err());
+        let s: Settings =
+            toml::from_str("api_tokens = [\"correct horse battery staple\"]").expect("parses");
+        s.validate().expect("inner spaces are fine");
+        for bad in [
+            "\" padded-token-0123456789\"",
+            "\"tab\\tinside-token-0123\"",
+        ] {
+            let s: Settings = toml::from_str(&format!("api_tokens = [{bad}]")).expect("parses");
+            assert!(s.validate().is_err(), "{bad}");
+        }
         let s: Settings = toml::from_str("fronts = 3\npresets = [\"a:10\"]").expect("parses");
         assert_eq!((s.fronts, s.presets.len(), s.grace_secs), (3, 1, 30));
     }

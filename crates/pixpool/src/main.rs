@@ -4,16 +4,28 @@
 
 mod cli;
 mod config;
+mod exit;
 mod logging;
 mod roles;
 mod serve;
+mod umask;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        // A child's command line comes from the supervisor: one it cannot
+        // parse will not parse on a respawn either.
+        Err(e) if e.use_stderr() && exit::is_child_role(std::env::args_os().nth(1).as_deref()) => {
+            let err = exit::ConfigError::Arguments(e);
+            eprintln!("pixpool: error: {err}");
+            return ExitCode::from(exit::EX_CONFIG);
+        }
+        Err(e) => e.exit(),
+    };
     let role = match &cli.command {
         None | Some(cli::Command::Serve(_)) => "supervisor",
         Some(cli::Command::Front(_)) => "front",
@@ -28,7 +40,7 @@ fn main() -> ExitCode {
             // The chain, once: "could not X: because Y: because Z".
             eprintln!("pixpool {role}: error: {err:#}");
             tracing::error!(cause = format!("{err:#}"), "exiting on error");
-            ExitCode::FAILURE
+            exit::code_for(&err)
         }
     }
 }
@@ -37,8 +49,14 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         None => serve::serve(cli.serve),
         Some(cli::Command::Serve(args)) => serve::serve(args),
-        Some(cli::Command::Front(args)) => roles::front(args),
-        Some(cli::Command::Worker(args)) => roles::worker(args),
+        Some(cli::Command::Front(args)) => {
+            args.child.check()?;
+            roles::front(args)
+        }
+        Some(cli::Command::Worker(args)) => {
+            args.child.check()?;
+            roles::worker(args)
+        }
         Some(cli::Command::Admin(args)) => roles::admin(args),
         Some(cli::Command::CheckConfig(args)) => serve::check_config(args),
         Some(cli::Command::Upload(args)) => tokio::runtime::Builder::new_current_thread()

@@ -47,6 +47,7 @@ pub fn front(args: FrontArgs) -> anyhow::Result<ExitCode> {
             "--listen-fd {fd} is not an inherited socket (a front is started by `pixpool serve`)"
         );
     }
+    let api_tokens = child_api_tokens()?;
     // SAFETY: the supervisor passed this fd to us as our listener, and nothing
     // else in this process owns it.
     let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
@@ -65,9 +66,18 @@ pub fn front(args: FrontArgs) -> anyhow::Result<ExitCode> {
         min_free_bytes: args.min_free_disk_mb.saturating_mul(1024 * 1024),
         max_connections: args.max_connections,
         body_idle_timeout: Duration::from_secs(args.body_idle_secs.max(1)),
+        min_upload_bytes_per_sec: args.min_upload_bytes_per_sec,
+        max_event_streams: args.max_event_streams.max(1),
         // Tokens come from the environment only: a command line is visible to
         // every user of the machine (`ps`).
-        api_tokens: api_tokens_from_env(),
+        api_tokens,
+        preset_specs: args
+            .child
+            .presets
+            .iter()
+            .map(|p| (p.name.clone(), p.to_string()))
+            .collect(),
+        allowed_origins: args.allowed_origins,
     };
     let report = Reporter::new(
         "front",
@@ -88,6 +98,8 @@ pub fn front(args: FrontArgs) -> anyhow::Result<ExitCode> {
 pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     pixpool_worker::alloc::tune();
     crate::logging::init("worker", Some(args.child.slot), args.child.log_format);
+    // A worker needs no token: drop them before anything else can read them.
+    child_api_tokens()?;
     let store =
         Store::open(&args.child.uploads, None).context("could not open the uploads directory")?;
     if args.memory_mb > 0 {
@@ -133,14 +145,20 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The bearer tokens in `PIXPOOL_API_TOKENS` (comma- or whitespace-separated).
-pub fn api_tokens_from_env() -> Vec<String> {
-    std::env::var("PIXPOOL_API_TOKENS")
-        .unwrap_or_default()
-        .split(|c: char| c == ',' || c.is_whitespace())
-        .filter(|t| !t.is_empty())
-        .map(str::to_string)
-        .collect()
+/// The bearer tokens the supervisor handed this child (a JSON array, so a
+/// token reaches it whole), removed from the environment once read so that
+/// nothing this process starts inherits them. The operator's own
+/// `PIXPOOL_API_TOKENS` is the supervisor's input, never a child's.
+pub fn child_api_tokens() -> anyhow::Result<Vec<String>> {
+    let raw = std::env::var(crate::serve::CHILD_TOKENS_VAR).ok();
+    // SAFETY-free: called before this process starts any other thread.
+    std::env::remove_var(crate::serve::CHILD_TOKENS_VAR);
+    std::env::remove_var("PIXPOOL_API_TOKENS");
+    match raw {
+        None => Ok(Vec::new()),
+        Some(json) => serde_json::from_str(&json)
+            .context("the tokens passed by the supervisor are not a JSON list"),
+    }
 }
 
 /// Adds `increment` to this process's niceness (all its threads: it is done
@@ -252,6 +270,7 @@ impl Reporter {
 /// `pixpool admin`.
 pub fn admin(args: crate::cli::AdminArgs) -> anyhow::Result<ExitCode> {
     crate::logging::init("admin", Some(0), args.log_format);
+    child_api_tokens()?;
     let fd = args.listen_fd;
     // SAFETY: the supervisor passed this fd to us as the admin listener, and
     // nothing else in this process owns it.

@@ -31,6 +31,15 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         )
     })?;
     sweep_spool_dirs(&store);
+    match store.sweep_orphans() {
+        Ok(swept) if swept != pixpool_store::Swept::default() => info!(
+            temp_files = swept.temp_files,
+            originals = swept.originals,
+            "removed what interrupted writes left behind"
+        ),
+        Ok(_) => {}
+        Err(e) => warn!(cause = %pixpool_store::error_chain(&e), "could not sweep orphaned files"),
+    }
 
     let (listener, addr) = listener(&settings)?;
     let (control, children_end) = pixpool_supervisor::child::control_channel()
@@ -66,7 +75,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         admin: admin.as_ref().map(|a| a.as_raw_fd()),
     };
     let children = child_specs(&settings, &store, &program, fds)?;
-    share_tokens(&settings);
+    share_tokens(&settings)?;
 
     let running = settings.clone();
     let metrics_socket = admin.as_ref().map(|_| store.run_dir().join(ADMIN_SOCKET));
@@ -172,17 +181,24 @@ fn reload(
         return Err(format!("{} --version failed: {status}", exe.display()));
     }
     let specs = child_specs(&new, store, program, fds).map_err(|e| format!("{e:#}"))?;
-    share_tokens(&new);
+    share_tokens(&new).map_err(|e| format!("{e:#}"))?;
     Ok(specs)
 }
 
+/// The variable that carries the tokens to the children, as a JSON list.
+pub const CHILD_TOKENS_VAR: &str = "PIXPOOL_CHILD_API_TOKENS";
+
 /// Tokens reach the children through the environment, never their command
-/// lines (which every user can read).
-fn share_tokens(settings: &Settings) {
-    let joined = settings.api_tokens.join(",");
-    // SAFETY-free: the supervisor is single-threaded, so nothing reads the
-    // environment concurrently; children inherit it at the next fork.
-    std::env::set_var("PIXPOOL_API_TOKENS", joined);
+/// lines (which every user can read), as a JSON list so that each arrives whole.
+/// A variable of its own: the operator's `PIXPOOL_API_TOKENS` is left as it was,
+/// so that a SIGHUP reads the file again rather than a copy of it.
+fn share_tokens(settings: &Settings) -> anyhow::Result<()> {
+    let json =
+        serde_json::to_string(&settings.api_tokens).context("could not encode the API tokens")?;
+    // The supervisor is single-threaded, so nothing reads the environment
+    // concurrently; children inherit it at the next fork.
+    std::env::set_var(CHILD_TOKENS_VAR, json);
+    Ok(())
 }
 
 /// The command lines of every child, workers first (their sockets are up by
@@ -270,7 +286,14 @@ fn child_specs(
             s.max_connections.to_string(),
             "--body-idle-secs".into(),
             s.body_idle_secs.to_string(),
+            "--min-upload-bytes-per-sec".into(),
+            s.min_upload_bytes_per_sec.to_string(),
+            "--max-event-streams".into(),
+            s.max_event_streams.to_string(),
         ]);
+        for origin in &s.allowed_origins {
+            argv.extend(["--allowed-origin".to_string(), origin.clone()]);
+        }
         children.push(spec(
             "front",
             slot,

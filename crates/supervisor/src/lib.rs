@@ -12,6 +12,8 @@
 //!   `sd_notify` protocol out (READY, STATUS, STOPPING, RELOADING, WATCHDOG).
 //! - [`supervisor`]: the loop — reap, respawn by reconciling slots with
 //!   backoff, drain in stop order under a grace period.
+//! - [`roll`]: the rolling restart on SIGHUP — one slot at a time, the next
+//!   only once the newcomer reported ready; a failed newcomer stops it.
 //!
 //! `LIFECYCLE.md` beside this crate walks boot, the loop and shutdown.
 #![deny(missing_docs)]
@@ -20,6 +22,7 @@ pub mod child;
 pub mod listener;
 pub mod metrics;
 pub mod notify;
+pub mod roll;
 pub mod signals;
 pub mod supervisor;
 

@@ -136,6 +136,19 @@ impl Systemd {
         ]);
     }
 
+    /// A roll stopped on a failed newcomer: the reload is over (the service
+    /// serves on), so systemd hears READY now rather than once the failed
+    /// slot recovers, which may be never.
+    pub(crate) fn reload_stopped(&mut self) {
+        if self.reloading {
+            self.reloading = false;
+            send(&[
+                NotifyState::Ready,
+                NotifyState::Status("reload failed: rolling restart stopped (see the log)"),
+            ]);
+        }
+    }
+
     pub(crate) fn stopping(&mut self) {
         if !self.stopping_sent {
             self.stopping_sent = true;

@@ -12,6 +12,8 @@ use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
 use crate::child::{ChildSpec, SpawnError, FATAL_EXIT_CODE};
+use crate::roll::{Effects, Ended, Roll};
+pub use crate::roll::{ROLL_READY_TIMEOUT, ROLL_SETTLE};
 use crate::signals::{self, Signal};
 
 /// Default drain grace period: how long children get, after SIGTERM, to finish
@@ -56,11 +58,6 @@ impl std::fmt::Debug for Config {
             .finish_non_exhaustive()
     }
 }
-
-/// After a replaced child is started, the rolling restart waits this long
-/// before it takes down the next one: the newcomer binds its socket or
-/// connects to the workers in milliseconds; this leaves a wide margin.
-pub const ROLL_SETTLE: Duration = Duration::from_millis(500);
 
 /// A child that dies this many times within [`CRASH_LOOP_WINDOW`] is in a
 /// crash loop: it is held back for [`MAX_BACKOFF`] between attempts.
@@ -114,29 +111,6 @@ enum Phase {
     Killing,
 }
 
-/// Progress of a rolling restart (SIGHUP): one slot at a time, in slot order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Roll {
-    /// Nothing rolling.
-    Idle,
-    /// Slot `index` was told to stop; waiting for its exit and replacement.
-    Replacing {
-        /// Index into the slot table.
-        index: usize,
-        /// The pid being replaced.
-        old: Pid,
-        /// When it was told to stop (SIGKILL after the grace period).
-        since: Instant,
-    },
-    /// Slot `index` was replaced; the next one goes at `next_at`.
-    Settling {
-        /// Index of the slot just replaced.
-        index: usize,
-        /// When to move on.
-        next_at: Instant,
-    },
-}
-
 /// One slot: a spec and the process currently filling it.
 #[derive(Debug)]
 pub(crate) struct Slot {
@@ -162,15 +136,10 @@ pub(crate) struct Slot {
     pub(crate) queued: u32,
 }
 
-/// Runs the supervisor until it has drained or stopped. `on_ready` is called
-/// once, after every child has been started.
-pub fn run(mut config: Config, on_ready: impl FnOnce()) -> Result<Exit, SupervisorError> {
-    let sfd = signals::open().map_err(SupervisorError::Signals)?;
-    let now = Instant::now();
-    let mut slots: Vec<Slot> = config
-        .children
-        .drain(..)
-        .map(|spec| Slot {
+impl Slot {
+    /// A slot to be filled at once.
+    pub(crate) fn new(spec: ChildSpec, now: Instant) -> Slot {
+        Slot {
             spec,
             pid: None,
             started: now,
@@ -181,7 +150,19 @@ pub fn run(mut config: Config, on_ready: impl FnOnce()) -> Result<Exit, Supervis
             ready: false,
             last_seen: now,
             queued: 0,
-        })
+        }
+    }
+}
+
+/// Runs the supervisor until it has drained or stopped. `on_ready` is called
+/// once, after every child has been started.
+pub fn run(mut config: Config, on_ready: impl FnOnce()) -> Result<Exit, SupervisorError> {
+    let sfd = signals::open().map_err(SupervisorError::Signals)?;
+    let now = Instant::now();
+    let mut slots: Vec<Slot> = config
+        .children
+        .drain(..)
+        .map(|spec| Slot::new(spec, now))
         .collect();
     for slot in &mut slots {
         start(slot)?;
@@ -195,13 +176,13 @@ pub fn run(mut config: Config, on_ready: impl FnOnce()) -> Result<Exit, Supervis
     let metrics = crate::metrics::Sender::new(config.metrics_socket.take());
 
     let mut phase = Phase::Running;
-    let mut roll = Roll::Idle;
+    let mut roll = Roll::new(config.grace, control.is_some());
     let mut interrupts = 0u32;
     let mut fatal: Option<(&'static str, u32)> = None;
     let mut fast = false;
     loop {
         // Sleep until a signal arrives or the next timed event is due.
-        let timeout = next_timeout(&slots, phase, roll);
+        let timeout = next_timeout(&slots, phase, roll.due());
         let timeout = systemd.cap_timeout(timeout);
         let polled = match &control {
             Some(c) => poll(
@@ -224,7 +205,7 @@ pub fn run(mut config: Config, on_ready: impl FnOnce()) -> Result<Exit, Supervis
         for sig in signals::drain(&sfd).map_err(SupervisorError::Signals)? {
             match sig {
                 Signal::Child => {
-                    if let Some(f) = reap(&mut slots, phase) {
+                    if let Some(f) = reap(&mut slots, phase, roll.newcomer()) {
                         if fatal.is_none() {
                             error!(
                                 role = f.0,
@@ -263,22 +244,16 @@ pub fn run(mut config: Config, on_ready: impl FnOnce()) -> Result<Exit, Supervis
                         phase = kill_all(&slots);
                     }
                 }
-                Signal::Hangup if phase == Phase::Running => match (config.reload)() {
-                    Ok(specs) if specs.len() == slots.len() => {
-                        info!("SIGHUP: configuration re-read; replacing children one by one");
-                        for (slot, spec) in slots.iter_mut().zip(specs) {
-                            slot.spec = spec;
-                        }
-                        roll = Roll::Settling { index: usize::MAX, next_at: Instant::now() };
-                        systemd.reloading();
+                Signal::Hangup if phase == Phase::Running => {
+                    if roll.is_idle() {
+                        reload(&mut config, slots.len(), &mut roll, &mut systemd);
+                    } else {
+                        // Restarting the roll now would drain a second slot
+                        // while one is still out of service.
+                        info!("SIGHUP during a rolling restart: another one follows it, with the configuration as it is then");
+                        roll.queue();
                     }
-                    Ok(specs) => error!(
-                        have = slots.len(),
-                        asked = specs.len(),
-                        "SIGHUP: changing the number of children needs a restart; keeping the running configuration"
-                    ),
-                    Err(why) => error!(%why, "SIGHUP: new configuration refused; keeping the running one"),
-                },
+                }
                 Signal::Hangup => {}
             }
         }
@@ -286,12 +261,22 @@ pub fn run(mut config: Config, on_ready: impl FnOnce()) -> Result<Exit, Supervis
         if phase != Phase::Running {
             systemd.stopping();
         }
-        systemd.update(&slots, roll == Roll::Idle);
+        systemd.update(&slots, roll.is_idle());
         metrics.tick();
         match phase {
             Phase::Running => {
+                // The roll first: a newcomer that failed gets its slot's previous
+                // spec back before the slot is refilled.
+                if let Some(ended) = roll.advance(&mut slots, Instant::now(), &mut Os) {
+                    if ended == Ended::Stopped {
+                        systemd.reload_stopped();
+                    }
+                    if roll.take_queued() {
+                        info!("running the rolling restart asked for during the last one");
+                        reload(&mut config, slots.len(), &mut roll, &mut systemd);
+                    }
+                }
                 respawn_due(&mut slots);
-                roll = advance_roll(&mut slots, roll, config.grace);
             }
             Phase::Draining { deadline } => {
                 if Instant::now() >= deadline {
@@ -320,64 +305,38 @@ pub fn run(mut config: Config, on_ready: impl FnOnce()) -> Result<Exit, Supervis
     }
 }
 
-/// Moves a rolling restart along; called on every pass of the loop.
-fn advance_roll(slots: &mut [Slot], roll: Roll, grace: Duration) -> Roll {
-    let now = Instant::now();
-    match roll {
-        Roll::Idle => Roll::Idle,
-        Roll::Settling { index, next_at } => {
-            if now < next_at {
-                return roll;
-            }
-            let next = index.wrapping_add(1);
-            let Some(slot) = slots.get(next) else {
-                info!("rolling restart complete");
-                return Roll::Idle;
-            };
-            match slot.pid {
-                Some(old) => {
-                    info!(
-                        role = slot.spec.role,
-                        slot = slot.spec.slot,
-                        pid = old.as_raw(),
-                        "rolling restart: replacing"
-                    );
-                    signal(old, NixSignal::SIGTERM);
-                    Roll::Replacing {
-                        index: next,
-                        old,
-                        since: now,
-                    }
-                }
-                // Empty (being respawned anyway): move on.
-                None => Roll::Settling {
-                    index: next,
-                    next_at: now,
-                },
-            }
+/// SIGHUP: asks the reload hook for the new specs and starts rolling onto
+/// them; a refusal is logged and changes nothing.
+fn reload(
+    config: &mut Config,
+    slots: usize,
+    roll: &mut Roll,
+    systemd: &mut crate::notify::Systemd,
+) {
+    match (config.reload)() {
+        Ok(specs) if specs.len() == slots => {
+            info!("SIGHUP: configuration re-read; replacing children one by one");
+            roll.begin(specs, Instant::now());
+            systemd.reloading();
         }
-        Roll::Replacing { index, old, since } => {
-            let slot = &slots[index];
-            match slot.pid {
-                Some(pid) if pid != old => Roll::Settling {
-                    index,
-                    next_at: now + ROLL_SETTLE,
-                },
-                Some(_) if now.duration_since(since) > grace => {
-                    warn!(
-                        pid = old.as_raw(),
-                        "child did not drain in time; killing it"
-                    );
-                    signal(old, NixSignal::SIGKILL);
-                    Roll::Replacing {
-                        index,
-                        old,
-                        since: now,
-                    }
-                }
-                _ => roll,
-            }
-        }
+        Ok(specs) => error!(
+            have = slots,
+            asked = specs.len(),
+            "SIGHUP: changing the number of children needs a restart; keeping the running configuration"
+        ),
+        Err(why) => error!(%why, "SIGHUP: new configuration refused; keeping the running one"),
+    }
+}
+
+/// The roll's hands: real forks and signals.
+struct Os;
+
+impl Effects for Os {
+    fn start(&mut self, slot: &mut Slot) -> Result<(), SpawnError> {
+        start(slot)
+    }
+    fn signal(&mut self, pid: Pid, sig: NixSignal) {
+        signal(pid, sig)
     }
 }
 
@@ -457,8 +416,10 @@ fn signal(pid: Pid, sig: NixSignal) {
 }
 
 /// Reaps every exited child, schedules respawns, and returns the slot of a
-/// child that exited with the fatal code, if one did.
-fn reap(slots: &mut [Slot], phase: Phase) -> Option<(&'static str, u32)> {
+/// child that exited with the fatal code, if one did. The rolling restart's
+/// `newcomer` is the exception: its `EX_CONFIG` rejects the new configuration,
+/// which the roll undoes, so it is reaped like any crash (and stops the roll).
+fn reap(slots: &mut [Slot], phase: Phase, newcomer: Option<Pid>) -> Option<(&'static str, u32)> {
     let mut fatal = None;
     loop {
         let status = match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
@@ -485,8 +446,16 @@ fn reap(slots: &mut [Slot], phase: Phase) -> Option<(&'static str, u32)> {
             continue;
         }
         if code == Some(FATAL_EXIT_CODE) {
-            fatal = Some((slot.spec.role, slot.spec.slot));
-            continue;
+            if newcomer != Some(pid) {
+                fatal = Some((slot.spec.role, slot.spec.slot));
+                continue;
+            }
+            warn!(
+                role = slot.spec.role,
+                slot = slot.spec.slot,
+                pid = pid.as_raw(),
+                "the new child rejects the new configuration (exit code {FATAL_EXIT_CODE})"
+            );
         }
         if code == Some(0) {
             // A planned exit (a worker recycling itself): replace it at once,
@@ -553,14 +522,8 @@ fn backoff(quick_deaths: u32) -> Duration {
     MIN_BACKOFF.saturating_mul(factor).min(MAX_BACKOFF)
 }
 
-fn next_timeout(slots: &[Slot], phase: Phase, roll: Roll) -> PollTimeout {
+fn next_timeout(slots: &[Slot], phase: Phase, rolling: Option<Instant>) -> PollTimeout {
     let now = Instant::now();
-    let rolling = match roll {
-        Roll::Idle => None,
-        Roll::Settling { next_at, .. } => Some(next_at),
-        // Checked again a few times a second for the grace-period kill.
-        Roll::Replacing { .. } => Some(now + Duration::from_millis(200)),
-    };
     let due = match phase {
         Phase::Running => slots
             .iter()

@@ -1,0 +1,10 @@
+//! Issue 10, "Promises kept under attack": each promise the README makes, tried
+//! as an attacker would, against the real binary. One test binary, one module
+//! per concern (access, memory and time, integrity, supervision).
+
+mod common;
+
+#[path = "attacks/access.rs"]
+mod access;
+#[path = "attacks/integrity.rs"]
+mod integrity;
