@@ -9,8 +9,13 @@
 //! sequence numbers (see [`EventKind::seq`]), so history rebuilt from the
 //! record and live events merge without duplicates, and `Last-Event-ID`
 //! resumes exactly.
+//!
+//! Followers wait for minutes, so their streams (SSE and long-polls) have a
+//! bound of their own per front, apart from the connection limit, and end as
+//! soon as the front drains: they resume on another front.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -89,7 +94,8 @@ impl EventHub {
     pub fn new(max_streams: usize) -> EventHub {
         EventHub {
             jobs: Mutex::default(),
-            streams: Arc::new(Semaphore::new(max_streams)),
+            // Beyond MAX_PERMITS a semaphore panics; no front holds that many.
+            streams: Arc::new(Semaphore::new(max_streams.min(Semaphore::MAX_PERMITS))),
             closing: watch::Sender::new(false),
         }
     }
@@ -314,13 +320,16 @@ fn from_kind(id: &str, kind: &EventKind, record: Option<&JobRecord>) -> Sse {
 }
 
 /// `GET /jobs/<id>/events`: a Server-Sent Events stream of the job's life.
-/// `permit` (from [`EventHub::admit`]) is held until the stream ends.
+/// `permit` (from [`EventHub::admit`]) is held until the stream ends, and
+/// `at_end` runs just before it is given back: the front takes the
+/// connection's place under its connection limit again there.
 pub async fn stream(
     hub: &Arc<EventHub>,
     store: &Store,
     id: &JobId,
     last_event_id: Option<u64>,
     permit: StreamPermit,
+    at_end: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<Response<Body>, ApiError> {
     let sub = hub.subscribe(id);
     let record = read_record(store, id)
@@ -329,12 +338,21 @@ pub async fn stream(
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     tokio::spawn(follow(sub, store.clone(), record, last_event_id, tx));
 
-    // The permit lives with the body: given back when the stream ends or
-    // when the client goes away (hyper drops the body).
-    let frames = futures_util::stream::unfold((rx, permit), |(mut rx, permit)| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, std::io::Error>(Frame::data(b)), (rx, permit)))
+    // The permit lives with the body: given back once the stream has ended
+    // (after `at_end`), or when the client goes away (hyper drops the body).
+    let state = (rx, permit, Box::pin(at_end));
+    let frames = futures_util::stream::unfold(state, |(mut rx, permit, at_end)| async move {
+        match rx.recv().await {
+            Some(b) => Some((
+                Ok::<_, std::io::Error>(Frame::data(b)),
+                (rx, permit, at_end),
+            )),
+            None => {
+                at_end.await;
+                drop(permit);
+                None
+            }
+        }
     });
     let mut resp = Response::new(StreamBody::new(frames).boxed());
     *resp.status_mut() = StatusCode::OK;
@@ -409,7 +427,10 @@ async fn follow(
                     let event = from_kind(id.as_str(), &ev.kind, record.as_ref());
                     (owed(vec![event], &mut last), true)
                 }
-                HubMsg::Event(ev) => (owed(vec![from_kind(id.as_str(), &ev.kind, None)], &mut last), false),
+                HubMsg::Event(ev) => {
+                    let event = from_kind(id.as_str(), &ev.kind, None);
+                    (owed(vec![event], &mut last), false)
+                }
                 HubMsg::Resync => match read_record(&store, &id).await {
                     Ok(Some(r)) => (owed(history(&r), &mut last), r.state.is_final()),
                     _ => (Vec::new(), false),
@@ -432,7 +453,8 @@ async fn follow(
                 debug!(job_id = %id, "event stream ended by a drain");
                 return;
             }
-            // The client went away: free its place now, not at the next keep-alive.
+            // The client went away (hyper dropped the body): stop following
+            // now, not at the next keep-alive.
             () = tx.closed() => return,
         };
         if !send_all(batch).await || done {
@@ -579,6 +601,7 @@ mod tests {
             &done.id,
             Some(u64::MAX),
             hub.admit().expect("room"),
+            async {},
         )
         .await
         .expect("stream");
@@ -595,6 +618,7 @@ mod tests {
             &live.id,
             Some(u64::MAX),
             hub.admit().expect("room"),
+            async {},
         )
         .await
         .expect("stream");
@@ -630,6 +654,7 @@ mod tests {
             &live.id,
             Some(final_seq),
             hub.admit().expect("room"),
+            async {},
         )
         .await
         .expect("stream");
@@ -650,9 +675,16 @@ mod tests {
         let hub = Arc::new(EventHub::new(2));
         let live = record(JobState::Queued, 0, 0);
         store.0.write_record(&live).expect("record");
-        let a = stream(&hub, &store.0, &live.id, None, hub.admit().expect("1st"))
-            .await
-            .expect("stream");
+        let a = stream(
+            &hub,
+            &store.0,
+            &live.id,
+            None,
+            hub.admit().expect("1st"),
+            async {},
+        )
+        .await
+        .expect("stream");
         let _b = hub.admit().expect("2nd");
         let refused = hub.admit().expect_err("3rd is over the bound");
         assert_eq!(
@@ -675,14 +707,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_finished_stream_keeps_its_place_until_its_end_hook_has_run() {
+        let store = TempStore::new("hook");
+        let hub = Arc::new(EventHub::new(1));
+        let done = record(JobState::Done, 1, 0);
+        store.0.write_record(&done).expect("record");
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let hook = {
+            let gate = gate.clone();
+            async move { gate.notified().await }
+        };
+        let resp = stream(
+            &hub,
+            &store.0,
+            &done.id,
+            None,
+            hub.admit().expect("room"),
+            hook,
+        )
+        .await
+        .expect("stream");
+        let body = tokio::spawn(sse(resp));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!body.is_finished(), "the body ends only after the hook");
+        assert!(hub.admit().is_err(), "the place is still held");
+        gate.notify_one();
+        let (events, _) = tokio::time::timeout(WITHIN, body)
+            .await
+            .expect("ends")
+            .expect("task");
+        assert_eq!(events.last().map(|(_, n)| n.as_str()), Some("done"));
+        hub.admit().expect("the place is back");
+    }
+
+    #[tokio::test]
     async fn closing_the_hub_ends_streams_and_answers_long_polls_at_once() {
         let store = TempStore::new("close");
         let hub = Arc::new(EventHub::new(4));
         let live = record(JobState::Processing, 1, 0);
         store.0.write_record(&live).expect("record");
-        let resp = stream(&hub, &store.0, &live.id, None, hub.admit().expect("room"))
-            .await
-            .expect("stream");
+        let resp = stream(
+            &hub,
+            &store.0,
+            &live.id,
+            None,
+            hub.admit().expect("room"),
+            async {},
+        )
+        .await
+        .expect("stream");
         let poll = {
             let (hub, store, id) = (hub.clone(), store.0.clone(), live.id.clone());
             tokio::spawn(async move { long_poll(&hub, &store, &id, MAX_WAIT).await })

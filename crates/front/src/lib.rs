@@ -202,8 +202,12 @@ pub async fn run(
         .max_buf_size(MAX_HEADER_BYTES)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
+    // Beyond MAX_PERMITS a semaphore panics; no front holds that many.
     let connections = Arc::new(tokio::sync::Semaphore::new(
-        state.config.max_connections.max(1),
+        state
+            .config
+            .max_connections
+            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
     ));
     if state.config.api_tokens.is_empty() {
         warn!("no API token configured: uploads and reads are open to anyone who can connect");
@@ -417,15 +421,22 @@ async fn route(
                     .get("last-event-id")
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.trim().parse::<u64>().ok());
-                let permit = state.hub.admit()?;
-                let mut resp = events::stream(&state.hub, state.store(), &id, last, permit).await?;
                 // The stream may wait on the job for minutes: its connection's
-                // place goes back to uploads, so the connection ends with it.
-                if let Some(seat) = seat_of(&req) {
+                // place goes back to uploads meanwhile, and is taken again
+                // before the stream ends (the connection may be reused).
+                let seat = seat_of(&req);
+                let back = seat.clone();
+                let at_end = async move {
+                    if let Some(seat) = back {
+                        seat.reclaim().await;
+                    }
+                };
+                let permit = state.hub.admit()?;
+                let resp =
+                    events::stream(&state.hub, state.store(), &id, last, permit, at_end).await?;
+                if let Some(seat) = seat {
                     seat.release();
                 }
-                resp.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 Ok(resp)
             }
             _ => Err(not_allowed("GET")),

@@ -196,7 +196,7 @@ pub async fn upload(
 /// What became of an upload.
 enum Admitted {
     /// Identical bytes, presets and client as a job a worker has acknowledged.
-    Existing(JobRecord),
+    Existing(Box<JobRecord>),
     /// A new job, acknowledged by a worker.
     New(crate::dispatch::Ack),
 }
@@ -341,7 +341,7 @@ enum Dedup {
     /// This upload holds the entry: it becomes the job.
     Owner,
     /// An identical upload's job, acknowledged by a worker.
-    Existing(JobRecord),
+    Existing(Box<JobRecord>),
     /// The holder's job was not acknowledged in time: process this upload as
     /// its own job, without the index (at worst, the same bytes twice).
     Bypass,
@@ -376,7 +376,7 @@ async fn take_dedup_entry(state: &State, key: &str, id: &JobId) -> Result<Dedup,
                 release(store, key, &holder).await;
             }
             Ok(Some(rec)) if rec.state != JobState::Queued || is_claimed(store, &holder).await => {
-                return Ok(Dedup::Existing(rec))
+                return Ok(Dedup::Existing(Box::new(rec)))
             }
             // Recorded, not yet acknowledged: its dispatch may still fail.
             Ok(Some(_)) if waiting => tokio::time::sleep(Duration::from_millis(10)).await,

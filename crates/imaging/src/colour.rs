@@ -18,8 +18,11 @@
 //!   browsers do; CMYK without a profile keeps the naive formula.
 //!
 //! Parsed profiles and their transforms are kept per thread (a few, most recently used
-//! first): a server sees the same handful of profiles over and over, and building a
-//! CMYK transform takes longer than applying it to a small raster.
+//! first, none over [`CACHED_MAX_BYTES`]): a server sees the same handful of profiles
+//! over and over, and building a CMYK transform takes longer than applying it to a small
+//! raster. Larger profiles never get here ([`MAX_ICC_PROFILE_BYTES`]).
+//!
+//! [`MAX_ICC_PROFILE_BYTES`]: crate::limits::MAX_ICC_PROFILE_BYTES
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -57,6 +60,11 @@ pub(crate) struct RgbTransforms {
 /// Profiles kept per thread.
 const CACHED: usize = 4;
 
+/// The largest profile kept in the per-thread cache, in bytes. The cache outlives the
+/// job; the usual profiles (sRGB, Display P3, Adobe RGB: a few KB; FOGRA39, SWOP: under
+/// 1 MB) fit, and a larger one is parsed again each time rather than kept.
+const CACHED_MAX_BYTES: usize = 1 << 20;
+
 thread_local! {
     /// The profiles seen last by this thread, their bytes and what they parsed to
     /// (`None`: sRGB, or nothing to apply), most recent first.
@@ -79,10 +87,12 @@ pub(crate) fn profile(icc: &[u8]) -> Option<Profile> {
         .inspect_err(|reason| debug!(%reason, bytes = icc.len(), "ICC profile not applied"))
         .ok()
         .flatten();
-    RECENT.with_borrow_mut(|recent| {
-        recent.truncate(CACHED - 1);
-        recent.insert(0, (icc.to_vec(), parsed.clone()));
-    });
+    if icc.len() <= CACHED_MAX_BYTES {
+        RECENT.with_borrow_mut(|recent| {
+            recent.truncate(CACHED - 1);
+            recent.insert(0, (icc.to_vec(), parsed.clone()));
+        });
+    }
     parsed
 }
 
@@ -233,6 +243,17 @@ mod tests {
         };
         assert!(r > 200 && g < 80 && b < 60, "{:?}", raster.data);
         assert_eq!(a, 77, "alpha untouched");
+    }
+
+    #[test]
+    fn a_large_profile_is_not_kept_after_the_job() {
+        let big = vec![0u8; CACHED_MAX_BYTES + 1];
+        assert!(profile(&big).is_none());
+        let kept = RECENT.with_borrow(|recent| recent.iter().any(|(b, _)| b.len() == big.len()));
+        assert!(!kept, "a profile over the cache bound was cached");
+        let small = vec![0u8; 300];
+        assert!(profile(&small).is_none());
+        assert!(RECENT.with_borrow(|recent| recent.iter().any(|(b, _)| b == &small)));
     }
 
     #[test]

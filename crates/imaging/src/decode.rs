@@ -22,8 +22,10 @@ use tracing::debug;
 use crate::colour::{self, Profile};
 use crate::error::ImagingError;
 use crate::format::Format;
+use crate::frames;
 use crate::jpeg::{self, Frame, Scale, ScaledJpeg, Scan, ScanError};
 use crate::limits::Limits;
+use crate::metadata;
 use crate::raster::Raster;
 
 /// A decoded image in its stored orientation (the [`Header`] has the EXIF orientation).
@@ -71,6 +73,14 @@ pub(crate) fn read_header<'a>(data: &'a [u8], limits: &Limits) -> Result<Header<
     let format = Format::sniff(data).ok_or(ImagingError::Sniff)?;
     if format == Format::Jpeg && !jpeg_has_end(data) {
         return Err(ImagingError::DecodeTruncated { format });
+    }
+
+    // What the dimension limits do not see: an ICC profile or metadata chunks the decoder
+    // would inflate or copy (a PNG's `iCCP` is inflated while the header is read), and
+    // frames larger than the GIF screen or WebP canvas the header declares.
+    metadata::check(format, data)?;
+    if matches!(format, Format::Gif | Format::WebP) {
+        frames::check_frame_sizes_in(data, format, limits)?;
     }
 
     let mut reader = ImageReader::with_format(Cursor::new(data), format.to_image_format());

@@ -82,6 +82,33 @@ pub enum ImagingError {
         limit: &'static str,
     },
 
+    /// One frame of an animation is larger than the limits allow (whatever the logical
+    /// screen says); refused before decoding.
+    #[error("frame {frame} of {width}×{height} exceeds the {limit} limit")]
+    CheckFrameSize {
+        /// Which frame, from 1.
+        frame: u32,
+        /// The frame's own width.
+        width: u32,
+        /// The frame's own height.
+        height: u32,
+        /// Which limit was exceeded.
+        limit: &'static str,
+    },
+
+    /// An embedded ICC profile or the metadata chunks are larger than the caps
+    /// ([`MAX_ICC_PROFILE_BYTES`](crate::limits::MAX_ICC_PROFILE_BYTES),
+    /// [`MAX_METADATA_BYTES`](crate::limits::MAX_METADATA_BYTES)); refused before decoding.
+    #[error("the {what} ({at_least} bytes or more) exceeds the {what} limit of {limit} bytes")]
+    CheckMetadata {
+        /// What was too large: `ICC profile` or `metadata`.
+        what: &'static str,
+        /// How many bytes were counted before giving up.
+        at_least: usize,
+        /// The cap.
+        limit: usize,
+    },
+
     /// The pixel data could not be decoded (corrupt, unsupported, or over the allocation
     /// limit partway through).
     #[error("could not decode the {format:?} image")]
@@ -192,6 +219,8 @@ impl ImagingError {
             | ImagingError::ReadHeader { .. }
             | ImagingError::CheckLimits { .. }
             | ImagingError::CheckFrames { .. }
+            | ImagingError::CheckFrameSize { .. }
+            | ImagingError::CheckMetadata { .. }
             | ImagingError::Decode { .. }
             | ImagingError::DecodeTruncated { .. } => true,
             ImagingError::ReadInput { .. }
@@ -208,7 +237,10 @@ impl ImagingError {
     /// or during decoding): lets the front answer 413 rather than 415/422.
     pub fn is_limit_exceeded(&self) -> bool {
         match self {
-            ImagingError::CheckLimits { .. } | ImagingError::CheckFrames { .. } => true,
+            ImagingError::CheckLimits { .. }
+            | ImagingError::CheckFrames { .. }
+            | ImagingError::CheckFrameSize { .. }
+            | ImagingError::CheckMetadata { .. } => true,
             ImagingError::ReadHeader { source, .. } | ImagingError::Decode { source, .. } => {
                 matches!(source, image::ImageError::Limits(_))
             }

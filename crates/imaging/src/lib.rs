@@ -48,9 +48,13 @@
 //!   input or the server is at fault.
 //! - [`format`](mod@format): [`Format`] (what we read) and [`OutputFormat`] (what we write), magic-byte
 //!   sniffing.
-//! - [`frames`]: counting an animation's frames by skipping its blocks, without decoding.
+//! - [`frames`]: counting an animation's frames by skipping its blocks, without decoding,
+//!   and holding each frame's own size to the limits.
 //! - [`probe`](mod@probe): header-only parsing of the first bytes of a file into a [`Probe`].
-//! - [`limits`]: [`Limits`], the decompression-bomb guard.
+//! - [`limits`]: [`Limits`], the decompression-bomb guard, and the caps on ICC profiles
+//!   and metadata chunks.
+//! - `metadata` (private): the ICC profile and metadata chunks checked against those caps
+//!   before any decoder reads them.
 //! - `jpeg` (private): JPEG structure (frame, scans), the shrink-on-load scale, scan
 //!   pruning for progressive files, the scaled decode with `jpeg-decoder`.
 //! - `turbo` (private, `turbojpeg` feature): libjpeg-turbo decoding and encoding.
@@ -77,6 +81,7 @@ pub mod format;
 pub mod frames;
 mod jpeg;
 pub mod limits;
+mod metadata;
 mod output;
 pub mod pipeline;
 pub mod preset;
@@ -93,7 +98,7 @@ mod webp;
 
 pub use error::{EncodeError, ImagingError};
 pub use format::{Format, OutputFormat};
-pub use frames::count_frames;
+pub use frames::{check_animation, count_frames};
 pub use limits::Limits;
 pub use pipeline::{
     process, process_with_progress, sync_outputs, Flush, Output, Processed, Progress, StageTimings,

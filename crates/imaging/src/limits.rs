@@ -9,6 +9,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ImagingError;
 
+/// The largest embedded ICC profile accepted, in bytes (inflated, for PNG). Real profiles
+/// are a few kilobytes (matrix/shaper RGB) to a couple of megabytes (CMYK lookup tables);
+/// a PNG's compressed `iCCP` chunk can otherwise inflate to the whole allocation budget.
+pub const MAX_ICC_PROFILE_BYTES: usize = 4 << 20;
+
+/// The most bytes of metadata chunks (PNG text and `eXIf`, WebP `EXIF` and `XMP `) accepted
+/// in one file. The decoders keep them in memory beside the pixels; a camera's EXIF is
+/// tens of kilobytes, an editor's XMP history rarely a megabyte.
+pub const MAX_METADATA_BYTES: usize = 16 << 20;
+
 /// Upper bounds on an input image, all checked before decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
@@ -89,6 +99,21 @@ impl Limits {
             return Err(exceeded("animation pixels (frames × area)"));
         }
         Ok(())
+    }
+
+    /// Checks one frame of an animation (1-based `frame`) on its own size: a frame may be
+    /// larger than the logical screen, and a decoder allocates the frame, not the screen.
+    pub fn check_frame(&self, frame: u32, width: u32, height: u32) -> Result<(), ImagingError> {
+        self.check_dimensions(width, height)
+            .map_err(|err| match err {
+                ImagingError::CheckLimits { limit, .. } => ImagingError::CheckFrameSize {
+                    frame,
+                    width,
+                    height,
+                    limit,
+                },
+                other => other,
+            })
     }
 
     /// Checks the size of the buffer a decoder is about to allocate.

@@ -18,9 +18,10 @@ use crate::format::Format;
 pub struct Probe {
     /// The format sniffed from the magic bytes.
     pub format: Format,
-    /// Stored width in pixels (GIF: the logical screen).
+    /// Stored width in pixels (GIF: the logical screen, or the widest frame in the bytes
+    /// given when one is wider: a frame is decoded at its own size).
     pub width: u32,
-    /// Stored height in pixels (GIF: the logical screen).
+    /// Stored height in pixels (GIF: the logical screen, or the tallest frame seen).
     pub height: u32,
     /// Number of frames when it is cheap to know from the header: 1 for JPEG and still
     /// PNG/WebP, the `acTL` count for APNG; `None` for GIF and animated WebP (counting
@@ -173,11 +174,65 @@ fn probe_png(data: &[u8]) -> Result<(u32, u32, Option<u32>), HeaderError> {
     Ok((width, height, frames))
 }
 
-/// The logical screen size is at a fixed offset; frames would need a walk over all blocks.
+/// The logical screen size is at a fixed offset. Frames may be larger than the screen
+/// (and the decoder allocates the frame): the image descriptors the head reaches widen
+/// the size reported. Counting frames would need a walk over all blocks.
 fn probe_gif(data: &[u8]) -> Result<(u32, u32, Option<u32>), HeaderError> {
-    let width = le16(data, 6)?;
-    let height = le16(data, 8)?;
+    let mut width = le16(data, 6)?;
+    let mut height = le16(data, 8)?;
+    for (w, h) in gif_frame_sizes(data) {
+        width = width.max(w);
+        height = height.max(h);
+    }
     Ok((u32::from(width), u32::from(height), None))
+}
+
+/// The sizes in the GIF image descriptors found in `data` by skipping blocks by their
+/// lengths, up to where `data` ends or stops making sense (the decoder judges the rest).
+fn gif_frame_sizes(data: &[u8]) -> Vec<(u16, u16)> {
+    let colour_table = |flags: u8| 3usize << ((flags & 0x07) + 1);
+    let mut sizes = Vec::new();
+    let Some(&flags) = data.get(10) else {
+        return sizes;
+    };
+    let mut at = 13;
+    if flags & 0x80 != 0 {
+        at += colour_table(flags);
+    }
+    // Skips a chain of sub-blocks (length byte, data; 0 ends); `None` past the end.
+    let skip_sub_blocks = |mut at: usize| loop {
+        match *data.get(at)? {
+            0 => return Some(at + 1),
+            n => at += 1 + usize::from(n),
+        }
+    };
+    loop {
+        match data.get(at) {
+            Some(0x2C) => {
+                let (Ok(w), Ok(h), Some(&local)) =
+                    (le16(data, at + 5), le16(data, at + 7), data.get(at + 9))
+                else {
+                    return sizes;
+                };
+                sizes.push((w, h));
+                at += 10;
+                if local & 0x80 != 0 {
+                    at += colour_table(local);
+                }
+                // LZW minimum code size, then the image data
+                match skip_sub_blocks(at + 1) {
+                    Some(next) => at = next,
+                    None => return sizes,
+                }
+            }
+            // An extension: label, then sub-blocks.
+            Some(0x21) => match skip_sub_blocks(at + 2) {
+                Some(next) => at = next,
+                None => return sizes,
+            },
+            _ => return sizes,
+        }
+    }
 }
 
 /// The first chunk after `RIFF....WEBP` is `VP8 ` (lossy), `VP8L` (lossless) or `VP8X`
@@ -259,6 +314,29 @@ mod tests {
         jpeg.extend_from_slice(b"\xff\xc0\0\x11\x08\0\xc8\x01\x2c\x03");
         let got = probe(&jpeg).expect("probe");
         assert_eq!((got.width, got.height, got.frames), (300, 200, Some(1)));
+    }
+
+    #[test]
+    fn gif_frames_larger_than_the_screen_widen_the_size() {
+        let mut gif = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\0\0\0\xff\xff\xff".to_vec();
+        gif.extend_from_slice(&[0x21, 0xFE, 2, b'h', b'i', 0]); // a comment first
+        let frame = |w: u16, h: u16| {
+            let mut f = vec![0x2C, 0, 0, 0, 0];
+            f.extend_from_slice(&w.to_le_bytes());
+            f.extend_from_slice(&h.to_le_bytes());
+            f.extend_from_slice(&[0, 2, 2, 0x4C, 0x01, 0]);
+            f
+        };
+        gif.extend(frame(16_000, 3));
+        gif.extend(frame(5, 12_000));
+        let got = probe(&gif).expect("probe");
+        assert_eq!((got.width, got.height, got.frames), (16_000, 12_000, None));
+        // A head that ends inside the first frame still reports it.
+        let got = probe(&gif[..37]).expect("probe");
+        assert_eq!((got.width, got.height), (16_000, 3));
+        // Without frames, the screen.
+        let got = probe(&gif[..19]).expect("probe");
+        assert_eq!((got.width, got.height), (1, 1));
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub enum ConfigError {
     /// The fd named by `--listen-fd` is not an inherited socket.
     #[error("--listen-fd {0} is not an inherited socket (a {1} is started by `pixpool serve`)")]
     ListenFd(i32, &'static str),
+    /// The tokens the supervisor passed are not a JSON list of strings.
+    #[error("the API tokens passed by the supervisor are not a JSON list")]
+    Tokens(#[source] serde_json::Error),
     /// The uploads directory (or a directory of its layout) cannot be opened.
     #[error("could not open the uploads directory")]
     Uploads(#[source] pixpool_store::StoreError),

@@ -5,11 +5,21 @@ use std::os::fd::FromRawFd;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use pixpool_store::Store;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::{FrontArgs, WorkerArgs};
+use crate::exit::ConfigError;
+
+/// Whether `fd` is a socket: an inherited listener, not a stray number.
+fn is_socket(fd: i32) -> bool {
+    // SAFETY: fstat only reads the fd's metadata; any fd number is safe to ask about.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(fd, &mut st) == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK
+    }
+}
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     // One event loop per process, as in nginx: the process is the unit of
@@ -37,22 +47,14 @@ async fn terminated() {
 pub fn front(args: FrontArgs) -> anyhow::Result<ExitCode> {
     crate::logging::init("front", Some(args.child.slot), args.child.log_format);
     let fd = args.listen_fd;
-    // SAFETY: fstat only reads the fd's metadata; any fd number is safe to ask about.
-    let is_socket = unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        libc::fstat(fd, &mut st) == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK
-    };
-    if !is_socket {
-        bail!(
-            "--listen-fd {fd} is not an inherited socket (a front is started by `pixpool serve`)"
-        );
+    if !is_socket(fd) {
+        return Err(ConfigError::ListenFd(fd, "front").into());
     }
     let api_tokens = child_api_tokens()?;
     // SAFETY: the supervisor passed this fd to us as our listener, and nothing
     // else in this process owns it.
     let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
-    let store =
-        Store::open(&args.child.uploads, None).context("could not open the uploads directory")?;
+    let store = Store::open(&args.child.uploads, None).map_err(ConfigError::Uploads)?;
     let names: Vec<String> = args.child.presets.iter().map(|p| p.name.clone()).collect();
     let config = pixpool_front::FrontConfig {
         slot: args.child.slot,
@@ -100,8 +102,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     crate::logging::init("worker", Some(args.child.slot), args.child.log_format);
     // A worker needs no token: drop them before anything else can read them.
     child_api_tokens()?;
-    let store =
-        Store::open(&args.child.uploads, None).context("could not open the uploads directory")?;
+    let store = Store::open(&args.child.uploads, None).map_err(ConfigError::Uploads)?;
     if args.memory_mb > 0 {
         limit_address_space(args.memory_mb.saturating_mul(1024 * 1024))?;
     }
@@ -131,33 +132,41 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         args.child.metrics_socket.clone(),
     );
     let queued = config.queued.clone();
-    let exit = runtime()?
-        .block_on(async {
-            tokio::spawn(report.clone().heartbeat(Some(queued)));
-            pixpool_worker::run(config, terminated(), || report.ready()).await
-        })
-        .context("worker failed")?;
-    if exit == pixpool_worker::WorkerExit::Replace {
-        // A job thread may be stuck in a decoder: leave without waiting for it.
-        // Exit 0 from a running child means "planned": respawned at once.
+    // Held in a variable, never dropped as a temporary: dropping a runtime waits for its
+    // blocking threads, and the thread of a job over its time limit may be stuck in a
+    // decoder for minutes.
+    let runtime = runtime()?;
+    let exit = runtime.block_on(async {
+        tokio::spawn(report.clone().heartbeat(Some(queued)));
+        pixpool_worker::run(config, terminated(), || report.ready()).await
+    });
+    if matches!(exit, Ok(pixpool_worker::WorkerExit::Replace)) {
+        // Leave now, with the stuck thread if there is one: its job is already failed,
+        // and the replacement takes the jobs still claimed. Exit 0 from a running child
+        // means "planned": respawned at once.
         std::process::exit(0);
     }
+    runtime.shutdown_timeout(BLOCKING_THREADS_GRACE);
+    exit.context("worker failed")?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// How long a drained worker waits for its blocking threads (a commit's fsyncs)
+/// before it exits anyway; none should be left once the job in hand is finished.
+const BLOCKING_THREADS_GRACE: Duration = Duration::from_secs(1);
 
 /// The bearer tokens the supervisor handed this child (a JSON array, so a
 /// token reaches it whole), removed from the environment once read so that
 /// nothing this process starts inherits them. The operator's own
 /// `PIXPOOL_API_TOKENS` is the supervisor's input, never a child's.
-pub fn child_api_tokens() -> anyhow::Result<Vec<String>> {
+pub fn child_api_tokens() -> Result<Vec<String>, ConfigError> {
     let raw = std::env::var(crate::serve::CHILD_TOKENS_VAR).ok();
-    // SAFETY-free: called before this process starts any other thread.
+    // Called before this process starts any other thread.
     std::env::remove_var(crate::serve::CHILD_TOKENS_VAR);
     std::env::remove_var("PIXPOOL_API_TOKENS");
     match raw {
         None => Ok(Vec::new()),
-        Some(json) => serde_json::from_str(&json)
-            .context("the tokens passed by the supervisor are not a JSON list"),
+        Some(json) => serde_json::from_str(&json).map_err(ConfigError::Tokens),
     }
 }
 
@@ -272,6 +281,9 @@ pub fn admin(args: crate::cli::AdminArgs) -> anyhow::Result<ExitCode> {
     crate::logging::init("admin", Some(0), args.log_format);
     child_api_tokens()?;
     let fd = args.listen_fd;
+    if !is_socket(fd) {
+        return Err(ConfigError::ListenFd(fd, "admin").into());
+    }
     // SAFETY: the supervisor passed this fd to us as the admin listener, and
     // nothing else in this process owns it.
     let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };

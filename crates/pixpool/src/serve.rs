@@ -24,12 +24,19 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let format = settings.as_ref().map_or(LogFormat::Text, |s| s.log_format);
     crate::logging::init("supervisor", None, format);
     let settings = settings?;
+    // Before anything is created; every child inherits it.
+    let umask = crate::umask::apply(settings.umask);
+    info!(%umask, "file-creation mask set");
     let store = Store::open(&settings.uploads, None).with_context(|| {
         format!(
             "could not prepare the uploads directory {}",
             settings.uploads.display()
         )
     })?;
+    // Not fatal: a tree owned by another user keeps its modes, and says so.
+    if let Err(e) = store.restrict_dirs(umask.bits()) {
+        warn!(cause = %pixpool_store::error_chain(&e), %umask, "could not take the umask's bits from an existing directory; other users may read the uploads");
+    }
     sweep_spool_dirs(&store);
     match store.sweep_orphans() {
         Ok(swept) if swept != pixpool_store::Swept::default() => info!(
@@ -164,6 +171,8 @@ fn reload(
         ("fronts", new.fronts != running.fronts),
         ("workers", new.workers != running.workers),
         ("admin", new.admin != running.admin),
+        // The mask of the whole tree: children share the supervisor's.
+        ("umask", new.umask != running.umask),
     ] {
         if changed {
             return Err(format!(

@@ -8,3 +8,9 @@ mod common;
 mod access;
 #[path = "attacks/integrity.rs"]
 mod integrity;
+#[path = "attacks/streams.rs"]
+mod streams;
+#[path = "attacks/supervisor.rs"]
+mod supervisor;
+#[path = "attacks/worker.rs"]
+mod worker;

@@ -88,6 +88,15 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+    /// A directory's permissions could not be read or restricted.
+    #[error("could not restrict the permissions of {path}")]
+    Permissions {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// A claim marker could not be created, removed or listed.
     #[error("could not update claim {path}")]
     Claim {
@@ -115,16 +124,14 @@ impl Store {
         let root = absolute(root);
         let run_dir = run_dir.map(absolute).unwrap_or_else(|| root.join("run"));
         let store = Store { root, run_dir };
-        for dir in [
-            store.root.clone(),
-            store.tmp_dir(),
-            store.raw_dir(),
-            store.processed_dir(),
-            store.jobs_dir(),
-            store.root.join("claims"),
-            store.root.join("dedup"),
-        ] {
-            create_dir(&dir, 0o755)?;
+        for dir in store.layout_dirs() {
+            create_dir(&dir, DIR_MODE)?;
+        }
+        // A claim fsynced in a directory whose own name is lost in a power cut
+        // is lost too. At every process start, so that a `claims/<slot>` that
+        // a crashed worker had just made is durable before anything goes in it.
+        for dir in [store.root.clone(), store.claims_root()] {
+            fsutil::sync_dir(&dir).map_err(|source| StoreError::CreateDir { path: dir, source })?;
         }
         create_dir(&store.run_dir, 0o700)?;
         // An existing run dir may have been created with a looser mode: the sockets
@@ -136,6 +143,39 @@ impl Store {
             },
         )?;
         Ok(store)
+    }
+
+    /// The directories of the layout, root first (the run directory apart:
+    /// it has a mode of its own).
+    pub fn layout_dirs(&self) -> [PathBuf; 7] {
+        [
+            self.root.clone(),
+            self.tmp_dir(),
+            self.raw_dir(),
+            self.processed_dir(),
+            self.jobs_dir(),
+            self.claims_root(),
+            self.root.join("dedup"),
+        ]
+    }
+
+    /// Takes from each existing directory of the layout the permission bits
+    /// `umask` withholds from new ones, so a tree made under a looser mask is
+    /// private too. Files are left as they are: the directories above them
+    /// no longer let anyone else reach them.
+    pub fn restrict_dirs(&self, umask: u32) -> Result<(), StoreError> {
+        for dir in self.layout_dirs() {
+            let err = |source| StoreError::Permissions {
+                path: dir.clone(),
+                source,
+            };
+            let mode = fs::metadata(&dir).map_err(err)?.permissions().mode() & 0o7777;
+            if mode & umask != 0 {
+                fs::set_permissions(&dir, fs::Permissions::from_mode(mode & !umask))
+                    .map_err(err)?;
+            }
+        }
+        Ok(())
     }
 
     /// The uploads directory.
@@ -406,10 +446,11 @@ impl Store {
             for entry in list(&dir)? {
                 let name = entry.file_name();
                 let name = name.to_string_lossy();
-                if name.starts_with('.') && name.ends_with(".tmp") {
-                    if fs::remove_file(entry.path()).is_ok() {
-                        swept.temp_files += 1;
-                    }
+                if name.starts_with('.')
+                    && name.ends_with(".tmp")
+                    && fs::remove_file(entry.path()).is_ok()
+                {
+                    swept.temp_files += 1;
                 }
             }
         }
@@ -434,7 +475,7 @@ impl Store {
         let dir = self.claim_dir(slot);
         let path = dir.join(id.as_str());
         let res = (|| {
-            fs::create_dir_all(&dir)?;
+            self.make_claim_dir(slot)?;
             fs::File::create(&path)?;
             fsutil::sync_dir(&dir)
         })();
@@ -461,7 +502,11 @@ impl Store {
         id: &JobId,
     ) -> Result<bool, StoreError> {
         let mine = self.claim_dir(slot);
-        create_dir(&mine, 0o755)?;
+        self.make_claim_dir(slot)
+            .map_err(|source| StoreError::Claim {
+                path: mine.clone(),
+                source,
+            })?;
         let to = mine.join(running_name(id));
         let mut from = vec![self.claim_dir(owner).join(id.as_str())];
         if owner >= workers && owner != slot {
@@ -594,6 +639,39 @@ fn list(dir: &Path) -> Result<Vec<fs::DirEntry>, StoreError> {
 
 /// Rounds of link-then-read before [`Store::dedup_claim`] gives up.
 const DEDUP_CLAIM_ROUNDS: usize = 16;
+
+impl Store {
+    /// `claims/`, holding one directory per worker slot.
+    fn claims_root(&self) -> PathBuf {
+        self.root.join("claims")
+    }
+
+    /// Creates `claims/<slot>` if it is missing, and then fsyncs `claims/`: a
+    /// claim fsynced in a directory whose own name is not yet durable could
+    /// vanish with it in a power cut, after its job got a 202.
+    fn make_claim_dir(&self, slot: u32) -> io::Result<()> {
+        let dir = self.claim_dir(slot);
+        match fs::DirBuilder::new().mode(DIR_MODE).create(&dir) {
+            Ok(()) => fsutil::sync_dir(&self.claims_root()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            // `claims/` itself is gone (deleted by hand): remade, both made durable.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(DIR_MODE)
+                    .create(&dir)?;
+                fsutil::sync_dir(&self.claims_root())?;
+                fsutil::sync_dir(&self.root)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Mode asked for the layout's directories: the process umask decides (the
+/// supervisor sets one, 0027 by default: 0750), whichever way an operator
+/// chose to set it.
+const DIR_MODE: u32 = 0o777;
 
 /// The suffix of a claim whose job is in a worker's hands.
 const RUNNING: &str = ".running";

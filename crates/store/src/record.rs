@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 #[serde(try_from = "String", into = "String")]
 pub struct JobId(String);
 
-/// Hex digits of the creation time (milliseconds since the epoch) that open an id.
-const ID_TIME_DIGITS: usize = 12;
+/// Hex digits of the creation time (microseconds since the epoch, 52 bits:
+/// enough until 2112) that open an id.
+const ID_TIME_DIGITS: usize = 13;
 /// Hex digits of randomness after the time: 104 bits, so that an id cannot be
 /// guessed even knowing when it was made (a v7 UUID has about 32 random bits
 /// within one millisecond of one process).
@@ -22,15 +23,31 @@ const ID_RANDOM_DIGITS: usize = 26;
 
 impl JobId {
     /// A fresh id: the creation time, then 104 random bits, in lowercase hex.
-    /// Ids sort by creation time, which is what the claim queues rely on.
+    /// Ids sort by creation time, which is what the claim queues rely on: within
+    /// one process strictly (the time part never repeats nor goes back), so
+    /// that only the time part, never the random one, orders them.
     pub fn generate() -> JobId {
-        let ms = std::time::SystemTime::now()
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static LAST_MICROS: AtomicU64 = AtomicU64::new(0);
+        let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
-            & 0xffff_ffff_ffff;
+            .map_or(0, |d| d.as_micros() as u64);
+        let mut last = LAST_MICROS.load(Ordering::Relaxed);
+        let micros = loop {
+            let next = now.max(last + 1);
+            match LAST_MICROS.compare_exchange_weak(
+                last,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break next & 0xf_ffff_ffff_ffff,
+                Err(seen) => last = seen,
+            }
+        };
         let mut random = [0u8; ID_RANDOM_DIGITS / 2];
         getrandom::fill(&mut random).expect("the operating system's random source is available");
-        let mut s = format!("{ms:0width$x}", width = ID_TIME_DIGITS);
+        let mut s = format!("{micros:0width$x}", width = ID_TIME_DIGITS);
         for b in random {
             s.push_str(&format!("{b:02x}"));
         }
@@ -265,17 +282,16 @@ mod tests {
         let random: std::collections::HashSet<&str> =
             ids.iter().map(|i| &i.as_str()[ID_TIME_DIGITS..]).collect();
         assert_eq!(random.len(), ids.len());
-        assert!(ID_RANDOM_DIGITS * 4 >= 96);
+        const { assert!(ID_RANDOM_DIGITS * 4 >= 96) };
         for digit in ID_TIME_DIGITS..ID_TIME_DIGITS + ID_RANDOM_DIGITS {
             let seen: std::collections::HashSet<u8> =
                 ids.iter().map(|i| i.as_str().as_bytes()[digit]).collect();
             assert_eq!(seen.len(), 16, "digit {digit} is not random");
         }
-        let later = {
-            std::thread::sleep(std::time::Duration::from_millis(2));
-            JobId::generate()
-        };
-        assert!(ids.iter().all(|i| i.as_str() < later.as_str()));
+        assert!(
+            ids.windows(2).all(|w| w[0].as_str() < w[1].as_str()),
+            "ids of one process sort in the order they were made"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! | SIGTERM           | graceful drain: fronts stop accepting and finish, then workers finish the job in hand; SIGKILL past the grace period |
 //! | SIGINT (1st)      | same as SIGTERM (Ctrl-C)                                     |
 //! | SIGINT (2nd), SIGQUIT | fast stop: SIGKILL every child now (accepted jobs stay on disk) |
-//! | SIGHUP            | reload (logged; rolling restart comes with the configuration file) |
+//! | SIGHUP            | reload, then a rolling restart (one slot at a time, the next once the newcomer is ready); during a roll, queued for one more roll after it |
 //! | SIGCHLD           | reap, then respawn into the same slot                        |
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal as NixSignal};

@@ -3,7 +3,7 @@
 //! the call into `pixpool-imaging`.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use pixpool_imaging::{Preset, Progress};
 use pixpool_protocol::{EventKind, JobEvent};
@@ -21,6 +21,47 @@ use crate::WorkerConfig;
 /// being run again: a poison image must not take workers down forever.
 pub const MAX_ATTEMPTS: u32 = 3;
 
+/// Server-side failures of one job (an output or its record that could not be written:
+/// a full disk) that this process retries; at the next, the job is failed. Its runs are
+/// also bounded by [`MAX_ATTEMPTS`], counted in its record when the record can be written.
+pub const MAX_RETRIES: u32 = 5;
+
+/// The wait before the first retry of a job that failed on the server side; it doubles
+/// with each retry (0.25, 0.5, 1, 2, 4 s: about 8 s for a full disk to be freed before
+/// the job is failed), up to [`RETRY_BACKOFF_MAX`].
+pub const RETRY_BACKOFF: Duration = Duration::from_millis(250);
+
+/// The longest wait between two retries: reached only while even the `failed` record
+/// cannot be written, so a full disk costs a log line and a few syscalls per job this
+/// often, not a spinning core.
+pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The wait before retry `n` (from 1) of a job.
+pub fn retry_backoff(n: u32) -> Duration {
+    let doublings = n.saturating_sub(1).min(16);
+    RETRY_BACKOFF
+        .saturating_mul(1 << doublings)
+        .min(RETRY_BACKOFF_MAX)
+}
+
+/// Queues `job` again once the backoff its retries so far call for has passed. Its
+/// claim stays on disk meanwhile: if this process ends first, its successor runs it.
+fn retry_later(queue: &Arc<JobQueue>, mut job: Job) {
+    job.retries = job.retries.saturating_add(1);
+    let wait = retry_backoff(job.retries);
+    warn!(
+        job_id = %job.id,
+        retry = job.retries,
+        wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        "job failed on the server side; retrying after a pause"
+    );
+    let queue = queue.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        queue.push_recovered(job);
+    });
+}
+
 /// What became of one run of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -28,7 +69,7 @@ pub enum Outcome {
     Done,
     /// Final failure recorded.
     Failed,
-    /// A server-side failure (disk): run it again later.
+    /// A server-side failure (disk): run it again after a pause ([`retry_backoff`]).
     Retry,
     /// Nothing to do (already final, or no record).
     Skipped,
@@ -76,6 +117,7 @@ async fn help_a_sibling(config: &Arc<WorkerConfig>) -> Option<Job> {
                 id,
                 owner: config.slot,
                 presets: None,
+                retries: 0,
             })
         }
         Ok(Ok(None)) => None,
@@ -119,11 +161,11 @@ struct Pending {
 }
 
 /// Waits for a commit and accounts for its outcome.
-async fn settle(p: Pending, queue: &JobQueue) {
+async fn settle(p: Pending, queue: &Arc<JobQueue>) {
     match p.handle.await {
         Ok(Outcome::Retry) => {
             account(Outcome::Retry, p.started);
-            queue.push_recovered(p.job);
+            retry_later(queue, p.job);
         }
         Ok(outcome) => account(outcome, p.started),
         Err(e) => error!(cause = %e, job_id = %p.job.id, "commit thread panicked"),
@@ -209,7 +251,7 @@ async fn run_jobs(
             }
             Ok(Ok(Step::Finished(Outcome::Retry))) => {
                 account(Outcome::Retry, started);
-                queue.push_recovered(retry);
+                retry_later(queue, retry);
             }
             Ok(Ok(Step::Finished(outcome))) => account(outcome, started),
             Ok(Err(e)) => error!(cause = %e, job_id = %retry.id, "job thread panicked"),
@@ -265,12 +307,16 @@ fn fail_timed_out(config: &WorkerConfig, job: &Job, events: &broadcast::Sender<J
         Ok(Some(rec)) => rec,
         _ => return,
     };
+    // The server's fault as much as the image's: the same image may finish on a less
+    // busy server, so a 5xx, which lets an identical upload run again (dedup keeps a
+    // failure below 500 for good).
     let problem = Problem::new(
         "processing-timeout",
-        "The image took too long to process",
-        422,
+        "The server ran out of time for this image",
+        503,
         format!(
-            "processing did not finish within {} s",
+            "processing did not finish within the {} s time limit of one job; \
+             the server may be busy: try again later",
             config.job_timeout.as_secs_f64()
         ),
     );
@@ -405,8 +451,21 @@ pub fn execute(config: &WorkerConfig, job: &Job, events: &broadcast::Sender<JobE
     // again (its attempt uncounted), which the claim guarantees anyway. A crash of this
     // process keeps it (page cache), so a poison job's attempts add up.
     if let Err(e) = store.write_record_provisional(&rec) {
-        error!(cause = %e, "could not mark the job processing; will retry");
-        return Step::Finished(Outcome::Retry);
+        error!(cause = %e, retry = job.retries, "could not mark the job processing");
+        if job.retries < MAX_RETRIES {
+            return Step::Finished(Outcome::Retry);
+        }
+        // Most likely the `failed` record cannot be written either; then `finish`
+        // asks for a retry, at the longest backoff, until it can.
+        let problem = Problem::new(
+            "storage-error",
+            "The server could not store the job",
+            507,
+            pixpool_store::error_chain(&e),
+        );
+        // That run did not happen.
+        rec.attempts = rec.attempts.saturating_sub(1);
+        return Step::Finished(finish(config, job, &mut rec, Err(problem), &emit));
     }
     info!(attempt = rec.attempts, "processing");
     let attempt = rec.attempts;
@@ -491,27 +550,68 @@ pub fn execute(config: &WorkerConfig, job: &Job, events: &broadcast::Sender<JobE
         }
         Err(e) if e.is_input_error() => {
             warn!(cause = %pixpool_store::error_chain(&e), "image rejected");
-            let problem = Problem::new(
-                "unprocessable-image",
-                "The image could not be processed",
-                422,
-                pixpool_store::error_chain(&e),
-            );
+            // The same type as the front's refusal of an image over a limit.
+            let problem = if e.is_limit_exceeded() {
+                Problem::new(
+                    "limit-exceeded",
+                    "Image exceeds a limit",
+                    422,
+                    pixpool_store::error_chain(&e),
+                )
+            } else {
+                Problem::new(
+                    "unprocessable-image",
+                    "The image could not be processed",
+                    422,
+                    pixpool_store::error_chain(&e),
+                )
+            };
             Step::Finished(finish(config, job, &mut rec, Err(problem), &emit))
         }
         Err(e) => {
-            error!(cause = %pixpool_store::error_chain(&e), attempt = rec.attempts, "processing failed on the server side");
-            if rec.attempts < MAX_ATTEMPTS {
+            error!(
+                cause = %pixpool_store::error_chain(&e),
+                attempt = rec.attempts,
+                retry = job.retries,
+                "processing failed on the server side"
+            );
+            if rec.attempts < MAX_ATTEMPTS && job.retries < MAX_RETRIES {
                 return Step::Finished(Outcome::Retry);
             }
-            let problem = Problem::new(
-                "processing-error",
-                "The server could not process the image",
-                500,
-                pixpool_store::error_chain(&e),
-            );
-            Step::Finished(finish(config, job, &mut rec, Err(problem), &emit))
+            Step::Finished(finish(
+                config,
+                job,
+                &mut rec,
+                Err(server_problem(&e)),
+                &emit,
+            ))
         }
+    }
+}
+
+/// The problem recorded for a job failed by a server-side error: a full disk (or quota)
+/// gets its own type and 507, so that an operator reading the record knows what to fix.
+fn server_problem(err: &pixpool_imaging::ImagingError) -> Problem {
+    let full = match err {
+        pixpool_imaging::ImagingError::WriteOutput { source, .. } => {
+            matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+        }
+        _ => false,
+    };
+    if full {
+        Problem::new(
+            "storage-full",
+            "The server has no room for the outputs",
+            507,
+            pixpool_store::error_chain(err),
+        )
+    } else {
+        Problem::new(
+            "processing-error",
+            "The server could not process the image",
+            500,
+            pixpool_store::error_chain(err),
+        )
     }
 }
 
@@ -593,4 +693,22 @@ fn resolve(known: &[Preset], names: &[String]) -> Result<Vec<Preset>, String> {
                 .ok_or_else(|| n.clone())
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_up_to_a_bound() {
+        let waits: Vec<u128> = (1..=9).map(|n| retry_backoff(n).as_millis()).collect();
+        assert_eq!(
+            waits,
+            [250, 500, 1000, 2000, 4000, 8000, 16_000, 30_000, 30_000]
+        );
+        assert_eq!(retry_backoff(u32::MAX), RETRY_BACKOFF_MAX);
+        // The retries a job gets before it is failed fit in a few seconds.
+        let spent: Duration = (1..=MAX_RETRIES).map(retry_backoff).sum();
+        assert!(spent < Duration::from_secs(10), "{spent:?}");
+    }
 }

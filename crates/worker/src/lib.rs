@@ -25,7 +25,7 @@ use pixpool_imaging::{Limits, Preset};
 use pixpool_store::Store;
 use tracing::{info, warn};
 
-pub use execute::{ExecExit, MAX_ATTEMPTS};
+pub use execute::{ExecExit, MAX_ATTEMPTS, MAX_RETRIES};
 
 /// Default depth of a worker's queue of accepted-but-not-started jobs. Past it
 /// the worker rejects and the front tries the next worker.
@@ -118,6 +118,7 @@ pub async fn run(
             id,
             owner,
             presets: None,
+            retries: 0,
         });
     }
 

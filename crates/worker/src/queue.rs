@@ -16,6 +16,10 @@ pub struct Job {
     pub owner: u32,
     /// Presets from the submit; `None` for a recovered job (read from its record).
     pub presets: Option<Vec<String>>,
+    /// Server-side failures of this job in this process so far: they space its retries
+    /// and bound them ([`crate::execute::MAX_RETRIES`]). In memory only: a full disk may
+    /// not let the record count them.
+    pub retries: u32,
 }
 
 impl Job {
@@ -131,6 +135,7 @@ mod tests {
             id: JobId::generate(),
             owner: 0,
             presets: None,
+            retries: 0,
         }
     }
 

@@ -202,6 +202,7 @@ async fn admit(
                 id,
                 owner: slot,
                 presets: Some(presets),
+                retries: 0,
             });
             info!(queue_depth = depth, "job accepted");
             ToFront::Accepted {

@@ -193,14 +193,14 @@ async fn job_ids_are_not_guessable() {
         ids.push(accepted_id(&resp, "upload"));
     }
     for id in &ids {
-        // 12 hex digits of time, then 26 (104 bits) of randomness.
-        assert_eq!(id.len(), 38, "{id}");
+        // 13 hex digits of time, then 26 (104 bits) of randomness.
+        assert_eq!(id.len(), 39, "{id}");
         assert!(
             id.bytes()
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
             "{id}"
         );
     }
-    let randoms: std::collections::HashSet<&str> = ids.iter().map(|i| &i[12..]).collect();
+    let randoms: std::collections::HashSet<&str> = ids.iter().map(|i| &i[13..]).collect();
     assert_eq!(randoms.len(), ids.len());
 }

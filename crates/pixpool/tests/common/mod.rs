@@ -46,6 +46,14 @@ pub fn corpus() -> Option<PathBuf> {
     }
 }
 
+/// The server binary: this build's, or `$PIXPOOL_TEST_BIN` (another build, e.g.
+/// an earlier commit's, to watch a regression test fail against it).
+pub fn pixpool_bin() -> PathBuf {
+    std::env::var_os("PIXPOOL_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_pixpool")))
+}
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A running server and its temp uploads directory; killed and removed on drop.
@@ -80,7 +88,20 @@ impl Server {
         extra: &[&str],
         envs: &[(&str, &str)],
     ) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pixpool"))
+        Self::start_bin(&pixpool_bin(), uploads, fronts, workers, extra, envs)
+    }
+
+    /// Starts a server from the executable `bin` (a copy, for tests that
+    /// replace it on disk under the running server).
+    pub fn start_bin(
+        bin: &Path,
+        uploads: PathBuf,
+        fronts: u32,
+        workers: u32,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Server {
+        let mut child = Command::new(bin)
             .arg("serve")
             .args(["--bind", "127.0.0.1:0", "--uploads"])
             .arg(&uploads)
