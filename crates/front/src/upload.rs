@@ -545,16 +545,25 @@ async fn check_animation(
         return Ok(());
     };
     let (p, l) = (path.to_path_buf(), *limits);
-    let frames = tokio::task::spawn_blocking(move || pixpool_imaging::count_frames(&p, format))
-        .await
-        .map_err(|e| ApiError::Storage {
-            context: "frame counter failed".into(),
-            source: std::io::Error::other(e),
-        })?
-        .map_err(|e| ApiError::Storage {
-            context: "could not read the upload back".into(),
-            source: std::io::Error::other(e),
-        })?;
+    // Every frame on its own size too: a 1×1 screen may carry a huge frame
+    // anywhere in the file, not only within the head the probe saw.
+    let frames =
+        tokio::task::spawn_blocking(move || pixpool_imaging::check_animation(&p, format, &l))
+            .await
+            .map_err(|e| ApiError::Storage {
+                context: "frame counter failed".into(),
+                source: std::io::Error::other(e),
+            })?
+            .map_err(|e| {
+                if e.is_limit_exceeded() {
+                    ApiError::LimitExceeded(e.to_string())
+                } else {
+                    ApiError::Storage {
+                        context: "could not read the upload back".into(),
+                        source: std::io::Error::other(e),
+                    }
+                }
+            })?;
     l.check_frames(frames, w, h)
         .map_err(|e| ApiError::LimitExceeded(e.to_string()))
 }

@@ -1,6 +1,12 @@
 //! Running jobs: one at a time, on a blocking thread, with the record's state
 //! transitions (`queued → processing → done | failed`) written durably around
 //! the call into `pixpool-imaging`.
+//!
+//! A failure on the server's side (an output or a record that cannot be written: a
+//! full disk) queues the job again after a pause that doubles each time
+//! ([`retry_backoff`]), never at once: a full disk must not turn a worker into a
+//! spinning core and a log flood. After [`MAX_RETRIES`] such failures (or
+//! [`MAX_ATTEMPTS`] runs) the job is failed, with a problem saying why.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
