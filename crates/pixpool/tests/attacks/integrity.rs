@@ -204,3 +204,66 @@ async fn job_ids_are_not_guessable() {
     let randoms: std::collections::HashSet<&str> = ids.iter().map(|i| &i[13..]).collect();
     assert_eq!(randoms.len(), ids.len());
 }
+
+/// Regression: dedup keys named the presets but not their specifications, so
+/// after a SIGHUP changed a preset, identical uploads got the old outputs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preset_changed_on_reload_is_not_served_from_old_outputs() {
+    let uploads = fresh_uploads();
+    let etc = uploads.with_extension("etc");
+    std::fs::create_dir_all(&etc).expect("config dir");
+    let config = etc.join("pixpool.toml");
+    let write = |small: u32| {
+        std::fs::write(
+            &config,
+            format!("presets = [\"thumb:200x200:cover\", \"small:{small}\"]\n"),
+        )
+        .expect("write config")
+    };
+    write(480);
+    let server = Server::start_env(
+        uploads,
+        1,
+        1,
+        &["--config", config.to_str().expect("utf-8 path")],
+        &[],
+    );
+    let jpeg = unique_jpeg(&photo(), 8_300_001);
+    let small_width = |job: &serde_json::Value| {
+        job["outputs"]
+            .as_array()
+            .and_then(|o| o.iter().find(|o| o["preset"] == "small"))
+            .and_then(|o| o["width"].as_u64())
+    };
+    let req = |server: &Server| {
+        multipart_request(
+            server.addr,
+            "/upload?presets=small",
+            &[("image", Some("a.jpg"), &jpeg)],
+        )
+    };
+    let mut c = Conn::open(server.addr).await.expect("connect");
+    let first = accepted_id(&c.send(req(&server)).await.expect("send"), "first");
+    let job = wait_final(server.addr, &first, Duration::from_secs(60)).await;
+    assert_eq!(small_width(&job), Some(480), "{job}");
+
+    write(320);
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !server.log_text().contains("rolling restart complete") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut c = Conn::open(server.addr).await.expect("connect");
+    let second = accepted_id(
+        &c.send(req(&server)).await.expect("send"),
+        "after the reload",
+    );
+    assert_ne!(second, first);
+    let job = wait_final(server.addr, &second, Duration::from_secs(60)).await;
+    assert_eq!(small_width(&job), Some(320), "{job}");
+}
