@@ -25,7 +25,7 @@ const path = require("path");
     // `thumb` output event arrives, and the state cell says done.
     await page.waitForSelector("tr[data-state=done] img.thumb", { timeout: 30000 });
     const id = await page.getAttribute("tr[data-state=done]", "data-id");
-    if (!/^[0-9a-f-]{36}$/.test(id || "")) throw new Error("no job id in the row: " + id);
+    if (!/^[0-9a-f]{39}$/.test(id || "")) throw new Error("no job id in the row: " + id);
     const loaded = await page.$eval("img.thumb", (img) => img.complete && img.naturalWidth === 200);
     if (!loaded) throw new Error("the thumbnail did not load as a 200-px image");
     // Live stats come from /stats once the admin process has written them.
