@@ -10,6 +10,7 @@
 //! - [`events`]: following a job — SSE stream and long-poll.
 //! - [`pace`]: how fast a request body must arrive (idle limit, minimum rate).
 //! - [`images`]: serving the variants (ETag, immutable caching, 304).
+//! - [`routes`]: every route, parsed once (dispatch, auth, metric labels).
 //! - [`problem`]: every error's status code and problem+json body, in one place.
 //! - [`body`]: the response body type.
 //! - this file: the routes, the accept loop and graceful shutdown.
@@ -22,6 +23,7 @@ pub mod framing;
 pub mod images;
 pub mod pace;
 pub mod problem;
+pub mod routes;
 pub mod upload;
 
 use std::convert::Infallible;
@@ -41,6 +43,7 @@ use tracing::{debug, info, instrument, warn};
 use crate::body::{json, Body};
 use crate::dispatch::Dispatcher;
 use crate::problem::ApiError;
+use crate::routes::Route;
 
 /// Default upload size limit.
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 50 * 1024 * 1024;
@@ -322,9 +325,10 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = std::time::Instant::now();
-    let route_name = route_label(req.uri().path());
-    let result = match authorize(&state.config, route_name, &req) {
-        Ok(client) => route(&state, req, client).await,
+    let route = Route::parse(req.uri().path());
+    let route_name = route.label();
+    let result = match authorize(&state.config, &route, &req) {
+        Ok(client) => dispatch(&state, route, req, client).await,
         Err(e) => Err(e),
     };
     let metrics = pixpool_protocol::metrics::global();
@@ -359,96 +363,63 @@ async fn handle(
     Ok(resp)
 }
 
-/// A bounded label for a path (never the raw path: ids would explode the series).
-fn route_label(path: &str) -> &'static str {
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match segments.as_slice() {
-        ["upload"] => "upload",
-        ["health"] => "health",
-        ["readyz"] => "readyz",
-        ["stats"] => "stats",
-        ["jobs", _] => "job",
-        ["jobs", _, "events"] => "job_events",
-        ["images", _, _] => "image",
-        [""] => "index",
-        _ => "other",
-    }
-}
-
-async fn route(
+async fn dispatch(
     state: &Arc<State>,
+    route: Route,
     req: Request<Incoming>,
     client: Option<Client>,
 ) -> Result<Response<Body>, ApiError> {
-    let path = req.uri().path().to_string();
     let method = req.method().clone();
-    let not_allowed = |allow| ApiError::MethodNotAllowed {
-        method: method.to_string(),
-        allow,
+    let Some(allow) = route.allow() else {
+        return Err(ApiError::NotFound(upload::sanitise_for_log(
+            req.uri().path(),
+        )));
     };
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match segments.as_slice() {
-        ["upload"] => match method {
-            Method::POST => upload::upload(state, req, client).await,
-            _ => Err(not_allowed("POST")),
-        },
-        ["health"] => match method {
-            Method::GET | Method::HEAD => Ok(health(state)),
-            _ => Err(not_allowed("GET, HEAD")),
-        },
-        [""] => match method {
-            Method::GET | Method::HEAD => Ok(dashboard()),
-            _ => Err(not_allowed("GET, HEAD")),
-        },
-        ["stats"] => match method {
-            Method::GET => Ok(stats(state).await),
-            _ => Err(not_allowed("GET")),
-        },
-        ["readyz"] => match method {
-            Method::GET | Method::HEAD => readiness(state),
-            _ => Err(not_allowed("GET, HEAD")),
-        },
-        ["jobs", id] => match method {
-            Method::GET => job_status(state, id, req.uri().query(), seat_of(&req)).await,
-            _ => Err(not_allowed("GET")),
-        },
-        ["jobs", id, "events"] => match method {
-            Method::GET => {
-                let id = parse_id(id)?;
-                // Last-Event-ID: resume after what the client has seen.
-                let last = req
-                    .headers()
-                    .get("last-event-id")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok());
-                // The stream may wait on the job for minutes: its connection's
-                // place goes back to uploads meanwhile, and is taken again
-                // before the stream ends (the connection may be reused).
-                let seat = seat_of(&req);
-                let back = seat.clone();
-                let at_end = async move {
-                    if let Some(seat) = back {
-                        seat.reclaim().await;
-                    }
-                };
-                let permit = state.hub.admit()?;
-                let resp =
-                    events::stream(&state.hub, state.store(), &id, last, permit, at_end).await?;
-                if let Some(seat) = seat {
-                    seat.release();
+    if !route.allows(&method) {
+        return Err(ApiError::MethodNotAllowed {
+            method: method.to_string(),
+            allow,
+        });
+    }
+    match route {
+        Route::Upload => upload::upload(state, req, client).await,
+        Route::Health => Ok(health(state)),
+        Route::Index => Ok(dashboard()),
+        Route::Stats => Ok(stats(state).await),
+        Route::Readyz => readiness(state),
+        Route::Job(id) => job_status(state, &id, req.uri().query(), seat_of(&req)).await,
+        Route::JobEvents(id) => {
+            let id = parse_id(&id)?;
+            // Last-Event-ID: resume after what the client has seen.
+            let last = req
+                .headers()
+                .get("last-event-id")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            // The stream may wait on the job for minutes: its connection's
+            // place goes back to uploads meanwhile, and is taken again
+            // before the stream ends (the connection may be reused).
+            let seat = seat_of(&req);
+            let back = seat.clone();
+            let at_end = async move {
+                if let Some(seat) = back {
+                    seat.reclaim().await;
                 }
-                Ok(resp)
+            };
+            let permit = state.hub.admit()?;
+            let resp = events::stream(&state.hub, state.store(), &id, last, permit, at_end).await?;
+            if let Some(seat) = seat {
+                seat.release();
             }
-            _ => Err(not_allowed("GET")),
-        },
-        ["images", id, preset] => match method {
-            Method::GET | Method::HEAD => {
-                let private = !state.config.api_tokens.is_empty();
-                images::serve(state.store(), private, &method, req.headers(), id, preset).await
-            }
-            _ => Err(not_allowed("GET, HEAD")),
-        },
-        _ => Err(ApiError::NotFound(upload::sanitise_for_log(&path))),
+            Ok(resp)
+        }
+        Route::Image { id, preset } => {
+            let private = !state.config.api_tokens.is_empty();
+            images::serve(state.store(), private, &method, req.headers(), &id, &preset).await
+        }
+        Route::NotFound => Err(ApiError::NotFound(upload::sanitise_for_log(
+            req.uri().path(),
+        ))),
     }
 }
 
@@ -465,24 +436,18 @@ impl Client {
     }
 }
 
-/// Routes a request may use without a token: the probes (`/health`,
-/// `/readyz`: load balancers and systemd have none) and the dashboard page
-/// itself (static; everything it fetches asks for a token). Every other route,
-/// `/stats` included, needs one when tokens are configured.
-const OPEN_ROUTES: &[&str] = &["health", "readyz", "index"];
-
 /// Checks the bearer token (tokens configured) or, with the API open, that a
 /// browser page from another origin is not posting to it.
 fn authorize(
     config: &FrontConfig,
-    route: &str,
+    route: &Route,
     req: &Request<Incoming>,
 ) -> Result<Option<Client>, ApiError> {
     if config.api_tokens.is_empty() {
         check_origin(config, req)?;
         return Ok(None);
     }
-    if OPEN_ROUTES.contains(&route) {
+    if !route.needs_token() {
         return Ok(None);
     }
     let given = req
