@@ -299,7 +299,8 @@ fn from_kind(id: &str, kind: &EventKind, record: Option<&JobRecord>) -> Sse {
             serde_json::json!({"id": id, "state": "processing", "attempt": attempt, "stage": "resize"}),
         ),
         EventKind::Output { output, .. } => {
-            let mut data = serde_json::to_value(output).unwrap_or_default();
+            let mut data =
+                serde_json::to_value(crate::view::OutputView::of(output)).unwrap_or_default();
             if let Some(obj) = data.as_object_mut() {
                 obj.insert("id".into(), id.into());
             }
@@ -312,7 +313,7 @@ fn from_kind(id: &str, kind: &EventKind, record: Option<&JobRecord>) -> Sse {
                 "failed"
             },
             record
-                .and_then(|r| serde_json::to_value(r).ok())
+                .and_then(|r| serde_json::to_value(crate::view::JobView::of(r)).ok())
                 .unwrap_or_else(|| serde_json::json!({"id": id})),
         ),
     };

@@ -12,6 +12,7 @@
 //! - [`images`]: serving the variants (ETag, immutable caching, 304).
 //! - [`routes`]: every route, parsed once (dispatch, auth, metric labels).
 //! - [`problem`]: every error's status code and problem+json body, in one place.
+//! - [`view`]: what a client sees of a job (never paths or internal keys).
 //! - [`body`]: the response body type.
 //! - this file: the routes, the accept loop and graceful shutdown.
 #![deny(missing_docs)]
@@ -25,6 +26,7 @@ pub mod pace;
 pub mod problem;
 pub mod routes;
 pub mod upload;
+pub mod view;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -626,11 +628,7 @@ async fn job_status(
     }
     drop(permit);
     let record = record?.ok_or_else(|| ApiError::NoSuchJob(id.to_string()))?;
-    let mut body = serde_json::to_value(&record).unwrap_or_default();
-    if let Some(obj) = body.as_object_mut() {
-        obj.insert("status_url".into(), format!("/jobs/{id}").into());
-    }
-    let mut resp = json_response(StatusCode::OK, &body);
+    let mut resp = json_response(StatusCode::OK, &view::JobView::of(&record));
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)

@@ -492,8 +492,9 @@ async fn client_file_names_never_become_paths() {
             resp.body
         );
         let id = resp.json()["id"].as_str().expect("id").to_string();
-        let job = wait_final(server.addr, &id, Duration::from_secs(60)).await;
-        assert_eq!(job["source"]["path"], format!("raw/{id}.jpg"));
+        wait_final(server.addr, &id, Duration::from_secs(60)).await;
+        let rec = read_record(&server.uploads, &id).expect("record");
+        assert_eq!(rec["source"]["path"], format!("raw/{id}.jpg"));
     }
     assert!(!std::path::Path::new("/tmp/pixpool-evil.jpg").exists());
     assert!(!std::path::Path::new("/etc/cron.d/pixpool-evil.jpg").exists());

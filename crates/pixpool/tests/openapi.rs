@@ -36,6 +36,32 @@ fn operations(doc: &Value) -> BTreeSet<(String, String)> {
     ops
 }
 
+/// `value` has every required property of the schema `name` and no other
+/// (one level deep, and into `outputs[]`): the document says what is served.
+fn conforms(doc: &Value, value: &Value, name: &str) {
+    let schema = &doc["components"]["schemas"][name];
+    let props = schema["properties"].as_object().expect("properties");
+    let obj = value.as_object().expect("an object");
+    for key in obj.keys() {
+        assert!(
+            props.contains_key(key),
+            "{name}: `{key}` is served but not documented"
+        );
+    }
+    for key in schema["required"].as_array().into_iter().flatten() {
+        let key = key.as_str().expect("name");
+        assert!(
+            obj.contains_key(key),
+            "{name}: `{key}` is documented but not served"
+        );
+    }
+    if name == "Job" {
+        for output in value["outputs"].as_array().into_iter().flatten() {
+            conforms(doc, output, "Output");
+        }
+    }
+}
+
 #[test]
 fn the_document_lists_exactly_the_servers_routes() {
     let doc = document();
@@ -82,6 +108,9 @@ async fn the_servers_answers_are_documented() {
                 .expect("request");
             conn.send(req).await.expect("send")
         };
+        if template == "/jobs/{id}" {
+            conforms(&doc, &resp.json(), "Job");
+        }
         let op = &doc["paths"][&template][method.to_lowercase()];
         let code = resp.status.as_u16().to_string();
         assert!(

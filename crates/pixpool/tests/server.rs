@@ -28,7 +28,14 @@ fn assert_output(server: &Server, job: &Value, expect: (u32, u32), what: &str) {
         .and_then(|o| o.iter().find(|o| o["preset"] == "medium"))
         .unwrap_or_else(|| panic!("{what}: no medium output: {job}"));
     assert_eq!(out["content_type"], "image/jpeg", "{what}: {job}");
-    let rel = out["path"].as_str().expect("output path");
+    // Where files lie is the store's business, not the API's: read the record.
+    let id = job["id"].as_str().expect("id");
+    let rec = server.record(id).expect("record");
+    let stored = rec["outputs"]
+        .as_array()
+        .and_then(|o| o.iter().find(|o| o["preset"] == "medium"))
+        .expect("stored medium output");
+    let rel = stored["path"].as_str().expect("output path");
     assert!(rel.starts_with("processed/"), "{what}: {rel}");
     let (w, h) = jpeg_dimensions(&server.uploads.join(rel));
     assert_eq!(
@@ -42,7 +49,7 @@ fn assert_output(server: &Server, job: &Value, expect: (u32, u32), what: &str) {
         "{what}: height {h}, expected {}",
         expect.1
     );
-    let raw = job["source"]["path"].as_str().expect("source path");
+    let raw = rec["source"]["path"].as_str().expect("source path");
     assert!(
         server.uploads.join(raw).is_file(),
         "{what}: original kept at {raw}"
@@ -169,7 +176,8 @@ async fn a_killed_worker_is_respawned_into_its_slot_and_jobs_flow_again() {
     for id in ids {
         let job = wait_final(server.addr, &id, Duration::from_secs(60)).await;
         assert_output(&server, &job, (800, 500), "after respawn");
-        workers.insert(job["worker"].as_u64().expect("worker slot"));
+        let rec = server.record(&id).expect("record");
+        workers.insert(rec["worker"].as_u64().expect("worker slot"));
     }
     assert_eq!(workers.len(), 2, "jobs went to both workers: {workers:?}");
 }
@@ -461,8 +469,9 @@ async fn bad_requests_get_problem_json_and_the_server_keeps_serving() {
     let resp = conn.send(evil).await.expect("send");
     assert_eq!(resp.status, StatusCode::ACCEPTED);
     let id = resp.json()["id"].as_str().expect("id").to_string();
-    let job = wait_final(addr, &id, Duration::from_secs(60)).await;
-    assert_eq!(job["source"]["path"], format!("raw/{id}.jpg"));
+    wait_final(addr, &id, Duration::from_secs(60)).await;
+    let rec = read_record(&server.uploads, &id).expect("record");
+    assert_eq!(rec["source"]["path"], format!("raw/{id}.jpg"));
     assert!(!std::path::Path::new("/tmp/evil.jpg").exists());
     assert_eq!(
         conn.get("/health").await.expect("health").status,
@@ -571,7 +580,8 @@ async fn an_idle_worker_runs_the_jobs_queued_behind_a_busy_sibling() {
     for id in f.behind.iter().chain(&f.others) {
         let job = wait_final(f.server.addr, id, Duration::from_secs(30)).await;
         assert_eq!(job["state"], "done", "{job}");
-        assert_eq!(job["worker"], other, "run by the idle worker: {job}");
+        let rec = f.server.record(id).expect("record");
+        assert_eq!(rec["worker"], other, "run by the idle worker: {rec}");
         assert_eq!(job["attempts"], 1, "{job}");
     }
     let stolen = f
@@ -589,7 +599,8 @@ async fn an_idle_worker_runs_the_jobs_queued_behind_a_busy_sibling() {
     resume_process(f.pid);
     let job = wait_final(f.server.addr, &f.slow, Duration::from_secs(60)).await;
     assert_eq!(job["state"], "done", "{job}");
-    assert_eq!(job["worker"], f.slot, "{job}");
+    let rec = f.server.record(&f.slow).expect("record");
+    assert_eq!(rec["worker"], f.slot, "{rec}");
     poll_until(
         Duration::from_secs(10),
         || format!("claims left: {:?}", claims_left(&f.server)),
@@ -611,8 +622,9 @@ async fn an_idle_worker_runs_the_jobs_queued_behind_a_busy_sibling() {
 async fn without_work_stealing_jobs_wait_for_the_worker_they_were_routed_to() {
     let f = jobs_behind_a_frozen_worker(&["--work-stealing", "false"]).await;
     for id in &f.others {
-        let job = wait_final(f.server.addr, id, Duration::from_secs(30)).await;
-        assert_eq!(job["worker"], 1 - f.slot, "{job}");
+        wait_final(f.server.addr, id, Duration::from_secs(30)).await;
+        let rec = f.server.record(id).expect("record");
+        assert_eq!(rec["worker"], 1 - f.slot, "{rec}");
     }
     // Round-robin put these behind the frozen worker's job; nobody takes them.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -629,11 +641,12 @@ async fn without_work_stealing_jobs_wait_for_the_worker_they_were_routed_to() {
     }
     resume_process(f.pid);
     for id in &f.behind {
-        let job = wait_final(f.server.addr, id, Duration::from_secs(60)).await;
+        wait_final(f.server.addr, id, Duration::from_secs(60)).await;
+        let rec = f.server.record(id).expect("record");
         assert_eq!(
-            (&job["state"], &job["worker"]),
+            (&rec["state"], &rec["worker"]),
             (&"done".into(), &f.slot.into()),
-            "{job}"
+            "{rec}"
         );
     }
 }
