@@ -124,7 +124,8 @@
 
 pub mod cli;
 pub mod corpus;
-pub mod http;
+/// The HTTP client, shared with the integration tests.
+pub use pixpool_testkit::http;
 pub mod outputs;
 pub mod procs;
 pub mod report;

@@ -687,12 +687,14 @@ async fn peer_stats(conn: &mut Option<Conn>, addr: SocketAddr) -> anyhow::Result
             None => conn.insert(Conn::open(addr).await?),
         };
         match c.get("/stats").await {
-            Ok(resp) if resp.status == StatusCode::OK => return resp.json(),
+            Ok(resp) if resp.status == StatusCode::OK => {
+                return resp.parse().context("/stats is not the expected JSON")
+            }
             // 504: the master did not answer the web worker within 2 s: ask again.
             Ok(resp) => last_err = Some(anyhow::anyhow!("/stats answered {}", resp.status)),
             Err(err) => {
                 *conn = None;
-                last_err = Some(err);
+                last_err = Some(err.into());
             }
         }
     }
@@ -793,7 +795,7 @@ async fn wait_job(pool: &ConnPool, id: &str, deadline: Instant) -> Finish {
                 state: format!("GET /jobs answered {}", resp.status),
             };
         }
-        let job: serde_json::Value = match resp.json() {
+        let job: serde_json::Value = match resp.parse() {
             Ok(job) => job,
             Err(err) => {
                 return Finish {
@@ -913,7 +915,7 @@ async fn upload(
         };
         let answered = Instant::now();
         if resp.status == StatusCode::ACCEPTED {
-            let body: serde_json::Value = resp.json().map_err(|e| format!("{e:#}"))?;
+            let body: serde_json::Value = resp.parse().map_err(|e| format!("{e:#}"))?;
             if body["deduplicated"].as_bool() == Some(true) {
                 return Err("202 deduplicated: the upload's bytes were not unique".into());
             }

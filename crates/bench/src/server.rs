@@ -321,7 +321,7 @@ impl Server {
                 if health.status != StatusCode::OK {
                     return false;
                 }
-                let Ok(body) = health.json::<serde_json::Value>() else {
+                let Ok(body) = health.parse::<serde_json::Value>() else {
                     return false;
                 };
                 if body["workers_connected"].as_u64() == Some(u64::from(launch.workers)) {
@@ -356,7 +356,7 @@ impl Server {
                 else {
                     return false;
                 };
-                let Ok(stats) = stats.json::<PeerStats>() else {
+                let Ok(stats) = stats.parse::<PeerStats>() else {
                     return false;
                 };
                 stats.web_workers == u64::from(launch.fronts)

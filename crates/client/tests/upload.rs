@@ -1,13 +1,11 @@
 //! `pixpool upload` against the real server: the `pixpool` binary of this
 //! workspace on port 0 in a temp uploads directory, fed the photos of
-//! `test-data/`. A stand-in server (a few lines of hyper) covers what the real
+//! `test-data/` (the testkit's [`Server`]). A stand-in server (a few lines of hyper) covers what the real
 //! one will not do on demand: answering 503 with `Retry-After`.
 
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +18,7 @@ use hyper_util::rt::TokioIo;
 use pixpool_client::report::Report;
 use pixpool_client::server::{Connection, ServerUrl};
 use pixpool_client::{upload, UploadArgs, MAX_BUSY_RETRIES};
+use pixpool_testkit::{fresh_uploads, Server};
 
 /// The repository's `test-data/`: a few photos, and licence texts that are
 /// not images.
@@ -64,142 +63,14 @@ impl Drop for TempDir {
     }
 }
 
-/// `<target dir>/debug/pixpool`, built first if it is missing; `None` (and a
-/// message saying why the test is skipped) if it cannot be had.
-fn pixpool_binary() -> Option<PathBuf> {
-    // This test runs as <target>/debug/deps/upload-<hash>.
-    let exe = std::env::current_exe().expect("the test's own path");
-    let dir = exe.parent()?.parent()?.to_path_buf();
-    let bin = dir.join("pixpool");
-    if bin.is_file() {
-        return Some(bin);
-    }
-    eprintln!(
-        "{} is missing: running `cargo build -p pixpool`",
-        bin.display()
-    );
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let built = Command::new(cargo)
-        .args(["build", "-p", "pixpool"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status();
-    match built {
-        Ok(status) if status.success() && bin.is_file() => Some(bin),
-        other => {
-            eprintln!(
-                "skipping: the pixpool binary could not be built ({other:?}); \
-                 run `cargo build -p pixpool` and try again"
-            );
-            None
-        }
-    }
+/// A running `pixpool serve` (one front, two workers): the testkit's, so the
+/// client meets exactly the server the other suites test.
+fn start_server(envs: &[(&str, &str)]) -> Option<Server> {
+    Some(Server::start_env(fresh_uploads(), 1, 2, &[], envs))
 }
 
-/// A running `pixpool serve`; killed (with its children) and its uploads
-/// directory removed on drop.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    _uploads: TempDir,
-}
-
-impl Server {
-    fn start() -> Option<Server> {
-        Server::start_env(&[])
-    }
-
-    fn start_env(envs: &[(&str, &str)]) -> Option<Server> {
-        let bin = pixpool_binary()?;
-        let uploads = TempDir::new("uploads");
-        let mut child = Command::new(bin)
-            .arg("serve")
-            .args(["--bind", "127.0.0.1:0", "--fronts", "1", "--workers", "2"])
-            .arg("--uploads")
-            .arg(&uploads.0)
-            .env("RUST_LOG", "info")
-            .env_remove("PIXPOOL_API_TOKENS")
-            // Tests run in parallel: no admin listener on its fixed port.
-            .env("PIXPOOL_ADMIN", "off")
-            .envs(envs.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn pixpool serve");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let log = Arc::new(std::sync::Mutex::new(String::new()));
-        let sink = log.clone();
-        // Read the log to its end, so the server never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if std::env::var_os("PIXPOOL_TEST_LOG").is_some() {
-                    eprintln!("{line}");
-                }
-                if let Ok(mut log) = sink.lock() {
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-                if line.contains("admin listening") {
-                    continue;
-                }
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr);
-                    }
-                }
-            }
-        });
-        let addr: SocketAddr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "the server did not log `listening on ADDR`; its log:\n{}",
-                    log.lock().map(|l| l.clone()).unwrap_or_default()
-                )
-            })
-            .parse()
-            .expect("an address after `listening on`");
-        let server = Server {
-            child,
-            addr,
-            _uploads: uploads,
-        };
-        server.wait_ready();
-        Some(server)
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Until `/readyz` says 200: every worker connected.
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(mut s) = TcpStream::connect(self.addr) {
-                let _ =
-                    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-                let mut answer = String::new();
-                let _ = s.read_to_string(&mut answer);
-                if answer.starts_with("HTTP/1.1 200") {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "the server never became ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // Its children die with it (PR_SET_PDEATHSIG).
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn url(server: &Server) -> String {
+    format!("http://{}", server.addr)
 }
 
 /// The number on the summary line that starts with `label`.
@@ -220,13 +91,13 @@ fn args(server: &str, paths: Vec<PathBuf>) -> UploadArgs {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_test_data_then_finds_it_deduplicated() {
-    let Some(server) = Server::start() else {
+    let Some(server) = start_server(&[]) else {
         return;
     };
     let extra = TempDir::new("files");
     let readme = extra.0.join("README.md");
     std::fs::write(&readme, "# Not an image\n\nJust text.\n").expect("write README");
-    let args = args(&server.url(), vec![test_data(), readme.clone()]);
+    let args = args(&url(&server), vec![test_data(), readme.clone()]);
 
     let photos = test_data_photos();
     assert!(photos >= 4, "test-data/ has {photos} photos");
@@ -273,16 +144,16 @@ async fn uploads_test_data_then_finds_it_deduplicated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presets_are_passed_on() {
-    let Some(server) = Server::start() else {
+    let Some(server) = start_server(&[]) else {
         return;
     };
     let photo = test_data().join("06-grey-grayscale.jpg");
-    let mut args = args(&server.url(), vec![photo]);
+    let mut args = args(&url(&server), vec![photo]);
     args.presets = vec!["thumb".into(), "small".into()];
     let report = upload(&args).await.expect("run");
     let id = done_ids(&report).pop().expect("one job done");
 
-    let mut conn = Connection::new(ServerUrl::parse(&server.url()).expect("url"));
+    let mut conn = Connection::new(ServerUrl::parse(&url(&server)).expect("url"));
     let job = conn
         .get_json(&format!("/jobs/{id}"), None)
         .await
@@ -296,7 +167,7 @@ async fn presets_are_passed_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_are_listed_and_make_the_exit_code_non_zero() {
-    let Some(server) = Server::start() else {
+    let Some(server) = start_server(&[]) else {
         return;
     };
     let dir = TempDir::new("broken");
@@ -307,7 +178,7 @@ async fn failures_are_listed_and_make_the_exit_code_non_zero() {
     let good = dir.0.join("good.jpg");
     std::fs::write(&good, &photo).expect("copy photo");
 
-    let args = args(&server.url(), vec![dir.0.clone()]);
+    let args = args(&url(&server), vec![dir.0.clone()]);
     let report = upload(&args).await.expect("run");
     let text = report.to_string();
     println!("{text}");
@@ -342,12 +213,11 @@ async fn failures_are_listed_and_make_the_exit_code_non_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_is_sent_as_a_bearer() {
-    let Some(server) = Server::start_env(&[("PIXPOOL_API_TOKENS", "s3cret-token-0123456789")])
-    else {
+    let Some(server) = start_server(&[("PIXPOOL_API_TOKENS", "s3cret-token-0123456789")]) else {
         return;
     };
     let photo = test_data().join("06-grey-grayscale.jpg");
-    let mut args = args(&server.url(), vec![photo]);
+    let mut args = args(&url(&server), vec![photo]);
     let report = upload(&args).await.expect("run");
     assert_eq!(report.counts().refused, 1, "{report}");
     assert!(report.to_string().contains("refused: 401"), "{report}");

@@ -1,12 +1,10 @@
 //! The HTTP API of issue 3 on the real binary: presets, dedup, job records and
 //! long polls, progress events (SSE) and serving the outputs.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
 use hyper::{Method, StatusCode};
+use pixpool_testkit::*;
 use serde_json::Value;
 
 fn photo(name: &str) -> Vec<u8> {

@@ -2,8 +2,6 @@
 //! as an attacker would, against the real binary. One test binary, one module
 //! per concern (access, memory and time, integrity, supervision).
 
-mod common;
-
 #[path = "attacks/access.rs"]
 mod access;
 #[path = "attacks/integrity.rs"]

@@ -1,13 +1,11 @@
 //! Configuration (issue 6, part): file < environment < flags, unknown keys
 //! refused, `check-config`, SIGHUP re-reading the file, JSON logs.
 
-mod common;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
 use hyper::StatusCode;
+use pixpool_testkit::*;
 
 fn pixpool() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pixpool"))

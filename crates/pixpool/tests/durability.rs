@@ -2,13 +2,11 @@
 //! workers, fronts and the whole tree killed at the worst moments, poison
 //! jobs and torn records. Nothing accepted may be lost or left half-done.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::*;
 use hyper::StatusCode;
+use pixpool_testkit::*;
 use serde_json::Value;
 
 fn photo(name: &str) -> Vec<u8> {

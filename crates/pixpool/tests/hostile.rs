@@ -1,19 +1,17 @@
 //! A hostile world (issue 5): bad files, bombs, floods, slow and lying clients,
 //! path tricks and tokens — against the real binary.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::*;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use pixpool_testkit::*;
 use serde_json::Value;
 
 fn problem(resp: &Resp, status: StatusCode) -> Value {

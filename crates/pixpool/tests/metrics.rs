@@ -1,11 +1,9 @@
 //! Prometheus metrics from the admin process, aggregated over every process.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
 use hyper::StatusCode;
+use pixpool_testkit::*;
 
 async fn scrape(addr: std::net::SocketAddr) -> String {
     let mut c = Conn::open(addr).await.expect("admin");

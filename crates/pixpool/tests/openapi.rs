@@ -2,8 +2,6 @@
 //! exactly the server's routes, and every status the real server answers for
 //! them is one the document lists. (CI also runs a real validator over it.)
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -12,7 +10,7 @@ use http_body_util::Full;
 use hyper::{Request, StatusCode};
 use serde_json::Value;
 
-use common::*;
+use pixpool_testkit::*;
 
 fn document() -> Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json");

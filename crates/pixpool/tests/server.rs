@@ -1,15 +1,13 @@
 //! The server end to end (issue 2): the real binary, real processes, real
 //! sockets, real HTTP and real photos.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
 use hyper::StatusCode;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use pixpool_testkit::*;
 use serde_json::Value;
 
 /// The output the `medium` preset must produce for a source of `w`×`h` pixels

@@ -2,16 +2,14 @@
 //! notify protocol, read from a test-owned `NOTIFY_SOCKET`. systemd is not
 //! PID 1 here; the tools that speak its protocols are enough.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use pixpool_testkit::*;
 
 /// Collects notify messages until `want` arrives (or panics after `timeout`).
 fn wait_for(sock: &UnixDatagram, seen: &mut Vec<String>, want: &str, timeout: Duration) {

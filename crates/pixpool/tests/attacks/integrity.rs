@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use hyper::StatusCode;
 
-use crate::common::*;
+use pixpool_testkit::*;
 
 fn photo() -> Vec<u8> {
     std::fs::read(test_photo("06-grey-grayscale.jpg")).expect("photo")

@@ -8,7 +8,7 @@ use hyper::StatusCode;
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::*;
+use pixpool_testkit::*;
 
 fn grey(tag: &str) -> Vec<u8> {
     let bytes = std::fs::read(test_photo("06-grey-grayscale.jpg")).expect("test photo");

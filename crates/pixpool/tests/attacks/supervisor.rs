@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::common::*;
+use pixpool_testkit::*;
 
 /// The supervisor's log lines, in order, that concern the roll and children's
 /// starts: (message kind, role, slot).

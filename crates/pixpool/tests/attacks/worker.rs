@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
 
-use crate::common::*;
+use pixpool_testkit::*;
 
 /// A job over `--job-timeout-secs` fails, and its worker leaves at once even though
 /// the job's thread is still stuck (here: opening its input, which the test replaced

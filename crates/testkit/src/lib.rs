@@ -1,6 +1,18 @@
-//! Test support: run the real `pixpool` binary on port 0 in a temp uploads
-//! directory, talk real HTTP to it, and inspect its real process tree.
-#![allow(dead_code)] // each test binary uses a different part of this module
+//! pixpool's test support, shared by the integration tests of every crate and by
+//! the bench: run the real `pixpool` binary on port 0 in a temp uploads directory
+//! ([`Server`]), talk real HTTP to it ([`http`], [`sse`]), inspect its real process
+//! tree, and make test photos.
+//!
+//! # Layout
+//! - [`http`]: one keep-alive connection ([`Conn`]), responses, multipart bodies.
+//! - [`sse`]: an event stream read event by event.
+//! - this file: the server as a process, the photos, the job helpers.
+
+pub mod http;
+pub mod sse;
+
+pub use http::{conn_per_front, multipart_request, upload, Conn, HttpError, Resp};
+pub use sse::{SseEvent, SseStream};
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -10,11 +22,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper::{Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::StatusCode;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -46,17 +54,51 @@ pub fn corpus() -> Option<PathBuf> {
     }
 }
 
-/// The server binary: this build's, or `$PIXPOOL_TEST_BIN` (another build, e.g.
-/// an earlier commit's, to watch a regression test fail against it).
+/// The server binary: `$PIXPOOL_TEST_BIN` (another build, e.g. an earlier
+/// commit's, to watch a regression test fail against it), else this build's
+/// `pixpool`, beside the running test's own directory (`target/<profile>/deps/`):
+/// cargo builds it for the pixpool package's tests; another package's tests
+/// build it here once if it is missing.
 pub fn pixpool_bin() -> PathBuf {
-    std::env::var_os("PIXPOOL_TEST_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_pixpool")))
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("PIXPOOL_TEST_BIN") {
+            return PathBuf::from(bin);
+        }
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let mut dir = exe
+            .parent()
+            .expect("the test binary's directory")
+            .to_path_buf();
+        if dir.ends_with("deps") {
+            dir.pop();
+        }
+        let bin = dir.join("pixpool");
+        if !bin.is_file() {
+            eprintln!(
+                "{} is missing: running `cargo build -p pixpool`",
+                bin.display()
+            );
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-p", "pixpool"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status();
+            assert!(
+                status.is_ok_and(|s| s.success()) && bin.is_file(),
+                "could not build {}",
+                bin.display()
+            );
+        }
+        bin
+    })
+    .clone()
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A running server and its temp uploads directory; killed and removed on drop.
+#[derive(Debug)]
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
@@ -119,6 +161,9 @@ impl Server {
                 &["--admin", "off"][..]
             })
             .env("RUST_LOG", "info")
+            // The developer's own settings must not leak into a test's server.
+            .env_remove("PIXPOOL_API_TOKENS")
+            .env_remove("PIXPOOL_CONFIG")
             .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -240,6 +285,68 @@ impl Server {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
+
+    /// The job record as it is on disk.
+    pub fn record(&self, id: &str) -> Option<Value> {
+        read_record(&self.uploads, id)
+    }
+
+    /// Log lines containing every one of `needles`.
+    pub fn log_lines_with(&self, needles: &[&str]) -> Vec<String> {
+        self.log_text()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The workers' `processing attempt=N` lines for job `id`.
+    pub fn processing_lines(&self, id: &str) -> Vec<String> {
+        self.log_lines_with(&[id, "processing attempt="])
+    }
+
+    /// Waits until the on-disk record of `id` satisfies `cond`; returns it.
+    pub async fn wait_record(
+        &self,
+        id: &str,
+        timeout: Duration,
+        what: &str,
+        cond: impl Fn(&Value) -> bool,
+    ) -> Value {
+        poll_until(
+            timeout,
+            || format!("job {id}: {what}; record {:?}", self.record(id)),
+            || self.record(id).filter(|r| cond(r)),
+        )
+        .await
+    }
+
+    /// Waits until a new process runs in `role` slot `slot` (not `old`).
+    pub async fn wait_respawn(&self, role: &str, slot: u32, old: i32, timeout: Duration) -> i32 {
+        poll_until(
+            timeout,
+            || {
+                format!(
+                    "{role} {slot} (was {old}) not respawned:\n{}",
+                    self.log_text()
+                )
+            },
+            || self.child_pid(role, slot).filter(|p| *p != old),
+        )
+        .await
+    }
+
+    /// SIGKILLs the supervisor (its children die with it by PR_SET_PDEATHSIG)
+    /// and reaps it, keeping the uploads directory for a restart. Returns the
+    /// directory and the log.
+    pub fn kill_tree(mut self) -> (PathBuf, String) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log = self.log_text();
+        // Drop must not delete the directory the restart will use.
+        let uploads = std::mem::replace(&mut self.uploads, PathBuf::from("/nonexistent/pixpool"));
+        (uploads, log)
+    }
 }
 
 impl Drop for Server {
@@ -338,116 +445,6 @@ pub fn processes_using(uploads: &Path) -> Vec<(i32, String)> {
     out
 }
 
-/// A keep-alive HTTP/1.1 connection.
-pub struct Conn {
-    sender: SendRequest<Full<Bytes>>,
-    addr: SocketAddr,
-}
-
-/// A response, body collected.
-#[derive(Debug)]
-pub struct Resp {
-    pub status: StatusCode,
-    pub headers: hyper::HeaderMap,
-    pub body: Bytes,
-}
-
-impl Resp {
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "body is not JSON ({e}): {:?}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
-
-impl Conn {
-    pub async fn open(addr: SocketAddr) -> Result<Conn, hyper::Error> {
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .expect("connect to the server");
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(Conn { sender, addr })
-    }
-
-    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<Resp, hyper::Error> {
-        self.sender.ready().await?;
-        let resp = self.sender.send_request(req).await?;
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await?.to_bytes();
-        Ok(Resp {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        })
-    }
-
-    pub async fn get(&mut self, path: &str) -> Result<Resp, hyper::Error> {
-        let req = Request::get(path)
-            .header("host", self.addr.to_string())
-            .body(Full::new(Bytes::new()))
-            .expect("request");
-        self.send(req).await
-    }
-
-    /// POSTs `bytes` as the `image` file of a multipart form.
-    pub async fn upload(&mut self, file_name: &str, bytes: &[u8]) -> Result<Resp, hyper::Error> {
-        let req = multipart_request(self.addr, "/upload", &[("image", Some(file_name), bytes)]);
-        self.send(req).await
-    }
-}
-
-/// Builds a multipart/form-data POST; each part is (field, file name, content).
-pub fn multipart_request(
-    addr: SocketAddr,
-    path: &str,
-    parts: &[(&str, Option<&str>, &[u8])],
-) -> Request<Full<Bytes>> {
-    let boundary = "pixpool-test-boundary-7d3f9a";
-    let mut body = Vec::new();
-    for (field, file_name, content) in parts {
-        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
-        match file_name {
-            Some(f) => body.extend_from_slice(
-                format!(
-                    "Content-Disposition: form-data; name=\"{field}\"; filename=\"{f}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-                )
-                .as_bytes(),
-            ),
-            None => body.extend_from_slice(format!("Content-Disposition: form-data; name=\"{field}\"\r\n\r\n").as_bytes()),
-        }
-        body.extend_from_slice(content);
-        body.extend_from_slice(b"\r\n");
-    }
-    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    Request::post(path)
-        .header("host", addr.to_string())
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={boundary}"),
-        )
-        .body(Full::new(Bytes::from(body)))
-        .expect("request")
-}
-
-/// One upload on a fresh connection.
-pub async fn upload(addr: SocketAddr, file_name: &str, bytes: &[u8]) -> Resp {
-    Conn::open(addr)
-        .await
-        .expect("handshake")
-        .upload(file_name, bytes)
-        .await
-        .expect("upload request")
-}
-
 /// Polls `GET /jobs/<id>` until the job is final; panics after `timeout`.
 pub async fn wait_final(addr: SocketAddr, id: &str, timeout: Duration) -> Value {
     let deadline = Instant::now() + timeout;
@@ -474,13 +471,10 @@ pub async fn wait_final(addr: SocketAddr, id: &str, timeout: Duration) -> Value 
     }
 }
 
-/// A JPEG made unique (so that dedup does not merge it with its twins) by
-/// bytes after its end marker, which decoders ignore.
+/// A JPEG made unique (so that dedup does not merge it with its twins): the
+/// same pixels, tagged `n` ([`tagged_jpeg`]).
 pub fn unique_jpeg(bytes: &[u8], n: usize) -> Vec<u8> {
-    assert!(bytes.ends_with(&[0xFF, 0xD9]), "not a complete JPEG");
-    let mut out = bytes.to_vec();
-    out.extend_from_slice(format!("pixpool-test-{n}").as_bytes());
-    out
+    tagged_jpeg(bytes, &n.to_string())
 }
 
 /// Decodes an output file and returns its dimensions, checking it is a JPEG.
@@ -491,14 +485,8 @@ pub fn jpeg_dimensions(path: &Path) -> (u32, u32) {
         "{} is not a JPEG",
         path.display()
     );
-    let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg)
-        .unwrap_or_else(|e| panic!("{} does not decode: {e}", path.display()));
-    (img.width(), img.height())
+    image_dimensions(path)
 }
-
-// ---------------------------------------------------------------------------
-// Helpers for the durability and API tests (issue 3).
-// ---------------------------------------------------------------------------
 
 /// Polls `probe` every 5 ms until it yields a value; panics after `timeout`
 /// with `what()` (evaluated only then, so it may read logs or files).
@@ -631,264 +619,6 @@ pub fn slow_photo(tag: &str) -> (String, Vec<u8>) {
         ("big-fallenleaf.jpg".to_string(), out.into_inner())
     });
     (name.clone(), tagged_jpeg(bytes, tag))
-}
-
-impl Server {
-    /// The job record as it is on disk.
-    pub fn record(&self, id: &str) -> Option<Value> {
-        read_record(&self.uploads, id)
-    }
-
-    /// Log lines containing every one of `needles`.
-    pub fn log_lines_with(&self, needles: &[&str]) -> Vec<String> {
-        self.log_text()
-            .lines()
-            .filter(|l| needles.iter().all(|n| l.contains(n)))
-            .map(str::to_string)
-            .collect()
-    }
-
-    /// The workers' `processing attempt=N` lines for job `id`.
-    pub fn processing_lines(&self, id: &str) -> Vec<String> {
-        self.log_lines_with(&[id, "processing attempt="])
-    }
-
-    /// Waits until the on-disk record of `id` satisfies `cond`; returns it.
-    pub async fn wait_record(
-        &self,
-        id: &str,
-        timeout: Duration,
-        what: &str,
-        cond: impl Fn(&Value) -> bool,
-    ) -> Value {
-        poll_until(
-            timeout,
-            || format!("job {id}: {what}; record {:?}", self.record(id)),
-            || self.record(id).filter(|r| cond(r)),
-        )
-        .await
-    }
-
-    /// Waits until a new process runs in `role` slot `slot` (not `old`).
-    pub async fn wait_respawn(&self, role: &str, slot: u32, old: i32, timeout: Duration) -> i32 {
-        poll_until(
-            timeout,
-            || {
-                format!(
-                    "{role} {slot} (was {old}) not respawned:\n{}",
-                    self.log_text()
-                )
-            },
-            || self.child_pid(role, slot).filter(|p| *p != old),
-        )
-        .await
-    }
-
-    /// SIGKILLs the supervisor (its children die with it by PR_SET_PDEATHSIG)
-    /// and reaps it, keeping the uploads directory for a restart. Returns the
-    /// directory and the log.
-    pub fn kill_tree(mut self) -> (PathBuf, String) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let log = self.log_text();
-        // Drop must not delete the directory the restart will use.
-        let uploads = std::mem::replace(&mut self.uploads, PathBuf::from("/nonexistent/pixpool"));
-        (uploads, log)
-    }
-}
-
-/// One Server-Sent Event.
-#[derive(Debug, Clone)]
-pub struct SseEvent {
-    pub id: Option<u64>,
-    pub event: String,
-    pub data: String,
-}
-
-impl SseEvent {
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.data)
-            .unwrap_or_else(|e| panic!("event data is not JSON ({e}): {self:?}"))
-    }
-}
-
-/// A streamed `text/event-stream` response, parsed event by event.
-pub struct SseStream {
-    pub status: StatusCode,
-    pub headers: hyper::HeaderMap,
-    body: hyper::body::Incoming,
-    buf: Vec<u8>,
-    ended: bool,
-}
-
-impl SseStream {
-    /// The next event; `Ok(None)` when the server ended the stream; `Err` when
-    /// nothing complete arrived within `timeout` (or the body failed).
-    pub async fn next(&mut self, timeout: Duration) -> Result<Option<SseEvent>, String> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            // Normalise line ends, then take every complete block.
-            if self.buf.contains(&b'\r') {
-                let s = String::from_utf8_lossy(&self.buf)
-                    .replace("\r\n", "\n")
-                    .replace('\r', "\n");
-                self.buf = s.into_bytes();
-            }
-            while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
-                let block: Vec<u8> = self.buf.drain(..end + 2).collect();
-                if let Some(ev) = parse_sse_block(&String::from_utf8_lossy(&block)) {
-                    return Ok(Some(ev));
-                }
-            }
-            if self.ended {
-                return Ok(None);
-            }
-            let frame = tokio::time::timeout_at(deadline, self.body.frame())
-                .await
-                .map_err(|_| {
-                    format!(
-                        "no complete event within {timeout:?}; pending: {:?}",
-                        String::from_utf8_lossy(&self.buf)
-                    )
-                })?;
-            match frame {
-                None => self.ended = true,
-                Some(Err(e)) => return Err(format!("event stream failed: {e}")),
-                Some(Ok(f)) => {
-                    if let Ok(data) = f.into_data() {
-                        self.buf.extend_from_slice(&data);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Every event until the server ends the stream (panics after `timeout`).
-    pub async fn all(&mut self, timeout: Duration) -> Vec<SseEvent> {
-        let deadline = Instant::now() + timeout;
-        let mut out = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.next(left).await {
-                Ok(Some(ev)) => out.push(ev),
-                Ok(None) => return out,
-                Err(e) => panic!("{e}; events so far: {out:#?}"),
-            }
-        }
-    }
-}
-
-fn parse_sse_block(block: &str) -> Option<SseEvent> {
-    let (mut id, mut event, mut data, mut any) = (None, None, Vec::new(), false);
-    for line in block.lines() {
-        if line.is_empty() || line.starts_with(':') {
-            continue;
-        }
-        let (field, value) = line.split_once(':').unwrap_or((line, ""));
-        let value = value.strip_prefix(' ').unwrap_or(value);
-        any = true;
-        match field {
-            "id" => {
-                id = Some(
-                    value
-                        .parse::<u64>()
-                        .unwrap_or_else(|_| panic!("event id {value:?} is not a number")),
-                )
-            }
-            "event" => event = Some(value.to_string()),
-            "data" => data.push(value.to_string()),
-            _ => {}
-        }
-    }
-    any.then(|| SseEvent {
-        id,
-        event: event.unwrap_or_else(|| "message".into()),
-        data: data.join("\n"),
-    })
-}
-
-impl Conn {
-    /// Any method, with extra headers; body collected.
-    pub async fn request(
-        &mut self,
-        method: hyper::Method,
-        path: &str,
-        headers: &[(&str, &str)],
-    ) -> Result<Resp, hyper::Error> {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", self.addr.to_string());
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        self.send(req.body(Full::new(Bytes::new())).expect("request"))
-            .await
-    }
-
-    /// Opens `GET path` as an event stream (optionally with `Last-Event-ID`).
-    pub async fn events(
-        &mut self,
-        path: &str,
-        last_event_id: Option<u64>,
-    ) -> Result<SseStream, hyper::Error> {
-        let mut req = Request::get(path)
-            .header("host", self.addr.to_string())
-            .header("accept", "text/event-stream");
-        if let Some(n) = last_event_id {
-            req = req.header("last-event-id", n.to_string());
-        }
-        self.sender.ready().await?;
-        let resp = self
-            .sender
-            .send_request(req.body(Full::new(Bytes::new())).expect("request"))
-            .await?;
-        let (parts, body) = resp.into_parts();
-        Ok(SseStream {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-            buf: Vec::new(),
-            ended: false,
-        })
-    }
-
-    /// A multipart POST to `path` (e.g. `/upload?presets=thumb`).
-    pub async fn upload_to(
-        &mut self,
-        path: &str,
-        parts: &[(&str, Option<&str>, &[u8])],
-    ) -> Result<Resp, hyper::Error> {
-        let req = multipart_request(self.addr, path, parts);
-        self.send(req).await
-    }
-
-    /// Which front this connection landed on (`/health` → `slot`).
-    pub async fn front_slot(&mut self) -> u64 {
-        let health = self.get("/health").await.expect("health");
-        assert_eq!(health.status, StatusCode::OK);
-        health.json()["slot"]
-            .as_u64()
-            .expect("health names the front slot")
-    }
-}
-
-/// Opens keep-alive connections until one lands on each of `fronts` fronts
-/// (the kernel spreads connections over the SO_REUSEPORT sockets); returns
-/// them indexed by front slot.
-pub async fn conn_per_front(addr: SocketAddr, fronts: u32) -> Vec<Conn> {
-    let mut by_slot: Vec<Option<Conn>> = (0..fronts).map(|_| None).collect();
-    for _ in 0..200 {
-        let mut conn = Conn::open(addr).await.expect("connect");
-        let slot = conn.front_slot().await as usize;
-        if by_slot[slot].is_none() {
-            by_slot[slot] = Some(conn);
-        }
-        if by_slot.iter().all(Option::is_some) {
-            return by_slot.into_iter().flatten().collect();
-        }
-    }
-    panic!("200 connections did not reach every one of {fronts} fronts");
 }
 
 /// Asserts `resp` is an RFC 9457 problem with `status`.
