@@ -8,9 +8,11 @@
 //! - [`Aggregate`]: the latest snapshot per process, plus the totals of
 //!   processes that were replaced (so counters never go backwards when a
 //!   worker is respawned).
-//! - [`render`]: the Prometheus text exposition.
+//! - [`render`]: the Prometheus text exposition (names, labels and their text
+//!   come from `pixpool-metrics`; nothing here spells a series).
 //! - [`run`]: the datagram reader and the HTTP server.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -25,7 +27,9 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use pixpool_protocol::metrics::{label, Histogram, Snapshot, DURATION_BUCKETS};
+use pixpool_metrics::{
+    Buckets, Counter, Exposition, Gauge, Histogram, JobOutcome, Label, Snapshot,
+};
 use tracing::{debug, info, warn};
 
 /// A process that has not reported for this long is considered gone: its
@@ -60,11 +64,11 @@ struct Live {
 #[derive(Debug, Default)]
 pub struct Aggregate {
     /// Latest snapshot per (role, slot).
-    live: BTreeMap<(String, u32), Live>,
+    live: BTreeMap<(Label, u32), Live>,
     /// Counters of processes that were replaced or went away.
-    retired_counters: BTreeMap<String, u64>,
+    retired_counters: BTreeMap<Counter, u64>,
     /// Histograms of processes that were replaced or went away.
-    retired_histograms: BTreeMap<String, Histogram>,
+    retired_histograms: BTreeMap<Histogram, Buckets>,
 }
 
 impl Aggregate {
@@ -111,7 +115,7 @@ impl Aggregate {
     }
 
     /// Counters summed over every process, past and present.
-    pub fn counters(&self) -> BTreeMap<String, u64> {
+    pub fn counters(&self) -> BTreeMap<Counter, u64> {
         let mut out = self.retired_counters.clone();
         for l in self.live.values() {
             for (k, v) in &l.snapshot.counters {
@@ -121,7 +125,7 @@ impl Aggregate {
         out
     }
 
-    fn histograms(&self) -> BTreeMap<String, Histogram> {
+    fn histograms(&self) -> BTreeMap<Histogram, Buckets> {
         let mut out = self.retired_histograms.clone();
         for l in self.live.values() {
             for (k, h) in &l.snapshot.histograms {
@@ -129,77 +133,6 @@ impl Aggregate {
             }
         }
         out
-    }
-}
-
-/// Help text and type of each metric family.
-const FAMILIES: &[(&str, &str, &str)] = &[
-    (
-        "pixpool_http_requests_total",
-        "counter",
-        "HTTP requests answered, by route and status code.",
-    ),
-    (
-        "pixpool_http_request_duration_seconds",
-        "histogram",
-        "Time to answer an upload (the 202 or the refusal).",
-    ),
-    (
-        "pixpool_upload_bytes_total",
-        "counter",
-        "Bytes of accepted uploads.",
-    ),
-    (
-        "pixpool_rejections_total",
-        "counter",
-        "Uploads refused, by problem type.",
-    ),
-    (
-        "pixpool_jobs_total",
-        "counter",
-        "Jobs finished, by outcome.",
-    ),
-    (
-        "pixpool_jobs_stolen_total",
-        "counter",
-        "Queued jobs an idle worker took from a busy sibling, by taker.",
-    ),
-    (
-        "pixpool_job_duration_seconds",
-        "histogram",
-        "Wall time of one job run in a worker.",
-    ),
-    (
-        "pixpool_job_stage_seconds",
-        "histogram",
-        "Time per pipeline stage (decode, resize, encode).",
-    ),
-    (
-        "pixpool_restarts_total",
-        "counter",
-        "Children respawned by the supervisor, by role.",
-    ),
-    ("pixpool_queue_depth", "gauge", "Jobs queued per worker."),
-    (
-        "pixpool_worker_busy",
-        "gauge",
-        "1 while a worker runs a job.",
-    ),
-    (
-        "pixpool_process_rss_bytes",
-        "gauge",
-        "Resident memory per process.",
-    ),
-];
-
-fn family(series: &str) -> &str {
-    series.split('{').next().unwrap_or(series)
-}
-
-fn with_label(series: &str, extra: &str) -> String {
-    match series.strip_suffix('}') {
-        Some(open) => format!("{open},{extra}}}"),
-        None => format!("{series}{{{extra}}}"),
     }
 }
 
@@ -218,80 +151,45 @@ fn rss_of(pid: u32) -> Option<u64> {
 
 /// The Prometheus text exposition of everything.
 pub fn render(agg: &Aggregate) -> String {
-    use std::fmt::Write;
-    let mut lines: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut scrape = Exposition::new();
     for (series, v) in agg.counters() {
-        let fam = FAMILIES
-            .iter()
-            .find(|f| f.0 == family(&series))
-            .map_or("other", |f| f.0);
-        lines.entry(fam).or_default().push(format!("{series} {v}"));
+        scrape.counter(&series, v);
     }
     for (series, h) in agg.histograms() {
-        let fam = FAMILIES
-            .iter()
-            .find(|f| f.0 == family(&series))
-            .map_or("other", |f| f.0);
-        let out = lines.entry(fam).or_default();
-        let base = family(&series);
-        let labels = series.strip_prefix(base).unwrap_or("");
-        let mut cumulative = 0;
-        for (i, le) in DURATION_BUCKETS.iter().enumerate() {
-            cumulative += h.buckets.get(i).copied().unwrap_or(0);
-            out.push(format!(
-                "{} {cumulative}",
-                with_label(&format!("{base}_bucket{labels}"), &format!("le=\"{le}\""))
-            ));
-        }
-        out.push(format!(
-            "{} {}",
-            with_label(&format!("{base}_bucket{labels}"), "le=\"+Inf\""),
-            h.count
-        ));
-        out.push(format!("{base}_sum{labels} {}", h.sum));
-        out.push(format!("{base}_count{labels} {}", h.count));
+        scrape.histogram(&series, &h);
     }
     for l in agg.live.values() {
         let s = &l.snapshot;
         for (series, v) in &s.gauges {
-            let fam = FAMILIES
-                .iter()
-                .find(|f| f.0 == family(series))
-                .map_or("other", |f| f.0);
-            lines.entry(fam).or_default().push(format!("{series} {v}"));
+            scrape.gauge(series, *v);
         }
         if let Some(bytes) = rss_of(s.pid) {
-            lines
-                .entry("pixpool_process_rss_bytes")
-                .or_default()
-                .push(format!(
-                    "pixpool_process_rss_bytes{{role=\"{}\",slot=\"{}\",pid=\"{}\"}} {bytes}",
-                    label(&s.role),
-                    s.slot,
-                    s.pid
-                ));
+            let series = Gauge::ProcessRss {
+                role: s.role.clone(),
+                slot: s.slot,
+                pid: s.pid,
+            };
+            scrape.gauge(&series, bytes as f64);
         }
     }
     if let Some(bytes) = rss_of(std::process::id()) {
-        lines
-            .entry("pixpool_process_rss_bytes")
-            .or_default()
-            .push(format!(
-                "pixpool_process_rss_bytes{{role=\"admin\",slot=\"0\",pid=\"{}\"}} {bytes}",
-                std::process::id()
-            ));
+        let series = Gauge::ProcessRss {
+            role: Label::from("admin"),
+            slot: 0,
+            pid: std::process::id(),
+        };
+        scrape.gauge(&series, bytes as f64);
     }
-    let mut text = String::new();
-    for (name, kind, help) in FAMILIES {
-        if let Some(series) = lines.get(name) {
-            let _ = writeln!(text, "# HELP {name} {help}");
-            let _ = writeln!(text, "# TYPE {name} {kind}");
-            for s in series {
-                let _ = writeln!(text, "{s}");
-            }
-        }
-    }
-    text
+    scrape.finish()
+}
+
+/// Jobs that ended, whatever the outcome: the dashboard's throughput.
+fn jobs_ended(counters: &BTreeMap<Counter, u64>) -> u64 {
+    counters
+        .iter()
+        .filter(|(k, _)| matches!(k, Counter::Jobs { .. }))
+        .map(|(_, v)| v)
+        .sum()
 }
 
 /// The dashboard's summary: written to `stats.json` beside the metrics socket
@@ -303,32 +201,31 @@ pub fn summary(agg: &Aggregate, jobs_per_s: f64) -> serde_json::Value {
     let mut rss: BTreeMap<String, u64> = BTreeMap::new();
     for l in agg.live.values() {
         let s = &l.snapshot;
-        if s.role == "worker" {
+        if s.role.as_str() == "worker" {
             workers += 1;
         }
         for (k, v) in &s.gauges {
-            match family(k) {
-                "pixpool_worker_busy" => busy += v,
-                "pixpool_queue_depth" => queued += v,
-                _ => {}
+            match k {
+                Gauge::WorkerBusy { .. } => busy += v,
+                Gauge::QueueDepth { .. } => queued += v,
+                Gauge::ProcessRss { .. } => {}
             }
         }
-        *rss.entry(s.role.clone()).or_default() += rss_of(s.pid).unwrap_or(0);
+        *rss.entry(s.role.to_string()).or_default() += rss_of(s.pid).unwrap_or(0);
     }
     let counters = agg.counters();
-    let sum = |prefix: &str| -> u64 {
+    let jobs = |outcome| {
         counters
-            .iter()
-            .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(_, v)| v)
-            .sum()
+            .get(&Counter::Jobs { outcome })
+            .copied()
+            .unwrap_or(0)
     };
     serde_json::json!({
         "workers": workers,
         "workers_busy": busy,
         "queued": queued,
-        "jobs_done": sum("pixpool_jobs_total{outcome=\"done\""),
-        "jobs_failed": sum("pixpool_jobs_total{outcome=\"failed\""),
+        "jobs_done": jobs(JobOutcome::Done),
+        "jobs_failed": jobs(JobOutcome::Failed),
         "jobs_per_s": jobs_per_s,
         "rss_bytes": rss,
     })
@@ -387,12 +284,7 @@ pub async fn run(
             let body = {
                 let mut a = stats_agg.lock().unwrap_or_else(|p| p.into_inner());
                 a.expire(Instant::now());
-                let done: u64 = a
-                    .counters()
-                    .iter()
-                    .filter(|(k, _)| k.starts_with("pixpool_jobs_total"))
-                    .map(|(_, v)| v)
-                    .sum();
+                let done = jobs_ended(&a.counters());
                 history.push_back((Instant::now(), done));
                 while history.len() > 11 {
                     history.pop_front();
@@ -461,21 +353,19 @@ fn respond(agg: &Mutex<Aggregate>, req: &Request<Incoming>) -> Response<Full<Byt
 mod tests {
     use super::*;
 
-    fn snap(role: &str, pid: u32, requests: u64) -> Snapshot {
-        let mut s = Snapshot {
-            role: role.into(),
-            slot: 0,
-            pid,
-            ..Snapshot::default()
-        };
-        s.counters.insert(
-            "pixpool_http_requests_total{route=\"upload\",code=\"202\"}".into(),
-            requests,
-        );
-        let mut h = Histogram::default();
+    fn upload_202() -> Counter {
+        Counter::HttpRequests {
+            route: Label::from("upload"),
+            code: 202,
+        }
+    }
+
+    fn snap(role: &'static str, pid: u32, requests: u64) -> Snapshot {
+        let mut s = Snapshot::new(Label::from(role), 0, pid);
+        s.counters.insert(upload_202(), requests);
+        let mut h = Buckets::default();
         h.observe(0.2);
-        s.histograms
-            .insert("pixpool_job_duration_seconds".into(), h);
+        s.histograms.insert(Histogram::JobDuration, h);
         s
     }
 
@@ -486,7 +376,7 @@ mod tests {
         agg.update(snap("front", 10, 7));
         agg.update(snap("front", 11, 2)); // respawned: old total retired
         let key = "pixpool_http_requests_total{route=\"upload\",code=\"202\"}";
-        assert_eq!(agg.counters()[key], 9);
+        assert_eq!(agg.counters()[&upload_202()], 9);
         let text = render(&agg);
         assert!(
             text.contains("# TYPE pixpool_http_requests_total counter"),
@@ -499,6 +389,45 @@ mod tests {
         );
         assert!(
             text.contains("pixpool_job_duration_seconds_count 2"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_crosses_the_codec_whole_and_sums_into_the_dashboard() {
+        let metrics = pixpool_metrics::Recorder::new("worker", 1);
+        metrics.add(upload_202(), 3);
+        metrics.inc(Counter::Jobs {
+            outcome: JobOutcome::Done,
+        });
+        metrics.inc(Counter::Jobs {
+            outcome: JobOutcome::Retry,
+        });
+        metrics.observe(Histogram::JobDuration, Duration::from_millis(200));
+        metrics.set(Gauge::QueueDepth { worker: 1 }, 4.0);
+        metrics.set(Gauge::WorkerBusy { worker: 1 }, 1.0);
+        let snap = metrics.snapshot();
+        let bytes = pixpool_protocol::frame::encode(&snap).expect("encode");
+        let (back, used) = pixpool_protocol::frame::decode::<Snapshot>(&bytes)
+            .expect("decode")
+            .expect("whole");
+        assert_eq!((&back, used), (&snap, bytes.len()));
+
+        let mut agg = Aggregate::default();
+        agg.update(back);
+        let stats = summary(&agg, 0.0);
+        assert_eq!(stats["workers"], 1, "{stats}");
+        assert_eq!(stats["queued"], 4.0, "{stats}");
+        assert_eq!(stats["workers_busy"], 1.0, "{stats}");
+        assert_eq!(stats["jobs_done"], 1, "{stats}");
+        assert_eq!(jobs_ended(&agg.counters()), 2);
+        let text = render(&agg);
+        assert!(
+            text.contains("pixpool_queue_depth{worker=\"1\"} 4"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pixpool_jobs_total{outcome=\"retry\"} 1"),
             "{text}"
         );
     }

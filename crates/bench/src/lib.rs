@@ -121,6 +121,7 @@
 //! - [`stats`]: percentiles and medians.
 //! - [`report`]: the markdown tables, the `RESULT` line, the JSON file.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod corpus;

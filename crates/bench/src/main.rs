@@ -1,5 +1,6 @@
 //! `pixpool-bench`: see the library's documentation (`cargo doc -p pixpool-bench`) for
 //! the method. Thin: parse, run, print the error chain once.
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 

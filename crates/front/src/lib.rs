@@ -16,6 +16,7 @@
 //! - [`body`]: the response body type.
 //! - this file: the routes, the accept loop and graceful shutdown.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod body;
 pub mod dispatch;
@@ -112,6 +113,8 @@ pub struct FrontConfig {
     /// Origins (`scheme://host[:port]`) whose pages may send state-changing
     /// requests while the API is open, besides the server's own.
     pub allowed_origins: Vec<String>,
+    /// This process's metrics recorder.
+    pub metrics: pixpool_metrics::Recorder,
 }
 
 impl FrontConfig {
@@ -333,7 +336,7 @@ async fn handle(
         Ok(client) => dispatch(&state, route, req, client).await,
         Err(e) => Err(e),
     };
-    let metrics = pixpool_protocol::metrics::global();
+    let metrics = &state.config.metrics;
     let resp = result.unwrap_or_else(|err| {
         if err.is_server_error() {
             warn!(cause = %pixpool_store::error_chain(&err), "request failed");
@@ -341,24 +344,21 @@ async fn handle(
             info!(cause = %err, "request refused");
         }
         if route_name == "upload" {
-            let kind = err.problem().kind;
-            let reason = kind.rsplit(':').next().unwrap_or("other").to_string();
-            metrics.add(
-                &format!("pixpool_rejections_total{{reason=\"{reason}\"}}"),
-                1,
-            );
+            metrics.inc(pixpool_metrics::Counter::Rejections {
+                reason: pixpool_metrics::Label::from(err.slug()),
+            });
         }
         err.into_response()
     });
     let code = resp.status().as_u16();
-    metrics.add(
-        &format!("pixpool_http_requests_total{{route=\"{route_name}\",code=\"{code}\"}}"),
-        1,
-    );
+    metrics.inc(pixpool_metrics::Counter::HttpRequests {
+        route: pixpool_metrics::Label::from(route_name),
+        code,
+    });
     if route_name == "upload" {
         metrics.observe(
-            "pixpool_http_request_duration_seconds{route=\"upload\"}",
-            started.elapsed().as_secs_f64(),
+            pixpool_metrics::Histogram::UploadDuration,
+            started.elapsed(),
         );
     }
     debug!(status = code, "response");

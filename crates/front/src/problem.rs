@@ -190,6 +190,12 @@ impl ApiError {
         }
     }
 
+    /// The problem type's slug (`too-large`, …): also the `reason` label of
+    /// `pixpool_rejections_total`, a fixed set because it is `'static`.
+    pub fn slug(&self) -> &'static str {
+        self.classify().1
+    }
+
     /// Whether the server, not the client, is at fault.
     pub fn is_server_error(&self) -> bool {
         self.classify().0.is_server_error()

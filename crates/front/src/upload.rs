@@ -183,7 +183,10 @@ pub async fn upload(
         }
         Admitted::New(ack) => ack,
     };
-    pixpool_protocol::metrics::global().add("pixpool_upload_bytes_total", bytes);
+    state
+        .config
+        .metrics
+        .add(pixpool_metrics::Counter::UploadBytes, bytes);
     info!(
         worker = ack.worker,
         queue_depth = ack.queue_depth,

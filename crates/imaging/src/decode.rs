@@ -71,7 +71,7 @@ impl std::fmt::Debug for Header<'_> {
 /// Sniffs `data` (a whole file), reads its header and checks it against `limits`.
 pub(crate) fn read_header<'a>(data: &'a [u8], limits: &Limits) -> Result<Header<'a>, ImagingError> {
     let format = Format::sniff(data).ok_or(ImagingError::Sniff)?;
-    if format == Format::Jpeg && !jpeg_has_end(data) {
+    if format == Format::Jpeg && !jpeg::has_end(data) {
         return Err(ImagingError::DecodeTruncated { format });
     }
 
@@ -302,60 +302,4 @@ fn progressive_scans(data: &[u8]) -> Result<Vec<Scan>, ImagingError> {
 
 fn header_error(format: Format, source: image::ImageError) -> ImagingError {
     ImagingError::ReadHeader { format, source }
-}
-
-/// Whether a JPEG has an end-of-image marker after its first scan.
-///
-/// zune-jpeg (as the `image` crate configures it) decodes a cut-off file without complaint
-/// and fills the missing rows with grey. Inside entropy-coded data every 0xFF byte is
-/// followed by 0x00 or a restart marker, so `FF D9` after the first start-of-scan can only
-/// be the real end of image. Segments before the scan are skipped by their lengths, so an
-/// embedded EXIF thumbnail's own `FF D9` does not count.
-pub(crate) fn jpeg_has_end(data: &[u8]) -> bool {
-    let Some(scan) = first_scan_offset(data) else {
-        // No scan at all: let the decoder report what is wrong.
-        return true;
-    };
-    data[scan..].windows(2).any(|pair| pair == [0xff, 0xd9])
-}
-
-/// Offset of the first SOS marker, found by walking segment lengths from SOI.
-fn first_scan_offset(data: &[u8]) -> Option<usize> {
-    let mut at = 2;
-    loop {
-        if *data.get(at)? != 0xff {
-            return None;
-        }
-        while data.get(at) == Some(&0xff) {
-            at += 1;
-        }
-        let marker = *data.get(at)?;
-        at += 1;
-        match marker {
-            0xda => return Some(at),
-            0x01 | 0xd0..=0xd8 => {}
-            0xd9 => return None,
-            _ => {
-                let len = u16::from_be_bytes([*data.get(at)?, *data.get(at + 1)?]);
-                at += usize::from(len);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn end_marker_must_follow_the_scan() {
-        // SOI, APP1 containing a thumbnail's FF D9, SOS, data, no EOI.
-        let cut = b"\xff\xd8\xff\xe1\x00\x06\xff\xd9\x00\x00\xff\xda\x00\x02\x12\x34";
-        assert!(!jpeg_has_end(cut));
-        let whole = [&cut[..], b"\xff\xd9"].concat();
-        assert!(jpeg_has_end(&whole));
-        // Stuffed FF 00 and restart markers are not the end.
-        let stuffed = [&cut[..], b"\xff\x00\xff\xd3\x56"].concat();
-        assert!(!jpeg_has_end(&stuffed));
-    }
 }

@@ -55,8 +55,10 @@
 //!   and metadata chunks.
 //! - `metadata` (private): the ICC profile and metadata chunks checked against those caps
 //!   before any decoder reads them.
-//! - `jpeg` (private): JPEG structure (frame, scans), the shrink-on-load scale, scan
-//!   pruning for progressive files, the scaled decode with `jpeg-decoder`.
+//! - `jpeg` (private): the one walk over marker segments that every JPEG reader here
+//!   uses (the probe and the metadata caps too), the stream's structure (frame, scans,
+//!   end), the shrink-on-load scale, scan pruning for progressive files, the scaled
+//!   decode with `jpeg-decoder`.
 //! - `turbo` (private, `turbojpeg` feature): libjpeg-turbo decoding and encoding.
 //! - [`preset`]: [`Preset`] and [`Fit`], and the geometry that turns a preset and a source
 //!   size into a crop and an output size.
@@ -108,10 +110,11 @@ pub use probe::{probe, Probe};
 
 /// The least PSNR, in dB, that the speed-ups of JPEG decoding may leave: any corpus
 /// JPEG's 800-px output against its source decoded whole and resized straight to that
-/// size (`stages::psnr_against_whole_decode`). What is lost is shrink-on-load (a
-/// reduced inverse DCT: 38.4 to 56 dB on the corpus, except a very detailed landscape
-/// decoded at 1/4 to 816 px for 800: 37.7 dB) and the last bit of each coefficient that
-/// pruned progressive scans drop (0.4 dB more for that landscape: 37.3 dB; 0.4 to 4.6 dB
-/// for the other progressive photos, which keep 40.9 dB or more). Held by
-/// `tests/corpus.rs` in both builds; per photo: `examples/shrink_report.rs`.
+/// size (`stages::psnr_against_whole_decode`). What is lost is shrink-on-load (a reduced
+/// inverse DCT aliases a little, and the final resize barely filters when the scale
+/// lands just above the output size) and the last bit of each coefficient that pruned
+/// progressive scans drop. `tests/corpus.rs` holds every corpus JPEG to it in both builds
+/// and prints each one's figure: the least is a very detailed landscape decoded at 1/4 to
+/// 816 px for 800, at 37.45 dB; the next, 38.43 dB, a baseline photo that libjpeg-turbo
+/// decodes at 1/2 (40.16 dB in the default build). History: `crates/bench/PERF.md`.
 pub const SHRINK_ON_LOAD_MIN_PSNR_DB: f64 = 37.0;

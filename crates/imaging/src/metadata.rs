@@ -12,6 +12,7 @@ use std::io::{self, Read};
 
 use crate::error::ImagingError;
 use crate::format::Format;
+use crate::jpeg::markers::{Markers, APP2, EOI, SOS};
 use crate::limits::{MAX_ICC_PROFILE_BYTES, MAX_METADATA_BYTES};
 
 /// Checks the ICC profile and the metadata chunks of a whole file against
@@ -109,37 +110,21 @@ fn inflated_iccp_len(body: &[u8]) -> usize {
 fn check_jpeg(data: &[u8]) -> Result<(), ImagingError> {
     const ICC_TAG: &[u8] = b"ICC_PROFILE\0";
     let mut icc = Budget::new("ICC profile", MAX_ICC_PROFILE_BYTES);
-    let mut at = 2; // past SOI
-    loop {
-        if data.get(at) != Some(&0xff) {
-            return Ok(());
-        }
-        while data.get(at) == Some(&0xff) {
-            at += 1;
-        }
-        let Some(&marker) = data.get(at) else {
-            return Ok(());
-        };
-        at += 1;
-        match marker {
-            0x01 | 0xd0..=0xd8 => continue,
+    // Up to the first segment that does not parse: the decoder refuses the file there.
+    for segment in Markers::new(data).map_while(Result::ok) {
+        match segment.marker {
             // The scan (or the end): no decoder reads a profile after it.
-            0xd9 | 0xda => return Ok(()),
+            EOI | SOS => return Ok(()),
+            APP2 => {
+                if let Some(rest) = segment.body.strip_prefix(ICC_TAG) {
+                    // sequence number and count, then the data
+                    icc.add(rest.len().saturating_sub(2))?;
+                }
+            }
             _ => {}
         }
-        let Some(&[hi, lo]) = data.get(at..at + 2) else {
-            return Ok(());
-        };
-        let len = usize::from(u16::from_be_bytes([hi, lo]));
-        if marker == 0xe2 {
-            let segment = data.get(at + 2..at + len.max(2)).unwrap_or(&[]);
-            if let Some(rest) = segment.strip_prefix(ICC_TAG) {
-                // sequence number and count, then the data
-                icc.add(rest.len().saturating_sub(2))?;
-            }
-        }
-        at += len;
     }
+    Ok(())
 }
 
 /// The RIFF chunks: `ICCP` against the ICC cap, `EXIF` and `XMP ` against the metadata

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ImagingError;
 use crate::format::Format;
+use crate::jpeg::markers::{self, MarkerError, Markers, EOI, SOS};
 
 /// What the header of an image says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,43 +106,48 @@ fn le32(bytes: &[u8], at: usize) -> Result<u32, HeaderError> {
     }
 }
 
-/// Walks the JPEG marker segments up to the first frame header (SOFn).
+/// Walks the JPEG marker segments up to the first frame header (SOFn). Its sizes are
+/// read within its own length: one too short to hold them is corrupt.
 fn probe_jpeg(data: &[u8]) -> Result<(u32, u32), HeaderError> {
-    let mut at = 2; // past SOI
-    loop {
-        match data.get(at) {
-            Some(0xff) => {}
-            Some(_) => return Err(HeaderError::Corrupt("expected a marker")),
-            None => return Err(HeaderError::Incomplete),
-        }
-        // Any number of 0xFF fill bytes may precede the marker code.
-        while data.get(at) == Some(&0xff) {
-            at += 1;
-        }
-        let marker = *data.get(at).ok_or(HeaderError::Incomplete)?;
-        at += 1;
+    const NO_FRAME: HeaderError = HeaderError::Corrupt("no frame header before the scan");
+    for item in Markers::new(data) {
+        // `cut`: the head ends inside this segment, so a short body may grow.
+        let (marker, body, cut) = match item {
+            Ok(segment) => (segment.marker, segment.body, false),
+            Err(MarkerError::Truncated {
+                marker: Some(marker),
+                partial,
+                ..
+            }) => (marker, partial, true),
+            Err(MarkerError::Truncated { marker: None, .. }) => {
+                return Err(HeaderError::Incomplete)
+            }
+            Err(MarkerError::BadLength { marker: SOS, .. }) => return Err(NO_FRAME),
+            Err(MarkerError::BadLength { .. }) => {
+                return Err(HeaderError::Corrupt(
+                    "marker segment shorter than its length",
+                ))
+            }
+            Err(MarkerError::NoStartOfImage | MarkerError::NotAMarker { .. }) => {
+                return Err(HeaderError::Corrupt("expected a marker"))
+            }
+        };
         match marker {
-            // Standalone markers carry no length.
-            0x01 | 0xd0..=0xd8 => continue,
-            0xd9 | 0xda => return Err(HeaderError::Corrupt("no frame header before the scan")),
-            // SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC).
-            0xc0..=0xcf if !matches!(marker, 0xc4 | 0xc8 | 0xcc) => {
-                // length(2) precision(1) height(2) width(2)
-                let height = be16(data, at + 3)?;
-                let width = be16(data, at + 5)?;
-                return Ok((u32::from(width), u32::from(height)));
+            EOI | SOS => return Err(NO_FRAME),
+            marker if markers::is_frame_header(marker) => {
+                // precision(1) height(2) width(2): what a head cut in the frame header
+                // may still hold.
+                return match (be16(body, 1), be16(body, 3)) {
+                    (Ok(height), Ok(width)) => Ok((u32::from(width), u32::from(height))),
+                    _ if cut => Err(HeaderError::Incomplete),
+                    _ => Err(HeaderError::Corrupt("frame header too short for its size")),
+                };
             }
-            _ => {
-                let len = usize::from(be16(data, at)?);
-                if len < 2 {
-                    return Err(HeaderError::Corrupt(
-                        "marker segment shorter than its length",
-                    ));
-                }
-                at += len;
-            }
+            _ if cut => return Err(HeaderError::Incomplete),
+            _ => {}
         }
     }
+    Err(HeaderError::Incomplete)
 }
 
 /// IHDR is always the first chunk: dimensions at fixed offsets. Then looks for `acTL`
@@ -314,6 +320,23 @@ mod tests {
         jpeg.extend_from_slice(b"\xff\xc0\0\x11\x08\0\xc8\x01\x2c\x03");
         let got = probe(&jpeg).expect("probe");
         assert_eq!((got.width, got.height, got.frames), (300, 200, Some(1)));
+    }
+
+    #[test]
+    fn jpeg_frame_header_cut_by_the_head_still_gives_its_size() {
+        // SOI, SOF0 declaring 17 bytes, 300 wide and 200 high, cut after the width.
+        let jpeg = b"\xff\xd8\xff\xc0\0\x11\x08\0\xc8\x01\x2c";
+        let got = probe(jpeg).expect("probe");
+        assert_eq!((got.width, got.height), (300, 200));
+        // Cut before the width: more bytes would tell.
+        let err = probe(&jpeg[..9]).expect_err("cut");
+        assert!(
+            matches!(err, ImagingError::ProbeIncomplete { .. }),
+            "{err:?}"
+        );
+        // Whole but too short for its sizes (length 4): corrupt, whatever follows.
+        let err = probe(b"\xff\xd8\xff\xc0\0\x04\x08\0\xc8\x01\x2c").expect_err("short");
+        assert!(err.is_input_error(), "{err:?}");
     }
 
     #[test]

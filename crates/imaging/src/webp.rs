@@ -1,10 +1,10 @@
 //! WebP through libwebp (the `libwebp` feature): decoding with libwebp's own rescaler
 //! straight to a reduced size, the WebP counterpart of a JPEG's shrink-on-load.
 //!
-//! The `image` crate's pure-Rust decoder (image-webp) takes about 175 ms on the corpus's
-//! 6.3-megapixel lossy WebP on one core; libwebp decodes it in a fraction of that, and its
-//! rescaler (an area average, a proper low-pass) folds the reduction into the
-//! YUV-to-RGB conversion, so no full-size RGB buffer is ever made. The bitstream itself
+//! libwebp decodes a lossy photo several times faster than the `image` crate's pure-Rust
+//! decoder (image-webp; figures in `crates/bench/PERF.md`), and its rescaler (an area
+//! average, a proper low-pass) folds the reduction into the YUV-to-RGB conversion, so no
+//! full-size RGB buffer is ever made. The bitstream itself
 //! is always decoded whole: VP8 has no reduced-scale decode.
 //!
 //! Animations and anything libwebp refuses are left to the `image` crate, so that what is

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use pixpool_metrics::Recorder;
 use pixpool_store::Store;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -56,6 +57,7 @@ pub fn front(args: FrontArgs) -> anyhow::Result<ExitCode> {
     let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
     let store = Store::open(&args.child.uploads, None).map_err(ConfigError::Uploads)?;
     let names: Vec<String> = args.child.presets.iter().map(|p| p.name.clone()).collect();
+    let metrics = Recorder::new("front", args.child.slot);
     let config = pixpool_front::FrontConfig {
         slot: args.child.slot,
         store,
@@ -80,11 +82,13 @@ pub fn front(args: FrontArgs) -> anyhow::Result<ExitCode> {
             .map(|p| (p.name.clone(), p.to_string()))
             .collect(),
         allowed_origins: args.allowed_origins,
+        metrics: metrics.clone(),
     };
     let report = Reporter::new(
         "front",
         args.child.slot,
         args.child.control_fd,
+        metrics,
         args.child.metrics_socket.clone(),
     );
     runtime()?
@@ -109,6 +113,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     if args.nice != 0 {
         lower_priority(args.nice);
     }
+    let metrics = Recorder::new("worker", args.child.slot);
     let config = pixpool_worker::WorkerConfig {
         slot: args.child.slot,
         workers: args.child.workers,
@@ -124,11 +129,13 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         recycle_rss_bytes: args.recycle_rss_mb.saturating_mul(1024 * 1024),
         steal: !args.no_steal,
         queued: Default::default(),
+        metrics: metrics.clone(),
     };
     let report = Reporter::new(
         "worker",
         args.child.slot,
         args.child.control_fd,
+        metrics,
         args.child.metrics_socket.clone(),
     );
     let queued = config.queued.clone();
@@ -207,8 +214,11 @@ struct Reporter {
     sock: Option<std::sync::Arc<std::os::unix::net::UnixDatagram>>,
     role: &'static str,
     slot: u32,
-    /// The admin process's socket, and an unbound socket to send to it.
-    metrics: Option<(
+    /// This process's recorder: its snapshot goes to the admin process with
+    /// each heartbeat.
+    metrics: Recorder,
+    /// An unbound socket, and the admin process's socket to send to.
+    admin: Option<(
         std::sync::Arc<std::os::unix::net::UnixDatagram>,
         std::path::PathBuf,
     )>,
@@ -219,10 +229,10 @@ impl Reporter {
         role: &'static str,
         slot: u32,
         fd: Option<i32>,
+        metrics: Recorder,
         metrics_socket: Option<std::path::PathBuf>,
     ) -> Reporter {
-        pixpool_protocol::metrics::global().identify(role, slot);
-        let metrics = metrics_socket.and_then(|p| {
+        let admin = metrics_socket.and_then(|p| {
             let s = std::os::unix::net::UnixDatagram::unbound().ok()?;
             s.set_nonblocking(true).ok()?;
             Some((std::sync::Arc::new(s), p))
@@ -240,6 +250,7 @@ impl Reporter {
             role,
             slot,
             metrics,
+            admin,
         }
     }
 
@@ -265,9 +276,8 @@ impl Reporter {
             self.send(&pixpool_supervisor::notify::alive_line(
                 self.role, self.slot, q,
             ));
-            if let Some((sock, path)) = &self.metrics {
-                let snapshot = pixpool_protocol::metrics::global().snapshot();
-                if let Ok(bytes) = pixpool_protocol::frame::encode(&snapshot) {
+            if let Some((sock, path)) = &self.admin {
+                if let Ok(bytes) = pixpool_protocol::frame::encode(&self.metrics.snapshot()) {
                     // The admin process may be restarting: a lost snapshot is harmless.
                     let _ = sock.send_to(&bytes, path);
                 }
@@ -287,7 +297,8 @@ pub fn admin(args: crate::cli::AdminArgs) -> anyhow::Result<ExitCode> {
     // SAFETY: the supervisor passed this fd to us as the admin listener, and
     // nothing else in this process owns it.
     let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
-    let report = Reporter::new("admin", 0, args.control_fd, None);
+    // The admin process records nothing of its own; its recorder is never sent.
+    let report = Reporter::new("admin", 0, args.control_fd, Recorder::new("admin", 0), None);
     runtime()?
         .block_on(async {
             tokio::spawn(report.clone().heartbeat(None));

@@ -94,6 +94,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         reload: Box::new(move || reload(&args, &running, &store, &exe, &program, fds)),
         control: Some(control),
         metrics_socket,
+        metrics: pixpool_metrics::Recorder::new("supervisor", 0),
     };
     let exit = pixpool_supervisor::run(config, || info!(fronts, workers, "all children started"))
         .context("supervisor failed")?;

@@ -95,7 +95,7 @@ pub fn decode<T: DeserializeOwned>(buf: &[u8]) -> Result<Option<(T, usize)>, Fra
 mod tests {
     use super::*;
     use crate::message::{Hello, JobSpec, Role, ToWorker};
-    use pixpool_store::JobId;
+    use pixpool_model::JobId;
 
     fn submit() -> ToWorker {
         ToWorker::Submit {
@@ -120,7 +120,7 @@ mod tests {
     #[test]
     fn worker_messages_round_trip_including_events() {
         use crate::message::{EventKind, JobEvent, ToFront};
-        use pixpool_store::{JobState, OutputRecord};
+        use pixpool_model::{JobState, OutputRecord};
         let id = JobId::generate();
         let output = OutputRecord {
             preset: "thumb".into(),

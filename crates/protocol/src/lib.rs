@@ -6,19 +6,25 @@
 //! - [`frame`]: THE codec — a 4-byte big-endian length prefix and a bincode 2
 //!   payload, the length checked against [`frame::MAX_FRAME_LEN`] before any
 //!   allocation. Change the wire format here and nowhere else.
-//! - [`channel`]: typed, buffered reader and writer halves over any async stream.
-//! - [`metrics`]: per-process counters, gauges and histograms, and the snapshot
-//!   each process sends to the admin process.
+//! - `channel` (feature `channel`): typed, buffered reader and writer halves
+//!   over any async stream. Behind a feature because it needs tokio, and the
+//!   supervisor, which frames its metrics snapshots with [`frame`] alone, must
+//!   not link an async runtime.
+//!
+//! The ids, states and outputs the messages carry are `pixpool-model`'s; the
+//! metrics snapshot framed to the admin process is `pixpool-metrics`'.
 //!
 //! Paths and ids cross this boundary, never pixels: the original is already on
 //! disk under the uploads directory when a job is submitted.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
+#[cfg(feature = "channel")]
 pub mod channel;
 pub mod frame;
 pub mod message;
-pub mod metrics;
 
+#[cfg(feature = "channel")]
 pub use channel::{FrameReader, FrameWriter};
 pub use frame::{FrameError, MAX_FRAME_LEN};
 pub use message::{

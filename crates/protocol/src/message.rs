@@ -2,7 +2,7 @@
 //! whose `version` differs is refused, so a rolling upgrade never feeds one
 //! version's bytes to another's decoder.
 
-use pixpool_store::{JobId, JobState, OutputRecord};
+use pixpool_model::{JobId, JobState, OutputRecord};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape.

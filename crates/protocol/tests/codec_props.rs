@@ -1,9 +1,9 @@
 //! Property tests of THE codec: whatever bytes arrive, decoding returns a
 //! value or an error — never a panic, never an allocation past the limit.
 
+use pixpool_model::JobId;
 use pixpool_protocol::frame::{self, FrameError, HEADER_LEN, MAX_FRAME_LEN};
 use pixpool_protocol::{JobSpec, ToFront, ToWorker};
-use pixpool_store::JobId;
 use proptest::prelude::*;
 
 fn name() -> impl Strategy<Value = String> {

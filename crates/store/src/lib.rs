@@ -20,6 +20,7 @@
 //! - [`fsutil`]: atomic, durable file replacement.
 //! - this file: [`Store`], the paths and the claim directory.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod fsutil;
 pub mod record;

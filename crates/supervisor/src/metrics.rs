@@ -5,29 +5,35 @@ use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use pixpool_protocol::metrics::global;
+use pixpool_metrics::{Counter, Label, Recorder};
 
 /// Counts one respawn of a child of `role`.
-pub fn record_restart(role: &str) {
-    global().add(&format!("pixpool_restarts_total{{role=\"{role}\"}}"), 1);
+pub fn record_restart(metrics: &Recorder, role: &'static str) {
+    metrics.inc(Counter::Restarts {
+        role: Label::from(role),
+    });
 }
 
 /// Sends snapshots to the admin socket, at most once a second.
 #[derive(Debug)]
 pub(crate) struct Sender {
+    /// What is sent: the recorder the supervisor's loop counts into.
+    metrics: Recorder,
+    /// An unbound socket and the admin's path; none when no admin runs.
     target: Option<(UnixDatagram, PathBuf)>,
+    /// When the last snapshot went out.
     last: std::cell::Cell<Option<Instant>>,
 }
 
 impl Sender {
-    pub(crate) fn new(path: Option<PathBuf>) -> Sender {
-        global().identify("supervisor", 0);
+    pub(crate) fn new(path: Option<PathBuf>, metrics: Recorder) -> Sender {
         let target = path.and_then(|p| {
             let sock = UnixDatagram::unbound().ok()?;
             sock.set_nonblocking(true).ok()?;
             Some((sock, p))
         });
         Sender {
+            metrics,
             target,
             last: std::cell::Cell::new(None),
         }
@@ -46,7 +52,7 @@ impl Sender {
             return;
         }
         self.last.set(Some(Instant::now()));
-        if let Ok(bytes) = pixpool_protocol::frame::encode(&global().snapshot()) {
+        if let Ok(bytes) = pixpool_protocol::frame::encode(&self.metrics.snapshot()) {
             // The admin process may be restarting: a lost snapshot is harmless.
             let _ = sock.send_to(&bytes, path);
         }

@@ -48,6 +48,9 @@ pub struct Config {
     /// The admin process's metrics socket, if it runs: the supervisor sends
     /// its own counters (restarts) there each second.
     pub metrics_socket: Option<std::path::PathBuf>,
+    /// The supervisor's metrics recorder (restarts), created once by the caller;
+    /// its snapshot goes to `metrics_socket` each second.
+    pub metrics: pixpool_metrics::Recorder,
 }
 
 impl std::fmt::Debug for Config {
@@ -173,7 +176,7 @@ pub fn run(mut config: Config, on_ready: impl FnOnce()) -> Result<Exit, Supervis
         .take()
         .map(std::os::unix::net::UnixDatagram::from);
     let mut systemd = crate::notify::Systemd::new();
-    let metrics = crate::metrics::Sender::new(config.metrics_socket.take());
+    let metrics = crate::metrics::Sender::new(config.metrics_socket.take(), config.metrics.clone());
 
     let mut phase = Phase::Running;
     let mut roll = Roll::new(config.grace, control.is_some());
@@ -205,7 +208,7 @@ pub fn run(mut config: Config, on_ready: impl FnOnce()) -> Result<Exit, Supervis
         for sig in signals::drain(&sfd).map_err(SupervisorError::Signals)? {
             match sig {
                 Signal::Child => {
-                    if let Some(f) = reap(&mut slots, phase, roll.newcomer()) {
+                    if let Some(f) = reap(&mut slots, phase, roll.newcomer(), &config.metrics) {
                         if fatal.is_none() {
                             error!(
                                 role = f.0,
@@ -419,7 +422,13 @@ fn signal(pid: Pid, sig: NixSignal) {
 /// child that exited with the fatal code, if one did. The rolling restart's
 /// `newcomer` is the exception: its `EX_CONFIG` rejects the new configuration,
 /// which the roll undoes, so it is reaped like any crash (and stops the roll).
-fn reap(slots: &mut [Slot], phase: Phase, newcomer: Option<Pid>) -> Option<(&'static str, u32)> {
+/// Each respawn is counted in `metrics`.
+fn reap(
+    slots: &mut [Slot],
+    phase: Phase,
+    newcomer: Option<Pid>,
+    metrics: &pixpool_metrics::Recorder,
+) -> Option<(&'static str, u32)> {
     let mut fatal = None;
     loop {
         let status = match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
@@ -467,7 +476,7 @@ fn reap(slots: &mut [Slot], phase: Phase, newcomer: Option<Pid>) -> Option<(&'st
                 "child asked to be replaced"
             );
             slot.respawn_at = Some(Instant::now());
-            crate::metrics::record_restart(slot.spec.role);
+            crate::metrics::record_restart(metrics, slot.spec.role);
             continue;
         }
         if lived >= STABLE_AFTER {
@@ -483,7 +492,7 @@ fn reap(slots: &mut [Slot], phase: Phase, newcomer: Option<Pid>) -> Option<(&'st
             slot.deaths.pop_front();
         }
         let crash_loop = slot.deaths.len() >= CRASH_LOOP_DEATHS;
-        crate::metrics::record_restart(slot.spec.role);
+        crate::metrics::record_restart(metrics, slot.spec.role);
         let delay = if crash_loop {
             MAX_BACKOFF
         } else {

@@ -7,6 +7,7 @@
 //! - [`http`]: one keep-alive connection ([`Conn`]), responses, multipart bodies.
 //! - [`sse`]: an event stream read event by event.
 //! - this file: the server as a process, the photos, the job helpers.
+#![forbid(unsafe_code)]
 
 pub mod http;
 pub mod sse;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pixpool_imaging::{Preset, Progress};
+use pixpool_metrics::{Counter, Gauge, Histogram, JobOutcome, Recorder, Stage};
 use pixpool_protocol::{EventKind, JobEvent};
 use pixpool_store::record::now_rfc3339;
 use pixpool_store::{JobRecord, JobState, OutputRecord, Problem, StageMillis};
@@ -115,10 +116,9 @@ async fn help_a_sibling(config: &Arc<WorkerConfig>) -> Option<Job> {
     match stolen {
         Ok(Ok(Some(id))) => {
             info!(job_id = %id, "took a queued job from a busy sibling");
-            pixpool_protocol::metrics::global().add(
-                &format!("pixpool_jobs_stolen_total{{worker=\"{}\"}}", config.slot),
-                1,
-            );
+            config.metrics.inc(Counter::JobsStolen {
+                worker: config.slot,
+            });
             Some(Job {
                 id,
                 owner: config.slot,
@@ -154,7 +154,7 @@ pub async fn run_queue(
     let mut pending: Option<Pending> = None;
     let exit = run_jobs(&config, &queue, &events, &mut stop, &mut pending).await;
     if let Some(p) = pending.take() {
-        settle(p, &queue).await;
+        settle(p, &queue, &config.metrics).await;
     }
     exit
 }
@@ -167,32 +167,28 @@ struct Pending {
 }
 
 /// Waits for a commit and accounts for its outcome.
-async fn settle(p: Pending, queue: &Arc<JobQueue>) {
+async fn settle(p: Pending, queue: &Arc<JobQueue>, metrics: &Recorder) {
     match p.handle.await {
         Ok(Outcome::Retry) => {
-            account(Outcome::Retry, p.started);
+            account(metrics, Outcome::Retry, p.started);
             retry_later(queue, p.job);
         }
-        Ok(outcome) => account(outcome, p.started),
+        Ok(outcome) => account(metrics, outcome, p.started),
         Err(e) => error!(cause = %e, job_id = %p.job.id, "commit thread panicked"),
     }
 }
 
 /// Counts a job's outcome in the metrics.
-fn account(outcome: Outcome, started: Instant) {
-    let metrics = pixpool_protocol::metrics::global();
-    let name = match outcome {
-        Outcome::Done => "done",
-        Outcome::Failed => "failed",
-        Outcome::Retry => "retry",
-        Outcome::Skipped => "skipped",
+fn account(metrics: &Recorder, outcome: Outcome, started: Instant) {
+    let label = match outcome {
+        Outcome::Done => JobOutcome::Done,
+        Outcome::Failed => JobOutcome::Failed,
+        Outcome::Retry => JobOutcome::Retry,
+        Outcome::Skipped => JobOutcome::Skipped,
     };
-    metrics.add(&format!("pixpool_jobs_total{{outcome=\"{name}\"}}"), 1);
+    metrics.inc(Counter::Jobs { outcome: label });
     if matches!(outcome, Outcome::Done | Outcome::Failed) {
-        metrics.observe(
-            "pixpool_job_duration_seconds",
-            started.elapsed().as_secs_f64(),
-        );
+        metrics.observe(Histogram::JobDuration, started.elapsed());
     }
 }
 
@@ -216,7 +212,7 @@ async fn run_jobs(
                 None => {
                     // Nothing to decode: finish the pending commit first.
                     if let Some(p) = pending.take() {
-                        settle(p, queue).await;
+                        settle(p, queue, &config.metrics).await;
                         continue;
                     }
                     // Idle: wake for a job of our own, for the drain, or to look
@@ -236,17 +232,19 @@ async fn run_jobs(
         let cfg = config.clone();
         let retry = job.clone();
         let ev = events.clone();
-        let metrics = pixpool_protocol::metrics::global();
-        let busy = format!("pixpool_worker_busy{{worker=\"{}\"}}", config.slot);
-        metrics.set(&busy, 1.0);
+        let metrics = &config.metrics;
+        let busy = Gauge::WorkerBusy {
+            worker: config.slot,
+        };
+        metrics.set(busy.clone(), 1.0);
         let running = tokio::task::spawn_blocking(move || execute(&cfg, &job, &ev));
         let started = Instant::now();
         let step = tokio::time::timeout(config.job_timeout, running).await;
-        metrics.set(&busy, 0.0);
+        metrics.set(busy, 0.0);
         match step {
             Ok(Ok(Step::Commit(work))) => {
                 if let Some(p) = pending.take() {
-                    settle(p, queue).await;
+                    settle(p, queue, &config.metrics).await;
                 }
                 let (cfg, ev) = (config.clone(), events.clone());
                 *pending = Some(Pending {
@@ -256,10 +254,10 @@ async fn run_jobs(
                 });
             }
             Ok(Ok(Step::Finished(Outcome::Retry))) => {
-                account(Outcome::Retry, started);
+                account(metrics, Outcome::Retry, started);
                 retry_later(queue, retry);
             }
-            Ok(Ok(Step::Finished(outcome))) => account(outcome, started),
+            Ok(Ok(Step::Finished(outcome))) => account(metrics, outcome, started),
             Ok(Err(e)) => error!(cause = %e, job_id = %retry.id, "job thread panicked"),
             Err(_) => {
                 error!(
@@ -268,14 +266,16 @@ async fn run_jobs(
                     "job overran its time limit; failing it and replacing this worker"
                 );
                 if let Some(p) = pending.take() {
-                    settle(p, queue).await;
+                    settle(p, queue, &config.metrics).await;
                 }
                 let (cfg, ev) = (config.clone(), events.clone());
                 let _ =
                     tokio::task::spawn_blocking(move || fail_timed_out(&cfg, &retry, &ev)).await;
                 // Let the `failed` event reach the fronts before the process goes.
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                metrics.add("pixpool_jobs_total{outcome=\"timeout\"}", 1);
+                metrics.inc(Counter::Jobs {
+                    outcome: JobOutcome::Timeout,
+                });
                 return ExecExit::JobTimedOut;
             }
         }
@@ -525,16 +525,14 @@ pub fn execute(config: &WorkerConfig, job: &Job, events: &broadcast::Sender<JobE
     let ms = started.elapsed().as_secs_f64() * 1e3;
     match result {
         Ok(processed) => {
-            let m = pixpool_protocol::metrics::global();
             for (stage, ms) in [
-                ("decode", processed.timings.decode_ms),
-                ("resize", processed.timings.resize_ms),
-                ("encode", processed.timings.encode_ms),
+                (Stage::Decode, processed.timings.decode_ms),
+                (Stage::Resize, processed.timings.resize_ms),
+                (Stage::Encode, processed.timings.encode_ms),
             ] {
-                m.observe(
-                    &format!("pixpool_job_stage_seconds{{stage=\"{stage}\"}}"),
-                    ms / 1e3,
-                );
+                // `try_`: a timing that is not a valid duration must not panic the worker.
+                let took = Duration::try_from_secs_f64(ms / 1e3).unwrap_or_default();
+                config.metrics.observe(Histogram::JobStage { stage }, took);
             }
             rec.stage_ms = Some(StageMillis {
                 decode: processed.timings.decode_ms,

@@ -59,6 +59,8 @@ pub struct WorkerConfig {
     pub steal: bool,
     /// Kept up to date with the number of queued jobs (for heartbeats).
     pub queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// This process's metrics recorder.
+    pub metrics: pixpool_metrics::Recorder,
 }
 
 /// Default per-job time limit.
@@ -144,16 +146,16 @@ pub async fn run(
     on_ready();
     // The queue depth, for the heartbeat the supervisor turns into STATUS=.
     let gauge = config.queued.clone();
-    let slot = config.slot;
+    let depth_gauge = pixpool_metrics::Gauge::QueueDepth {
+        worker: config.slot,
+    };
+    let metrics = config.metrics.clone();
     let watched = queue.clone();
     let gauge_task = tokio::spawn(async move {
         loop {
             let depth = watched.len();
             gauge.store(depth, std::sync::atomic::Ordering::Relaxed);
-            pixpool_protocol::metrics::global().set(
-                &format!("pixpool_queue_depth{{worker=\"{}\"}}", slot),
-                depth as f64,
-            );
+            metrics.set(depth_gauge.clone(), depth as f64);
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         }
     });
