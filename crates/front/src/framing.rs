@@ -86,12 +86,11 @@ impl FramingCounter {
         while !chunk.is_empty() {
             match self.section {
                 Section::Preamble => {
-                    let needle = self.first.clone();
-                    match self.find(&needle, chunk) {
+                    match find(&mut self.carry, &self.first, chunk) {
                         Some(end) => {
                             // The preamble's bytes in this chunk (a match begun in
                             // the carried tail ends before needle.len()).
-                            self.count_preamble(end.saturating_sub(needle.len()))?;
+                            self.count_preamble(end.saturating_sub(self.first.len()))?;
                             self.enter(Section::Headers);
                             chunk = &chunk[end..];
                         }
@@ -115,7 +114,7 @@ impl FramingCounter {
                     if self.after_delimiter.len() < 2 {
                         return Ok(());
                     }
-                    match self.find(b"\r\n\r\n", chunk) {
+                    match find(&mut self.carry, b"\r\n\r\n", chunk) {
                         Some(end) => {
                             self.count_headers(end)?;
                             self.enter(Section::Content);
@@ -127,16 +126,13 @@ impl FramingCounter {
                         }
                     }
                 }
-                Section::Content => {
-                    let needle = self.delimiter.clone();
-                    match self.find(&needle, chunk) {
-                        Some(end) => {
-                            self.enter(Section::Headers);
-                            chunk = &chunk[end..];
-                        }
-                        None => return Ok(()),
+                Section::Content => match find(&mut self.carry, &self.delimiter, chunk) {
+                    Some(end) => {
+                        self.enter(Section::Headers);
+                        chunk = &chunk[end..];
                     }
-                }
+                    None => return Ok(()),
+                },
                 Section::Epilogue => return Ok(()),
             }
         }
@@ -166,34 +162,34 @@ impl FramingCounter {
         }
         Ok(())
     }
+}
 
-    /// Where in `chunk` the first match of `needle` (possibly begun in the
-    /// carried tail of earlier chunks) ends; otherwise keeps the new tail.
-    fn find(&mut self, needle: &[u8], chunk: &[u8]) -> Option<usize> {
-        if !self.carry.is_empty() {
-            // A match that starts in the carry ends within needle.len() - 1 bytes.
-            let take = chunk.len().min(needle.len() - 1);
-            let mut joined = self.carry.clone();
-            joined.extend_from_slice(&chunk[..take]);
-            if let Some(at) = memmem::find(&joined, needle) {
-                return Some(at + needle.len() - self.carry.len());
-            }
+/// Where in `chunk` the first match of `needle` (possibly begun in the
+/// carried tail of earlier chunks) ends; otherwise keeps the new tail.
+fn find(carry: &mut Vec<u8>, needle: &[u8], chunk: &[u8]) -> Option<usize> {
+    if !carry.is_empty() {
+        // A match that starts in the carry ends within needle.len() - 1 bytes.
+        let take = chunk.len().min(needle.len() - 1);
+        let mut joined = carry.clone();
+        joined.extend_from_slice(&chunk[..take]);
+        if let Some(at) = memmem::find(&joined, needle) {
+            return Some(at + needle.len() - carry.len());
         }
-        if let Some(at) = memmem::find(chunk, needle) {
-            return Some(at + needle.len());
-        }
-        // Keep what could still begin a match: the last needle.len() - 1 bytes.
-        let keep = needle.len() - 1;
-        if chunk.len() >= keep {
-            self.carry.clear();
-            self.carry.extend_from_slice(&chunk[chunk.len() - keep..]);
-        } else {
-            self.carry.extend_from_slice(chunk);
-            let excess = self.carry.len().saturating_sub(keep);
-            self.carry.drain(..excess);
-        }
-        None
     }
+    if let Some(at) = memmem::find(chunk, needle) {
+        return Some(at + needle.len());
+    }
+    // Keep what could still begin a match: the last needle.len() - 1 bytes.
+    let keep = needle.len() - 1;
+    if chunk.len() >= keep {
+        carry.clear();
+        carry.extend_from_slice(&chunk[chunk.len() - keep..]);
+    } else {
+        carry.extend_from_slice(chunk);
+        let excess = carry.len().saturating_sub(keep);
+        carry.drain(..excess);
+    }
+    None
 }
 
 /// The body stream, failing with [`FramingError`] as soon as a bound is broken.
