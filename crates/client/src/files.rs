@@ -1,7 +1,8 @@
 //! Walking the paths given on the command line and sniffing each file.
 //!
-//! Only a file's first bytes decide whether it is uploaded (the server decides
-//! the same way): a `README` is skipped, a JPEG named `photo.png` is not.
+//! Only a file's first bytes decide whether it is uploaded, by the server's own
+//! test ([`Format::sniff`] from `pixpool-model`): a `README` is skipped, a JPEG
+//! named `photo.png` is not.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -10,55 +11,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-/// An image format recognised by its magic bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// `FF D8 FF`.
-    Jpeg,
-    /// `89 'PNG' 0D 0A 1A 0A`.
-    Png,
-    /// `GIF8`.
-    Gif,
-    /// `RIFF` ‹size› `WEBP`.
-    Webp,
-}
-
-impl Format {
-    /// The media type sent as the part's `Content-Type`.
-    pub fn media_type(self) -> &'static str {
-        match self {
-            Format::Jpeg => "image/jpeg",
-            Format::Png => "image/png",
-            Format::Gif => "image/gif",
-            Format::Webp => "image/webp",
-        }
-    }
-}
-
-impl fmt::Display for Format {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Format::Jpeg => "JPEG",
-            Format::Png => "PNG",
-            Format::Gif => "GIF",
-            Format::Webp => "WebP",
-        })
-    }
-}
-
-/// Bytes needed to tell every [`Format`] apart (`RIFF`, 4 size bytes, `WEBP`).
-pub const SNIFF_LEN: usize = 12;
-
-/// The format of a file starting with `head`, if it is one we upload.
-pub fn sniff(head: &[u8]) -> Option<Format> {
-    match head {
-        [0xFF, 0xD8, 0xFF, ..] => Some(Format::Jpeg),
-        [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, ..] => Some(Format::Png),
-        [b'G', b'I', b'F', b'8', ..] => Some(Format::Gif),
-        [b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'E', b'B', b'P', ..] => Some(Format::Webp),
-        _ => None,
-    }
-}
+use pixpool_model::{Format, SNIFF_LEN};
 
 /// A file to upload.
 #[derive(Debug, Clone)]
@@ -152,7 +105,7 @@ fn visit(path: &Path, walk: &mut Walk, seen_dirs: &mut HashSet<(u64, u64)>) {
         });
     } else {
         match read_head(path) {
-            Ok(head) => match sniff(&head) {
+            Ok(head) => match Format::sniff(&head) {
                 Some(format) => walk.images.push(Image {
                     path: path.to_path_buf(),
                     bytes: meta.len(),
@@ -181,21 +134,58 @@ fn read_head(path: &Path) -> io::Result<Vec<u8>> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn sniffs_each_format_by_its_magic() {
-        assert_eq!(sniff(&[0xFF, 0xD8, 0xFF, 0xE0]), Some(Format::Jpeg));
-        assert_eq!(sniff(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"), Some(Format::Png));
-        assert_eq!(sniff(b"GIF89a"), Some(Format::Gif));
-        assert_eq!(sniff(b"GIF87a"), Some(Format::Gif));
-        assert_eq!(sniff(b"RIFF\x10\0\0\0WEBPVP8 "), Some(Format::Webp));
+    /// Writes `bytes` to `dir/name`.
+    fn file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).expect("write a test file");
+        path
     }
 
     #[test]
-    fn refuses_near_misses() {
-        assert_eq!(sniff(b""), None);
-        assert_eq!(sniff(&[0xFF, 0xD8]), None);
-        assert_eq!(sniff(b"# README\n"), None);
-        assert_eq!(sniff(b"RIFF\x10\0\0\0WAVEfmt "), None);
-        assert_eq!(sniff(b"\x89PNG\r\n"), None);
+    fn files_are_sniffed_by_content_with_the_servers_rules() {
+        let dir = std::env::temp_dir().join(format!("pixpool-client-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create a test dir");
+        file(&dir, "a-photo.png", b"\xff\xd8\xff\xe0\0\x10JFIF\0");
+        file(&dir, "b.webp", b"RIFF\x10\0\0\0WEBPVP8 ");
+        file(&dir, "c.gif", b"GIF89a\x01\0\x01\0");
+        // `GIF8` alone is not a GIF for the server, so it is not uploaded.
+        file(&dir, "d.gif", b"GIF8xx\x01\0\x01\0");
+        file(&dir, "e.txt", b"# README\n");
+        let walk = walk(std::slice::from_ref(&dir));
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let found: Vec<_> = walk
+            .images
+            .iter()
+            .map(|i| (i.path.file_name().expect("name").to_owned(), i.format))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("a-photo.png".into(), Format::Jpeg),
+                ("b.webp".into(), Format::WebP),
+                ("c.gif".into(), Format::Gif),
+            ]
+        );
+        let skipped: Vec<_> = walk
+            .skipped
+            .iter()
+            .map(|s| (s.path.file_name().expect("name").to_owned(), s.reason))
+            .collect();
+        assert_eq!(
+            skipped,
+            [
+                ("d.gif".into(), SkipReason::NotAnImage),
+                ("e.txt".into(), SkipReason::NotAnImage),
+            ]
+        );
+        assert!(walk.unreadable.is_empty(), "{:?}", walk.unreadable);
+    }
+
+    #[test]
+    fn formats_give_the_parts_content_type_and_a_readable_name() {
+        assert_eq!(Format::WebP.content_type(), "image/webp");
+        assert_eq!(Format::WebP.to_string(), "WebP");
+        assert_eq!(Format::Jpeg.to_string(), "JPEG");
     }
 }

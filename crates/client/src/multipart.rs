@@ -14,7 +14,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::fs::File;
 use tokio::io::{AsyncRead, ReadBuf};
 
-use crate::files::Format;
+use pixpool_model::Format;
 
 /// Bytes read from the file per body frame.
 const CHUNK: usize = 256 * 1024;
@@ -50,7 +50,7 @@ impl FileBody {
             "--{boundary}\r\n\
              Content-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\n\
              Content-Type: {}\r\n\r\n",
-            format.media_type()
+            format.content_type()
         ));
         let tail = Bytes::from(format!("\r\n--{boundary}--\r\n"));
         let left = head.len() as u64 + len + tail.len() as u64;

@@ -280,7 +280,7 @@ impl fmt::Display for Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::files::Format;
+    use pixpool_model::Format;
 
     fn image(name: &str) -> Image {
         Image {

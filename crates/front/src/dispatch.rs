@@ -14,7 +14,9 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn, Instrument};
 
-use crate::events::EventHub;
+use pixpool_store::backend::{EnqueueError, Enqueued, Events, Queue};
+use pixpool_store::embedded::Bus;
+use pixpool_store::{JobId, Store, StoreError};
 
 /// How long a front waits for a worker's ack (the claim's fsync) before it
 /// gives up on that worker and tries the next.
@@ -86,11 +88,19 @@ pub struct Dispatcher {
     next: AtomicUsize,
     /// Time origin of the links' `full_at`.
     epoch: std::time::Instant,
+    /// Where the workers' claims are (whether a job is queued).
+    store: Store,
 }
 
 impl Dispatcher {
     /// Starts one link task per worker socket.
-    pub fn start(front_slot: u32, sockets: Vec<PathBuf>, hub: Arc<EventHub>) -> Dispatcher {
+    /// Events the workers send go to `bus`.
+    pub fn start(
+        store: Store,
+        front_slot: u32,
+        sockets: Vec<PathBuf>,
+        bus: Arc<Bus>,
+    ) -> Dispatcher {
         let links = sockets
             .into_iter()
             .enumerate()
@@ -100,7 +110,7 @@ impl Dispatcher {
                 let up = Arc::new(AtomicBool::new(false));
                 let span = tracing::info_span!("link", worker = slot);
                 tokio::spawn(
-                    link_task(front_slot, path, rx, up.clone(), hub.clone()).instrument(span),
+                    link_task(front_slot, path, rx, up.clone(), bus.clone()).instrument(span),
                 );
                 Link {
                     slot,
@@ -114,6 +124,7 @@ impl Dispatcher {
             links,
             next: AtomicUsize::new(0),
             epoch: std::time::Instant::now(),
+            store,
         }
     }
 
@@ -218,6 +229,28 @@ impl Dispatcher {
     }
 }
 
+/// The embedded queue's front half: a job is queued once a worker has claimed it.
+#[async_trait::async_trait]
+impl Queue for Dispatcher {
+    async fn enqueue(&self, job: &JobSpec) -> Result<Enqueued, EnqueueError> {
+        match self.submit(job).await {
+            Ok(ack) => Ok(Enqueued {
+                worker: ack.worker,
+                queue_depth: ack.queue_depth,
+            }),
+            Err(DispatchError::AllBusy) => Err(EnqueueError::AllBusy),
+            Err(e) => Err(EnqueueError::Failed(e.to_string())),
+        }
+    }
+
+    async fn is_queued(&self, id: &JobId) -> Result<bool, StoreError> {
+        let (store, id) = (self.store.clone(), id.clone());
+        tokio::task::spawn_blocking(move || store.is_claimed(&id))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))
+    }
+}
+
 /// Keeps one worker connected: connect, handshake, serve requests; on loss,
 /// fail what is pending and reconnect with backoff.
 async fn link_task(
@@ -225,7 +258,7 @@ async fn link_task(
     path: PathBuf,
     mut rx: mpsc::Receiver<Request>,
     up: Arc<AtomicBool>,
-    hub: Arc<EventHub>,
+    bus: Arc<Bus>,
 ) {
     let mut delay = RECONNECT_MIN;
     let mut was_up = false;
@@ -236,12 +269,12 @@ async fn link_task(
                 if was_up {
                     // Events sent while we were disconnected are lost: followers
                     // re-read their records.
-                    hub.resync_all();
+                    bus.gap();
                 }
                 up.store(true, Ordering::Relaxed);
                 was_up = true;
                 delay = RECONNECT_MIN;
-                let closed = serve(reader, writer, &mut rx, &hub).await;
+                let closed = serve(reader, writer, &mut rx, &bus).await;
                 up.store(false, Ordering::Relaxed);
                 if closed {
                     return; // the front is shutting down
@@ -304,7 +337,7 @@ async fn serve(
     mut reader: Reader,
     mut writer: Writer,
     rx: &mut mpsc::Receiver<Request>,
-    hub: &EventHub,
+    bus: &Bus,
 ) -> bool {
     // Reading a frame is not cancel-safe, so the reader runs in its own task
     // and forwards whole messages.
@@ -350,7 +383,7 @@ async fn serve(
                 Some(ToFront::Rejected { req, reason }) => {
                     if let Some(reply) = pending.remove(&req) { let _ = reply.send(Err(LinkError::Rejected(reason))); }
                 }
-                Some(ToFront::Event(ev)) => hub.publish(ev),
+                Some(ToFront::Event(ev)) => bus.publish(ev),
                 Some(ToFront::Hello(_)) => { warn!("unexpected hello from worker"); break false; }
                 None => break false,
             },

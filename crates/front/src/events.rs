@@ -24,7 +24,8 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use pixpool_protocol::{EventKind, JobEvent};
-use pixpool_store::{JobId, JobRecord, JobState, Store};
+use pixpool_store::backend::Records;
+use pixpool_store::{JobId, JobRecord, JobState};
 use tokio::sync::{broadcast, mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
@@ -186,27 +187,20 @@ impl Subscription {
     }
 }
 
-/// Reads a record on the blocking pool.
-pub async fn read_record(store: &Store, id: &JobId) -> Result<Option<JobRecord>, ApiError> {
-    let (store, id) = (store.clone(), id.clone());
-    tokio::task::spawn_blocking(move || store.read_record(&id))
-        .await
-        .map_err(|e| ApiError::Storage {
-            context: "record reader failed".into(),
-            source: std::io::Error::other(e),
-        })?
-        .map_err(ApiError::from)
+/// Reads a record.
+pub async fn read_record(records: &dyn Records, id: &JobId) -> Result<Option<JobRecord>, ApiError> {
+    Ok(records.get(id).await?.map(|v| v.value))
 }
 
 /// `GET /jobs/<id>?wait=N`: the record once it is final, or after `wait`.
 pub async fn long_poll(
     hub: &Arc<EventHub>,
-    store: &Store,
+    records: &dyn Records,
     id: &JobId,
     wait: Duration,
 ) -> Result<Option<JobRecord>, ApiError> {
     let mut sub = hub.subscribe(id);
-    let Some(record) = read_record(store, id).await? else {
+    let Some(record) = read_record(records, id).await? else {
         return Ok(None);
     };
     if record.state.is_final() || wait.is_zero() {
@@ -220,15 +214,15 @@ pub async fn long_poll(
             msg = sub.recv() => match msg {
                 HubMsg::Event(ev) if !ev.kind.is_final() => continue,
                 _ => {
-                    let record = read_record(store, id).await?;
+                    let record = read_record(records, id).await?;
                     if record.as_ref().is_none_or(|r| r.state.is_final()) {
                         return Ok(record);
                     }
                 }
             },
-            _ = tokio::time::sleep_until(deadline) => return read_record(store, id).await,
+            _ = tokio::time::sleep_until(deadline) => return read_record(records, id).await,
             // Draining: the current state now, rather than a drain held for the wait.
-            _ = &mut closing => return read_record(store, id).await,
+            _ = &mut closing => return read_record(records, id).await,
         }
     }
 }
@@ -326,18 +320,18 @@ fn from_kind(id: &str, kind: &EventKind, record: Option<&JobRecord>) -> Sse {
 /// connection's place under its connection limit again there.
 pub async fn stream(
     hub: &Arc<EventHub>,
-    store: &Store,
+    records: &Arc<dyn Records>,
     id: &JobId,
     last_event_id: Option<u64>,
     permit: StreamPermit,
     at_end: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<Response<Body>, ApiError> {
     let sub = hub.subscribe(id);
-    let record = read_record(store, id)
+    let record = read_record(&**records, id)
         .await?
         .ok_or_else(|| ApiError::NoSuchJob(id.to_string()))?;
     let (tx, rx) = mpsc::channel::<Bytes>(16);
-    tokio::spawn(follow(sub, store.clone(), record, last_event_id, tx));
+    tokio::spawn(follow(sub, records.clone(), record, last_event_id, tx));
 
     // The permit lives with the body: given back once the stream has ended
     // (after `at_end`), or when the client goes away (hyper drops the body).
@@ -370,7 +364,7 @@ pub async fn stream(
 /// Feeds one SSE client until its job is final or it goes away.
 async fn follow(
     mut sub: Subscription,
-    store: Store,
+    records: Arc<dyn Records>,
     record: JobRecord,
     last_event_id: Option<u64>,
     tx: mpsc::Sender<Bytes>,
@@ -424,7 +418,7 @@ async fn follow(
         let (batch, done) = tokio::select! {
             msg = sub.recv() => match msg {
                 HubMsg::Event(ev) if ev.kind.is_final() => {
-                    let record = read_record(&store, &id).await.ok().flatten();
+                    let record = read_record(&*records, &id).await.ok().flatten();
                     let event = from_kind(id.as_str(), &ev.kind, record.as_ref());
                     (owed(vec![event], &mut last), true)
                 }
@@ -432,7 +426,7 @@ async fn follow(
                     let event = from_kind(id.as_str(), &ev.kind, None);
                     (owed(vec![event], &mut last), false)
                 }
-                HubMsg::Resync => match read_record(&store, &id).await {
+                HubMsg::Resync => match read_record(&*records, &id).await {
                     Ok(Some(r)) => (owed(history(&r), &mut last), r.state.is_final()),
                     _ => (Vec::new(), false),
                 },
@@ -443,7 +437,7 @@ async fn follow(
                 }
                 // Belt and braces: a final state whose event was lost with a
                 // worker connection still reaches the client.
-                match read_record(&store, &id).await {
+                match read_record(&*records, &id).await {
                     Ok(Some(r)) if r.state.is_final() => (owed(history(&r), &mut last), true),
                     _ => (Vec::new(), false),
                 }
@@ -550,8 +544,24 @@ mod tests {
         assert!(hub.lock().is_empty());
     }
 
+    /// Writes `rec` as the job's current record, whatever was there.
+    async fn put(records: &Arc<dyn Records>, rec: &JobRecord) {
+        match records.get(&rec.id).await.expect("read") {
+            None => records.create(rec).await.map(drop),
+            Some(old) => records
+                .update(
+                    rec,
+                    old.revision,
+                    pixpool_store::backend::Durability::Durable,
+                )
+                .await
+                .map(drop),
+        }
+        .expect("record");
+    }
+
     /// A store in a fresh temp directory, removed on drop.
-    struct TempStore(Store, std::path::PathBuf);
+    struct TempStore(Arc<dyn Records>, std::path::PathBuf);
 
     impl TempStore {
         fn new(tag: &str) -> TempStore {
@@ -560,7 +570,11 @@ mod tests {
                 std::process::id(),
                 JobId::generate()
             ));
-            TempStore(Store::open(&dir, None).expect("store"), dir)
+            let store = pixpool_store::Store::open(&dir, None).expect("store");
+            TempStore(
+                Arc::new(pixpool_store::embedded::FileRecords::new(store)),
+                dir,
+            )
         }
     }
 
@@ -595,7 +609,7 @@ mod tests {
         let store = TempStore::new("beyond");
         let hub = Arc::new(EventHub::new(4));
         let done = record(JobState::Done, 1, 1);
-        store.0.write_record(&done).expect("record");
+        put(&store.0, &done).await;
         let resp = stream(
             &hub,
             &store.0,
@@ -612,7 +626,7 @@ mod tests {
 
         // Live: the job finishes while the client follows from a bogus id.
         let live = record(JobState::Processing, 1, 0);
-        store.0.write_record(&live).expect("record");
+        put(&store.0, &live).await;
         let resp = stream(
             &hub,
             &store.0,
@@ -625,7 +639,7 @@ mod tests {
         .expect("stream");
         let mut finished = live.clone();
         finished.state = JobState::Done;
-        store.0.write_record(&finished).expect("record");
+        put(&store.0, &finished).await;
         hub.publish(JobEvent {
             id: live.id.clone(),
             kind: EventKind::Finished {
@@ -642,7 +656,7 @@ mod tests {
         let store = TempStore::new("has-it");
         let hub = Arc::new(EventHub::new(4));
         let live = record(JobState::Processing, 1, 0);
-        store.0.write_record(&live).expect("record");
+        put(&store.0, &live).await;
         // The client claims the final event of attempt 1: plausible, owed nothing.
         let final_seq = EventKind::Finished {
             attempt: 1,
@@ -675,7 +689,7 @@ mod tests {
         let store = TempStore::new("bound");
         let hub = Arc::new(EventHub::new(2));
         let live = record(JobState::Queued, 0, 0);
-        store.0.write_record(&live).expect("record");
+        put(&store.0, &live).await;
         let a = stream(
             &hub,
             &store.0,
@@ -712,7 +726,7 @@ mod tests {
         let store = TempStore::new("hook");
         let hub = Arc::new(EventHub::new(1));
         let done = record(JobState::Done, 1, 0);
-        store.0.write_record(&done).expect("record");
+        put(&store.0, &done).await;
         let gate = Arc::new(tokio::sync::Notify::new());
         let hook = {
             let gate = gate.clone();
@@ -746,7 +760,7 @@ mod tests {
         let store = TempStore::new("close");
         let hub = Arc::new(EventHub::new(4));
         let live = record(JobState::Processing, 1, 0);
-        store.0.write_record(&live).expect("record");
+        put(&store.0, &live).await;
         let resp = stream(
             &hub,
             &store.0,
@@ -758,8 +772,8 @@ mod tests {
         .await
         .expect("stream");
         let poll = {
-            let (hub, store, id) = (hub.clone(), store.0.clone(), live.id.clone());
-            tokio::spawn(async move { long_poll(&hub, &store, &id, MAX_WAIT).await })
+            let (hub, records, id) = (hub.clone(), store.0.clone(), live.id.clone());
+            tokio::spawn(async move { long_poll(&hub, &*records, &id, MAX_WAIT).await })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!poll.is_finished(), "a long-poll waits while the job runs");

@@ -1,12 +1,14 @@
 //! `GET|HEAD /images/<id>/<preset>`: serve a finished variant with strong,
 //! immutable caching (its URL never changes content: a new upload is a new id).
 
-use std::path::PathBuf;
-
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
 use pixpool_imaging::Format;
-use pixpool_store::{JobId, JobState, Store};
+use pixpool_store::backend::{Blob, Blobs, VariantKey};
+use pixpool_store::{JobId, JobState};
 
 use crate::body::{full, Body};
 use crate::events::read_record;
@@ -22,7 +24,7 @@ const CACHE_CONTROL_PRIVATE: &str = "private, max-age=31536000, immutable";
 
 /// Serves one variant.
 pub async fn serve(
-    store: &Store,
+    state: &crate::State,
     private: bool,
     method: &Method,
     headers: &HeaderMap,
@@ -30,7 +32,8 @@ pub async fn serve(
     preset: &str,
 ) -> Result<Response<Body>, ApiError> {
     let id = JobId::parse(raw_id).ok_or_else(|| ApiError::NoSuchJob(sanitise_for_log(raw_id)))?;
-    let record = read_record(store, &id)
+    let blobs = &*state.blobs;
+    let record = read_record(&*state.records, &id)
         .await?
         .ok_or_else(|| ApiError::NoSuchJob(id.to_string()))?;
     if !record.presets.iter().any(|p| p == preset) {
@@ -43,8 +46,13 @@ pub async fn serve(
                 .iter()
                 .find(|o| o.preset == preset)
                 .ok_or_else(|| ApiError::NoSuchVariant(sanitise_for_log(preset)))?;
+            // The record names the format by its media type.
+            let format = FORMATS
+                .into_iter()
+                .find(|f| f.content_type() == output.content_type)
+                .ok_or_else(|| ApiError::NoSuchVariant(sanitise_for_log(preset)))?;
             Variant {
-                path: store.root().join(&output.path),
+                key: VariantKey::new(&id, preset, format.extension()),
                 content_type: output.content_type.clone(),
                 etag: output.etag.clone(),
                 len: output.bytes,
@@ -64,7 +72,7 @@ pub async fn serve(
         JobState::Queued => return Err(ApiError::NotReady(id.to_string())),
         // An `output` event has told the client this variant exists: serve it
         // before the job is done.
-        JobState::Processing => in_progress(store, &id, preset)
+        JobState::Processing => in_progress(blobs, &id, preset)
             .await?
             .ok_or_else(|| ApiError::NotReady(id.to_string()))?,
     };
@@ -79,21 +87,18 @@ pub async fn serve(
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         r
     } else {
-        // Outputs are small (a 1600-px JPEG is a few hundred KB): one read, none for
-        // HEAD of a finished one (the record has its size).
+        // Streamed from storage; nothing read for HEAD of a finished one (the record
+        // has its size).
         let body = match (method == Method::HEAD, variant.bytes) {
-            (true, _) => Bytes::new(),
-            (false, Some(b)) => Bytes::from(b),
-            (false, None) => {
-                Bytes::from(tokio::fs::read(&variant.path).await.map_err(|source| {
-                    ApiError::Storage {
-                        context: format!("could not read output {}", variant.path.display()),
-                        source,
-                    }
-                })?)
-            }
+            (true, _) => full(Bytes::new()),
+            (false, Some(b)) => full(b),
+            (false, None) => match blobs.get_variant(&variant.key).await? {
+                Some(blob) => stream_body(blob),
+                // Listed in a done record, yet gone: removed by hand, or by a sweep.
+                None => return Err(ApiError::NoSuchVariant(sanitise_for_log(preset))),
+            },
         };
-        let mut r = Response::new(full(body));
+        let mut r = Response::new(body);
         if let Ok(v) = HeaderValue::from_str(&variant.content_type) {
             r.headers_mut().insert(header::CONTENT_TYPE, v);
         }
@@ -123,46 +128,57 @@ pub async fn serve(
 /// yet fail, and a failed job's outputs are removed.
 const CACHE_CONTROL_IN_PROGRESS: &str = "no-cache";
 
+/// Every format a variant may be stored in.
+const FORMATS: [Format; 4] = [Format::Jpeg, Format::WebP, Format::Png, Format::Gif];
+
+/// A response body that streams a blob.
+fn stream_body(blob: Blob) -> Body {
+    BodyExt::boxed(StreamBody::new(
+        blob.body.map(|chunk| chunk.map(Frame::data)),
+    ))
+}
+
 /// What to send for one variant.
 struct Variant {
-    path: PathBuf,
+    key: VariantKey,
     content_type: String,
     etag: String,
     /// Its size in bytes.
     len: u64,
     /// Already read (a variant of a running job is hashed for its ETag).
-    bytes: Option<Vec<u8>>,
+    bytes: Option<Bytes>,
     cache: &'static str,
 }
 
-/// A variant of a job still processing, if the worker has already written it.
-/// Outputs are renamed into place whole, so a file that exists is complete;
-/// its ETag is the one the record will carry (BLAKE3 of the bytes).
-async fn in_progress(store: &Store, id: &JobId, preset: &str) -> Result<Option<Variant>, ApiError> {
-    for format in [Format::Jpeg, Format::WebP, Format::Png, Format::Gif] {
-        let path = store
-            .processed_dir()
-            .join(format!("{id}-{preset}.{}", format.extension()));
-        match tokio::fs::read(&path).await {
-            Ok(bytes) => {
-                let etag = pixpool_store::output_etag(&bytes);
-                return Ok(Some(Variant {
-                    path,
-                    content_type: format.content_type().to_string(),
-                    etag,
-                    len: bytes.len() as u64,
-                    bytes: Some(bytes),
-                    cache: CACHE_CONTROL_IN_PROGRESS,
-                }));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(ApiError::Storage {
-                    context: format!("could not read output {}", path.display()),
-                    source,
-                })
-            }
+/// A variant of a job still processing, if the worker has already stored it. Variants
+/// appear whole, so one that exists is complete; its ETag is the one the record will
+/// carry (BLAKE3 of the bytes).
+async fn in_progress(
+    blobs: &dyn Blobs,
+    id: &JobId,
+    preset: &str,
+) -> Result<Option<Variant>, ApiError> {
+    for format in FORMATS {
+        let key = VariantKey::new(id, preset, format.extension());
+        let Some(blob) = blobs.get_variant(&key).await? else {
+            continue;
+        };
+        let mut body = blob.body;
+        let mut bytes = Vec::with_capacity(usize::try_from(blob.len).unwrap_or(0));
+        while let Some(chunk) = body.next().await {
+            bytes.extend_from_slice(&chunk.map_err(|source| ApiError::Storage {
+                context: format!("could not read variant {key}"),
+                source,
+            })?);
         }
+        return Ok(Some(Variant {
+            key,
+            content_type: format.content_type().to_string(),
+            etag: pixpool_store::output_etag(&bytes),
+            len: bytes.len() as u64,
+            bytes: Some(Bytes::from(bytes)),
+            cache: CACHE_CONTROL_IN_PROGRESS,
+        }));
     }
     Ok(None)
 }

@@ -40,6 +40,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use pixpool_store::backend::{Blobs, EventItem, Events, Queue, Records};
+use pixpool_store::embedded::{Bus, FileBlobs, FileRecords};
 use pixpool_store::{JobId, Store};
 use tracing::{debug, info, instrument, warn};
 
@@ -146,10 +148,16 @@ impl FrontConfig {
 pub struct State {
     /// Configuration.
     pub config: FrontConfig,
-    /// The links to the workers.
-    pub dispatcher: Dispatcher,
+    /// The links to the workers (their liveness, for health and readiness).
+    pub dispatcher: Arc<Dispatcher>,
     /// Job events, for the clients following jobs on this front.
     pub hub: Arc<events::EventHub>,
+    /// Job records and the dedup index.
+    pub records: Arc<dyn Records>,
+    /// Originals and variants.
+    pub blobs: Arc<dyn Blobs>,
+    /// The queue jobs are handed to workers through.
+    pub queue: Arc<dyn Queue>,
 }
 
 impl State {
@@ -196,9 +204,21 @@ pub async fn run(
         .map(|w| config.store.worker_socket(w))
         .collect();
     let hub = Arc::new(events::EventHub::new(config.max_event_streams));
-    let dispatcher = Dispatcher::start(config.slot, sockets, hub.clone());
+    // The embedded backend: the workers' events arrive on their links, which publish
+    // them on this front's bus; the hub hands them to the clients following each job.
+    let bus = Arc::new(Bus::new(EVENT_BUFFER));
+    let dispatcher = Arc::new(Dispatcher::start(
+        config.store.clone(),
+        config.slot,
+        sockets,
+        bus.clone(),
+    ));
+    let feed = tokio::spawn(feed_hub(bus.subscribe(), hub.clone()));
     let grace = config.drain_grace;
     let state = Arc::new(State {
+        records: Arc::new(FileRecords::new(config.store.clone())),
+        blobs: Arc::new(FileBlobs::new(config.store.clone())),
+        queue: dispatcher.clone(),
         config,
         dispatcher,
         hub,
@@ -276,8 +296,23 @@ pub async fn run(
             "requests still in flight after the grace period"
         );
     }
+    feed.abort();
     info!("front stopped");
     Ok(())
+}
+
+/// Job events buffered for this front's hub; past it, followers re-read records.
+const EVENT_BUFFER: usize = 4096;
+
+/// Hands every job event to the clients following that job.
+async fn feed_hub(mut events: pixpool_store::backend::EventStream, hub: Arc<events::EventHub>) {
+    use futures_util::StreamExt;
+    while let Some(item) = events.next().await {
+        match item {
+            EventItem::Event(ev) => hub.publish(ev),
+            EventItem::Gap => hub.resync_all(),
+        }
+    }
 }
 
 /// A connection's place under [`FrontConfig::max_connections`], reachable
@@ -409,7 +444,8 @@ async fn dispatch(
                 }
             };
             let permit = state.hub.admit()?;
-            let resp = events::stream(&state.hub, state.store(), &id, last, permit, at_end).await?;
+            let resp =
+                events::stream(&state.hub, &state.records, &id, last, permit, at_end).await?;
             if let Some(seat) = seat {
                 seat.release();
             }
@@ -417,7 +453,7 @@ async fn dispatch(
         }
         Route::Image { id, preset } => {
             let private = !state.config.api_tokens.is_empty();
-            images::serve(state.store(), private, &method, req.headers(), &id, &preset).await
+            images::serve(state, private, &method, req.headers(), &id, &preset).await
         }
         Route::NotFound => Err(ApiError::NotFound(upload::sanitise_for_log(
             req.uri().path(),
@@ -622,7 +658,7 @@ async fn job_status(
     if let Some(seat) = &seat {
         seat.release();
     }
-    let record = events::long_poll(&state.hub, state.store(), &id, wait).await;
+    let record = events::long_poll(&state.hub, &*state.records, &id, wait).await;
     if let Some(seat) = &seat {
         seat.reclaim().await;
     }

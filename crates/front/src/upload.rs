@@ -11,13 +11,14 @@ use hyper::body::Incoming;
 use multer::{Constraints, Multipart, SizeLimit};
 use pixpool_imaging::{Format, Limits};
 use pixpool_protocol::JobSpec;
-use pixpool_store::{JobId, JobRecord, JobState, SourceRecord};
+use pixpool_store::backend::{Enqueued, Records};
+use pixpool_store::embedded::Upload;
+use pixpool_store::{JobId, JobRecord, JobState};
 use serde::Serialize;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tracing::{info, instrument, warn};
 
 use crate::body::{json, Body};
-use crate::dispatch::DispatchError;
 use crate::framing::FramingError;
 use crate::pace::{Pace, PaceError};
 use crate::problem::ApiError;
@@ -42,18 +43,16 @@ struct Accepted<'a> {
     deduplicated: bool,
 }
 
-/// A file this request created; removed on drop unless the job was accepted.
+/// The spool file this request streamed to; removed on drop (once the job is
+/// accepted, the store has moved it and there is nothing left to remove).
 #[derive(Debug)]
 struct Spooled {
     path: PathBuf,
-    keep: bool,
 }
 
 impl Drop for Spooled {
     fn drop(&mut self) {
-        if !self.keep {
-            let _ = std::fs::remove_file(&self.path);
-        }
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -201,7 +200,7 @@ enum Admitted {
     /// Identical bytes, presets and client as a job a worker has acknowledged.
     Existing(Box<JobRecord>),
     /// A new job, acknowledged by a worker.
-    New(crate::dispatch::Ack),
+    New(Enqueued),
 }
 
 /// Single flight, then the job: the first upload of these bytes (for these
@@ -221,95 +220,58 @@ async fn admit(
     }
     let result = accept(&state, id.clone(), received, presets, key.as_deref()).await;
     if let (Err(_), Some(key)) = (&result, key) {
-        release(state.store(), &key, &id).await;
+        release(&*state.records, &key, &id).await;
     }
     result.map(Admitted::New)
 }
 
-/// Makes the upload a job: original in place, record durable, a worker's ack.
+/// Makes the upload a job: original and record durable (the store's accept
+/// sequence), then queued; undone if the queue does not take it.
 async fn accept(
     state: &State,
     id: JobId,
     received: Received,
     presets: Vec<String>,
     dedup_key: Option<&str>,
-) -> Result<crate::dispatch::Ack, ApiError> {
+) -> Result<Enqueued, ApiError> {
     let Received {
-        mut file,
+        file,
         format,
         bytes,
         hash,
     } = received;
-    let store = state.store().clone();
-    let slot = state.config.slot;
-    // First the "pending" marker, so that a front that dies at any later step is
-    // undone by the next one in its slot: a job never acknowledged never ran.
-    let pending = store.pending_path(slot, &id);
-    tokio::fs::File::create(&pending)
-        .await
-        .map_err(|source| ApiError::Storage {
-            context: format!("could not create the pending marker {}", pending.display()),
-            source,
-        })?;
-    let marker = Spooled {
-        path: pending,
-        keep: false,
+    let upload = Upload {
+        id: id.clone(),
+        format: format.name(),
+        extension: format.extension(),
+        bytes,
+        content_hash: hash,
+        presets: presets.clone(),
+        dedup_key: dedup_key.map(str::to_string),
     };
-    // The original becomes raw/<id>.<ext>; the client's name is never a path.
-    let raw_rel = format!("raw/{id}.{}", format.extension());
-    let raw_path = store.root().join(&raw_rel);
-    tokio::fs::rename(&file.path, &raw_path)
-        .await
-        .map_err(|source| ApiError::Storage {
-            context: format!("could not move the upload into {}", raw_path.display()),
-            source,
-        })?;
-    file.path = raw_path;
-    let mut record = JobRecord::queued(
-        id.clone(),
-        SourceRecord {
-            path: raw_rel,
-            format: format.name().to_string(),
-            bytes,
-        },
-        presets.clone(),
-    );
-    record.content_hash = Some(hash);
-    record.dedup_key = dedup_key.map(str::to_string);
-
-    // Durable before the 202: the original's rename, then the record.
-    let mut record_file = Spooled {
-        path: store.record_path(&id),
-        keep: false,
-    };
-    let st = store.clone();
-    tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
-        pixpool_store::fsutil::sync_dir(&st.raw_dir()).map_err(|source| ApiError::Storage {
-            context: "could not sync raw/".into(),
-            source,
-        })?;
-        st.write_record(&record)?;
-        Ok(())
-    })
-    .await
-    .map_err(|e| ApiError::Storage {
-        context: "record writer failed".into(),
-        source: std::io::Error::other(e),
-    })??;
-
+    let admitted = pixpool_store::embedded::accept(
+        state.store(),
+        &state.blobs,
+        &state.records,
+        state.config.slot,
+        upload,
+    )
+    .await?;
+    // The spool file is the original now.
+    drop(file);
     let spec = JobSpec { id, presets };
-    let ack = state.dispatcher.submit(&spec).await.map_err(|e| {
-        warn!(cause = %e, "no worker took the job; refusing the upload");
-        ApiError::Unavailable(match e {
-            DispatchError::AllBusy => "every image worker is busy; retry shortly".into(),
-            other => other.to_string(),
-        })
-    })?;
-    // Claimed by a worker: from here on the job is the worker's to finish.
-    file.keep = true;
-    record_file.keep = true;
-    drop(marker);
-    Ok(ack)
+    match state.queue.enqueue(&spec).await {
+        Ok(queued) => {
+            // From here on the job is the queue's to finish.
+            admitted.confirm().await;
+            Ok(queued)
+        }
+        Err(e) => {
+            warn!(cause = %e, "no worker took the job; refusing the upload");
+            admitted.undo().await;
+            Err(ApiError::Unavailable(e.to_string()))
+        }
+    }
 }
 
 /// `<content hash>-<hash of the presets>[-<client>]`. The presets count by name
@@ -356,29 +318,25 @@ enum Dedup {
 /// entry whose job failed on the server side, or that stays without a record,
 /// is replaced so that the new upload is processed.
 async fn take_dedup_entry(state: &State, key: &str, id: &JobId) -> Result<Dedup, ApiError> {
-    let store = state.store();
+    let records = &*state.records;
     let deadline = tokio::time::Instant::now() + DEDUP_WAIT;
     loop {
-        let (st, k, i) = (store.clone(), key.to_string(), id.clone());
-        let holder = tokio::task::spawn_blocking(move || st.dedup_claim(&k, &i))
-            .await
-            .map_err(|e| ApiError::Storage {
-                context: "dedup index failed".into(),
-                source: std::io::Error::other(e),
-            })??;
-        let Some(holder) = holder else {
+        let Some(holder) = records.dedup_claim(key, id).await? else {
             return Ok(Dedup::Owner);
         };
         let waiting = tokio::time::Instant::now() < deadline;
-        match crate::events::read_record(store, &holder).await {
+        match crate::events::read_record(records, &holder).await {
             Ok(Some(rec))
                 if rec.state == JobState::Failed
                     && rec.error.as_ref().is_some_and(|p| p.status >= 500) =>
             {
                 // A server-side failure is not the image's fault: process anew.
-                release(store, key, &holder).await;
+                release(records, key, &holder).await;
             }
-            Ok(Some(rec)) if rec.state != JobState::Queued || is_claimed(store, &holder).await => {
+            Ok(Some(rec))
+                if rec.state != JobState::Queued
+                    || state.queue.is_queued(&holder).await.unwrap_or(false) =>
+            {
                 return Ok(Dedup::Existing(Box::new(rec)))
             }
             // Recorded, not yet acknowledged: its dispatch may still fail.
@@ -392,22 +350,16 @@ async fn take_dedup_entry(state: &State, key: &str, id: &JobId) -> Result<Dedup,
             }
             Ok(None) | Err(_) => {
                 warn!(holder = %holder, "dedup entry without a job; replacing it");
-                release(store, key, &holder).await;
+                release(records, key, &holder).await;
             }
         }
     }
 }
 
-async fn is_claimed(store: &pixpool_store::Store, id: &JobId) -> bool {
-    let (st, id) = (store.clone(), id.clone());
-    tokio::task::spawn_blocking(move || st.is_claimed(&id))
-        .await
-        .unwrap_or(false)
-}
-
-async fn release(store: &pixpool_store::Store, key: &str, holder: &JobId) {
-    let (st, k, h) = (store.clone(), key.to_string(), holder.clone());
-    let _ = tokio::task::spawn_blocking(move || st.dedup_release(&k, &h)).await;
+async fn release(records: &dyn Records, key: &str, holder: &JobId) {
+    if let Err(e) = records.dedup_release(key, holder).await {
+        warn!(cause = %e, "could not release a dedup entry");
+    }
 }
 
 fn accepted_response(id: &JobId, state: JobState, deduplicated: bool) -> Response<Body> {
@@ -468,7 +420,6 @@ async fn spool(
         .map_err(|e| storage("could not create spool file", e))?;
     let guard = Spooled {
         path: path.to_path_buf(),
-        keep: false,
     };
     let mut out = BufWriter::with_capacity(SPOOL_BUFFER, file);
     let mut head = Vec::with_capacity(1024);
@@ -550,23 +501,27 @@ async fn check_animation(
     let (p, l) = (path.to_path_buf(), *limits);
     // Every frame on its own size too: a 1×1 screen may carry a huge frame
     // anywhere in the file, not only within the head the probe saw.
-    let frames =
-        tokio::task::spawn_blocking(move || pixpool_imaging::check_animation(&p, format, &l))
-            .await
-            .map_err(|e| ApiError::Storage {
-                context: "frame counter failed".into(),
-                source: std::io::Error::other(e),
-            })?
-            .map_err(|e| {
-                if e.is_limit_exceeded() {
-                    ApiError::LimitExceeded(e.to_string())
-                } else {
-                    ApiError::Storage {
-                        context: "could not read the upload back".into(),
-                        source: std::io::Error::other(e),
-                    }
-                }
-            })?;
+    let read_back = |source| ApiError::Storage {
+        context: "could not read the upload back".into(),
+        source,
+    };
+    let frames = tokio::task::spawn_blocking(move || {
+        // Buffered by the frame walker itself.
+        std::fs::File::open(&p).map(|file| pixpool_imaging::check_animation(file, format, &l))
+    })
+    .await
+    .map_err(|e| ApiError::Storage {
+        context: "frame counter failed".into(),
+        source: std::io::Error::other(e),
+    })?
+    .map_err(read_back)?
+    .map_err(|e| {
+        if e.is_limit_exceeded() {
+            ApiError::LimitExceeded(e.to_string())
+        } else {
+            read_back(std::io::Error::other(e))
+        }
+    })?;
     l.check_frames(frames, w, h)
         .map_err(|e| ApiError::LimitExceeded(e.to_string()))
 }

@@ -8,7 +8,8 @@
 //!
 //! Groups: `decode` (zune-jpeg whole, and the scaled decoder at 1/8, 1/4, 1/2 and 1),
 //! `resize` (whole source to 800 and 1600 wide, Lanczos3), `encode` (1600 wide, q80) and
-//! `process` (the built-in presets, and `medium` alone, from the file to written outputs).
+//! `process` (the built-in presets, and `medium` alone, from the file's bytes to encoded
+//! outputs).
 //! Skipped, with a message, when the corpus is absent (set `PIXPOOL_CORPUS`).
 
 use std::path::{Path, PathBuf};
@@ -40,16 +41,15 @@ fn corpus() -> Option<PathBuf> {
     }
 }
 
-fn photos() -> Vec<(&'static str, PathBuf, Vec<u8>)> {
+fn photos() -> Vec<(&'static str, Vec<u8>)> {
     let Some(dir) = corpus() else {
         return Vec::new();
     };
     PHOTOS
         .iter()
         .map(|name| {
-            let path = dir.join(name);
-            let data = std::fs::read(&path).expect("read a corpus photo");
-            (*name, path, data)
+            let data = std::fs::read(dir.join(name)).expect("read a corpus photo");
+            (*name, data)
         })
         .collect()
 }
@@ -61,7 +61,7 @@ fn short(name: &str) -> &str {
 
 fn decode(c: &mut Criterion) {
     let mut group = c.benchmark_group("decode");
-    for (name, _, data) in photos() {
+    for (name, data) in photos() {
         let id = short(name);
         group.throughput(Throughput::Bytes(data.len() as u64));
         group.bench_function(BenchmarkId::new("whole-zune", id), |b| {
@@ -78,7 +78,7 @@ fn decode(c: &mut Criterion) {
 
 fn resize(c: &mut Criterion) {
     let mut group = c.benchmark_group("resize");
-    for (name, _, data) in photos() {
+    for (name, data) in photos() {
         let source = stages::decode_whole(&data).expect("decode");
         let (w, h) = source.size();
         for width in [800, 1600] {
@@ -95,7 +95,7 @@ fn resize(c: &mut Criterion) {
 
 fn encode(c: &mut Criterion) {
     let mut group = c.benchmark_group("encode");
-    for (name, _, data) in photos() {
+    for (name, data) in photos() {
         let source = stages::decode_whole(&data).expect("decode");
         let (w, h) = source.size();
         let large = stages::resize(&source, 1600, (u64::from(h) * 1600 / u64::from(w)) as u32);
@@ -108,22 +108,17 @@ fn encode(c: &mut Criterion) {
 
 fn pipeline(c: &mut Criterion) {
     let mut group = c.benchmark_group("process");
-    let out = std::env::temp_dir().join(format!("pixpool-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&out).expect("create output dir");
-    for (name, path, _) in photos() {
+    for (name, data) in photos() {
         for (set, presets) in [
             ("builtin", Preset::builtin()),
             ("medium", vec![Preset::medium()]),
         ] {
             group.bench_function(BenchmarkId::new(set, short(name)), |b| {
-                b.iter(|| {
-                    process(&path, &presets, &out, "bench", &Limits::default()).expect("process")
-                })
+                b.iter(|| process(&data, &presets, &Limits::default()).expect("process"))
             });
         }
     }
     group.finish();
-    let _ = std::fs::remove_dir_all(&out);
 }
 
 fn config() -> Criterion {

@@ -8,12 +8,11 @@
 //! For each JPEG of the folder, best of N runs of:
 //! - `turbo decode`: libjpeg-turbo decoding the file as it is (every progressive scan) at
 //!   the DCT scale the pipeline picks for the `medium` preset (800 px wide), into RGB;
-//! - `pipeline`: [`process_with_progress`] with `medium`, as a worker runs it: read, decode
-//!   (scans pruned), resize, encode, and the output written whole (temporary file, then
-//!   rename) with [`Flush::Later`];
-//! - `decode/resize/encode`: the pipeline's own stage timings (best of each);
-//! - `sync`: [`sync_outputs`], the fsync of the output and its directory, which a worker
-//!   runs on its commit thread while the next job decodes (so not in the ratio).
+//! - `pipeline`: [`process_with_progress`] with `medium`, as a worker runs it on the bytes
+//!   in memory: decode (scans pruned), resize, encode, each output handed to a callback.
+//!   Storing the output is the worker's and is not counted (nor is the turbo decode's
+//!   input read from a file), so the ratio compares two in-memory computations;
+//! - `decode/resize/encode`: the pipeline's own stage timings (best of each).
 //!
 //! Every file is processed once before the timings, as a worker that has run jobs
 //! before. The last line gives the median and worst `pipeline / turbo decode` ratios.
@@ -23,7 +22,7 @@ mod common;
 use std::time::Instant;
 
 use pixpool_imaging::stages::{jpeg_scale_eighths, scale_label};
-use pixpool_imaging::{process_with_progress, sync_outputs, Flush, Limits, Preset};
+use pixpool_imaging::{process_with_progress, Limits, Preset, Progress};
 use turbojpeg::{Decompressor, Image, PixelFormat, ScalingFactor};
 
 fn turbo_decode(data: &[u8], eighths: u8) -> f64 {
@@ -63,35 +62,31 @@ fn main() {
     let dir = args.next().unwrap_or_else(|| "../shared/corpus".to_owned());
     let reps: usize = args.next().map_or(7, |n| n.parse().expect("a count"));
     let presets = vec![Preset::medium()];
-    let out = std::env::temp_dir().join(format!("decode-bound-{}", std::process::id()));
-    std::fs::create_dir_all(&out).expect("create output dir");
     let names = common::jpegs(&dir);
-    // As a worker runs a job: outputs written whole, their fsync left for later.
-    let run = |path: &std::path::Path| {
-        process_with_progress(
-            path,
-            &presets,
-            &out,
-            "b",
-            &Limits::default(),
-            Flush::Later,
-            &mut |_| {},
-        )
+    // As a worker runs a job: each output is handed over as it is made (here only looked
+    // at, so that the compiler cannot drop the encoding).
+    let run = |data: &[u8]| {
+        process_with_progress(data, &presets, &Limits::default(), &mut |p| {
+            if let Progress::Output { output, .. } = p {
+                std::hint::black_box(&output.data);
+            }
+            Ok(())
+        })
         .expect("process")
     };
     // One pass over every file first, as a worker that has run jobs before: glibc's
     // malloc raises its mmap threshold to the largest block freed so far, so the first
     // jobs of a process page-fault more than the rest, whatever their order.
     for path in &names {
-        run(path);
+        run(&std::fs::read(path).expect("read"));
     }
     println!(
-        "| {:32} | {:>5} | {:>12} | {:>11} | {:>20} | {:>5} | {:>6} |",
-        "file", "scale", "turbo decode", "pipeline ms", "decode/resize/encode", "sync", "ratio"
+        "| {:32} | {:>5} | {:>12} | {:>11} | {:>20} | {:>6} |",
+        "file", "scale", "turbo decode", "pipeline ms", "decode/resize/encode", "ratio"
     );
     println!(
-        "|{:-<34}|{:->7}|{:->14}|{:->13}|{:->22}|{:->7}|{:->8}|",
-        "", ":", ":", ":", ":", ":", ":"
+        "|{:-<34}|{:->7}|{:->14}|{:->13}|{:->22}|{:->8}|",
+        "", ":", ":", ":", ":", ":"
     );
     let mut ratios = Vec::new();
     for path in names {
@@ -99,15 +94,12 @@ fn main() {
         let eighths = jpeg_scale_eighths(&data, &presets)
             .expect("header")
             .expect("a JPEG");
-        let mut best = [f64::MAX; 7];
+        let mut best = [f64::MAX; 6];
         for _ in 0..reps {
             best[0] = best[0].min(turbo_decode(&data, eighths));
             let started = Instant::now();
-            let done = run(&path);
+            let done = run(&data);
             best[1] = best[1].min(started.elapsed().as_secs_f64() * 1e3);
-            let started = Instant::now();
-            sync_outputs(&out, &done.outputs).expect("sync");
-            best[6] = best[6].min(started.elapsed().as_secs_f64() * 1e3);
             let t = done.timings;
             best[2] = best[2].min(t.decode_ms + t.resize_ms + t.encode_ms);
             best[3] = best[3].min(t.decode_ms);
@@ -121,14 +113,12 @@ fn main() {
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         let scale = scale_label(eighths);
         println!(
-            "| {name:32} | {scale:>5} | {:>12.1} | {:>11.1} | {:>20} | {:>5.1} | {ratio:>5.2}× |",
+            "| {name:32} | {scale:>5} | {:>12.1} | {:>11.1} | {:>20} | {ratio:>5.2}× |",
             best[0],
             best[1],
             format!("{:.1} / {:.1} / {:.1}", best[3], best[4], best[5]),
-            best[6]
         );
     }
-    let _ = std::fs::remove_dir_all(&out);
     ratios.sort_by(f64::total_cmp);
     let median = ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN);
     let worst = ratios.last().copied().unwrap_or(f64::NAN);

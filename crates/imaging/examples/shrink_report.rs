@@ -27,9 +27,6 @@ fn main() {
         "medium" => vec![Preset::medium()],
         _ => Preset::builtin(),
     };
-    let out = std::env::temp_dir().join(format!("shrink-report-{}", std::process::id()));
-    std::fs::create_dir_all(&out).expect("create output dir");
-
     let names = common::jpegs(&dir);
     println!(
         "{:34} {:>8} {:>7} {:>7} {:>7} {:>7}",
@@ -37,10 +34,11 @@ fn main() {
     );
     let mut sum = 0.0;
     for path in names {
+        let data = std::fs::read(&path).expect("read");
         let mut best = [f64::MAX; 4];
         for _ in 0..reps {
             let started = Instant::now();
-            let done = process(&path, &presets, &out, "r", &Limits::default()).expect("process");
+            let done = process(&data, &presets, &Limits::default()).expect("process");
             let total = started.elapsed().as_secs_f64() * 1000.0;
             let t = done.timings;
             for (b, v) in best
@@ -58,11 +56,14 @@ fn main() {
                 ..p.clone()
             })
             .collect();
-        process(&path, &lossless, &out, "png", &Limits::default()).expect("process");
+        let png = process(&data, &lossless, &Limits::default()).expect("process");
+        let medium = png
+            .outputs
+            .iter()
+            .find(|o| o.preset == "medium")
+            .expect("the preset sets given both have `medium`");
         let psnr =
-            pixpool_imaging::stages::psnr_against_whole_decode(&path, &out.join("png-medium.png"))
-                .expect("psnr");
-        let data = std::fs::read(&path).expect("read");
+            pixpool_imaging::stages::psnr_against_whole_decode(&data, &medium.data).expect("psnr");
         let plan = pixpool_imaging::stages::jpeg_plan(&data, &presets)
             .expect("plan")
             .unwrap_or_default();
@@ -77,5 +78,4 @@ fn main() {
         );
     }
     println!("{:34} {sum:8.1}", "sum");
-    let _ = std::fs::remove_dir_all(&out);
 }

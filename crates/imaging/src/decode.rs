@@ -21,7 +21,7 @@ use tracing::debug;
 
 use crate::colour::{self, Profile};
 use crate::error::ImagingError;
-use crate::format::Format;
+use crate::format::{image_format, Format};
 use crate::frames;
 use crate::jpeg::{self, Frame, Scale, ScaledJpeg, Scan, ScanError};
 use crate::limits::Limits;
@@ -83,7 +83,7 @@ pub(crate) fn read_header<'a>(data: &'a [u8], limits: &Limits) -> Result<Header<
         frames::check_frame_sizes_in(data, format, limits)?;
     }
 
-    let mut reader = ImageReader::with_format(Cursor::new(data), format.to_image_format());
+    let mut reader = ImageReader::with_format(Cursor::new(data), image_format(format));
     // While the header is parsed only the allocation bound applies (PNG text and ICC
     // chunks come before the pixels); width and height are checked by us just below, so
     // that the error can say which dimensions were refused.

@@ -1,28 +1,24 @@
 //! The one error type of this crate, with a variant per failed step.
 //!
 //! Every error knows who is at fault ([`ImagingError::is_input_error`]): a corrupt,
-//! unsupported or oversized image is the client's; a failure to read the spooled input or
-//! write an output, an invalid preset or a codec refusing our own pixels is the server's.
+//! unsupported or oversized image is the client's; a reader that fails, a caller's sink
+//! that refuses an output, an invalid preset or a codec refusing our own pixels is the
+//! server's.
 
 use std::io;
-use std::path::PathBuf;
 
 use crate::format::{Format, OutputFormat};
+
+/// What the caller's progress callback returns when it cannot take a report, e.g. it
+/// could not store an output: any error at all, kept whole as the
+/// [`ImagingError::Sink`]'s source. An alias rather than a type of ours so that a
+/// callback can `?` its own errors (`io::Error`, a store's error) straight into it.
+pub type OutputSinkError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// What went wrong while probing or processing an image.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ImagingError {
-    /// The input file could not be read. The server spooled it, so this is a server fault.
-    #[error("could not read input file {path}")]
-    ReadInput {
-        /// The file we tried to read.
-        path: PathBuf,
-        /// Why reading failed.
-        #[source]
-        source: io::Error,
-    },
-
     /// The content is not a supported image (empty, text, another format).
     #[error("unrecognised image format: not JPEG, PNG, WebP or GIF")]
     Sniff,
@@ -137,15 +133,6 @@ pub enum ImagingError {
         reason: &'static str,
     },
 
-    /// The output stem given by the server is not a safe file-name part.
-    #[error("invalid output stem {stem:?}: {reason}")]
-    ValidateStem {
-        /// The stem given.
-        stem: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-
     /// Resampling failed. Our geometry should make this impossible: a server bug.
     #[error("could not resize for preset {preset:?} to {width}×{height}")]
     Resize {
@@ -172,15 +159,35 @@ pub enum ImagingError {
         source: EncodeError,
     },
 
-    /// Writing, syncing or renaming an output file failed.
-    #[error("could not write output file {path}")]
-    WriteOutput {
-        /// The file being written (the temporary name, or the final one for the rename).
-        path: PathBuf,
-        /// Why it failed.
+    /// The reader given to [`check_animation`](crate::check_animation) or
+    /// [`count_frames`](crate::count_frames) failed (not the end of the input, which only
+    /// ends the count). The server spooled the input, so this is a server fault.
+    #[error("could not read the input to count its frames")]
+    ReadFrames {
+        /// Why reading failed.
         #[source]
         source: io::Error,
     },
+
+    /// The caller's progress callback returned an error: processing stopped there, and
+    /// no later output was made or reported.
+    #[error("could not hand over {}", sink_stage(.preset.as_deref()))]
+    Sink {
+        /// The preset whose output was refused; `None` when the callback refused the
+        /// report that decoding was done, before any output.
+        preset: Option<String>,
+        /// The callback's error.
+        #[source]
+        source: OutputSinkError,
+    },
+}
+
+/// What [`ImagingError::Sink`] was handing over, for its message.
+fn sink_stage(preset: Option<&str>) -> String {
+    match preset {
+        Some(name) => format!("the output of preset {name:?}"),
+        None => "the report that the image is decoded".to_owned(),
+    }
 }
 
 /// Why an encoder refused an output.
@@ -223,13 +230,12 @@ impl ImagingError {
             | ImagingError::CheckMetadata { .. }
             | ImagingError::Decode { .. }
             | ImagingError::DecodeTruncated { .. } => true,
-            ImagingError::ReadInput { .. }
-            | ImagingError::ProbeIncomplete { .. }
+            ImagingError::ProbeIncomplete { .. }
             | ImagingError::ValidatePreset { .. }
-            | ImagingError::ValidateStem { .. }
             | ImagingError::Resize { .. }
             | ImagingError::Encode { .. }
-            | ImagingError::WriteOutput { .. } => false,
+            | ImagingError::ReadFrames { .. }
+            | ImagingError::Sink { .. } => false,
         }
     }
 

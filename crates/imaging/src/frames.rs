@@ -9,38 +9,49 @@
 //! decoder allocate the frame. [`check_animation`] holds every frame to the limits.
 
 use std::io::{self, BufRead, BufReader, Cursor, Read, Seek, SeekFrom};
-use std::path::Path;
 
 use crate::error::ImagingError;
 use crate::format::Format;
 use crate::limits::Limits;
 
-/// Frames in the file at `path` (1 for a still image and for JPEG/PNG).
-pub fn count_frames(path: &Path, format: Format) -> Result<u32, ImagingError> {
-    walk_file(path, format, &mut |_, _, _| Ok(()))
+/// Buffer between the walk and `reader`: the walk reads a byte or a few at a time and
+/// skips forward, so most skips land within the buffer instead of costing a seek.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// Frames in the image that `reader` yields, positioned at its first byte (1 for a still
+/// image, and for JPEG/PNG, which are not read at all).
+///
+/// Streams: blocks are skipped by seeking, never read into memory whole.
+pub fn count_frames<R: Read + Seek>(reader: R, format: Format) -> Result<u32, ImagingError> {
+    walk_reader(reader, format, &mut |_, _, _| Ok(()))
 }
 
-/// Frames in the file at `path`, each checked on its own size ([`Limits::check_frame`]),
-/// their number against [`Limits::max_frames`] and the sum of their areas against
-/// [`Limits::max_animation_pixels`]. Returns the count (1 for JPEG/PNG).
-pub fn check_animation(path: &Path, format: Format, limits: &Limits) -> Result<u32, ImagingError> {
-    walk_file(path, format, &mut frame_checker(limits))
+/// Frames in the image that `reader` yields, positioned at its first byte, each checked
+/// on its own size ([`Limits::check_frame`]), their number against
+/// [`Limits::max_frames`] and the sum of their areas against
+/// [`Limits::max_animation_pixels`]. Returns the count (1 for JPEG/PNG, which are not
+/// read at all).
+///
+/// Streams like [`count_frames`]: made for a spooled upload behind a [`BufReader`],
+/// however large.
+pub fn check_animation<R: Read + Seek>(
+    reader: R,
+    format: Format,
+    limits: &Limits,
+) -> Result<u32, ImagingError> {
+    walk_reader(reader, format, &mut frame_checker(limits))
 }
 
-/// Checks every frame of a file already in memory (the decoder's input) on its own size
-/// only. Their number and total area are the upload's business ([`check_animation`]):
-/// the decoder reads the first frame alone.
+/// Checks every frame of an image already in memory (the decoder's input) on its own
+/// size only. Their number and total area are the upload's business
+/// ([`check_animation`]): the decoder reads the first frame alone.
 pub(crate) fn check_frame_sizes_in(
     data: &[u8],
     format: Format,
     limits: &Limits,
 ) -> Result<u32, ImagingError> {
     let mut check = |frame, width, height| limits.check_frame(frame, width, height);
-    let counted = walk(&mut Cursor::new(data), format, &mut check);
-    settle(counted, |e| ImagingError::ReadInput {
-        path: "<memory>".into(),
-        source: e,
-    })
+    settle(walk(&mut Cursor::new(data), format, &mut check))
 }
 
 /// Called with each frame (from 1) and its declared width and height.
@@ -67,17 +78,18 @@ fn frame_checker(limits: &Limits) -> impl FnMut(u32, u32, u32) -> Result<(), Ima
     }
 }
 
-fn walk_file(path: &Path, format: Format, on_frame: &mut OnFrame<'_>) -> Result<u32, ImagingError> {
-    let read_err = |source| ImagingError::ReadInput {
-        path: path.to_owned(),
-        source,
-    };
+fn walk_reader<R: Read + Seek>(
+    reader: R,
+    format: Format,
+    on_frame: &mut OnFrame<'_>,
+) -> Result<u32, ImagingError> {
     if matches!(format, Format::Jpeg | Format::Png) {
         return Ok(1);
     }
-    let file = std::fs::File::open(path).map_err(read_err)?;
-    let mut r = BufReader::with_capacity(64 * 1024, file);
-    settle(walk(&mut r, format, on_frame), read_err)
+    // Buffered here whatever the caller passes: a `BufReader` given in costs one copy
+    // per refill, while an unbuffered `File` would cost a system call per byte.
+    let mut r = BufReader::with_capacity(READ_BUFFER, reader);
+    settle(walk(&mut r, format, on_frame))
 }
 
 fn walk<R: BufRead + Seek>(
@@ -92,35 +104,39 @@ fn walk<R: BufRead + Seek>(
     }
 }
 
-fn settle(
-    counted: Result<u32, FrameScan>,
-    read_err: impl FnOnce(io::Error) -> ImagingError,
-) -> Result<u32, ImagingError> {
+fn settle(counted: Result<u32, FrameScan>) -> Result<u32, ImagingError> {
     match counted {
         Ok(n) => Ok(n.max(1)),
         // A structure that ends early or does not parse is the decoder's
         // business (it fails the job); for counting, what was seen counts.
         Err(FrameScan::Truncated(n)) => Ok(n.max(1)),
-        Err(FrameScan::Io(e)) => Err(read_err(e)),
+        Err(FrameScan::Io(source)) => Err(ImagingError::ReadFrames { source }),
         Err(FrameScan::Refused(e)) => Err(e),
     }
 }
 
 enum FrameScan {
-    /// The file ended (or went wrong) after this many frames.
+    /// The input ended, or stopped making sense, after this many frames.
     Truncated(u32),
     Io(io::Error),
     /// A frame is over the limits.
     Refused(ImagingError),
 }
 
-fn byte<R: Read>(r: &mut R, frames: u32) -> Result<u8, FrameScan> {
-    let mut b = [0u8; 1];
-    match r.read_exact(&mut b) {
-        Ok(()) => Ok(b[0]),
+/// Fills `buf`; the end of the input is a truncation after `frames`, while any other
+/// failure is the reader's (a server fault, not a short file).
+fn fill<R: Read>(r: &mut R, buf: &mut [u8], frames: u32) -> Result<(), FrameScan> {
+    match r.read_exact(buf) {
+        Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(FrameScan::Truncated(frames)),
         Err(e) => Err(FrameScan::Io(e)),
     }
+}
+
+fn byte<R: Read>(r: &mut R, frames: u32) -> Result<u8, FrameScan> {
+    let mut b = [0u8; 1];
+    fill(r, &mut b, frames)?;
+    Ok(b[0])
 }
 
 fn skip<R: BufRead + Seek>(r: &mut R, n: i64) -> Result<(), FrameScan> {
@@ -140,8 +156,7 @@ fn skip_sub_blocks<R: BufRead + Seek>(r: &mut R, frames: u32) -> Result<(), Fram
 fn gif_frames<R: BufRead + Seek>(r: &mut R, on_frame: &mut OnFrame<'_>) -> Result<u32, FrameScan> {
     let mut frames = 0u32;
     let mut head = [0u8; 13];
-    r.read_exact(&mut head)
-        .map_err(|_| FrameScan::Truncated(0))?;
+    fill(r, &mut head, 0)?;
     let flags = head[10];
     if flags & 0x80 != 0 {
         skip(r, 3 * (1i64 << ((flags & 0x07) + 1)))?;
@@ -152,8 +167,7 @@ fn gif_frames<R: BufRead + Seek>(r: &mut R, on_frame: &mut OnFrame<'_>) -> Resul
                 frames = frames.saturating_add(1);
                 // left(2) top(2) width(2) height(2) flags(1), little-endian
                 let mut desc = [0u8; 9];
-                r.read_exact(&mut desc)
-                    .map_err(|_| FrameScan::Truncated(frames))?;
+                fill(r, &mut desc, frames)?;
                 let width = u16::from_le_bytes([desc[4], desc[5]]);
                 let height = u16::from_le_bytes([desc[6], desc[7]]);
                 on_frame(frames, u32::from(width), u32::from(height))
@@ -177,8 +191,7 @@ fn gif_frames<R: BufRead + Seek>(r: &mut R, on_frame: &mut OnFrame<'_>) -> Resul
 fn webp_frames<R: BufRead + Seek>(r: &mut R, on_frame: &mut OnFrame<'_>) -> Result<u32, FrameScan> {
     let mut frames = 0u32;
     let mut riff = [0u8; 12];
-    r.read_exact(&mut riff)
-        .map_err(|_| FrameScan::Truncated(0))?;
+    fill(r, &mut riff, 0)?;
     let mut chunk = [0u8; 8];
     loop {
         match r.read_exact(&mut chunk) {
@@ -196,8 +209,7 @@ fn webp_frames<R: BufRead + Seek>(r: &mut R, on_frame: &mut OnFrame<'_>) -> Resu
         if &chunk[..4] == b"ANMF" && len >= 12 {
             // X(3) Y(3) width - 1 (3) height - 1 (3), little-endian
             let mut frame = [0u8; 12];
-            r.read_exact(&mut frame)
-                .map_err(|_| FrameScan::Truncated(frames))?;
+            fill(r, &mut frame, frames)?;
             padded -= 12;
             let width = u32::from_le_bytes([frame[6], frame[7], frame[8], 0]) + 1;
             let height = u32::from_le_bytes([frame[9], frame[10], frame[11], 0]) + 1;
@@ -225,13 +237,7 @@ mod tests {
     }
 
     fn count(bytes: &[u8], format: Format) -> u32 {
-        let dir = std::env::temp_dir().join(format!("pixpool-frames-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let p = dir.join(format!("f-{}-{format:?}", bytes.len()));
-        std::fs::write(&p, bytes).expect("write");
-        let n = count_frames(&p, format).expect("count");
-        let _ = std::fs::remove_file(&p);
-        n
+        count_frames(Cursor::new(bytes), format).expect("count")
     }
 
     #[test]
@@ -265,11 +271,8 @@ mod tests {
         w.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0xFF, 0x3F, 0, 0x1F, 0x4E, 0, 0, 0, 0, 0]);
         let err = check(&w, Format::WebP).expect_err("a frame over the height limit");
         assert!(err.to_string().contains("16384×20000"), "{err}");
-        // On a file: also the count and the sum of the frames' areas.
-        let dir = std::env::temp_dir().join(format!("pixpool-frames-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let path = dir.join("three.gif");
-        std::fs::write(&path, gif(3)).expect("write");
+        // Through a reader: also the count and the sum of the frames' areas.
+        let three = gif(3);
         let few = Limits {
             max_frames: 2,
             ..Limits::default()
@@ -278,17 +281,45 @@ mod tests {
             check_frame_sizes_in(&gif(3), Format::Gif, &few).expect("sizes only"),
             3
         );
-        let err = check_animation(&path, Format::Gif, &few).expect_err("3 frames");
+        let err = check_animation(Cursor::new(&three), Format::Gif, &few).expect_err("3 frames");
         assert!(err.to_string().contains("frame count"), "{err}");
         let small = Limits {
             max_animation_pixels: 2,
             ..Limits::default()
         };
-        let err = check_animation(&path, Format::Gif, &small).expect_err("3 pixels");
+        let err = check_animation(Cursor::new(&three), Format::Gif, &small).expect_err("3 pixels");
         assert!(err.to_string().contains("sum of frame areas"), "{err}");
-        let err = check_animation(&path, Format::Gif, &limits);
+        let err = check_animation(Cursor::new(&three), Format::Gif, &limits);
         assert_eq!(err.expect("within the limits"), 3);
-        let _ = std::fs::remove_file(&path);
+    }
+
+    /// A reader whose every call fails, as a spool file on a failing disk would.
+    struct Broken;
+
+    impl Read for Broken {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::Error::other("disk gone"))
+        }
+    }
+
+    impl Seek for Broken {
+        fn seek(&mut self, _: SeekFrom) -> io::Result<u64> {
+            Err(io::Error::other("disk gone"))
+        }
+    }
+
+    #[test]
+    fn a_failing_reader_is_the_servers_fault_not_a_short_image() {
+        for format in [Format::Gif, Format::WebP] {
+            let err = check_animation(Broken, format, &Limits::default()).expect_err("read");
+            assert!(
+                matches!(err, ImagingError::ReadFrames { .. }),
+                "{format:?}: {err:?}"
+            );
+            assert!(!err.is_input_error(), "{err:?}");
+        }
+        // JPEG and PNG are still images: the reader is not touched.
+        assert_eq!(count_frames(Broken, Format::Jpeg).expect("not read"), 1);
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! Image processing for pixpool: sniff, decode, orient, resize, encode.
 //!
-//! This crate is a pure, synchronous library. It knows nothing of processes, sockets or
-//! async runtimes: the worker calls [`process`] on a blocking thread with a spooled input
-//! file, and the HTTP front calls [`probe()`] on the first bytes of an upload to refuse
-//! unsupported or oversized images before accepting them.
+//! This crate is a pure, synchronous library. It knows nothing of processes, sockets,
+//! async runtimes or files: the worker calls [`process_with_progress`] on a blocking
+//! thread with the bytes of a spooled upload and stores each encoded output as it is
+//! handed over; the HTTP front calls [`probe()`] on the first bytes of an upload, and
+//! [`check_animation`] on a reader of the whole of it, to refuse unsupported or oversized
+//! images before accepting them.
 //!
-//! One call to [`process`] decodes the input once and writes one output per [`Preset`]:
+//! One call to [`process`] decodes the input once and encodes one output per [`Preset`]:
 //!
-//! 1. read the file and [sniff](Format::sniff) its format from its content (never its name);
+//! 1. [sniff](Format::sniff) the format from the content (never a name);
 //! 2. decode it under [`Limits`] (checked on the header before any pixel buffer is
 //!    allocated), first frame only for GIF. A JPEG is decoded at the smallest DCT scale
 //!    (1/8, 1/4, 1/2 or 1) that still gives the largest output a source pixel per output
@@ -18,7 +20,7 @@
 //!    smaller preset resampled from an earlier output when that one is detailed enough;
 //! 5. apply the EXIF orientation to each (small) output rather than to the (large) source;
 //! 6. encode (JPEG with `jpeg-encoder`, PNG and lossless WebP with `image`) without copying
-//!    any metadata, and write each file atomically: temp file, fsync, rename.
+//!    any metadata, and hand each [`Output`], bytes included, to the caller's callback.
 //!
 //! # Builds
 //!
@@ -46,8 +48,8 @@
 //!
 //! - [`error`]: [`ImagingError`], one variant per failed step, each knowing whether the
 //!   input or the server is at fault.
-//! - [`format`](mod@format): [`Format`] (what we read) and [`OutputFormat`] (what we write), magic-byte
-//!   sniffing.
+//! - [`format`](mod@format): [`Format`] (what we read; `pixpool-model`'s, the one sniff
+//!   shared with the client and the front) and [`OutputFormat`] (what we write).
 //! - [`frames`]: counting an animation's frames by skipping its blocks, without decoding,
 //!   and holding each frame's own size to the limits.
 //! - [`probe`](mod@probe): header-only parsing of the first bytes of a file into a [`Probe`].
@@ -67,7 +69,6 @@
 //!   raster at the scale the outputs allow.
 //! - `resize` (private): `fast_image_resize` wrapper, the cascade of presets.
 //! - `encode` (private): raster to JPEG/PNG/WebP bytes, flattening alpha for JPEG.
-//! - `output` (private): atomic write of one output file.
 //! - [`pipeline`]: [`process`], which strings the steps together, and its result types.
 //! - `stages` (hidden): the steps one by one, for the benchmarks (`benches/stages.rs`).
 
@@ -84,7 +85,6 @@ pub mod frames;
 mod jpeg;
 pub mod limits;
 mod metadata;
-mod output;
 pub mod pipeline;
 pub mod preset;
 pub mod probe;
@@ -98,13 +98,11 @@ mod turbo;
 #[allow(unsafe_code)]
 mod webp;
 
-pub use error::{EncodeError, ImagingError};
+pub use error::{EncodeError, ImagingError, OutputSinkError};
 pub use format::{Format, OutputFormat};
 pub use frames::{check_animation, count_frames};
 pub use limits::Limits;
-pub use pipeline::{
-    process, process_with_progress, sync_outputs, Flush, Output, Processed, Progress, StageTimings,
-};
+pub use pipeline::{process, process_with_progress, Output, Processed, Progress, StageTimings};
 pub use preset::{Fit, Preset, PresetParseError};
 pub use probe::{probe, Probe};
 

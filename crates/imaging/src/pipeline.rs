@@ -1,6 +1,8 @@
-//! [`process`]: one input file to one output file per preset.
+//! [`process`]: one image in memory to one encoded output per preset, in memory.
+//!
+//! Nothing here touches a file: the caller reads the input and stores the outputs (the
+//! worker writes them durably as [`Progress::Output`] hands each over).
 
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use image::metadata::Orientation;
@@ -9,16 +11,15 @@ use tracing::debug;
 
 use crate::decode::read_header;
 use crate::encode::encode;
-use crate::error::ImagingError;
-use crate::format::Format;
+use crate::error::{ImagingError, OutputSinkError};
+use crate::format::{Format, OutputFormat};
 use crate::jpeg::Scale;
 use crate::limits::Limits;
-use crate::output::{remove_all, sync_dir, write_atomically};
-use crate::preset::{check_file_name_part, geometry, validate_presets, Geometry, Preset, Region};
+use crate::preset::{geometry, validate_presets, Geometry, Preset, Region};
 use crate::raster::Raster;
 use crate::resize::{Rendition, Resampler};
 
-/// One file written by [`process`].
+/// One encoded output of [`process`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Output {
     /// The preset it was made for.
@@ -27,22 +28,29 @@ pub struct Output {
     pub width: u32,
     /// Height as displayed (orientation applied).
     pub height: u32,
-    /// File size.
-    pub bytes: u64,
+    /// The encoding: the preset's `format`, or its `alpha_format` for a source with
+    /// transparency. Gives the extension to store it under.
+    pub format: OutputFormat,
     /// Media type, e.g. `image/jpeg`.
     pub content_type: String,
-    /// `<stem>-<preset>.<ext>`, a plain name within the output directory.
-    pub file_name: String,
+    /// Length of `data`, kept as a field so that the serialised description still says
+    /// how large the output is without carrying it.
+    pub bytes: u64,
+    /// The encoded image. Not serialised: a description travels, the pixels do not (a
+    /// deserialised `Output` has none).
+    #[serde(skip)]
+    pub data: Vec<u8>,
 }
 
-/// Wall-clock time spent in each stage of one [`process`] call, in milliseconds.
+/// Wall-clock time spent in each stage of one [`process`] call, in milliseconds. The
+/// caller's own time in `on_progress` is not counted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct StageTimings {
-    /// Reading the file, sniffing, decoding and normalising the pixels.
+    /// Sniffing, decoding and normalising the pixels.
     pub decode_ms: f64,
     /// Resampling for all presets, and orienting the outputs.
     pub resize_ms: f64,
-    /// Encoding and writing (with fsync) all outputs.
+    /// Encoding all outputs.
     pub encode_ms: f64,
 }
 
@@ -55,7 +63,7 @@ pub struct Processed {
     pub source_width: u32,
     /// Source height as displayed (EXIF orientation applied).
     pub source_height: u32,
-    /// One entry per preset, in the order the presets were given.
+    /// One entry per preset, with its encoded bytes, in the order the presets were given.
     pub outputs: Vec<Output>,
     /// Time per stage.
     pub timings: StageTimings,
@@ -71,89 +79,46 @@ pub enum Progress<'a> {
         /// Source height as displayed.
         height: u32,
     },
-    /// One preset's output is written (atomically) and final.
+    /// One preset's output is encoded and final. Reported largest first (the order the
+    /// cascade makes them), not in preset order: `index` says which.
     Output {
         /// Index of the preset in the slice given.
         index: usize,
-        /// The output.
+        /// The output, bytes included: store them from here, before the next output
+        /// is made, rather than waiting for them all.
         output: &'a Output,
     },
 }
 
-/// [`process`] without progress reports.
+/// [`process_with_progress`] without progress reports.
 pub fn process(
-    input: &Path,
+    input: &[u8],
     presets: &[Preset],
-    out_dir: &Path,
-    stem: &str,
     limits: &Limits,
 ) -> Result<Processed, ImagingError> {
-    process_with_progress(
-        input,
-        presets,
-        out_dir,
-        stem,
-        limits,
-        Flush::Now,
-        &mut |_| {},
-    )
+    process_with_progress(input, presets, limits, &mut |_| Ok(()))
 }
 
-/// When [`process_with_progress`] flushes its outputs to disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flush {
-    /// Each output before it is renamed into place, then the directory: durable when
-    /// the call returns.
-    Now,
-    /// Not at all: readers still see each output appear whole (temporary file, then
-    /// rename), but a crash of the machine may lose them until [`sync_outputs`] has
-    /// returned. For a caller with other work to do while the disk catches up (a worker
-    /// starts its next job, and syncs on another thread).
-    Later,
-}
-
-/// Flushes to disk the outputs written with [`Flush::Later`] to `out_dir`: each file,
-/// then the directory.
-pub fn sync_outputs(out_dir: &Path, outputs: &[Output]) -> Result<(), ImagingError> {
-    let names: Vec<&str> = outputs.iter().map(|o| o.file_name.as_str()).collect();
-    crate::output::sync_files(out_dir, &names)
-}
-
-/// Decodes `input` once and writes one output per preset into `out_dir`.
+/// Decodes `input` once and encodes one output per preset.
 ///
-/// Outputs are named `<stem>-<preset>.<ext>` and appear atomically. The format is sniffed
-/// from the content; the input's name is ignored. On error, no output of this call is
-/// left in `out_dir`.
-///
-/// `stem` follows the rules of preset names (ASCII letters, digits, `-`, `_`; at most 128
-/// bytes): it is the server's, never a client's file name.
-/// `on_progress` is called after the decode and after each output is written; `flush`
-/// says whether the outputs are on disk when this returns.
-#[tracing::instrument(level = "debug", skip_all, fields(input = %input.display(), stem = %stem))]
+/// The format is sniffed from the content. `on_progress` is called after the decode and
+/// after each output is encoded; when it returns an error, processing stops with
+/// [`ImagingError::Sink`]. On any error, outputs already handed to `on_progress` are the
+/// caller's to discard: none is reported after the error.
+#[tracing::instrument(level = "debug", skip_all, fields(input_bytes = input.len()))]
 pub fn process_with_progress(
-    input: &Path,
+    input: &[u8],
     presets: &[Preset],
-    out_dir: &Path,
-    stem: &str,
     limits: &Limits,
-    flush: Flush,
-    on_progress: &mut dyn FnMut(Progress<'_>),
+    on_progress: &mut dyn FnMut(Progress<'_>) -> Result<(), OutputSinkError>,
 ) -> Result<Processed, ImagingError> {
     validate_presets(presets)?;
-    check_file_name_part(stem, 128).map_err(|reason| ImagingError::ValidateStem {
-        stem: stem.to_owned(),
-        reason,
-    })?;
 
     let started = Instant::now();
-    let data = std::fs::read(input).map_err(|source| ImagingError::ReadInput {
-        path: input.to_owned(),
-        source,
-    })?;
     let keep_alpha = presets
         .iter()
         .any(|p| p.format.keeps_alpha() || p.alpha_format.is_some_and(|f| f.keeps_alpha()));
-    let header = read_header(&data, limits)?;
+    let header = read_header(input, limits)?;
     let orientation = header.orientation;
     let transposed = swaps_axes(orientation);
     // Geometry is worked out on the stored size from the header; the decoded raster may
@@ -190,7 +155,6 @@ pub fn process_with_progress(
     let reduce_to = None;
 
     let decoded = header.decode(scale, reduce_to, limits, keep_alpha)?;
-    drop(data);
     let mut timings = StageTimings {
         decode_ms: elapsed_ms(started),
         ..StageTimings::default()
@@ -199,7 +163,11 @@ pub fn process_with_progress(
     on_progress(Progress::Decoded {
         width: source_width,
         height: source_height,
-    });
+    })
+    .map_err(|source| ImagingError::Sink {
+        preset: None,
+        source,
+    })?;
     let source_format = decoded.format;
     let source = Rendition {
         region: Region::whole(stored_width, stored_height),
@@ -208,40 +176,28 @@ pub fn process_with_progress(
     let mut resampler = Resampler::default();
     let mut renditions: Vec<Rendition> = Vec::with_capacity(presets.len());
     let mut outputs: Vec<Option<Output>> = vec![None; presets.len()];
-    let mut written: Vec<PathBuf> = Vec::with_capacity(presets.len());
 
     for (index, want) in order {
         let preset = &presets[index];
-        let result = make_output(
+        let (output, rendition) = make_output(
             preset,
-            stem,
-            out_dir,
             &want,
             orientation,
             &source,
             &renditions,
             &mut resampler,
             &mut timings,
-            flush,
-        );
-        match result {
-            Ok((output, rendition)) => {
-                written.push(out_dir.join(&output.file_name));
-                on_progress(Progress::Output {
-                    index,
-                    output: &output,
-                });
-                outputs[index] = Some(output);
-                renditions.push(rendition);
-            }
-            Err(err) => {
-                remove_all(&written);
-                return Err(err);
-            }
-        }
-    }
-    if flush == Flush::Now {
-        sync_dir(out_dir);
+        )?;
+        on_progress(Progress::Output {
+            index,
+            output: &output,
+        })
+        .map_err(|source| ImagingError::Sink {
+            preset: Some(preset.name.clone()),
+            source,
+        })?;
+        outputs[index] = Some(output);
+        renditions.push(rendition);
     }
 
     let outputs = outputs
@@ -252,7 +208,7 @@ pub fn process_with_progress(
         decode_ms = timings.decode_ms,
         resize_ms = timings.resize_ms,
         encode_ms = timings.encode_ms,
-        "processed"
+        "image rendered"
     );
     Ok(Processed {
         source_format,
@@ -263,21 +219,17 @@ pub fn process_with_progress(
     })
 }
 
-/// Resamples, orients, encodes and writes the output of one preset.
+/// Resamples, orients and encodes the output of one preset.
 ///
-/// Returns the output's description and its un-oriented raster, kept for the cascade.
-#[allow(clippy::too_many_arguments)]
+/// Returns the output and its un-oriented raster, kept for the cascade.
 fn make_output(
     preset: &Preset,
-    stem: &str,
-    out_dir: &Path,
     want: &Geometry,
     orientation: Orientation,
     source: &Rendition,
     renditions: &[Rendition],
     resampler: &mut Resampler,
     timings: &mut StageTimings,
-    flush: Flush,
 ) -> Result<(Output, Rendition), ImagingError> {
     let started = Instant::now();
     let (raster, cascaded) = resampler
@@ -296,31 +248,29 @@ fn make_output(
     let started = Instant::now();
     let (width, height) = (oriented.width, oriented.height);
     let format = preset.format_for(oriented.layout.has_alpha());
-    let bytes =
-        encode(oriented, format, preset.quality).map_err(|source| ImagingError::Encode {
-            preset: preset.name.clone(),
-            format,
-            source,
-        })?;
-    let file_name = format!("{stem}-{}.{}", preset.name, format.extension());
-    write_atomically(out_dir, &file_name, &bytes, flush)?;
+    let data = encode(oriented, format, preset.quality).map_err(|source| ImagingError::Encode {
+        preset: preset.name.clone(),
+        format,
+        source,
+    })?;
     timings.encode_ms += elapsed_ms(started);
 
     debug!(
         preset = %preset.name,
         width,
         height,
-        bytes = bytes.len(),
+        bytes = data.len(),
         cascaded,
-        "wrote output"
+        "encoded output"
     );
     let output = Output {
         preset: preset.name.clone(),
         width,
         height,
-        bytes: u64::try_from(bytes.len()).expect("a buffer length fits in u64"),
+        format,
         content_type: format.content_type().to_owned(),
-        file_name,
+        bytes: u64::try_from(data.len()).expect("a buffer length fits in u64"),
+        data,
     };
     Ok((
         output,

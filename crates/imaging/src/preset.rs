@@ -29,8 +29,8 @@ pub enum Fit {
 /// One output to produce from every input.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Preset {
-    /// Names the output (`<stem>-<name>.<ext>`): ASCII letters, digits, `-` and `_`,
-    /// at most 64 bytes, unique within one call.
+    /// Names the output: ASCII letters, digits, `-` and `_`, at most 64 bytes, unique
+    /// within one call, since the server puts it in file names and URLs as it is.
     pub name: String,
     /// Box width in pixels, at least 1.
     pub width: u32,

@@ -1,8 +1,6 @@
 //! The pipeline's stages one by one, for the benchmarks (`benches/stages.rs`). Not part
 //! of the API: hidden from the documentation, and free to change with the pipeline.
 
-use std::path::Path;
-
 use crate::decode::read_header;
 use crate::encode::encode;
 use crate::error::ImagingError;
@@ -136,26 +134,25 @@ pub fn encode_jpeg(pixels: &Pixels, quality: u8) -> Vec<u8> {
     encode(&pixels.0.raster, OutputFormat::Jpeg, quality).expect("an RGB or grey raster encodes")
 }
 
-/// PSNR (RGB, 8 bits, dB) of the image file `output` against `source` decoded whole with
+/// PSNR (RGB, 8 bits, dB) of the encoded image `output` against `source` decoded whole with
 /// the `image` crate, EXIF orientation applied, and resized straight to the output's
 /// size (Lanczos3): what shrink-on-load, pruned progressive scans and the cascade cost
 /// against the slow, plain way. The embedded ICC profile is applied to the whole decode
 /// as the pipeline applies it (a CMYK one needs the inks, which `jpeg-decoder` gives at
 /// full scale), so that only the shrinking is measured. `f64::INFINITY` when identical.
-pub fn psnr_against_whole_decode(source: &Path, output: &Path) -> Result<f64, String> {
+pub fn psnr_against_whole_decode(source: &[u8], output: &[u8]) -> Result<f64, String> {
     use fast_image_resize::{images::Image, PixelType, ResizeOptions, Resizer};
 
-    let ours = image::open(output)
-        .map_err(|e| format!("{}: {e}", output.display()))?
+    let ours = image::load_from_memory(output)
+        .map_err(|e| format!("output: {e}"))?
         .into_rgb8();
-    let data = std::fs::read(source).map_err(|e| format!("{}: {e}", source.display()))?;
     let limits = Limits::default();
-    let header = read_header(&data, &limits).map_err(|e| e.to_string())?;
+    let header = read_header(source, &limits).map_err(|e| e.to_string())?;
     let (orientation, profile, frame) = (header.orientation, header.profile.clone(), header.jpeg);
     let whole = match (&profile, frame) {
         (Some(crate::colour::Profile::Cmyk(cmyk)), Some(frame)) => {
             jpeg::decode_scaled(jpeg::ScaledJpeg {
-                data: &data,
+                data: source,
                 frame: &frame,
                 scans: &[],
                 scale: Scale::FULL,

@@ -10,7 +10,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{decode_output, grid_distance, grid_means, ScratchDir};
+use common::{decode_output, grid_distance, grid_means, read};
 use pixpool_imaging::{process, Limits, Preset};
 
 /// Mean colours on an 8×5 grid of LittleCMS's sRGB rendering of the P3 file
@@ -80,16 +80,9 @@ fn rgb_profiles_are_converted_to_srgb() {
         ("04-fallenleaf-adobergb.png", 200),
     ] {
         let input = test_data(name);
-        let out = ScratchDir::new("icc-rgb");
-        let processed = process(
-            &input,
-            &[lossless(width)],
-            out.path(),
-            "job",
-            &Limits::default(),
-        )
-        .unwrap_or_else(|e| panic!("{name}: {e:?}"));
-        let (_, image) = decode_output(&out, &processed.outputs[0]);
+        let processed = process(&read(&input), &[lossless(width)], &Limits::default())
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        let (_, image) = decode_output(&processed.outputs[0]);
         assert_eq!(image.width(), width, "{name}: kept at its size");
         let (mean, max) = grid_distance(&grid_means(&image.to_rgb8(), 8, 5), &FALLENLEAF_SRGB_GRID);
         // The same file read as if it were sRGB (the `image` crate applies no profile):

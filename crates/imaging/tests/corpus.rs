@@ -8,10 +8,10 @@ mod common;
 
 use std::path::Path;
 
-use common::{decode_output, grid_distance, grid_means, process_medium, ScratchDir};
+use common::{decode_output, grid_distance, grid_means, process_medium, read};
 use image::{DynamicImage, ImageDecoder, ImageReader};
 use pixpool_imaging::{
-    probe, process, Fit, Format, ImagingError, Limits, OutputFormat, Preset, Processed,
+    probe, process, Fit, Format, ImagingError, Limits, OutputFormat, Preset, Processed, Progress,
 };
 
 /// One photograph as `manifest.json` describes it.
@@ -97,22 +97,21 @@ fn every_photo_makes_a_medium_jpeg_true_to_the_source() {
     let mut timings = Vec::new();
     for photo in photos(&corpus) {
         let path = corpus.join(&photo.name);
-        let out = ScratchDir::new("medium");
-        let processed = process_medium(&path, &out);
+        let processed = process_medium(&path);
 
         assert_eq!(processed.source_format, photo.format, "{}", photo.name);
         let (want_w, want_h) = medium_dims(&photo);
         let [output] = &processed.outputs[..] else {
             panic!("{}: one preset, one output", photo.name);
         };
-        assert_eq!(output.file_name, "job-medium.jpg");
+        assert_eq!(output.preset, "medium");
+        assert_eq!(output.format, OutputFormat::Jpeg);
         assert_eq!(output.content_type, "image/jpeg");
-        assert_eq!(out.entries(), ["job-medium.jpg"], "no temporary file left");
 
-        let (bytes, image) = decode_output(&out, output);
+        let (bytes, image) = decode_output(output);
         assert_eq!(output.bytes, bytes.len() as u64);
         assert_eq!(
-            image::guess_format(&bytes).expect("format"),
+            image::guess_format(bytes).expect("format"),
             image::ImageFormat::Jpeg
         );
         assert_eq!(
@@ -133,13 +132,9 @@ fn every_photo_makes_a_medium_jpeg_true_to_the_source() {
         assert_eq!(output.height, want_h, "{}", photo.name);
 
         // Metadata is not carried over.
+        assert!(!contains(bytes, b"Exif\0\0"), "{}: EXIF copied", photo.name);
         assert!(
-            !contains(&bytes, b"Exif\0\0"),
-            "{}: EXIF copied",
-            photo.name
-        );
-        assert!(
-            !contains(&bytes, b"ICC_PROFILE"),
+            !contains(bytes, b"ICC_PROFILE"),
             "{}: ICC copied",
             photo.name
         );
@@ -188,11 +183,10 @@ fn exif_orientation_is_applied() {
     ];
     for (name, size) in cases {
         let path = corpus.join(name);
-        let out = ScratchDir::new("orient");
-        let processed = process_medium(&path, &out);
+        let processed = process_medium(&path);
         let output = &processed.outputs[0];
         assert_eq!((output.width, output.height), size, "{name}");
-        let (_, image) = decode_output(&out, output);
+        let (_, image) = decode_output(output);
 
         // Against the source as stored (no orientation), the grids must disagree: this is
         // what makes the check above meaningful for the 180° case, where the size alone
@@ -213,9 +207,8 @@ fn exif_orientation_is_applied() {
 #[test]
 fn greyscale_stays_one_channel() {
     let corpus = corpus_or_skip!();
-    let out = ScratchDir::new("grey");
-    let processed = process_medium(&corpus.join("06-grey-grayscale.jpg"), &out);
-    let (bytes, image) = decode_output(&out, &processed.outputs[0]);
+    let processed = process_medium(&corpus.join("06-grey-grayscale.jpg"));
+    let (bytes, image) = decode_output(&processed.outputs[0]);
     assert_eq!(
         image.color(),
         image::ColorType::L8,
@@ -233,7 +226,6 @@ fn greyscale_stays_one_channel() {
 fn transparent_corners_become_white_in_jpeg_and_stay_transparent_in_png() {
     let corpus = corpus_or_skip!();
     let path = corpus.join("18-twowings-alpha.png");
-    let out = ScratchDir::new("alpha");
     let presets = [
         Preset::medium(),
         Preset {
@@ -248,18 +240,22 @@ fn transparent_corners_become_white_in_jpeg_and_stay_transparent_in_png() {
             ..Preset::medium()
         },
     ];
-    let processed =
-        process(&path, &presets, out.path(), "job", &Limits::default()).expect("process");
+    let processed = process(&read(&path), &presets, &Limits::default()).expect("process");
+    let made: Vec<_> = processed
+        .outputs
+        .iter()
+        .map(|o| (o.preset.as_str(), o.format, o.content_type.as_str()))
+        .collect();
     assert_eq!(
-        out.entries(),
+        made,
         [
-            "job-medium-png.png",
-            "job-medium.jpg",
-            "job-small-webp.webp"
+            ("medium", OutputFormat::Jpeg, "image/jpeg"),
+            ("medium-png", OutputFormat::Png, "image/png"),
+            ("small-webp", OutputFormat::WebP, "image/webp"),
         ]
     );
 
-    let (_, jpeg) = decode_output(&out, &processed.outputs[0]);
+    let (_, jpeg) = decode_output(&processed.outputs[0]);
     let jpeg = jpeg.to_rgb8();
     let (w, h) = jpeg.dimensions();
     for (x, y) in [(0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1)] {
@@ -271,25 +267,21 @@ fn transparent_corners_become_white_in_jpeg_and_stay_transparent_in_png() {
     }
 
     for output in &processed.outputs[1..] {
-        let (_, image) = decode_output(&out, output);
-        assert!(
-            image.color().has_alpha(),
-            "{} keeps alpha",
-            output.file_name
-        );
+        let (_, image) = decode_output(output);
+        assert!(image.color().has_alpha(), "{} keeps alpha", output.preset);
         let rgba = image.to_rgba8();
         let (w, h) = rgba.dimensions();
         assert_eq!(
             rgba.get_pixel(0, 0).0[3],
             0,
             "{}: corner transparent",
-            output.file_name
+            output.preset
         );
         assert_eq!(
             rgba.get_pixel(w / 2, h / 2).0[3],
             255,
             "{}: centre opaque",
-            output.file_name
+            output.preset
         );
     }
 }
@@ -319,9 +311,8 @@ const FIG_ICC_GRID: [[f64; 3]; 12] = [
 #[test]
 fn cmyk_colours_match_a_colour_managed_reference() {
     let corpus = corpus_or_skip!();
-    let out = ScratchDir::new("cmyk");
-    let processed = process_medium(&corpus.join("16-fig-cmyk.jpg"), &out);
-    let (_, image) = decode_output(&out, &processed.outputs[0]);
+    let processed = process_medium(&corpus.join("16-fig-cmyk.jpg"));
+    let (_, image) = decode_output(&processed.outputs[0]);
     let (mean, max) = grid_distance(&grid_means(&image.to_rgb8(), 4, 3), &FIG_ICC_GRID);
     eprintln!("CMYK vs ICC reference: mean abs diff {mean:.2}, max {max:.2}");
     assert!(mean < 1.5 && max < 4.0, "mean {mean:.2}, max {max:.2}");
@@ -331,7 +322,6 @@ fn cmyk_colours_match_a_colour_managed_reference() {
 fn cover_makes_a_centred_square_thumbnail() {
     let corpus = corpus_or_skip!();
     let path = corpus.join("02-blinds.jpg"); // 1920×1200
-    let out = ScratchDir::new("cover");
     let thumb = Preset {
         name: "thumb".to_owned(),
         width: 200,
@@ -341,18 +331,22 @@ fn cover_makes_a_centred_square_thumbnail() {
         quality: 80,
         alpha_format: None,
     };
-    let processed =
-        process(&path, &[thumb], out.path(), "job", &Limits::default()).expect("process");
+    let processed = process(&read(&path), &[thumb], &Limits::default()).expect("process");
     let output = &processed.outputs[0];
     assert_eq!(
-        (output.width, output.height, output.file_name.as_str()),
-        (200, 200, "job-thumb.jpg")
+        (
+            output.width,
+            output.height,
+            output.preset.as_str(),
+            output.format
+        ),
+        (200, 200, "thumb", OutputFormat::Jpeg)
     );
 
     // The centre 1200×1200 of the source, which is what the thumbnail must show.
     let source = reference(&path);
     let centre = image::imageops::crop_imm(&source, 360, 0, 1200, 1200).to_image();
-    let (_, image) = decode_output(&out, output);
+    let (_, image) = decode_output(output);
     let diff = max_grid_diff(
         &grid_means(&image.to_rgb8(), 4, 4),
         &grid_means(&centre, 4, 4),
@@ -372,7 +366,6 @@ fn cover_makes_a_centred_square_thumbnail() {
 #[test]
 fn cover_on_a_portrait_rotated_source() {
     let corpus = corpus_or_skip!();
-    let out = ScratchDir::new("cover-rotated");
     let banner = Preset {
         name: "banner".to_owned(),
         width: 600,
@@ -383,14 +376,13 @@ fn cover_on_a_portrait_rotated_source() {
         alpha_format: None,
     };
     let path = corpus.join("01-storm-orient6.jpg");
-    let processed =
-        process(&path, &[banner], out.path(), "job", &Limits::default()).expect("process");
+    let processed = process(&read(&path), &[banner], &Limits::default()).expect("process");
     let output = &processed.outputs[0];
     assert_eq!((output.width, output.height), (600, 200));
     // Displayed 1280×1920: the banner shows the middle 1280×427 strip.
     let source = reference(&path);
     let strip = image::imageops::crop_imm(&source, 0, 746, 1280, 427).to_image();
-    let (_, image) = decode_output(&out, output);
+    let (_, image) = decode_output(output);
     let diff = max_grid_diff(
         &grid_means(&image.to_rgb8(), 3, 1),
         &grid_means(&strip, 3, 1),
@@ -419,12 +411,11 @@ fn cascaded_presets_match_presets_made_from_the_source() {
         quality: 90,
         alpha_format: None,
     };
-    let all = ScratchDir::new("cascade");
+    let input = read(&path);
     // Given smallest first on purpose: the pipeline must still go largest first, and
     // report outputs in the order given.
     let presets = [thumb.clone(), Preset::medium(), large];
-    let processed: Processed =
-        process(&path, &presets, all.path(), "job", &Limits::default()).expect("process");
+    let processed: Processed = process(&input, &presets, &Limits::default()).expect("process");
     let sizes: Vec<_> = processed
         .outputs
         .iter()
@@ -439,11 +430,9 @@ fn cascaded_presets_match_presets_made_from_the_source() {
         ]
     );
 
-    let alone = ScratchDir::new("cascade-alone");
-    let direct =
-        process(&path, &[thumb], alone.path(), "job", &Limits::default()).expect("process");
-    let (_, cascaded) = decode_output(&all, &processed.outputs[0]);
-    let (_, direct) = decode_output(&alone, &direct.outputs[0]);
+    let direct = process(&input, &[thumb], &Limits::default()).expect("process");
+    let (_, cascaded) = decode_output(&processed.outputs[0]);
+    let (_, direct) = decode_output(&direct.outputs[0]);
     let (a, b) = (cascaded.to_rgb8(), direct.to_rgb8());
     let total: u64 = a
         .as_raw()
@@ -497,40 +486,43 @@ fn alpha_format_keeps_transparency_only_for_sources_that_have_it() {
         alpha_format: Some(OutputFormat::Png),
         ..Preset::medium()
     };
-    for (photo, ext) in [
-        ("18-twowings-alpha.png", "png"),
-        ("17-aqua.png", "jpg"),
-        ("04-fallenleaf.jpg", "jpg"),
+    for (photo, format) in [
+        ("18-twowings-alpha.png", OutputFormat::Png),
+        ("17-aqua.png", OutputFormat::Jpeg),
+        ("04-fallenleaf.jpg", OutputFormat::Jpeg),
     ] {
-        let out = ScratchDir::new("alpha-format");
         let mut seen = Vec::new();
+        let mut handed_over = Vec::new();
         let processed = pixpool_imaging::process_with_progress(
-            &corpus.join(photo),
+            &read(&corpus.join(photo)),
             std::slice::from_ref(&keep),
-            out.path(),
-            "job",
             &Limits::default(),
-            pixpool_imaging::Flush::Now,
-            &mut |p| seen.push(format!("{p:?}")),
+            &mut |p| {
+                seen.push(format!("{p:?}"));
+                if let Progress::Output { index, output } = p {
+                    handed_over.push((index, output.clone()));
+                }
+                Ok(())
+            },
         )
         .expect("process");
-        assert_eq!(
-            processed.outputs[0].file_name,
-            format!("job-keep.{ext}"),
-            "{photo}"
-        );
+        let output = &processed.outputs[0];
+        assert_eq!(output.format, format, "{photo}");
+        assert_eq!(output.content_type, format.content_type(), "{photo}");
         assert_eq!(seen.len(), 2, "decoded + one output reported: {seen:?}");
         assert!(
             seen[0].starts_with("Decoded") && seen[1].starts_with("Output"),
             "{seen:?}"
         );
+        // What the callback was handed is what the call returns, bytes and all.
+        assert_eq!(handed_over, [(0, output.clone())], "{photo}");
+        assert_eq!(output.bytes, output.data.len() as u64, "{photo}");
     }
 }
 
 #[test]
 fn every_jpeg_output_stays_within_the_stated_psnr_bound() {
     let corpus = corpus_or_skip!();
-    let out = ScratchDir::new("psnr");
     // PNG output: the JPEG encoder's own loss does not count, only the decode's.
     let lossless = [Preset {
         format: OutputFormat::Png,
@@ -538,11 +530,11 @@ fn every_jpeg_output_stays_within_the_stated_psnr_bound() {
     }];
     let mut worst = (f64::INFINITY, String::new());
     for photo in photos(&corpus).iter().filter(|p| p.format == Format::Jpeg) {
-        let path = corpus.join(&photo.name);
-        let processed = process(&path, &lossless, out.path(), "q", &Limits::default())
+        let input = read(&corpus.join(&photo.name));
+        let processed = process(&input, &lossless, &Limits::default())
             .unwrap_or_else(|e| panic!("{}: {e}", photo.name));
-        let output = out.path().join(&processed.outputs[0].file_name);
-        let psnr = pixpool_imaging::stages::psnr_against_whole_decode(&path, &output)
+        let output = &processed.outputs[0].data;
+        let psnr = pixpool_imaging::stages::psnr_against_whole_decode(&input, output)
             .unwrap_or_else(|e| panic!("{}: {e}", photo.name));
         eprintln!("{:36} {psnr:6.2} dB", photo.name);
         if psnr < worst.0 {

@@ -22,6 +22,9 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod backend;
+#[cfg(feature = "runtime")]
+pub mod embedded;
 pub mod fsutil;
 pub mod record;
 
@@ -30,6 +33,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use backend::{Durability, Revision, VariantKey, Versioned};
 pub use record::{JobId, JobRecord, JobState, OutputRecord, Problem, SourceRecord, StageMillis};
 
 /// Failures of the job store, named after the step that failed.
@@ -98,6 +102,41 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+    /// A compare-and-swap found another revision (or a create found the job): someone
+    /// else changed the record since it was read.
+    #[error("job {id} changed meanwhile")]
+    Conflict {
+        /// The job.
+        id: JobId,
+    },
+    /// A blob could not be written, read or removed.
+    #[error("could not store {key}")]
+    Blob {
+        /// The blob's key.
+        key: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A blob key that this layout never hands out (a record edited by hand, or from
+    /// another backend).
+    #[error("{key:?} is not a blob key of this store")]
+    BadKey {
+        /// The key.
+        key: String,
+    },
+    /// A front's journal of jobs being accepted could not be written.
+    #[error("could not write the pending marker {path}")]
+    Journal {
+        /// The marker.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A blocking storage task could not run to its end (it panicked).
+    #[error("a storage task failed: {0}")]
+    Task(String),
     /// A claim marker could not be created, removed or listed.
     #[error("could not update claim {path}")]
     Claim {
@@ -189,11 +228,11 @@ impl Store {
     }
     /// Where originals live.
     pub fn raw_dir(&self) -> PathBuf {
-        self.root.join("raw")
+        self.root.join(RAW)
     }
     /// Where outputs live.
     pub fn processed_dir(&self) -> PathBuf {
-        self.root.join("processed")
+        self.root.join(PROCESSED)
     }
     /// Where job records live.
     pub fn jobs_dir(&self) -> PathBuf {
@@ -227,6 +266,37 @@ impl Store {
     pub fn dedup_path(&self, key: &str) -> PathBuf {
         self.root.join("dedup").join(key)
     }
+    /// The key (path relative to the uploads directory) of job `id`'s original.
+    pub fn original_key(id: &JobId, extension: &str) -> String {
+        format!("{RAW}/{id}.{extension}")
+    }
+    /// The key of a variant.
+    pub fn variant_key(key: &VariantKey) -> String {
+        format!("{PROCESSED}/{key}")
+    }
+    /// Where a variant lives.
+    pub fn output_path(&self, key: &VariantKey) -> PathBuf {
+        self.processed_dir().join(key.to_string())
+    }
+    /// The file a blob key names: only `raw/<name>` and `processed/<name>`, a plain
+    /// name, are keys of this layout (a record must not lead a reader anywhere else).
+    pub fn key_path(&self, key: &str) -> Result<PathBuf, StoreError> {
+        let plain = |name: &str| {
+            !name.is_empty()
+                && !name.starts_with('.')
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        };
+        match key.split_once('/') {
+            Some((dir @ (RAW | PROCESSED), name)) if plain(name) => {
+                Ok(self.root.join(dir).join(name))
+            }
+            _ => Err(StoreError::BadKey {
+                key: key.to_string(),
+            }),
+        }
+    }
     /// The claim directory of worker `slot`.
     pub fn claim_dir(&self, slot: u32) -> PathBuf {
         self.root.join("claims").join(slot.to_string())
@@ -243,107 +313,100 @@ impl Store {
         Ok(avail.saturating_mul(frag))
     }
 
-    /// Writes `record` durably (temp file, fsync, rename, directory fsync).
+    /// Writes `record` durably (temp file, fsync, rename, directory fsync), at revision 0:
+    /// for tools and tests; servers go through [`Records`](backend::Records).
     pub fn write_record(&self, record: &JobRecord) -> Result<(), StoreError> {
-        self.write_record_with(record, fsutil::replace_durably)
+        self.write_record_at(record, 0, Durability::Durable)
     }
 
-    /// Writes `record` atomically but not durably ([`fsutil::replace_atomically`]): a
-    /// crash of the machine may bring back the previous durable record, never a torn
-    /// one. For the `processing` state, which a crash rolls back anyway (the job is
-    /// claimed and runs again): one fsync on the worker's path instead of two.
-    pub fn write_record_provisional(&self, record: &JobRecord) -> Result<(), StoreError> {
-        self.write_record_with(record, fsutil::replace_atomically)
-    }
-
-    fn write_record_with(
+    /// Writes `record` at `revision` (no compare: the caller holds the record's lock or
+    /// creates it).
+    pub(crate) fn write_record_at(
         &self,
         record: &JobRecord,
-        replace: fn(&Path, &[u8]) -> io::Result<()>,
+        revision: Revision,
+        durability: Durability,
     ) -> Result<(), StoreError> {
         let path = self.record_path(&record.id);
-        let bytes = serde_json::to_vec_pretty(record).map_err(|e| StoreError::WriteRecord {
+        let bytes = record::encode(record, revision).map_err(|e| StoreError::WriteRecord {
             path: path.clone(),
             source: io::Error::other(e),
         })?;
+        let replace = match durability {
+            Durability::Durable => fsutil::replace_durably,
+            Durability::Provisional => fsutil::replace_atomically,
+        };
         replace(&path, &bytes).map_err(|source| StoreError::WriteRecord { path, source })
     }
 
     /// Reads a job record; `Ok(None)` when there is no such job.
     pub fn read_record(&self, id: &JobId) -> Result<Option<JobRecord>, StoreError> {
+        Ok(self.read_versioned(id)?.map(|v| v.value))
+    }
+
+    /// Reads a job record and its revision; `Ok(None)` when there is no such job.
+    pub fn read_versioned(&self, id: &JobId) -> Result<Option<Versioned<JobRecord>>, StoreError> {
         let path = self.record_path(id);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(StoreError::ReadRecord { path, source }),
         };
-        serde_json::from_slice(&bytes)
+        record::decode(&bytes)
             .map(Some)
             .map_err(|source| StoreError::CorruptRecord { path, source })
     }
 
-    /// Takes the dedup entry `key` for job `id`, atomically across processes
-    /// (`link(2)` fails if the name exists). Returns the job that holds it when
-    /// another upload got there first.
+    /// Takes the dedup entry `key` for job `id`, atomically across processes: the entry
+    /// is a symbolic link whose target is the holder's id, and `symlink(2)` fails if the
+    /// name exists. Returns the job that holds it when another upload got there first.
     ///
-    /// An entry that names no job (empty or garbage: torn by a crash before its
-    /// content reached the disk) is treated as absent and replaced by one
-    /// `rename`. Entries are linked only once their content is fsynced, so a
-    /// live writer never shows a partial one.
+    /// A link is whole the moment it exists (its target is in the inode), so there is
+    /// no content to fsync and no temp file: one system call. Not fsynced: an entry lost
+    /// in a power cut costs an identical upload its dedup, never a job. An entry that
+    /// names no job (a regular file from an older version, torn by a crash, or garbage)
+    /// is treated as absent and replaced by one `rename`.
     pub fn dedup_claim(&self, key: &str, id: &JobId) -> Result<Option<JobId>, StoreError> {
         let path = self.dedup_path(key);
         let err = |source| StoreError::Dedup {
             path: path.clone(),
             source,
         };
-        let tmp = path.with_file_name(format!(".{key}.{id}.tmp"));
-        let write_tmp = || -> io::Result<()> {
-            let mut f = fs::File::create(&tmp)?;
-            io::Write::write_all(&mut f, id.as_str().as_bytes())?;
-            f.sync_all()
-        };
-        let outcome = (|| {
-            write_tmp()?;
-            // Each round either settles or saw the entry vanish under it (released
-            // by its holder between our link and our read): a few rounds suffice
-            // unless something keeps deleting it.
-            for _ in 0..DEDUP_CLAIM_ROUNDS {
-                match fs::hard_link(&tmp, &path) {
-                    Ok(()) => return Ok(None),
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(e),
-                }
-                match fs::read(&path) {
-                    Ok(bytes) => {
-                        let holder = std::str::from_utf8(&bytes)
-                            .ok()
-                            .and_then(|s| JobId::parse(s.trim()));
-                        if let Some(holder) = holder {
-                            return Ok(Some(holder));
-                        }
-                        tracing::warn!(entry = %path.display(), "torn dedup entry; replacing it");
-                        fs::rename(&tmp, &path)?;
-                        return Ok(None);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e),
-                }
+        // Each round either settles or saw the entry vanish under it (released by its
+        // holder between our attempt and our read): a few rounds suffice unless
+        // something keeps deleting it.
+        for _ in 0..DEDUP_CLAIM_ROUNDS {
+            match std::os::unix::fs::symlink(id.as_str(), &path) {
+                Ok(()) => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(err(e)),
             }
-            Err(io::Error::other(
-                "the entry kept changing; giving up on dedup for this upload",
-            ))
-        })();
-        let _ = fs::remove_file(&tmp);
-        outcome.map_err(err)
+            match read_dedup_entry(&path) {
+                Ok(Some(holder)) => return Ok(Some(holder)),
+                Ok(None) => {
+                    tracing::warn!(entry = %path.display(), "torn dedup entry; replacing it");
+                    let tmp = path.with_file_name(format!(".{key}.{id}.tmp"));
+                    let replaced = std::os::unix::fs::symlink(id.as_str(), &tmp)
+                        .and_then(|()| fs::rename(&tmp, &path));
+                    if replaced.is_err() {
+                        let _ = fs::remove_file(&tmp);
+                    }
+                    return replaced.map(|()| None).map_err(err);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(err(e)),
+            }
+        }
+        Err(err(io::Error::other(
+            "the entry kept changing; giving up on dedup for this upload",
+        )))
     }
 
     /// The job holding dedup entry `key`, if any (an unreadable entry counts as none).
     pub fn dedup_holder(&self, key: &str) -> Result<Option<JobId>, StoreError> {
         let path = self.dedup_path(key);
-        match fs::read(&path) {
-            Ok(b) => Ok(std::str::from_utf8(&b)
-                .ok()
-                .and_then(|s| JobId::parse(s.trim()))),
+        match read_dedup_entry(&path) {
+            Ok(holder) => Ok(holder),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(StoreError::Dedup { path, source }),
         }
@@ -638,7 +701,29 @@ fn list(dir: &Path) -> Result<Vec<fs::DirEntry>, StoreError> {
     }
 }
 
-/// Rounds of link-then-read before [`Store::dedup_claim`] gives up.
+/// The directory of originals, and the first part of their keys.
+const RAW: &str = "raw";
+
+/// The directory of variants, and the first part of their keys.
+const PROCESSED: &str = "processed";
+
+/// The holder a dedup entry names: a link's target, or (written by older versions) a
+/// regular file's content. `Ok(None)`: it names no job.
+fn read_dedup_entry(path: &Path) -> io::Result<Option<JobId>> {
+    let named = match fs::read_link(path) {
+        Ok(target) => target.to_str().map(str::to_string),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            let bytes = fs::read(path)?;
+            std::str::from_utf8(&bytes)
+                .ok()
+                .map(|s| s.trim().to_string())
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(named.as_deref().and_then(JobId::parse))
+}
+
+/// Rounds of symlink-then-read before [`Store::dedup_claim`] gives up.
 const DEDUP_CLAIM_ROUNDS: usize = 16;
 
 impl Store {
@@ -754,6 +839,18 @@ mod tests {
             );
             store.dedup_release("k", &first).expect("release");
         }
+        // A link to anything but an id is torn too.
+        std::os::unix::fs::symlink("../../etc/passwd", store.dedup_path("k")).expect("link");
+        assert_eq!(store.dedup_holder("k").expect("read"), None);
+        assert_eq!(store.dedup_claim("k", &first).expect("claim"), None);
+        store.dedup_release("k", &first).expect("release");
+        // An entry written by an older version (a file holding the id) still counts.
+        fs::write(store.dedup_path("old"), first.as_str()).expect("legacy entry");
+        assert_eq!(
+            store.dedup_claim("old", &second).expect("claim"),
+            Some(first.clone())
+        );
+        store.dedup_release("old", &first).expect("release");
         assert_eq!(
             names(&root.join("dedup")),
             Vec::<String>::new(),

@@ -94,6 +94,37 @@ impl JobRecord {
     }
 }
 
+/// A record as stored: its revision beside its fields, so that a compare-and-swap
+/// reads both in one read. Records written before revisions existed read as revision 0.
+#[derive(Serialize)]
+struct Stored<'a> {
+    revision: u64,
+    #[serde(flatten)]
+    record: &'a JobRecord,
+}
+
+#[derive(Deserialize)]
+struct Loaded {
+    #[serde(default)]
+    revision: u64,
+    #[serde(flatten)]
+    record: JobRecord,
+}
+
+/// The stored form of `record` at `revision`.
+pub(crate) fn encode(record: &JobRecord, revision: u64) -> serde_json::Result<Vec<u8>> {
+    serde_json::to_vec_pretty(&Stored { revision, record })
+}
+
+/// A stored record and its revision.
+pub(crate) fn decode(bytes: &[u8]) -> serde_json::Result<crate::backend::Versioned<JobRecord>> {
+    let loaded: Loaded = serde_json::from_slice(bytes)?;
+    Ok(crate::backend::Versioned {
+        value: loaded.record,
+        revision: loaded.revision,
+    })
+}
+
 /// The current time as RFC 3339 with milliseconds, UTC.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
@@ -119,5 +150,10 @@ mod tests {
         assert_eq!(back, rec);
         assert!(json.contains(r#""state":"queued""#), "{json}");
         assert!(json.contains(r#""error":null"#), "{json}");
+        // Stored with its revision; a record from before revisions reads as 0.
+        let stored = encode(&rec, 7).expect("encode");
+        let got = decode(&stored).expect("decode");
+        assert_eq!((got.value, got.revision), (rec.clone(), 7));
+        assert_eq!(decode(json.as_bytes()).expect("decode").revision, 0);
     }
 }

@@ -1,26 +1,32 @@
-//! Running jobs: one at a time, on a blocking thread, with the record's state
-//! transitions (`queued → processing → done | failed`) written durably around
-//! the call into `pixpool-imaging`.
+//! Running jobs, one at a time, in three steps:
 //!
-//! A failure on the server's side (an output or a record that cannot be written: a
-//! full disk) queues the job again after a pause that doubles each time
-//! ([`retry_backoff`]), never at once: a full disk must not turn a worker into a
-//! spinning core and a log flood. After [`MAX_RETRIES`] such failures (or
-//! [`MAX_ATTEMPTS`] runs) the job is failed, with a problem saying why.
+//! - [`begin`]: take the delivery, read the record, mark it `processing`, fetch the
+//!   original;
+//! - `render`: decode, resize and encode on a blocking thread; each variant is stored
+//!   and announced as soon as it is encoded;
+//! - [`conclude`]: flush the variants, write the final record (`done` or `failed`),
+//!   ack the delivery, announce the end. It runs while the next job renders, so the
+//!   fsyncs (a few milliseconds a job) do not leave the CPU idle.
+//!
+//! Every failure is a [`JobError`], which decides its problem document and whether
+//! the job is retried. A failure on the server's side (a full disk) queues the job
+//! again after a pause that doubles each time ([`retry_backoff`]), never at once.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pixpool_imaging::{Preset, Progress};
+use bytes::Bytes;
+use pixpool_imaging::{ImagingError, Preset, Progress};
 use pixpool_metrics::{Counter, Gauge, Histogram, JobOutcome, Recorder, Stage};
-use pixpool_protocol::{EventKind, JobEvent};
+use pixpool_model::{EventKind, JobEvent, JobId};
+use pixpool_store::backend::{Blobs, Consumer, Delivery, Durability, Events, Records, VariantKey};
 use pixpool_store::record::now_rfc3339;
-use pixpool_store::{JobRecord, JobState, OutputRecord, Problem, StageMillis};
-use tokio::sync::broadcast;
+use pixpool_store::{
+    error_chain, JobRecord, JobState, OutputRecord, Problem, StageMillis, StoreError,
+};
 use tokio::sync::watch;
-use tracing::{debug, error, info, instrument, warn};
+use tracing::{debug, error, info, warn, Instrument};
 
-use crate::queue::{Job, JobQueue};
 use crate::WorkerConfig;
 
 /// A job started this many times without finishing (its worker crashed or was
@@ -51,22 +57,111 @@ pub fn retry_backoff(n: u32) -> Duration {
         .min(RETRY_BACKOFF_MAX)
 }
 
-/// Queues `job` again once the backoff its retries so far call for has passed. Its
-/// claim stays on disk meanwhile: if this process ends first, its successor runs it.
-fn retry_later(queue: &Arc<JobQueue>, mut job: Job) {
-    job.retries = job.retries.saturating_add(1);
-    let wait = retry_backoff(job.retries);
-    warn!(
-        job_id = %job.id,
-        retry = job.retries,
-        wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-        "job failed on the server side; retrying after a pause"
-    );
-    let queue = queue.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(wait).await;
-        queue.push_recovered(job);
-    });
+/// What the worker's jobs run against: the backend's four parts.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// Job records.
+    pub records: Arc<dyn Records>,
+    /// Originals and variants.
+    pub blobs: Arc<dyn Blobs>,
+    /// Progress events.
+    pub events: Arc<dyn Events>,
+    /// This worker's deliveries.
+    pub queue: Arc<dyn Consumer>,
+}
+
+/// Why a job failed, or could not go on for now.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Started [`MAX_ATTEMPTS`] times without finishing.
+    #[error("processing was interrupted {0} times (the worker crashed or was killed)")]
+    TooManyAttempts(u32),
+    /// The job names a preset this server does not know (any more).
+    #[error("no preset named {0:?}")]
+    UnknownPreset(String),
+    /// The image itself: undecodable, or over a limit.
+    #[error(transparent)]
+    Image(ImagingError),
+    /// Processing failed on the server's side.
+    #[error(transparent)]
+    Processing(ImagingError),
+    /// The job's thread panicked.
+    #[error("the job's thread failed: {0}")]
+    Crashed(String),
+    /// Storage refused a record, the original or a variant.
+    #[error(transparent)]
+    Storage(#[from] StoreError),
+    /// The job overran the time limit of one job.
+    #[error(
+        "processing did not finish within the {} s time limit of one job; \
+         the server may be busy: try again later",
+        .0.as_secs_f64()
+    )]
+    Timeout(Duration),
+}
+
+impl JobError {
+    /// The problem document recorded for a job that ends with this error: the one place
+    /// a worker's failure gets its type and status.
+    pub fn to_problem(&self) -> Problem {
+        let detail = error_chain(self);
+        let (kind, title, status) = match self {
+            JobError::TooManyAttempts(_) => ("too-many-attempts", "The job was abandoned", 500),
+            JobError::UnknownPreset(_) => ("unknown-preset", "Unknown preset", 400),
+            // The same type as the front's refusal of an image over a limit.
+            JobError::Image(e) if e.is_limit_exceeded() => {
+                ("limit-exceeded", "Image exceeds a limit", 422)
+            }
+            JobError::Image(_) => (
+                "unprocessable-image",
+                "The image could not be processed",
+                422,
+            ),
+            JobError::Processing(_) | JobError::Crashed(_) => (
+                "processing-error",
+                "The server could not process the image",
+                500,
+            ),
+            // A full disk (or quota) has its own type, so an operator reading the
+            // record knows what to fix.
+            JobError::Storage(e) if disk_full(e) => (
+                "storage-full",
+                "The server has no room for the outputs",
+                507,
+            ),
+            JobError::Storage(_) => ("storage-error", "The server could not store the job", 507),
+            // The server's fault as much as the image's: a 5xx lets an identical upload
+            // run again (dedup keeps a failure below 500 for good).
+            JobError::Timeout(_) => (
+                "processing-timeout",
+                "The server ran out of time for this image",
+                503,
+            ),
+        };
+        Problem::new(kind, title, status, detail)
+    }
+
+    /// Whether another run may succeed (the server's trouble, not the image's).
+    fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            JobError::Processing(_) | JobError::Crashed(_) | JobError::Storage(_)
+        )
+    }
+}
+
+/// Whether `e` comes from a full disk or an exhausted quota.
+fn disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
+                return true;
+            }
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// What became of one run of a job.
@@ -78,7 +173,7 @@ pub enum Outcome {
     Failed,
     /// A server-side failure (disk): run it again after a pause ([`retry_backoff`]).
     Retry,
-    /// Nothing to do (already final, or no record).
+    /// Nothing to do (already final, taken by a sibling, or no record).
     Skipped,
 }
 
@@ -94,191 +189,168 @@ pub enum ExecExit {
     JobTimedOut,
 }
 
-/// How soon an idle worker looks again for a busy sibling's queued jobs (when it
-/// finishes a job and its own queue is empty, it looks at once). Each look that
-/// finds nothing doubles the wait, up to [`STEAL_POLL_MAX`]: an idle server does
-/// not scan its claim directories ten times a second per worker.
-pub const STEAL_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+/// Job events of one job, numbered by its attempt.
+#[derive(Debug, Clone)]
+struct Emitter {
+    events: Arc<dyn Events>,
+    id: JobId,
+}
 
-/// The longest wait between two looks at the siblings' queues.
-pub const STEAL_POLL_MAX: std::time::Duration = std::time::Duration::from_millis(1600);
-
-/// With its own queue empty, takes the oldest queued job of a sibling that is
-/// busy with another one (see [`pixpool_store::Store::steal`]). Routing stays
-/// round-robin; this only keeps a worker from idling while jobs wait behind a
-/// long one elsewhere.
-async fn help_a_sibling(config: &Arc<WorkerConfig>) -> Option<Job> {
-    if !config.steal || config.workers < 2 {
-        return None;
-    }
-    let cfg = config.clone();
-    let stolen = tokio::task::spawn_blocking(move || cfg.store.steal(cfg.slot, cfg.workers)).await;
-    match stolen {
-        Ok(Ok(Some(id))) => {
-            info!(job_id = %id, "took a queued job from a busy sibling");
-            config.metrics.inc(Counter::JobsStolen {
-                worker: config.slot,
-            });
-            Some(Job {
-                id,
-                owner: config.slot,
-                presets: None,
-                retries: 0,
-            })
-        }
-        Ok(Ok(None)) => None,
-        Ok(Err(e)) => {
-            warn!(cause = %e, "could not look at the siblings' queues");
-            None
-        }
-        Err(e) => {
-            warn!(cause = %e, "the look at the siblings' queues failed");
-            None
-        }
+impl Emitter {
+    fn emit(&self, kind: EventKind) {
+        self.events.publish(JobEvent {
+            id: self.id.clone(),
+            kind,
+        });
     }
 }
 
-/// Runs queued jobs until `stop` turns true; the job in hand always finishes.
-///
-/// A job runs in two steps. [`execute`] decodes, resizes and encodes on a blocking
-/// thread, writing the outputs without waiting for the disk; [`commit`] then flushes
-/// them, writes the final record and drops the claim, on another thread, while the next
-/// job is already being decoded: the fsyncs (a few milliseconds a job) no longer leave
-/// the CPU idle. At most one commit is pending, and it is finished before this returns.
+/// A job in this worker's hands, its record marked `processing`.
+#[derive(Debug)]
+struct Running {
+    delivery: Delivery,
+    rec: JobRecord,
+    /// The revision of `rec` as stored: the final update is a compare-and-swap on it.
+    revision: u64,
+    emitter: Emitter,
+}
+
+/// What rendering produced.
+#[derive(Debug, Default)]
+struct Rendered {
+    /// Every variant stored so far, removed again if the job fails.
+    stored: Vec<VariantKey>,
+    /// The records of the outputs, by preset index.
+    outputs: Vec<Option<OutputRecord>>,
+    stage_ms: StageMillis,
+}
+
+/// A job to conclude: its result, and what was stored on the way.
+#[derive(Debug)]
+struct Concluding {
+    job: Running,
+    result: Result<(), JobError>,
+    rendered: Rendered,
+    started: Instant,
+}
+
+/// Runs delivered jobs until `stop` turns true; the job in hand always finishes, and
+/// so does the conclusion of the one before it.
 pub async fn run_queue(
     config: Arc<WorkerConfig>,
-    queue: Arc<JobQueue>,
-    events: broadcast::Sender<JobEvent>,
+    backend: Backend,
     mut stop: watch::Receiver<bool>,
 ) -> ExecExit {
-    let mut pending: Option<Pending> = None;
-    let exit = run_jobs(&config, &queue, &events, &mut stop, &mut pending).await;
+    let mut pending: Option<tokio::task::JoinHandle<()>> = None;
+    let exit = run_jobs(&config, &backend, &mut stop, &mut pending).await;
     if let Some(p) = pending.take() {
-        settle(p, &queue, &config.metrics).await;
+        let _ = p.await;
     }
     exit
 }
 
-/// A commit running on its thread.
-struct Pending {
-    handle: tokio::task::JoinHandle<Outcome>,
-    job: Job,
-    started: Instant,
-}
-
-/// Waits for a commit and accounts for its outcome.
-async fn settle(p: Pending, queue: &Arc<JobQueue>, metrics: &Recorder) {
-    match p.handle.await {
-        Ok(Outcome::Retry) => {
-            account(metrics, Outcome::Retry, p.started);
-            retry_later(queue, p.job);
-        }
-        Ok(outcome) => account(metrics, outcome, p.started),
-        Err(e) => error!(cause = %e, job_id = %p.job.id, "commit thread panicked"),
-    }
-}
-
-/// Counts a job's outcome in the metrics.
-fn account(metrics: &Recorder, outcome: Outcome, started: Instant) {
-    let label = match outcome {
-        Outcome::Done => JobOutcome::Done,
-        Outcome::Failed => JobOutcome::Failed,
-        Outcome::Retry => JobOutcome::Retry,
-        Outcome::Skipped => JobOutcome::Skipped,
-    };
-    metrics.inc(Counter::Jobs { outcome: label });
-    if matches!(outcome, Outcome::Done | Outcome::Failed) {
-        metrics.observe(Histogram::JobDuration, started.elapsed());
-    }
-}
-
 async fn run_jobs(
     config: &Arc<WorkerConfig>,
-    queue: &Arc<JobQueue>,
-    events: &broadcast::Sender<JobEvent>,
+    backend: &Backend,
     stop: &mut watch::Receiver<bool>,
-    pending: &mut Option<Pending>,
+    pending: &mut Option<tokio::task::JoinHandle<()>>,
 ) -> ExecExit {
     let mut jobs_run: u64 = 0;
-    let mut steal_poll = STEAL_POLL;
     loop {
         if *stop.borrow() {
             return ExecExit::Stopped;
         }
-        let job = match queue.try_pop() {
-            Some(job) => job,
-            None => match help_a_sibling(config).await {
-                Some(job) => job,
-                None => {
-                    // Nothing to decode: finish the pending commit first.
-                    if let Some(p) = pending.take() {
-                        settle(p, queue, &config.metrics).await;
-                        continue;
-                    }
-                    // Idle: wake for a job of our own, for the drain, or to look
-                    // again for a sibling's backlog.
-                    tokio::select! {
-                        _ = queue.wait() => steal_poll = STEAL_POLL,
-                        _ = stop.changed() => {}
-                        _ = tokio::time::sleep(steal_poll), if config.steal && config.workers > 1 => {
-                            steal_poll = (steal_poll * 2).min(STEAL_POLL_MAX);
-                        }
-                    }
-                    continue;
-                }
+        let delivery = tokio::select! {
+            d = backend.queue.next() => match d {
+                Some(d) => d,
+                None => return ExecExit::Stopped,
             },
+            _ = stop.changed() => continue,
+            // Nothing to render yet: let the pending conclusion finish meanwhile.
+            _ = async { pending.as_mut().expect("guarded").await }, if pending.is_some() => {
+                *pending = None;
+                continue;
+            }
         };
-        steal_poll = STEAL_POLL;
-        let cfg = config.clone();
-        let retry = job.clone();
-        let ev = events.clone();
-        let metrics = &config.metrics;
+        if delivery.stolen {
+            config.metrics.inc(Counter::JobsStolen {
+                worker: config.slot,
+            });
+        }
+        let started = Instant::now();
+        let span = tracing::info_span!("job", job_id = %delivery.id, slot = config.slot);
+        let job = match begin(config, backend, delivery)
+            .instrument(span.clone())
+            .await
+        {
+            Ok(job) => job,
+            Err(outcome) => {
+                account(&config.metrics, outcome, started);
+                continue;
+            }
+        };
         let busy = Gauge::WorkerBusy {
             worker: config.slot,
         };
-        metrics.set(busy.clone(), 1.0);
-        let running = tokio::task::spawn_blocking(move || execute(&cfg, &job, &ev));
-        let started = Instant::now();
-        let step = tokio::time::timeout(config.job_timeout, running).await;
-        metrics.set(busy, 0.0);
-        match step {
-            Ok(Ok(Step::Commit(work))) => {
-                if let Some(p) = pending.take() {
-                    settle(p, queue, &config.metrics).await;
-                }
-                let (cfg, ev) = (config.clone(), events.clone());
-                *pending = Some(Pending {
-                    handle: tokio::task::spawn_blocking(move || commit(&cfg, *work, &ev)),
-                    job: retry,
-                    started,
-                });
-            }
-            Ok(Ok(Step::Finished(Outcome::Retry))) => {
-                account(metrics, Outcome::Retry, started);
-                retry_later(queue, retry);
-            }
-            Ok(Ok(Step::Finished(outcome))) => account(metrics, outcome, started),
-            Ok(Err(e)) => error!(cause = %e, job_id = %retry.id, "job thread panicked"),
+        config.metrics.set(busy.clone(), 1.0);
+        let rendered = Arc::new(Mutex::new(Rendered::default()));
+        let render = {
+            let (cfg, blobs, emitter, out) = (
+                config.clone(),
+                backend.blobs.clone(),
+                job.emitter.clone(),
+                rendered.clone(),
+            );
+            let (rec, presets) = (job.rec.clone(), job.delivery.presets.clone());
+            let span = span.clone();
+            tokio::task::spawn_blocking(move || {
+                span.in_scope(|| render(&cfg, &*blobs, &emitter, &rec, presets, &out))
+            })
+        };
+        let ran = tokio::time::timeout(config.job_timeout, render).await;
+        config.metrics.set(busy, 0.0);
+        let timed_out = ran.is_err();
+        let result = match ran {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => Err(JobError::Crashed(e.to_string())),
             Err(_) => {
                 error!(
-                    job_id = %retry.id,
+                    job_id = %job.delivery.id,
                     timeout_s = config.job_timeout.as_secs_f64(),
                     "job overran its time limit; failing it and replacing this worker"
                 );
-                if let Some(p) = pending.take() {
-                    settle(p, queue, &config.metrics).await;
-                }
-                let (cfg, ev) = (config.clone(), events.clone());
-                let _ =
-                    tokio::task::spawn_blocking(move || fail_timed_out(&cfg, &retry, &ev)).await;
-                // Let the `failed` event reach the fronts before the process goes.
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                metrics.inc(Counter::Jobs {
-                    outcome: JobOutcome::Timeout,
-                });
-                return ExecExit::JobTimedOut;
+                Err(JobError::Timeout(config.job_timeout))
             }
+        };
+        // What the render thread stored so far (it may still run after a timeout).
+        let rendered = std::mem::take(&mut *rendered.lock().unwrap_or_else(|p| p.into_inner()));
+        let work = Concluding {
+            job,
+            result,
+            rendered,
+            started,
+        };
+        if let Some(p) = pending.take() {
+            let _ = p.await;
         }
+        let (cfg, be) = (config.clone(), backend.clone());
+        let handle = tokio::spawn(
+            async move {
+                let outcome = conclude(&be, work).await;
+                account(&cfg.metrics, outcome, started);
+            }
+            .instrument(span),
+        );
+        if timed_out {
+            let _ = handle.await;
+            // Let the `failed` event reach the fronts before the process goes.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            config.metrics.inc(Counter::Jobs {
+                outcome: JobOutcome::Timeout,
+            });
+            return ExecExit::JobTimedOut;
+        }
+        *pending = Some(handle);
         jobs_run += 1;
         if config.recycle_after_jobs > 0 && jobs_run >= config.recycle_after_jobs {
             info!(jobs_run, "recycling after the configured number of jobs");
@@ -299,6 +371,34 @@ async fn run_jobs(
     }
 }
 
+/// Counts a job's outcome in the metrics.
+fn account(metrics: &Recorder, outcome: Outcome, started: Instant) {
+    let label = match outcome {
+        Outcome::Done => JobOutcome::Done,
+        Outcome::Failed => JobOutcome::Failed,
+        Outcome::Retry => JobOutcome::Retry,
+        Outcome::Skipped => JobOutcome::Skipped,
+    };
+    metrics.inc(Counter::Jobs { outcome: label });
+    if matches!(outcome, Outcome::Done | Outcome::Failed) {
+        metrics.observe(Histogram::JobDuration, started.elapsed());
+    }
+}
+
+/// Queues `delivery` again once the backoff its retries so far call for has passed.
+fn retry_later(queue: &Arc<dyn Consumer>, mut delivery: Delivery) {
+    delivery.retries = delivery.retries.saturating_add(1);
+    let wait = retry_backoff(delivery.retries);
+    warn!(
+        job_id = %delivery.id,
+        retry = delivery.retries,
+        wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        "job failed on the server side; retrying after a pause"
+    );
+    let queue = queue.clone();
+    tokio::spawn(async move { queue.retry(delivery, wait).await });
+}
+
 /// This process's resident set size, from /proc.
 pub fn current_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -307,383 +407,299 @@ pub fn current_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Marks a job that overran the time limit as failed (blocking).
-fn fail_timed_out(config: &WorkerConfig, job: &Job, events: &broadcast::Sender<JobEvent>) {
-    let mut rec = match config.store.read_record(&job.id) {
-        Ok(Some(rec)) => rec,
-        _ => return,
-    };
-    // The server's fault as much as the image's: the same image may finish on a less
-    // busy server, so a 5xx, which lets an identical upload run again (dedup keeps a
-    // failure below 500 for good).
-    let problem = Problem::new(
-        "processing-timeout",
-        "The server ran out of time for this image",
-        503,
-        format!(
-            "processing did not finish within the {} s time limit of one job; \
-             the server may be busy: try again later",
-            config.job_timeout.as_secs_f64()
-        ),
-    );
-    let emit = |kind: EventKind| {
-        let _ = events.send(JobEvent {
-            id: job.id.clone(),
-            kind,
-        });
-    };
-    // The job was taken into this worker's hands before it ran.
-    let job = &job.taken_by(config.slot);
-    finish(config, job, &mut rec, Err(problem), &emit);
-}
-
-/// What [`execute`] leaves to do.
-#[derive(Debug)]
-pub enum Step {
-    /// Nothing: the job reached a final state (or needs a retry, or was skipped).
-    Finished(Outcome),
-    /// The outputs are written: [`commit`] them.
-    Commit(Box<Commit>),
-}
-
-/// A job whose outputs are written but not yet flushed to disk, with its record.
-#[derive(Debug)]
-pub struct Commit {
-    job: Job,
-    rec: JobRecord,
-    outputs: Vec<pixpool_imaging::Output>,
-    /// Time spent decoding, resizing and encoding.
-    ms: f64,
-}
-
-/// Flushes a job's outputs, then writes its final record and drops its claim (in that
-/// order: a record says `done` only of outputs on disk). Blocking.
-#[instrument(skip_all, fields(job_id = %work.job.id, slot = config.slot))]
-pub fn commit(
-    config: &WorkerConfig,
-    mut work: Commit,
-    events: &broadcast::Sender<JobEvent>,
-) -> Outcome {
-    let emit = |kind: EventKind| {
-        let _ = events.send(JobEvent {
-            id: work.job.id.clone(),
-            kind,
-        });
-    };
-    let started = Instant::now();
-    if let Err(e) = pixpool_imaging::sync_outputs(&config.store.processed_dir(), &work.outputs) {
-        error!(cause = %pixpool_store::error_chain(&e), "could not flush the outputs; will retry");
-        return Outcome::Retry;
-    }
-    let outcome = finish(config, &work.job, &mut work.rec, Ok(()), &emit);
-    info!(
-        ms = format_args!("{:.1}", work.ms),
-        commit_ms = format_args!("{:.1}", started.elapsed().as_secs_f64() * 1e3),
-        outputs = work.rec.outputs.len(),
-        "job done"
-    );
-    outcome
-}
-
-/// Runs one job up to its outputs (or to a final state, a retry or a skip). Blocking.
-#[instrument(skip_all, fields(job_id = %job.id, slot = config.slot))]
-pub fn execute(config: &WorkerConfig, job: &Job, events: &broadcast::Sender<JobEvent>) -> Step {
-    let store = &config.store;
-    // No receiver (no front connected) is not an error: the record is the truth.
-    let emit = |kind: EventKind| {
-        let _ = events.send(JobEvent {
-            id: job.id.clone(),
-            kind,
-        });
-    };
-    // Into this worker's hands first: a sibling may have taken it meanwhile.
-    match store.take(config.slot, job.owner, config.workers, &job.id) {
+/// Takes the delivery into this worker's hands and marks its record `processing`.
+/// `Err`: nothing to render (skipped, retried later, or already concluded).
+async fn begin(
+    config: &Arc<WorkerConfig>,
+    backend: &Backend,
+    delivery: Delivery,
+) -> Result<Running, Outcome> {
+    // A sibling may have taken it meanwhile.
+    match backend.queue.start(&delivery).await {
         Ok(true) => {}
         Ok(false) => {
             debug!("a sibling took this job; skipping it");
-            return Step::Finished(Outcome::Skipped);
+            return Err(Outcome::Skipped);
         }
         Err(e) => {
-            error!(cause = %e, "could not take the job's claim; will retry");
-            return Step::Finished(Outcome::Retry);
+            error!(cause = %e, "could not take the job; will retry");
+            retry_later(&backend.queue, delivery);
+            return Err(Outcome::Retry);
         }
     }
-    // From here on the claim is `claims/<this slot>/<id>.running`.
-    let job = &job.taken_by(config.slot);
-    let release = || {
-        if let Err(e) = store.release(job.owner, &job.id) {
-            warn!(cause = %e, "could not drop the claim");
-        }
-    };
-    let mut rec = match store.read_record(&job.id) {
-        Ok(Some(rec)) => rec,
+    let read = match backend.records.get(&delivery.id).await {
+        Ok(Some(read)) => read,
         Ok(None) => {
-            warn!("claimed job has no record; dropping it");
-            release();
-            return Step::Finished(Outcome::Skipped);
+            warn!("delivered job has no record; dropping it");
+            drop_job(backend, &delivery, "no record").await;
+            return Err(Outcome::Skipped);
         }
         Err(e) => {
-            error!(cause = %e, "claimed job's record is unreadable; dropping it");
-            release();
-            return Step::Finished(Outcome::Skipped);
+            error!(cause = %e, "delivered job's record is unreadable; dropping it");
+            drop_job(backend, &delivery, "unreadable record").await;
+            return Err(Outcome::Skipped);
         }
     };
+    let (mut rec, revision) = (read.value, read.revision);
     if rec.state.is_final() {
-        release();
-        return Step::Finished(Outcome::Skipped);
+        drop_job(backend, &delivery, "already final").await;
+        return Err(Outcome::Skipped);
     }
-    if rec.attempts >= MAX_ATTEMPTS {
+    let emitter = Emitter {
+        events: backend.events.clone(),
+        id: rec.id.clone(),
+    };
+    let mut job = Running {
+        delivery,
+        rec,
+        revision,
+        emitter,
+    };
+    if job.rec.attempts >= MAX_ATTEMPTS {
         warn!(
-            attempts = rec.attempts,
+            attempts = job.rec.attempts,
             "job keeps failing its worker; marking it failed"
         );
-        let problem = Problem::new(
-            "too-many-attempts",
-            "The job was abandoned",
-            500,
-            format!(
-                "processing was interrupted {} times (the worker crashed or was killed)",
-                rec.attempts
-            ),
-        );
-        return Step::Finished(finish(config, job, &mut rec, Err(problem), &emit));
+        let err = JobError::TooManyAttempts(job.rec.attempts);
+        return Err(conclude_now(backend, job, Err(err)).await);
     }
-
+    rec = job.rec.clone();
     rec.state = JobState::Processing;
     rec.attempts += 1;
     rec.worker = Some(config.slot);
     rec.started_at = Some(now_rfc3339());
-    // Not durable: lost in a power cut, the job is back to its queued record and runs
-    // again (its attempt uncounted), which the claim guarantees anyway. A crash of this
+    // Provisional: lost in a power cut, the job is back to its queued record and runs
+    // again (its attempt uncounted), which the queue guarantees anyway. A crash of this
     // process keeps it (page cache), so a poison job's attempts add up.
-    if let Err(e) = store.write_record_provisional(&rec) {
-        error!(cause = %e, retry = job.retries, "could not mark the job processing");
-        if job.retries < MAX_RETRIES {
-            return Step::Finished(Outcome::Retry);
+    match backend
+        .records
+        .update(&rec, job.revision, Durability::Provisional)
+        .await
+    {
+        Ok(revision) => {
+            job.rec = rec;
+            job.revision = revision;
         }
-        // Most likely the `failed` record cannot be written either; then `finish`
-        // asks for a retry, at the longest backoff, until it can.
-        let problem = Problem::new(
-            "storage-error",
-            "The server could not store the job",
-            507,
-            pixpool_store::error_chain(&e),
-        );
-        // That run did not happen.
-        rec.attempts = rec.attempts.saturating_sub(1);
-        return Step::Finished(finish(config, job, &mut rec, Err(problem), &emit));
+        Err(StoreError::Conflict { .. }) => {
+            warn!("the record changed under this worker; leaving the job to its new owner");
+            return Err(Outcome::Skipped);
+        }
+        Err(e) if job.delivery.retries < MAX_RETRIES => {
+            error!(cause = %e, retry = job.delivery.retries, "could not mark the job processing");
+            retry_later(&backend.queue, job.delivery);
+            return Err(Outcome::Retry);
+        }
+        // Most likely the `failed` record cannot be written either; then the job is
+        // retried, at the longest backoff, until it can.
+        Err(e) => return Err(conclude_now(backend, job, Err(e.into())).await),
     }
-    info!(attempt = rec.attempts, "processing");
-    let attempt = rec.attempts;
-    emit(EventKind::Processing { attempt });
+    info!(attempt = job.rec.attempts, "processing");
+    job.emitter.emit(EventKind::Processing {
+        attempt: job.rec.attempts,
+    });
+    Ok(job)
+}
 
-    let names = job.presets.clone().unwrap_or_else(|| rec.presets.clone());
-    let presets = match resolve(&config.presets, &names) {
-        Ok(p) => p,
-        Err(unknown) => {
-            let problem = Problem::new(
-                "unknown-preset",
-                "Unknown preset",
-                400,
-                format!("no preset named {unknown:?}"),
-            );
-            return Step::Finished(finish(config, job, &mut rec, Err(problem), &emit));
-        }
+/// Acks a delivery there is nothing to do for.
+async fn drop_job(backend: &Backend, delivery: &Delivery, why: &str) {
+    if let Err(e) = backend.queue.ack(delivery).await {
+        warn!(cause = %e, "could not drop the job ({why})");
+    }
+}
+
+/// Concludes a job that never rendered.
+async fn conclude_now(backend: &Backend, job: Running, result: Result<(), JobError>) -> Outcome {
+    let work = Concluding {
+        job,
+        result,
+        rendered: Rendered::default(),
+        started: Instant::now(),
     };
-    let raw = store.root().join(&rec.source.path);
+    conclude(backend, work).await
+}
+
+/// Decodes, resizes and encodes; stores and announces each variant as it is made.
+/// Blocking: runs on its own thread.
+fn render(
+    config: &WorkerConfig,
+    blobs: &dyn Blobs,
+    emitter: &Emitter,
+    rec: &JobRecord,
+    presets: Option<Vec<String>>,
+    out: &Mutex<Rendered>,
+) -> Result<(), JobError> {
+    let runtime = tokio::runtime::Handle::current();
+    let names = presets.unwrap_or_else(|| rec.presets.clone());
+    let presets = resolve(&config.presets, &names).map_err(JobError::UnknownPreset)?;
     let started = Instant::now();
-    let processed_dir = store.processed_dir();
-    let mut etags: Vec<String> = vec![String::new(); presets.len()];
+    let data = runtime.block_on(blobs.get_original(&rec.source.path))?;
+    let read_ms = started.elapsed().as_secs_f64() * 1e3;
+    let attempt = rec.attempts;
+    let lock = || out.lock().unwrap_or_else(|p| p.into_inner());
+    lock().outputs = vec![None; presets.len()];
     // Outputs are made largest first; events are numbered in that order.
     let mut made: u32 = 0;
-    let mut on_progress = |p: Progress<'_>| match p {
-        Progress::Decoded { .. } => emit(EventKind::Resizing { attempt }),
-        Progress::Output { index, output } => {
-            let etag = etag_of(&processed_dir.join(&output.file_name));
-            let record = output_record(&job.id, output, etag.clone());
-            if let Some(slot) = etags.get_mut(index) {
-                *slot = etag;
+    let mut store_error: Option<StoreError> = None;
+    let mut on_progress = |p: Progress<'_>| -> Result<(), pixpool_imaging::OutputSinkError> {
+        match p {
+            Progress::Decoded { .. } => emitter.emit(EventKind::Resizing { attempt }),
+            Progress::Output { index, output } => {
+                let key = VariantKey::new(&rec.id, &output.preset, output.format.extension());
+                // Hashed from the bytes in hand: never read back from storage.
+                let etag = pixpool_store::output_etag(&output.data);
+                let stored =
+                    runtime.block_on(blobs.put_variant(&key, Bytes::copy_from_slice(&output.data)));
+                let path = match stored {
+                    Ok(path) => path,
+                    Err(e) => {
+                        let msg = e.to_string();
+                        store_error = Some(e);
+                        return Err(msg.into());
+                    }
+                };
+                let record = OutputRecord {
+                    preset: output.preset.clone(),
+                    width: output.width,
+                    height: output.height,
+                    bytes: output.bytes,
+                    content_type: output.content_type.clone(),
+                    path,
+                    url: format!("/images/{}/{}", rec.id, output.preset),
+                    etag,
+                };
+                {
+                    let mut g = lock();
+                    g.stored.push(key);
+                    if let Some(slot) = g.outputs.get_mut(index) {
+                        *slot = Some(record.clone());
+                    }
+                }
+                // After the variant is stored: a client told of it can fetch it.
+                emitter.emit(EventKind::Output {
+                    attempt,
+                    index: made,
+                    output: record,
+                });
+                made += 1;
             }
-            emit(EventKind::Output {
-                attempt,
-                index: made,
-                output: record,
-            });
-            made += 1;
         }
+        Ok(())
     };
-    let result = pixpool_imaging::process_with_progress(
-        &raw,
-        &presets,
-        &processed_dir,
-        job.id.as_str(),
-        &config.limits,
-        // Flushed by `commit`, on another thread, while the next job decodes.
-        pixpool_imaging::Flush::Later,
-        &mut on_progress,
-    );
-    let ms = started.elapsed().as_secs_f64() * 1e3;
+    let result =
+        pixpool_imaging::process_with_progress(&data, &presets, &config.limits, &mut on_progress);
+    drop(data);
     match result {
         Ok(processed) => {
+            let t = processed.timings;
             for (stage, ms) in [
-                (Stage::Decode, processed.timings.decode_ms),
-                (Stage::Resize, processed.timings.resize_ms),
-                (Stage::Encode, processed.timings.encode_ms),
+                (Stage::Decode, read_ms + t.decode_ms),
+                (Stage::Resize, t.resize_ms),
+                (Stage::Encode, t.encode_ms),
             ] {
                 // `try_`: a timing that is not a valid duration must not panic the worker.
                 let took = Duration::try_from_secs_f64(ms / 1e3).unwrap_or_default();
                 config.metrics.observe(Histogram::JobStage { stage }, took);
             }
-            rec.stage_ms = Some(StageMillis {
-                decode: processed.timings.decode_ms,
-                resize: processed.timings.resize_ms,
-                encode: processed.timings.encode_ms,
-            });
-            rec.outputs = processed
-                .outputs
-                .iter()
-                .zip(etags)
-                .map(|(o, etag)| output_record(&job.id, o, etag))
-                .collect();
-            Step::Commit(Box::new(Commit {
-                job: job.clone(),
-                rec,
-                outputs: processed.outputs,
-                ms,
-            }))
-        }
-        Err(e) if e.is_input_error() => {
-            warn!(cause = %pixpool_store::error_chain(&e), "image rejected");
-            // The same type as the front's refusal of an image over a limit.
-            let problem = if e.is_limit_exceeded() {
-                Problem::new(
-                    "limit-exceeded",
-                    "Image exceeds a limit",
-                    422,
-                    pixpool_store::error_chain(&e),
-                )
-            } else {
-                Problem::new(
-                    "unprocessable-image",
-                    "The image could not be processed",
-                    422,
-                    pixpool_store::error_chain(&e),
-                )
+            lock().stage_ms = StageMillis {
+                decode: read_ms + t.decode_ms,
+                resize: t.resize_ms,
+                encode: t.encode_ms,
             };
-            Step::Finished(finish(config, job, &mut rec, Err(problem), &emit))
+            Ok(())
         }
-        Err(e) => {
+        Err(_) if store_error.is_some() => Err(store_error.take().expect("checked").into()),
+        Err(e) if e.is_input_error() => {
+            warn!(cause = %error_chain(&e), "image rejected");
+            Err(JobError::Image(e))
+        }
+        Err(e) => Err(JobError::Processing(e)),
+    }
+}
+
+/// Writes the job's final state and acks it; or, for a transient failure with tries
+/// left, queues it again. In that order: a crash in between re-runs a finished job,
+/// which is harmless, and never loses one.
+async fn conclude(backend: &Backend, work: Concluding) -> Outcome {
+    let Concluding {
+        mut job,
+        mut result,
+        rendered,
+        started,
+    } = work;
+    if result.is_ok() {
+        if let Err(e) = backend.blobs.sync_variants(&rendered.stored).await {
+            result = Err(e.into());
+        }
+    }
+    if let Err(e) = &result {
+        let retry = e.is_transient()
+            && job.rec.attempts < MAX_ATTEMPTS
+            && job.delivery.retries < MAX_RETRIES;
+        if retry {
             error!(
-                cause = %pixpool_store::error_chain(&e),
-                attempt = rec.attempts,
-                retry = job.retries,
+                cause = %error_chain(e),
+                attempt = job.rec.attempts,
+                retry = job.delivery.retries,
                 "processing failed on the server side"
             );
-            if rec.attempts < MAX_ATTEMPTS && job.retries < MAX_RETRIES {
-                return Step::Finished(Outcome::Retry);
-            }
-            Step::Finished(finish(
-                config,
-                job,
-                &mut rec,
-                Err(server_problem(&e)),
-                &emit,
-            ))
+            retry_later(&backend.queue, job.delivery);
+            return Outcome::Retry;
         }
     }
-}
-
-/// The problem recorded for a job failed by a server-side error: a full disk (or quota)
-/// gets its own type and 507, so that an operator reading the record knows what to fix.
-fn server_problem(err: &pixpool_imaging::ImagingError) -> Problem {
-    let full = match err {
-        pixpool_imaging::ImagingError::WriteOutput { source, .. } => {
-            matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
-        }
-        _ => false,
-    };
-    if full {
-        Problem::new(
-            "storage-full",
-            "The server has no room for the outputs",
-            507,
-            pixpool_store::error_chain(err),
-        )
-    } else {
-        Problem::new(
-            "processing-error",
-            "The server could not process the image",
-            500,
-            pixpool_store::error_chain(err),
-        )
-    }
-}
-
-/// Writes the final state and drops the claim (in that order: a crash in
-/// between re-runs a finished job, which is harmless, never loses one).
-fn finish(
-    config: &WorkerConfig,
-    job: &Job,
-    rec: &mut JobRecord,
-    result: Result<(), Problem>,
-    emit: &dyn Fn(EventKind),
-) -> Outcome {
-    let outcome = match result {
+    let rec = &mut job.rec;
+    let outcome = match &result {
         Ok(()) => {
             rec.state = JobState::Done;
             rec.error = None;
+            rec.outputs = rendered.outputs.iter().flatten().cloned().collect();
+            rec.stage_ms = Some(rendered.stage_ms);
             Outcome::Done
         }
-        Err(problem) => {
+        Err(e) => {
             rec.state = JobState::Failed;
             rec.outputs.clear();
-            rec.error = Some(problem);
+            rec.error = Some(e.to_problem());
+            // A failed job leaves no variant behind.
+            if let Err(e) = backend.blobs.delete_variants(&rendered.stored).await {
+                warn!(cause = %e, "could not remove the variants of a failed job");
+            }
             Outcome::Failed
         }
     };
     rec.finished_at = Some(now_rfc3339());
-    if let Err(e) = config.store.write_record(rec) {
-        error!(cause = %e, "could not write the final record; will retry");
-        return Outcome::Retry;
+    match backend
+        .records
+        .update(rec, job.revision, Durability::Durable)
+        .await
+    {
+        Ok(_) => {}
+        Err(StoreError::Conflict { .. }) => {
+            warn!("the record changed under this worker; its result is dropped");
+            return Outcome::Skipped;
+        }
+        Err(e) => {
+            error!(cause = %e, "could not write the final record; will retry");
+            retry_later(&backend.queue, job.delivery);
+            return Outcome::Retry;
+        }
     }
-    if let Err(e) = config.store.release(job.owner, &job.id) {
+    if let Err(e) = backend.queue.ack(&job.delivery).await {
         warn!(cause = %e, "could not drop the claim");
     }
     // After the record is durable: a client told "done" can read the outputs.
-    emit(EventKind::Finished {
+    job.emitter.emit(EventKind::Finished {
         attempt: rec.attempts,
         state: rec.state,
     });
+    match outcome {
+        Outcome::Done => info!(
+            ms = format_args!("{:.1}", started.elapsed().as_secs_f64() * 1e3),
+            outputs = rec.outputs.len(),
+            "job done"
+        ),
+        _ => warn!(problem = ?rec.error.as_ref().map(|p| &p.kind), "job failed"),
+    }
     outcome
-}
-
-fn output_record(
-    id: &pixpool_store::JobId,
-    o: &pixpool_imaging::Output,
-    etag: String,
-) -> OutputRecord {
-    OutputRecord {
-        preset: o.preset.clone(),
-        width: o.width,
-        height: o.height,
-        bytes: o.bytes,
-        content_type: o.content_type.clone(),
-        path: format!("processed/{}", o.file_name),
-        url: format!("/images/{id}/{}", o.preset),
-        etag,
-    }
-}
-
-/// The ETag of an output: BLAKE3 of its bytes, first 128 bits in hex. Read
-/// back from the page cache right after writing; outputs are small.
-fn etag_of(path: &std::path::Path) -> String {
-    match std::fs::read(path) {
-        Ok(bytes) => pixpool_store::output_etag(&bytes),
-        Err(e) => {
-            warn!(cause = %e, path = %path.display(), "could not hash an output");
-            String::new()
-        }
-    }
 }
 
 fn resolve(known: &[Preset], names: &[String]) -> Result<Vec<Preset>, String> {
@@ -714,5 +730,33 @@ mod tests {
         // The retries a job gets before it is failed fit in a few seconds.
         let spent: Duration = (1..=MAX_RETRIES).map(retry_backoff).sum();
         assert!(spent < Duration::from_secs(10), "{spent:?}");
+    }
+
+    #[test]
+    fn every_job_error_has_one_problem_and_a_full_disk_says_so() {
+        let full = StoreError::Blob {
+            key: "processed/x".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        let other = StoreError::Task("boom".into());
+        for (err, kind, status) in [
+            (JobError::TooManyAttempts(3), "too-many-attempts", 500),
+            (JobError::UnknownPreset("x".into()), "unknown-preset", 400),
+            (JobError::Storage(full), "storage-full", 507),
+            (JobError::Storage(other), "storage-error", 507),
+            (
+                JobError::Timeout(Duration::from_secs(2)),
+                "processing-timeout",
+                503,
+            ),
+        ] {
+            let p = err.to_problem();
+            assert_eq!(
+                (p.kind.as_str(), p.status),
+                (format!("urn:pixpool:problem:{kind}").as_str(), status),
+                "{err}"
+            );
+            assert!(!p.detail.is_empty());
+        }
     }
 }

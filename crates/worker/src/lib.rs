@@ -2,26 +2,27 @@
 //! core), fed by every front over its own Unix socket.
 //!
 //! # Layout
-//! - [`queue`]: the bounded job queue (admission control happens here).
-//! - [`server`]: the IPC accept loop and per-connection handshake/submit handling.
-//! - [`execute`]: running one job — the record's state transitions around the
-//!   blocking call into `pixpool-imaging`.
+//! - [`server`]: the IPC accept loop and per-connection handshake/submit handling:
+//!   the transport of the embedded queue and of job events.
+//! - [`execute`]: running one job — begin, render, conclude — against the backend
+//!   traits of `pixpool-store` alone ([`execute::Backend`]).
 //!
-//! A job is acknowledged only after its claim is on disk
-//! (`claims/<slot>/<id>`), and the claim is dropped only once the job's record
-//! is final. A worker that dies leaves its claims behind; the worker that next
-//! starts in its slot takes them over, so no acknowledged job is lost.
+//! With the embedded backend, a job is acknowledged only after its claim is durable
+//! (`pixpool_store::embedded::ClaimQueue`), and the claim is dropped only once the
+//! job's record is final. A worker that dies leaves its claims behind; the worker
+//! that next starts in its slot takes them over, so no acknowledged job is lost.
 #![deny(missing_docs)]
 
 pub mod alloc;
 pub mod execute;
-pub mod queue;
 pub mod server;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use pixpool_imaging::{Limits, Preset};
+use pixpool_store::backend::{Consumer, Events};
+use pixpool_store::embedded::{Bus, ClaimQueue, FileBlobs, FileRecords};
 use pixpool_store::Store;
 use tracing::{info, warn};
 
@@ -103,45 +104,35 @@ pub async fn run(
     on_ready: impl FnOnce(),
 ) -> Result<WorkerExit, WorkerError> {
     let config = Arc::new(config);
-    let queue = Arc::new(queue::JobQueue::new(config.queue_depth));
-
-    let recovered = config
-        .store
-        .claims_to_recover(config.slot, config.workers)
-        .map_err(WorkerError::Recover)?;
-    if !recovered.is_empty() {
-        info!(
-            count = recovered.len(),
-            "recovering claimed jobs from a previous run"
-        );
-    }
-    for (owner, id) in recovered {
-        queue.push_recovered(queue::Job {
-            id,
-            owner,
-            presets: None,
-            retries: 0,
-        });
-    }
+    let store = &config.store;
+    let queue = ClaimQueue::open(
+        store.clone(),
+        config.slot,
+        config.workers,
+        config.queue_depth,
+        config.steal,
+    )
+    .map_err(WorkerError::Recover)?;
+    // Job events fan out to every connected front; a front that lags behind
+    // by this many events skips some and re-reads the records.
+    let bus = Arc::new(Bus::new(EVENT_BUFFER));
+    let backend = execute::Backend {
+        records: Arc::new(FileRecords::new(store.clone())),
+        blobs: Arc::new(FileBlobs::new(store.clone())),
+        events: bus.clone(),
+        queue: queue.clone(),
+    };
 
     let listener = server::bind(&config.store.worker_socket(config.slot))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    // Job events fan out to every connected front; a front that lags behind
-    // by this many events skips some and re-reads the records.
-    let (events, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
+    let events: Arc<dyn Events> = bus;
     let accept = tokio::spawn(server::serve(
         listener,
         config.clone(),
         queue.clone(),
-        events.clone(),
-        stop_rx.clone(),
-    ));
-    let mut exec = tokio::spawn(execute::run_queue(
-        config.clone(),
-        queue.clone(),
         events,
-        stop_rx,
     ));
+    let mut exec = tokio::spawn(execute::run_queue(config.clone(), backend, stop_rx));
     info!(socket = %config.store.worker_socket(config.slot).display(), "worker ready");
     on_ready();
     // The queue depth, for the heartbeat the supervisor turns into STATUS=.
@@ -153,7 +144,7 @@ pub async fn run(
     let watched = queue.clone();
     let gauge_task = tokio::spawn(async move {
         loop {
-            let depth = watched.len();
+            let depth = watched.waiting();
             gauge.store(depth, std::sync::atomic::Ordering::Relaxed);
             metrics.set(depth_gauge.clone(), depth as f64);
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
@@ -162,9 +153,9 @@ pub async fn run(
 
     let exit = tokio::select! {
         _ = shutdown => {
-            info!(queued = queue.len(), "draining: finishing the job in hand");
+            info!(queued = queue.waiting(), "draining: finishing the job in hand");
             let _ = stop_tx.send(true);
-            queue.wake_all();
+            queue.close();
             if let Err(e) = exec.await {
                 warn!(cause = %e, "job executor ended abnormally");
             }
@@ -172,7 +163,8 @@ pub async fn run(
         }
         ended = &mut exec => {
             let _ = stop_tx.send(true);
-            info!(reason = ?ended.ok(), queued = queue.len(), "worker will be replaced; queued jobs stay claimed for its successor");
+            queue.close();
+            info!(reason = ?ended.ok(), queued = queue.waiting(), "worker will be replaced; queued jobs stay claimed for its successor");
             WorkerExit::Replace
         }
     };

@@ -5,15 +5,16 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use pixpool_protocol::JobEvent;
+use futures_util::StreamExt;
 use pixpool_protocol::{
     FrameReader, FrameWriter, Hello, Reject, Role, ToFront, ToWorker, PROTOCOL_VERSION,
 };
+use pixpool_store::backend::{EventItem, Events};
+use pixpool_store::embedded::{AdmitError, ClaimQueue};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::mpsc;
 use tracing::{debug, info, instrument, warn, Instrument};
 
-use crate::queue::{Job, JobQueue};
 use crate::{WorkerConfig, WorkerError};
 
 /// Binds the worker's socket, replacing a stale one left by a dead predecessor.
@@ -37,9 +38,8 @@ pub fn bind(path: &Path) -> Result<UnixListener, WorkerError> {
 pub async fn serve(
     listener: UnixListener,
     config: Arc<WorkerConfig>,
-    queue: Arc<JobQueue>,
-    events: broadcast::Sender<JobEvent>,
-    stop: watch::Receiver<bool>,
+    queue: Arc<ClaimQueue>,
+    events: Arc<dyn Events>,
 ) {
     loop {
         match listener.accept().await {
@@ -48,8 +48,7 @@ pub async fn serve(
                     stream,
                     config.clone(),
                     queue.clone(),
-                    events.subscribe(),
-                    stop.clone(),
+                    events.clone(),
                 ));
             }
             Err(e) => {
@@ -66,10 +65,10 @@ pub async fn serve(
 async fn connection(
     stream: UnixStream,
     config: Arc<WorkerConfig>,
-    queue: Arc<JobQueue>,
-    mut events: broadcast::Receiver<JobEvent>,
-    stop: watch::Receiver<bool>,
+    queue: Arc<ClaimQueue>,
+    events: Arc<dyn Events>,
 ) {
+    let mut events = events.subscribe();
     let (r, w) = stream.into_split();
     let mut reader = FrameReader::<_, ToWorker>::new(r);
     let mut writer = FrameWriter::<_, ToFront>::new(w);
@@ -122,17 +121,14 @@ async fn connection(
     // connected to any of them.
     let event_tx = tx.clone();
     let event_task = tokio::spawn(async move {
-        loop {
-            match events.recv().await {
-                Ok(ev) => {
+        while let Some(item) = events.next().await {
+            match item {
+                EventItem::Event(ev) => {
                     if event_tx.send(ToFront::Event(ev)).await.is_err() {
                         return;
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    warn!(skipped = n, "front is slow; job events dropped");
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
+                EventItem::Gap => warn!("front is slow; job events dropped"),
             }
         }
     });
@@ -140,11 +136,10 @@ async fn connection(
     loop {
         match reader.read().await {
             Ok(Some(ToWorker::Submit { req, job })) => {
-                let (config, queue, tx, stop) =
-                    (config.clone(), queue.clone(), tx.clone(), stop.clone());
+                let (queue, tx) = (queue.clone(), tx.clone());
                 tokio::spawn(
                     async move {
-                        let answer = admit(&config, &queue, &stop, req, job.id, job.presets).await;
+                        let answer = admit(&queue, req, job.id, job.presets).await;
                         let _ = tx.send(answer).await;
                     }
                     .in_current_span(),
@@ -168,61 +163,39 @@ async fn connection(
     let _ = write_task.await;
 }
 
-/// Admission: reserve room, claim durably, queue. The answer is sent only
-/// after the claim is on disk — that is what the front's 202 rests on.
+/// Admission: the answer is sent only after the claim is on disk — that is what
+/// the front's 202 rests on.
 #[instrument(skip_all, fields(job_id = %id))]
 async fn admit(
-    config: &Arc<WorkerConfig>,
-    queue: &Arc<JobQueue>,
-    stop: &watch::Receiver<bool>,
+    queue: &ClaimQueue,
     req: u64,
     id: pixpool_store::JobId,
     presets: Vec<String>,
 ) -> ToFront {
-    if *stop.borrow() {
-        return ToFront::Rejected {
-            req,
-            reason: Reject::ShuttingDown,
-        };
-    }
-    if queue.reserve().is_err() {
-        debug!("queue full; rejecting");
-        return ToFront::Rejected {
-            req,
-            reason: Reject::QueueFull,
-        };
-    }
-    let store = config.store.clone();
-    let slot = config.slot;
-    let claim_id = id.clone();
-    let claimed = tokio::task::spawn_blocking(move || store.claim(slot, &claim_id)).await;
-    match claimed {
-        Ok(Ok(())) => {
-            let depth = queue.push_reserved(Job {
-                id,
-                owner: slot,
-                presets: Some(presets),
-                retries: 0,
-            });
+    match queue.admit(id, presets).await {
+        Ok(depth) => {
             info!(queue_depth = depth, "job accepted");
             ToFront::Accepted {
                 req,
                 queue_depth: u32::try_from(depth).unwrap_or(u32::MAX),
             }
         }
-        Ok(Err(e)) => {
-            queue.cancel();
+        Err(AdmitError::Full) => {
+            debug!("queue full; rejecting");
+            ToFront::Rejected {
+                req,
+                reason: Reject::QueueFull,
+            }
+        }
+        Err(AdmitError::Closed) => ToFront::Rejected {
+            req,
+            reason: Reject::ShuttingDown,
+        },
+        Err(AdmitError::Claim(e)) => {
             warn!(cause = %e, "could not claim job");
             ToFront::Rejected {
                 req,
-                reason: Reject::Claim(e.to_string()),
-            }
-        }
-        Err(e) => {
-            queue.cancel();
-            ToFront::Rejected {
-                req,
-                reason: Reject::Claim(e.to_string()),
+                reason: Reject::Claim(pixpool_store::error_chain(&e)),
             }
         }
     }

@@ -1,11 +1,11 @@
-//! Helpers shared by the integration tests: the corpus location and scratch directories.
+//! Helpers shared by the integration tests: the corpus location, running the pipeline,
+//! decoding what it made.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use pixpool_imaging::{Limits, Output, Preset, Processed};
+use pixpool_imaging::{ImagingError, Limits, Output, Preset, Processed, Progress};
 
 /// `$PIXPOOL_CORPUS`, else `<repo>/../shared/corpus` (the checkout sits beside `shared/`).
 pub fn corpus() -> Option<PathBuf> {
@@ -32,63 +32,38 @@ macro_rules! corpus_or_skip {
     };
 }
 
-/// A fresh directory under cargo's per-target scratch space, removed on drop.
-pub struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    pub fn new(label: &str) -> ScratchDir {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("imaging-{}-{label}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create scratch dir");
-        ScratchDir(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-
-    /// Names of every entry, sorted: to check that no temporary file is left behind.
-    pub fn entries(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(&self.0)
-            .expect("read scratch dir")
-            .map(|e| {
-                e.expect("dir entry")
-                    .file_name()
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .collect();
-        names.sort();
-        names
-    }
+/// Reads an input file whole, as the worker hands it over.
+pub fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
 }
 
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// Runs `process` on the file at `input` with the medium preset and default limits.
+pub fn process_medium(input: &Path) -> Processed {
+    pixpool_imaging::process(&read(input), &[Preset::medium()], &Limits::default())
+        .unwrap_or_else(|err| panic!("{}: {err:?}", input.display()))
 }
 
-/// Runs `process` with the medium preset and default limits.
-pub fn process_medium(input: &Path, out: &ScratchDir) -> Processed {
-    pixpool_imaging::process(
-        input,
-        &[Preset::medium()],
-        out.path(),
-        "job",
-        &Limits::default(),
-    )
-    .unwrap_or_else(|err| panic!("{}: {err:?}", input.display()))
+/// Runs `process_with_progress` and returns its result with the name of every preset
+/// whose output was reported: to check that nothing is handed over after an error.
+pub fn process_reporting(
+    input: &[u8],
+    presets: &[Preset],
+    limits: &Limits,
+) -> (Result<Processed, ImagingError>, Vec<String>) {
+    let mut reported = Vec::new();
+    let result = pixpool_imaging::process_with_progress(input, presets, limits, &mut |p| {
+        if let Progress::Output { output, .. } = p {
+            reported.push(output.preset.clone());
+        }
+        Ok(())
+    });
+    (result, reported)
 }
 
-/// Reads an output back and decodes it with the `image` crate (independent of our code).
-pub fn decode_output(out: &ScratchDir, output: &Output) -> (Vec<u8>, image::DynamicImage) {
-    let bytes = std::fs::read(out.path().join(&output.file_name)).expect("read output");
-    let image = image::load_from_memory(&bytes).expect("output decodes");
-    (bytes, image)
+/// Decodes an output's bytes with the `image` crate (independent of our code).
+pub fn decode_output(output: &Output) -> (&[u8], image::DynamicImage) {
+    let image = image::load_from_memory(&output.data).expect("output decodes");
+    (&output.data, image)
 }
 
 /// Mean colour of each cell of a `cols` × `rows` grid, RGB.

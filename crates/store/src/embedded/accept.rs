@@ -1,0 +1,137 @@
+//! The durable sequence that makes a received upload a job, and its undoing.
+//!
+//! 1. a "pending" marker in the front's spool directory: a front that dies at any
+//!    later step is undone by the next one in its slot ([`Store::recover_front`]);
+//! 2. the original stored ([`Blobs::put_original`], durable);
+//! 3. the record created ([`Records::create`], durable);
+//! 4. the caller queues the job, then [`Admitted::confirm`] (marker removed) or
+//!    [`Admitted::undo`] (record, original and marker removed): a job never queued
+//!    was never answered 202 and leaves nothing.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pixpool_model::JobId;
+
+use crate::backend::{Blobs, Records};
+use crate::record::{JobRecord, SourceRecord};
+use crate::{Store, StoreError};
+
+/// A fully received upload, spooled at [`Store::part_path`] of its front.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    /// The job id the server gave it.
+    pub id: JobId,
+    /// The sniffed format's name (`jpeg`, …).
+    pub format: &'static str,
+    /// The sniffed format's file extension (`jpg`, …).
+    pub extension: &'static str,
+    /// Its size as received.
+    pub bytes: u64,
+    /// BLAKE3 of its bytes, hex.
+    pub content_hash: String,
+    /// The presets asked for.
+    pub presets: Vec<String>,
+    /// The dedup entry the upload holds, if any.
+    pub dedup_key: Option<String>,
+}
+
+/// An upload made a job: original and record durable, not yet queued.
+#[derive(Debug)]
+pub struct Admitted {
+    record: JobRecord,
+    marker: PathBuf,
+    blobs: Arc<dyn Blobs>,
+    records: Arc<dyn Records>,
+}
+
+/// Runs steps 1–3 for `upload` on front `front`. On error nothing of it is left but the
+/// spool file, which the caller removes.
+pub async fn accept(
+    store: &Store,
+    blobs: &Arc<dyn Blobs>,
+    records: &Arc<dyn Records>,
+    front: u32,
+    upload: Upload,
+) -> Result<Admitted, StoreError> {
+    let id = upload.id.clone();
+    let marker = store.pending_path(front, &id);
+    tokio::fs::File::create(&marker)
+        .await
+        .map_err(|source| StoreError::Journal {
+            path: marker.clone(),
+            source,
+        })?;
+    let key = match blobs
+        .put_original(&id, upload.extension, &store.part_path(front, &id))
+        .await
+    {
+        Ok(key) => key,
+        Err(e) => {
+            remove_marker(&marker).await;
+            return Err(e);
+        }
+    };
+    let mut record = JobRecord::queued(
+        id,
+        SourceRecord {
+            path: key,
+            format: upload.format.to_string(),
+            bytes: upload.bytes,
+        },
+        upload.presets,
+    );
+    record.content_hash = Some(upload.content_hash);
+    record.dedup_key = upload.dedup_key;
+    let admitted = Admitted {
+        record,
+        marker,
+        blobs: blobs.clone(),
+        records: records.clone(),
+    };
+    if let Err(e) = records.create(&admitted.record).await {
+        // Not `undo`: a conflict means the record is someone else's.
+        let _ = admitted
+            .blobs
+            .delete_original(&admitted.record.source.path)
+            .await;
+        remove_marker(&admitted.marker).await;
+        return Err(e);
+    }
+    Ok(admitted)
+}
+
+async fn remove_marker(marker: &PathBuf) {
+    match tokio::fs::remove_file(marker).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(cause = %e, marker = %marker.display(), "could not remove a pending marker")
+        }
+    }
+}
+
+impl Admitted {
+    /// The job's record as created.
+    pub fn record(&self) -> &JobRecord {
+        &self.record
+    }
+
+    /// The job is queued: from now on it is the queue's to finish.
+    pub async fn confirm(self) {
+        remove_marker(&self.marker).await;
+    }
+
+    /// The job could not be queued: its record and original go (the marker last, so a
+    /// crash half-way is finished by the front's recovery).
+    pub async fn undo(self) {
+        if let Err(e) = self.records.delete(&self.record.id).await {
+            tracing::warn!(cause = %e, "could not remove the record of a job never queued");
+        }
+        if let Err(e) = self.blobs.delete_original(&self.record.source.path).await {
+            tracing::warn!(cause = %e, "could not remove the original of a job never queued");
+        }
+        remove_marker(&self.marker).await;
+    }
+}
