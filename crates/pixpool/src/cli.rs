@@ -159,139 +159,50 @@ pub struct ServeArgs {
     pub log_format: Option<crate::config::LogFormat>,
 }
 
-/// Options every child receives from the supervisor.
+/// What every child gets on its command line: which one it is, and the rest
+/// of its settings in one argument (see [`crate::settings`]).
 #[derive(Debug, Clone, Args)]
 pub struct ChildArgs {
     /// This child's slot.
     #[arg(long)]
     pub slot: u32,
-    /// Number of worker slots.
-    #[arg(long)]
-    pub workers: u32,
-    /// The uploads directory (absolute).
-    #[arg(long)]
-    pub uploads: PathBuf,
-    /// Drain grace in seconds.
-    #[arg(long)]
-    pub grace_secs: u64,
-    /// The presets (specifications, as validated by the supervisor).
-    #[arg(long = "preset", required = true)]
-    pub presets: Vec<pixpool_imaging::Preset>,
-    /// Largest image in pixels.
-    #[arg(long)]
-    pub max_pixels: u64,
-    /// Largest side.
-    #[arg(long)]
-    pub max_side: u32,
-    /// Most frames of an animation.
-    #[arg(long)]
-    pub max_frames: u32,
-    /// Log format.
-    #[arg(long, value_enum)]
-    pub log_format: crate::config::LogFormat,
     /// The control channel to the supervisor (readiness, heartbeats).
     #[arg(long)]
     pub control_fd: Option<i32>,
-    /// Where to send metrics snapshots (the admin process's socket).
-    #[arg(long)]
-    pub metrics_socket: Option<PathBuf>,
-}
-
-/// Options of the admin process.
-#[derive(Debug, Args)]
-pub struct AdminArgs {
-    /// The inherited admin listener.
-    #[arg(long)]
-    pub listen_fd: i32,
-    /// The metrics socket to read.
-    #[arg(long)]
-    pub metrics_socket: PathBuf,
-    /// Log format.
-    #[arg(long, value_enum)]
-    pub log_format: crate::config::LogFormat,
-    /// The control channel to the supervisor.
-    #[arg(long)]
-    pub control_fd: Option<i32>,
-}
-
-impl ChildArgs {
-    /// What the supervisor validated, checked again here: an executable
-    /// replaced in place may judge presets differently.
-    pub fn check(&self) -> Result<(), crate::exit::ConfigError> {
-        pixpool_imaging::preset::validate_presets(&self.presets)
-            .map_err(crate::exit::ConfigError::Presets)
-    }
-
-    /// The image limits.
-    pub fn limits(&self) -> pixpool_imaging::Limits {
-        pixpool_imaging::Limits {
-            max_width: self.max_side,
-            max_height: self.max_side,
-            max_pixels: self.max_pixels,
-            max_frames: self.max_frames,
-            ..pixpool_imaging::Limits::default()
-        }
-    }
+    /// The role's settings, as JSON (no secrets: a command line is public).
+    #[arg(long, value_name = "JSON")]
+    pub settings: String,
 }
 
 /// Options of a front.
 #[derive(Debug, Args)]
 pub struct FrontArgs {
-    /// Common child options.
+    /// Slot, control channel and settings.
     #[command(flatten)]
     pub child: ChildArgs,
     /// The inherited listening socket.
     #[arg(long)]
     pub listen_fd: i32,
-    /// Upload size limit in bytes.
-    #[arg(long)]
-    pub max_upload_bytes: u64,
-    /// Free-disk floor in MiB.
-    #[arg(long)]
-    pub min_free_disk_mb: u64,
-    /// Connection limit.
-    #[arg(long)]
-    pub max_connections: usize,
-    /// Body idle timeout in seconds.
-    #[arg(long)]
-    pub body_idle_secs: u64,
-    /// Minimum body rate, bytes/s (0: none). Defaulted so that a new binary
-    /// still starts from an older supervisor's command line (upgrade in place).
-    #[arg(long, default_value_t = pixpool_front::DEFAULT_MIN_UPLOAD_BYTES_PER_SEC)]
-    pub min_upload_bytes_per_sec: u64,
-    /// Event streams open at once (defaulted, as above).
-    #[arg(long, default_value_t = pixpool_front::DEFAULT_MAX_EVENT_STREAMS)]
-    pub max_event_streams: usize,
-    /// Origins allowed to post to an open API.
-    #[arg(long = "allowed-origin")]
-    pub allowed_origins: Vec<String>,
 }
 
 /// Options of a worker.
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
-    /// Common child options.
+    /// Slot, control channel and settings.
     #[command(flatten)]
     pub child: ChildArgs,
-    /// Queue bound.
+}
+
+/// Options of the admin process (one, without a slot).
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The inherited admin listener.
     #[arg(long)]
-    pub queue_depth: usize,
-    /// Per-job time limit in seconds.
+    pub listen_fd: i32,
+    /// The control channel to the supervisor.
     #[arg(long)]
-    pub job_timeout_secs: f64,
-    /// Jobs before recycling (0: never).
-    #[arg(long)]
-    pub recycle_after_jobs: u64,
-    /// RSS high-water mark in MiB (0: none).
-    #[arg(long)]
-    pub recycle_rss_mb: u64,
-    /// RLIMIT_AS in MiB (0: none).
-    #[arg(long)]
-    pub memory_mb: u64,
-    /// Niceness increment applied at start.
-    #[arg(long, default_value_t = 0)]
-    pub nice: i32,
-    /// Never take queued jobs from busy siblings.
-    #[arg(long)]
-    pub no_steal: bool,
+    pub control_fd: Option<i32>,
+    /// The admin settings, as JSON.
+    #[arg(long, value_name = "JSON")]
+    pub settings: String,
 }

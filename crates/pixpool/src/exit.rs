@@ -13,7 +13,17 @@ pub enum ConfigError {
     /// of different versions, after an upgrade in place).
     #[error("invalid arguments from the supervisor:\n{0}")]
     Arguments(#[source] clap::Error),
-    /// The presets on the command line do not form a valid set.
+    /// The `--settings` argument is not this role's settings (a supervisor
+    /// and an executable of different versions, after an upgrade in place).
+    #[error("the {role} settings passed by the supervisor cannot be read")]
+    Settings {
+        /// The role that could not read them.
+        role: &'static str,
+        /// What JSON decoding said.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The presets in the settings do not form a valid set.
     #[error("invalid presets")]
     Presets(#[source] pixpool_imaging::ImagingError),
     /// The fd named by `--listen-fd` is not an inherited socket.

@@ -1,6 +1,7 @@
 //! The `pixpool` binary: one executable, role chosen by argv. `pixpool serve`
 //! (the default) is the supervisor; it execs `pixpool front --slot N` and
-//! `pixpool worker --slot N` for its children, so `ps` shows every role.
+//! `pixpool worker --slot N` for its children, so `ps` shows every role, each
+//! with its settings in one `--settings` argument (see `settings`).
 
 mod cli;
 mod config;
@@ -8,6 +9,7 @@ mod exit;
 mod logging;
 mod roles;
 mod serve;
+mod settings;
 mod umask;
 
 use std::process::ExitCode;
@@ -49,14 +51,8 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         None => serve::serve(cli.serve),
         Some(cli::Command::Serve(args)) => serve::serve(args),
-        Some(cli::Command::Front(args)) => {
-            args.child.check()?;
-            roles::front(args)
-        }
-        Some(cli::Command::Worker(args)) => {
-            args.child.check()?;
-            roles::worker(args)
-        }
+        Some(cli::Command::Front(args)) => roles::front(args),
+        Some(cli::Command::Worker(args)) => roles::worker(args),
         Some(cli::Command::Admin(args)) => roles::admin(args),
         Some(cli::Command::CheckConfig(args)) => serve::check_config(args),
         Some(cli::Command::Upload(args)) => tokio::runtime::Builder::new_current_thread()

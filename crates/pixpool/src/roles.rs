@@ -12,6 +12,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::{FrontArgs, WorkerArgs};
 use crate::exit::ConfigError;
+use crate::settings::{self, AdminSettings, FrontSettings, WorkerSettings};
 
 /// Whether `fd` is a socket: an inherited listener, not a stray number.
 fn is_socket(fd: i32) -> bool {
@@ -46,7 +47,10 @@ async fn terminated() {
 
 /// `pixpool front`.
 pub fn front(args: FrontArgs) -> anyhow::Result<ExitCode> {
-    crate::logging::init("front", Some(args.child.slot), args.child.log_format);
+    let slot = args.child.slot;
+    let settings: FrontSettings = settings::decode(&args.child.settings, "front")?;
+    crate::logging::init("front", Some(slot), settings.common.log_format);
+    settings.common.check()?;
     let fd = args.listen_fd;
     if !is_socket(fd) {
         return Err(ConfigError::ListenFd(fd, "front").into());
@@ -55,42 +59,16 @@ pub fn front(args: FrontArgs) -> anyhow::Result<ExitCode> {
     // SAFETY: the supervisor passed this fd to us as our listener, and nothing
     // else in this process owns it.
     let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
-    let store = Store::open(&args.child.uploads, None).map_err(ConfigError::Uploads)?;
-    let names: Vec<String> = args.child.presets.iter().map(|p| p.name.clone()).collect();
-    let metrics = Recorder::new("front", args.child.slot);
-    let config = pixpool_front::FrontConfig {
-        slot: args.child.slot,
-        store,
-        workers: args.child.workers,
-        known_presets: names.clone(),
-        default_presets: names,
-        max_upload_bytes: args.max_upload_bytes,
-        drain_grace: Duration::from_secs(args.child.grace_secs),
-        limits: args.child.limits(),
-        min_free_bytes: args.min_free_disk_mb.saturating_mul(1024 * 1024),
-        max_connections: args.max_connections,
-        body_idle_timeout: Duration::from_secs(args.body_idle_secs.max(1)),
-        min_upload_bytes_per_sec: args.min_upload_bytes_per_sec,
-        max_event_streams: args.max_event_streams.max(1),
-        // Tokens come from the environment only: a command line is visible to
-        // every user of the machine (`ps`).
-        api_tokens,
-        preset_specs: args
-            .child
-            .presets
-            .iter()
-            .map(|p| (p.name.clone(), p.to_string()))
-            .collect(),
-        allowed_origins: args.allowed_origins,
-        metrics: metrics.clone(),
-    };
+    let store = Store::open(&settings.common.uploads, None).map_err(ConfigError::Uploads)?;
+    let metrics = Recorder::new("front", slot);
     let report = Reporter::new(
         "front",
-        args.child.slot,
+        slot,
         args.child.control_fd,
-        metrics,
-        args.child.metrics_socket.clone(),
+        metrics.clone(),
+        settings.common.metrics_socket.clone(),
     );
+    let config = front_config(settings, slot, store, api_tokens, metrics);
     runtime()?
         .block_on(async {
             tokio::spawn(report.clone().heartbeat(None));
@@ -100,44 +78,69 @@ pub fn front(args: FrontArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A front's configuration: its settings, plus what only its own process
+/// holds (slot, store, tokens, recorder).
+fn front_config(
+    s: FrontSettings,
+    slot: u32,
+    store: Store,
+    api_tokens: Vec<String>,
+    metrics: Recorder,
+) -> pixpool_front::FrontConfig {
+    let names: Vec<String> = s.common.presets.iter().map(|p| p.name.clone()).collect();
+    pixpool_front::FrontConfig {
+        slot,
+        store,
+        workers: s.common.workers,
+        known_presets: names.clone(),
+        default_presets: names,
+        max_upload_bytes: s.max_upload_bytes,
+        drain_grace: s.common.grace,
+        limits: s.common.limits(),
+        min_free_bytes: s.min_free_bytes,
+        max_connections: s.max_connections,
+        body_idle_timeout: s.body_idle_timeout,
+        min_upload_bytes_per_sec: s.min_upload_bytes_per_sec,
+        max_event_streams: s.max_event_streams,
+        // Tokens come from the environment only: a command line is visible to
+        // every user of the machine (`ps`).
+        api_tokens,
+        preset_specs: s
+            .common
+            .presets
+            .iter()
+            .map(|p| (p.name.clone(), p.to_string()))
+            .collect(),
+        allowed_origins: s.allowed_origins,
+        metrics,
+    }
+}
+
 /// `pixpool worker`.
 pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     pixpool_worker::alloc::tune();
-    crate::logging::init("worker", Some(args.child.slot), args.child.log_format);
+    let slot = args.child.slot;
+    let settings: WorkerSettings = settings::decode(&args.child.settings, "worker")?;
+    crate::logging::init("worker", Some(slot), settings.common.log_format);
     // A worker needs no token: drop them before anything else can read them.
     child_api_tokens()?;
-    let store = Store::open(&args.child.uploads, None).map_err(ConfigError::Uploads)?;
-    if args.memory_mb > 0 {
-        limit_address_space(args.memory_mb.saturating_mul(1024 * 1024))?;
+    settings.common.check()?;
+    let store = Store::open(&settings.common.uploads, None).map_err(ConfigError::Uploads)?;
+    if settings.memory_limit_bytes > 0 {
+        limit_address_space(settings.memory_limit_bytes)?;
     }
-    if args.nice != 0 {
-        lower_priority(args.nice);
+    if settings.nice != 0 {
+        lower_priority(settings.nice);
     }
-    let metrics = Recorder::new("worker", args.child.slot);
-    let config = pixpool_worker::WorkerConfig {
-        slot: args.child.slot,
-        workers: args.child.workers,
-        store,
-        queue_depth: args.queue_depth,
-        limits: args.child.limits(),
-        presets: args.child.presets,
-        job_timeout: Duration::try_from_secs_f64(args.job_timeout_secs)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .unwrap_or(pixpool_worker::DEFAULT_JOB_TIMEOUT),
-        recycle_after_jobs: args.recycle_after_jobs,
-        recycle_rss_bytes: args.recycle_rss_mb.saturating_mul(1024 * 1024),
-        steal: !args.no_steal,
-        queued: Default::default(),
-        metrics: metrics.clone(),
-    };
+    let metrics = Recorder::new("worker", slot);
     let report = Reporter::new(
         "worker",
-        args.child.slot,
+        slot,
         args.child.control_fd,
-        metrics,
-        args.child.metrics_socket.clone(),
+        metrics.clone(),
+        settings.common.metrics_socket.clone(),
     );
+    let config = worker_config(settings, slot, store, metrics);
     let queued = config.queued.clone();
     // Held in a variable, never dropped as a temporary: dropping a runtime waits for its
     // blocking threads, and the thread of a job over its time limit may be stuck in a
@@ -156,6 +159,30 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     runtime.shutdown_timeout(BLOCKING_THREADS_GRACE);
     exit.context("worker failed")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A worker's configuration: its settings, plus what only its own process
+/// holds. The memory limit and niceness are applied to the process instead.
+fn worker_config(
+    s: WorkerSettings,
+    slot: u32,
+    store: Store,
+    metrics: Recorder,
+) -> pixpool_worker::WorkerConfig {
+    pixpool_worker::WorkerConfig {
+        slot,
+        workers: s.common.workers,
+        store,
+        queue_depth: s.queue_depth,
+        limits: s.common.limits(),
+        presets: s.common.presets,
+        job_timeout: s.job_timeout,
+        recycle_after_jobs: s.recycle_after_jobs,
+        recycle_rss_bytes: s.recycle_rss_bytes,
+        steal: s.steal,
+        queued: Default::default(),
+        metrics,
+    }
 }
 
 /// How long a drained worker waits for its blocking threads (a commit's fsyncs)
@@ -288,7 +315,8 @@ impl Reporter {
 
 /// `pixpool admin`.
 pub fn admin(args: crate::cli::AdminArgs) -> anyhow::Result<ExitCode> {
-    crate::logging::init("admin", Some(0), args.log_format);
+    let settings: AdminSettings = settings::decode(&args.settings, "admin")?;
+    crate::logging::init("admin", Some(0), settings.log_format);
     child_api_tokens()?;
     let fd = args.listen_fd;
     if !is_socket(fd) {
@@ -302,11 +330,103 @@ pub fn admin(args: crate::cli::AdminArgs) -> anyhow::Result<ExitCode> {
     runtime()?
         .block_on(async {
             tokio::spawn(report.clone().heartbeat(None));
-            pixpool_admin::run(listener, &args.metrics_socket, terminated(), || {
+            pixpool_admin::run(listener, &settings.metrics_socket, terminated(), || {
                 report.ready()
             })
             .await
         })
         .context("admin failed")?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::settings::ChildPaths;
+    use pixpool_imaging::{Limits, Preset};
+
+    /// A store in a directory of its own, removed by the caller.
+    fn temp_store(name: &str) -> Store {
+        let dir = std::env::temp_dir().join(format!("pixpool-roles-{}-{name}", std::process::id()));
+        Store::open(&dir, None).expect("open a store in a temporary directory")
+    }
+
+    /// What a child reads from the default configuration, through the
+    /// argument as it travels.
+    fn from_defaults<T>(store: &Store, make: fn(&Settings, &ChildPaths) -> anyhow::Result<T>) -> T
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        let paths = ChildPaths {
+            uploads: store.root().to_path_buf(),
+            metrics_socket: None,
+        };
+        let built = make(&Settings::default(), &paths).expect("settings");
+        settings::decode(&settings::encode(&built).expect("encode"), "test").expect("decode")
+    }
+
+    #[test]
+    fn default_settings_give_a_front_its_defaults() {
+        let store = temp_store("front");
+        let c = front_config(
+            from_defaults(&store, FrontSettings::new),
+            2,
+            store.clone(),
+            Vec::new(),
+            Recorder::new("front", 2),
+        );
+        let builtin = Preset::builtin();
+        let names: Vec<String> = builtin.iter().map(|p| p.name.clone()).collect();
+        assert_eq!((c.slot, c.workers), (2, Settings::default().workers));
+        assert_eq!(c.store.root(), store.root());
+        assert_eq!(c.known_presets, names);
+        assert_eq!(c.default_presets, names);
+        assert_eq!(
+            c.preset_specs,
+            builtin
+                .iter()
+                .map(|p| (p.name.clone(), p.to_string()))
+                .collect()
+        );
+        assert_eq!(c.max_upload_bytes, pixpool_front::DEFAULT_MAX_UPLOAD_BYTES);
+        assert_eq!(c.drain_grace, Duration::from_secs(30));
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.min_free_bytes, pixpool_front::DEFAULT_MIN_FREE_BYTES);
+        assert_eq!(c.max_connections, pixpool_front::DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(
+            c.body_idle_timeout,
+            pixpool_front::DEFAULT_BODY_IDLE_TIMEOUT
+        );
+        assert_eq!(
+            c.min_upload_bytes_per_sec,
+            pixpool_front::DEFAULT_MIN_UPLOAD_BYTES_PER_SEC
+        );
+        assert_eq!(
+            c.max_event_streams,
+            pixpool_front::DEFAULT_MAX_EVENT_STREAMS
+        );
+        assert!(c.api_tokens.is_empty() && c.allowed_origins.is_empty());
+        let _ = std::fs::remove_dir_all(store.root());
+    }
+
+    #[test]
+    fn default_settings_give_a_worker_its_defaults() {
+        let store = temp_store("worker");
+        let s: WorkerSettings = from_defaults(&store, WorkerSettings::new);
+        // Applied to the process, not part of its configuration.
+        assert_eq!(s.memory_limit_bytes, 4096 * 1024 * 1024);
+        assert_eq!(s.nice, crate::config::DEFAULT_WORKER_NICE);
+        let c = worker_config(s, 1, store.clone(), Recorder::new("worker", 1));
+        assert_eq!((c.slot, c.workers), (1, Settings::default().workers));
+        assert_eq!(c.store.root(), store.root());
+        assert_eq!(c.queue_depth, pixpool_worker::DEFAULT_QUEUE_DEPTH);
+        assert_eq!(c.presets, Preset::builtin());
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.job_timeout, pixpool_worker::DEFAULT_JOB_TIMEOUT);
+        assert_eq!(c.recycle_after_jobs, 0);
+        assert_eq!(c.recycle_rss_bytes, 1024 * 1024 * 1024);
+        assert!(c.steal);
+        let _ = std::fs::remove_dir_all(store.root());
+    }
 }

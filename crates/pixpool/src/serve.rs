@@ -16,6 +16,7 @@ use std::path::Path;
 
 use crate::cli::ServeArgs;
 use crate::config::{LogFormat, Settings};
+use crate::settings::{self, AdminSettings, ChildPaths, FrontSettings, WorkerSettings};
 
 /// Runs the supervisor. No async runtime exists in this process: it forks.
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -212,131 +213,34 @@ fn share_tokens(settings: &Settings) -> anyhow::Result<()> {
 }
 
 /// The command lines of every child, workers first (their sockets are up by
-/// the time the fronts connect).
+/// the time the fronts connect). Each role's settings are built and encoded
+/// once; the slots of a role differ only in `--slot`.
 fn child_specs(
     s: &Settings,
     store: &Store,
     program: &CString,
     fds: Fds,
 ) -> anyhow::Result<Vec<ChildSpec>> {
-    let (listen_fd, control_fd) = (fds.listener, fds.control);
-    let metrics_socket = store.run_dir().join(ADMIN_SOCKET);
-    let presets = s.presets()?;
-    let log_format = match s.log_format {
-        LogFormat::Text => "text",
-        LogFormat::Json => "json",
+    let paths = ChildPaths {
+        uploads: store.root().to_path_buf(),
+        metrics_socket: fds.admin.map(|_| store.run_dir().join(ADMIN_SOCKET)),
     };
-    let uploads = store.root().to_string_lossy().into_owned();
-    let common = |role: &str, slot: u32| -> Vec<String> {
-        let mut argv: Vec<String> = vec![
-            "pixpool".into(),
-            role.into(),
-            "--slot".into(),
-            slot.to_string(),
-            "--workers".into(),
-            s.workers.to_string(),
-            "--uploads".into(),
-            uploads.clone(),
-            "--grace-secs".into(),
-            s.grace_secs.to_string(),
-            "--max-pixels".into(),
-            s.max_pixels.to_string(),
-            "--max-side".into(),
-            s.max_side.to_string(),
-            "--max-frames".into(),
-            s.max_frames.to_string(),
-            "--log-format".into(),
-            log_format.into(),
-            "--control-fd".into(),
-            pixpool_supervisor::child::CONTROL_FD.to_string(),
-        ];
-        if fds.admin.is_some() {
-            argv.extend([
-                "--metrics-socket".to_string(),
-                metrics_socket.to_string_lossy().into_owned(),
-            ]);
-        }
-        for p in &presets {
-            argv.extend(["--preset".to_string(), p.to_string()]);
-        }
-        argv
-    };
+    let worker = settings::encode(&WorkerSettings::new(s, &paths)?)?;
+    let front = settings::encode(&FrontSettings::new(s, &paths)?)?;
     let mut children = Vec::new();
     for slot in 0..s.workers {
-        let mut argv = common("worker", slot);
-        argv.extend([
-            "--queue-depth".into(),
-            s.queue_depth.to_string(),
-            "--job-timeout-secs".into(),
-            s.job_timeout_secs.to_string(),
-            "--recycle-after-jobs".into(),
-            s.recycle_after_jobs.to_string(),
-            "--recycle-rss-mb".into(),
-            s.recycle_rss_mb.to_string(),
-            "--memory-mb".into(),
-            s.worker_memory_mb.to_string(),
-            "--nice".into(),
-            s.worker_nice.to_string(),
-        ]);
-        if !s.work_stealing {
-            argv.push("--no-steal".into());
-        }
-        children.push(spec("worker", slot, program, argv, None, control_fd, 1)?);
+        children.push(spec("worker", Some(slot), &worker, None, program, fds, 1)?);
     }
     for slot in 0..s.fronts {
-        let mut argv = common("front", slot);
-        argv.extend([
-            "--listen-fd".into(),
-            pixpool_supervisor::child::INHERITED_FD.to_string(),
-            "--max-upload-bytes".into(),
-            s.max_upload_bytes.to_string(),
-            "--min-free-disk-mb".into(),
-            s.min_free_disk_mb.to_string(),
-            "--max-connections".into(),
-            s.max_connections.to_string(),
-            "--body-idle-secs".into(),
-            s.body_idle_secs.to_string(),
-            "--min-upload-bytes-per-sec".into(),
-            s.min_upload_bytes_per_sec.to_string(),
-            "--max-event-streams".into(),
-            s.max_event_streams.to_string(),
-        ]);
-        for origin in &s.allowed_origins {
-            argv.extend(["--allowed-origin".to_string(), origin.clone()]);
-        }
-        children.push(spec(
-            "front",
-            slot,
-            program,
-            argv,
-            Some(listen_fd),
-            control_fd,
-            0,
-        )?);
+        let listener = Some(fds.listener);
+        let child = spec("front", Some(slot), &front, listener, program, fds, 0)?;
+        children.push(child);
     }
-    if let Some(admin_fd) = fds.admin {
+    if let (Some(admin_fd), Some(socket)) = (fds.admin, &paths.metrics_socket) {
+        let admin = settings::encode(&AdminSettings::new(s, socket))?;
         // Stopped last, so the final counters of the others are still scraped.
-        let argv = vec![
-            "pixpool".to_string(),
-            "admin".into(),
-            "--listen-fd".into(),
-            pixpool_supervisor::child::INHERITED_FD.to_string(),
-            "--metrics-socket".into(),
-            metrics_socket.to_string_lossy().into_owned(),
-            "--log-format".into(),
-            log_format.into(),
-            "--control-fd".into(),
-            pixpool_supervisor::child::CONTROL_FD.to_string(),
-        ];
-        children.push(spec(
-            "admin",
-            0,
-            program,
-            argv,
-            Some(admin_fd),
-            control_fd,
-            2,
-        )?);
+        let child = spec("admin", None, &admin, Some(admin_fd), program, fds, 2)?;
+        children.push(child);
     }
     Ok(children)
 }
@@ -360,15 +264,27 @@ pub fn check_config(args: crate::cli::CheckConfigArgs) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
+/// One child's spec: `pixpool ROLE [--slot N] [--listen-fd 3] --control-fd 4
+/// --settings JSON`, the listener passed when `pass_fd` is given.
 fn spec(
     role: &'static str,
-    slot: u32,
-    program: &CString,
-    argv: Vec<String>,
+    slot: Option<u32>,
+    settings: &str,
     pass_fd: Option<i32>,
-    control_fd: i32,
+    program: &CString,
+    fds: Fds,
     stop_order: u8,
 ) -> anyhow::Result<ChildSpec> {
+    use pixpool_supervisor::child::{CONTROL_FD, INHERITED_FD};
+    let mut argv = vec!["pixpool".to_string(), role.to_string()];
+    if let Some(slot) = slot {
+        argv.extend(["--slot".to_string(), slot.to_string()]);
+    }
+    if pass_fd.is_some() {
+        argv.extend(["--listen-fd".to_string(), INHERITED_FD.to_string()]);
+    }
+    argv.extend(["--control-fd".to_string(), CONTROL_FD.to_string()]);
+    argv.extend(["--settings".to_string(), settings.to_string()]);
     let argv = argv
         .into_iter()
         .map(CString::new)
@@ -376,11 +292,11 @@ fn spec(
         .context("argument contains NUL")?;
     Ok(ChildSpec {
         role,
-        slot,
+        slot: slot.unwrap_or(0),
         program: program.clone(),
         argv,
         pass_fd,
-        control_fd: Some(control_fd),
+        control_fd: Some(fds.control),
         stop_order,
     })
 }
@@ -416,5 +332,95 @@ fn sweep_spool_dirs(store: &Store) {
             parts,
             jobs, "removed unfinished uploads left by a previous run"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `--settings` argument of `spec`, and the arguments before it.
+    fn split(spec: &ChildSpec) -> (String, String) {
+        let argv: Vec<String> = spec
+            .argv
+            .iter()
+            .map(|a| a.to_str().expect("UTF-8").to_string())
+            .collect();
+        let at = argv
+            .iter()
+            .position(|a| a == "--settings")
+            .expect("--settings");
+        (argv[..at].join(" "), argv[at + 1].clone())
+    }
+
+    #[test]
+    fn each_child_gets_its_slot_on_the_command_line_and_its_role_settings_whole() {
+        let dir = std::env::temp_dir().join(format!("pixpool-serve-{}", std::process::id()));
+        let store = Store::open(&dir, None).expect("store");
+        let program = CString::new("/bin/pixpool").expect("path");
+        let fds = Fds {
+            listener: 10,
+            control: 11,
+            admin: Some(12),
+        };
+        let paths = ChildPaths {
+            uploads: store.root().to_path_buf(),
+            metrics_socket: Some(store.run_dir().join(ADMIN_SOCKET)),
+        };
+        let mut s = Settings {
+            fronts: 2,
+            workers: 3,
+            ..Settings::default()
+        };
+        let before = child_specs(&s, &store, &program, fds).expect("specs");
+        let roles: Vec<_> = before.iter().map(|c| (c.role, c.slot)).collect();
+        let expected = [
+            ("worker", 0),
+            ("worker", 1),
+            ("worker", 2),
+            ("front", 0),
+            ("front", 1),
+        ];
+        assert_eq!(roles[..5], expected);
+        assert_eq!(roles[5], ("admin", 0));
+        for child in &before {
+            let (head, json) = split(child);
+            match child.role {
+                // What `ps` shows, and what the tests look for.
+                "worker" => {
+                    assert_eq!(
+                        head,
+                        format!("pixpool worker --slot {} --control-fd 4", child.slot)
+                    );
+                    let got: WorkerSettings = settings::decode(&json, "worker").expect("worker");
+                    assert_eq!(got, WorkerSettings::new(&s, &paths).expect("worker"));
+                }
+                "front" => {
+                    let fd = "--listen-fd 3 --control-fd 4";
+                    assert_eq!(head, format!("pixpool front --slot {} {fd}", child.slot));
+                    let got: FrontSettings = settings::decode(&json, "front").expect("front");
+                    assert_eq!(got, FrontSettings::new(&s, &paths).expect("front"));
+                    assert_eq!(child.pass_fd, Some(10));
+                }
+                _ => {
+                    assert_eq!(head, "pixpool admin --listen-fd 3 --control-fd 4");
+                    let got: AdminSettings = settings::decode(&json, "admin").expect("admin");
+                    let socket = paths.metrics_socket.as_deref().expect("socket");
+                    assert_eq!(got, AdminSettings::new(&s, socket));
+                    assert_eq!(child.pass_fd, Some(12));
+                }
+            }
+        }
+
+        // A reload builds new specs the same way: what changed is in them,
+        // and the roll puts each one in its slot.
+        s.min_free_disk_mb = 1;
+        s.queue_depth = 5;
+        let after = child_specs(&s, &store, &program, fds).expect("specs");
+        let front: FrontSettings = settings::decode(&split(&after[3]).1, "front").expect("front");
+        assert_eq!(front.min_free_bytes, 1024 * 1024);
+        let worker: WorkerSettings = settings::decode(&split(&after[0]).1, "worker").expect("w");
+        assert_eq!(worker.queue_depth, 5);
+        let _ = std::fs::remove_dir_all(store.root());
     }
 }
