@@ -19,6 +19,27 @@ pub struct Cli {
     #[arg(long)]
     pub no_peer: bool,
 
+    /// Skip the syscall-accounting pass: pixpool alone under `strace -f`, counting
+    /// the files each job creates, renames and unlinks and the fsyncs it issues. It
+    /// runs (once, before the reps) whenever `strace` is on PATH.
+    #[arg(long, conflicts_with = "syscalls_only")]
+    pub no_syscalls: bool,
+
+    /// Run the syscall-accounting pass and nothing else (no peer, no reps).
+    #[arg(long)]
+    pub syscalls_only: bool,
+
+    /// Uploads of the syscall-accounting pass, sent at --concurrency. 40 = every
+    /// photo of the 20-photo corpus twice: enough for the start-up's one-off calls
+    /// (kept apart anyway) not to blur the per-job figures.
+    #[arg(long, value_name = "N", default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub syscalls_jobs: u32,
+
+    /// Keep the syscall pass's strace log at this path (by default it is written in
+    /// the work directory and removed with it), to check its counts by hand.
+    #[arg(long, value_name = "PATH")]
+    pub syscalls_log: Option<PathBuf>,
+
     /// Image workers of each server (pixpool --workers, peer IMAGE_WORKERS).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub workers: u32,
@@ -146,6 +167,14 @@ mod tests {
         assert_eq!((cli.workers, cli.fronts, cli.reps), (2, 2, 3));
         assert_eq!((cli.rounds, cli.concurrency), (5, 8));
         assert!(!cli.no_peer);
+        assert!(!cli.no_syscalls && !cli.syscalls_only);
+        assert_eq!(cli.syscalls_jobs, 40);
+    }
+
+    #[test]
+    fn syscalls_only_and_no_syscalls_conflict() {
+        let both = ["pixpool-bench", "--syscalls-only", "--no-syscalls"];
+        assert!(Cli::try_parse_from(both).is_err());
     }
 
     #[test]

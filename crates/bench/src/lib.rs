@@ -99,6 +99,16 @@
 //! Clocks: every duration is measured in this process with [`std::time::Instant`]
 //! (`CLOCK_MONOTONIC`); no server timestamp is used.
 //!
+//! # File-system calls per job
+//!
+//! Before the reps, unless `--no-syscalls` (or without `strace` on `PATH`, which is
+//! then said in one line): pixpool alone, under `strace -f`, takes `--syscalls-jobs`
+//! uploads (default 40) at `--concurrency`; its log gives, per job, the files created
+//! (opens with `O_CREAT`, links, directories), renames, unlinks and fsyncs
+//! (`fsync`, `fdatasync`, `sync_file_range`), successful calls only, with start-up
+//! and shutdown counted apart ([`syscall_pass`], [`syscalls`]). `--syscalls-only`
+//! runs just that pass. Nothing of it is timed, and the peer is not traced.
+//!
 //! # Repetitions
 //!
 //! Each repetition runs both servers, alternating which goes first (rep 1: pixpool then
@@ -118,6 +128,8 @@
 //! - [`server`]: starting, waiting for and stopping the two servers; the peer's copy.
 //! - [`sample`]: the `/health` prober and the resource (RSS, CPU) sampler.
 //! - [`runner`]: one run (warm-up, burst, completion tracking, solo pass).
+//! - [`syscall_pass`]: pixpool under strace, for the file-system calls per job.
+//! - [`syscalls`]: reading and counting strace's log.
 //! - [`stats`]: percentiles and medians.
 //! - [`report`]: the markdown tables, the `RESULT` line, the JSON file.
 #![deny(missing_docs)]
@@ -134,6 +146,8 @@ pub mod runner;
 pub mod sample;
 pub mod server;
 pub mod stats;
+pub mod syscall_pass;
+pub mod syscalls;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -231,7 +245,7 @@ async fn benchmark(cli: Cli) -> anyhow::Result<ExitCode> {
     );
     // Declared before anything that runs a server: removed last, with every run's files.
     let work_dir = server::WorkDir::create(&cli.work_dir())?;
-    let peer_dir = if cli.no_peer {
+    let peer_dir = if cli.no_peer || cli.syscalls_only {
         None
     } else {
         let source = cli.peer_source(&workspace);
@@ -258,6 +272,40 @@ async fn benchmark(cli: Cli) -> anyhow::Result<ExitCode> {
         job_timeout: Duration::from_secs(cli.job_timeout_secs),
         per_image: cli.per_image,
     };
+    let started = std::time::Instant::now();
+    // Before the reps: it is short, and a tracer that cannot trace shows at once.
+    let syscalls = if cli.no_syscalls {
+        None
+    } else {
+        let pass = syscall_pass::PassPlan {
+            jobs: cli.syscalls_jobs,
+            concurrency: plan.concurrency,
+            timeout: plan.job_timeout,
+            log: cli.syscalls_log.clone(),
+        };
+        let outcome = syscall_pass::run(&launch, &corpus, &pass).await;
+        eprintln!("{}", report::syscalls_progress_line(&outcome));
+        Some(outcome)
+    };
+    if cli.syscalls_only {
+        let measured = matches!(syscalls, Some(syscall_pass::Outcome::Measured(_)));
+        let summary = report::Summary::new(&[], syscalls, &plan, &launch, 0, started.elapsed());
+        if let Some(path) = &cli.json {
+            report::write_json(path, &summary, &[])
+                .with_context(|| format!("could not write {}", path.display()))?;
+            eprintln!("pixpool-bench: results written to {}", path.display());
+        }
+        if let Some(outcome) = &summary.syscalls {
+            print!("{}", report::render_syscalls(outcome));
+        }
+        // The one thing asked for: skipped or failed is a failure.
+        return Ok(if measured && summary.valid {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+
     let kinds: &[ServerKind] = if cli.no_peer {
         &[ServerKind::Pixpool]
     } else {
@@ -275,7 +323,6 @@ async fn benchmark(cli: Cli) -> anyhow::Result<ExitCode> {
         kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(" + "),
     );
 
-    let started = std::time::Instant::now();
     let mut results: Vec<RunResult> = Vec::new();
     for rep in 1..=cli.reps {
         // Alternate who goes first, so drift on a shared machine hits both alike.
@@ -297,7 +344,7 @@ async fn benchmark(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let elapsed = started.elapsed();
 
-    let summary = report::Summary::new(&results, &plan, &launch, cli.reps, elapsed);
+    let summary = report::Summary::new(&results, syscalls, &plan, &launch, cli.reps, elapsed);
     if let Some(path) = &cli.json {
         report::write_json(path, &summary, &results)
             .with_context(|| format!("could not write {}", path.display()))?;

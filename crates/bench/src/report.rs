@@ -15,6 +15,8 @@ use crate::runner::{Plan, RunResult};
 use crate::sample::CpuUse;
 use crate::server::{Launch, ServerKind};
 use crate::stats::median;
+use crate::syscall_pass::{self, Accounting};
+use crate::syscalls::Counts;
 
 const KIB_PER_MIB: f64 = 1024.0;
 
@@ -195,14 +197,17 @@ pub struct Summary {
     pub elapsed_s: f64,
     /// pixpool, then the peer if it ran.
     pub servers: Vec<ServerSummary>,
+    /// The syscall-accounting pass (`None` with `--no-syscalls`).
+    pub syscalls: Option<syscall_pass::Outcome>,
     /// The report's last line.
     pub result_line: String,
 }
 
 impl Summary {
-    /// Summarises `results`.
+    /// Summarises `results` and the syscall pass.
     pub fn new(
         results: &[RunResult],
+        syscalls: Option<syscall_pass::Outcome>,
         plan: &Plan,
         launch: &Launch,
         reps: u32,
@@ -222,6 +227,12 @@ impl Summary {
                     .iter()
                     .map(move |p| format!("rep {} {}: {p}", r.rep, r.server.name()))
             })
+            .chain(
+                syscalls
+                    .iter()
+                    .flat_map(|o| o.problems())
+                    .map(|p| format!("syscall pass: {p}")),
+            )
             .collect();
         let valid = problems.is_empty();
         let result_line = result_line(&servers, valid, problems.len());
@@ -239,6 +250,7 @@ impl Summary {
             },
             elapsed_s: elapsed.as_secs_f64(),
             servers,
+            syscalls,
             result_line,
         }
     }
@@ -583,6 +595,10 @@ pub fn render(summary: &Summary, results: &[RunResult], corpus: &Corpus) -> Stri
         }
     }
 
+    if let Some(outcome) = &summary.syscalls {
+        out.push_str(&render_syscalls(outcome));
+    }
+
     let noisy = results
         .iter()
         .map(|r| r.cpu.other_pct())
@@ -601,6 +617,105 @@ pub fn render(summary: &Summary, results: &[RunResult], corpus: &Corpus) -> Stri
     }
     let _ = writeln!(out, "\n{}", summary.result_line);
     out
+}
+
+/// The syscall pass's section of the report: its table, or why there is none.
+pub fn render_syscalls(outcome: &syscall_pass::Outcome) -> String {
+    let a = match outcome {
+        syscall_pass::Outcome::Measured(a) => a,
+        syscall_pass::Outcome::Skipped { reason } => {
+            return format!("\nSyscall accounting skipped: {reason}.\n");
+        }
+        syscall_pass::Outcome::Failed { error } => {
+            return format!("\n**Syscall accounting failed**: {error}\n");
+        }
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n### pixpool's file-system calls per job\n\n`strace -f` on pixpool alone ({} workers + {} fronts): {} uploads at concurrency {}, {} jobs done. Successful calls only. Files created: opens with `O_CREAT` and `creat`s (strace cannot tell whether the file was already there), links, directories. fsyncs: `fsync`, `fdatasync`, `sync_file_range`. Per job: the jobs phase (first upload to SIGTERM) ÷ jobs done; start-up and shutdown apart; calls in pixpool's run directory (last row) in no other row.\n",
+        a.workers, a.fronts, a.uploads, a.concurrency, a.jobs
+    );
+    let _ = writeln!(
+        out,
+        "| | files created (O_CREAT · link · mkdir) | renames | unlinks | fsyncs (fsync · fdatasync · sync_file_range) |\n| --- | ---: | ---: | ---: | ---: |"
+    );
+    if let Some(p) = &a.per_job {
+        let per = |n: u64| n as f64 / a.jobs as f64;
+        let c = &a.jobs_phase;
+        let _ = writeln!(
+            out,
+            "| **per job** | **{:.2}** ({:.2} · {:.2} · {:.2}) | **{:.2}** | **{:.2}** | **{:.2}** ({:.2} · {:.2} · {:.2}) |",
+            p.created,
+            per(c.created_files),
+            per(c.links),
+            per(c.mkdirs),
+            p.renames,
+            p.unlinks,
+            p.fsyncs,
+            per(c.fsyncs),
+            per(c.fdatasyncs),
+            per(c.sync_file_ranges),
+        );
+    }
+    for (label, counts) in [
+        (format!("jobs phase ({} jobs)", a.jobs), &a.jobs_phase),
+        ("start-up".to_owned(), &a.startup),
+        ("shutdown".to_owned(), &a.shutdown),
+        ("whole run".to_owned(), &a.total),
+    ] {
+        let _ = writeln!(out, "| {label} | {} |", counts_cells(counts));
+    }
+    let _ = writeln!(
+        out,
+        "| set aside: pixpool's run directory, whole run (sockets; the dashboard's summary, rewritten every second whatever the load) | {} |",
+        counts_cells(&a.run_dir)
+    );
+    if !a.problems.is_empty() {
+        let _ = writeln!(out, "\nProblems: {}", a.problems.join("; "));
+    }
+    out
+}
+
+/// One table row's cells for `c`, totals with their parts.
+fn counts_cells(c: &Counts) -> String {
+    format!(
+        "{} ({} · {} · {}) | {} | {} | {} ({} · {} · {})",
+        c.created(),
+        c.created_files,
+        c.links,
+        c.mkdirs,
+        c.renames,
+        c.unlinks,
+        c.syncs(),
+        c.fsyncs,
+        c.fdatasyncs,
+        c.sync_file_ranges
+    )
+}
+
+/// One line for the progress output.
+pub fn syscalls_progress_line(outcome: &syscall_pass::Outcome) -> String {
+    let a: &Accounting = match outcome {
+        syscall_pass::Outcome::Measured(a) => a,
+        syscall_pass::Outcome::Skipped { reason } => {
+            return format!("pixpool-bench: syscall pass skipped: {reason}");
+        }
+        syscall_pass::Outcome::Failed { error } => {
+            return format!("pixpool-bench: syscall pass failed: {error}");
+        }
+    };
+    let mut line = match &a.per_job {
+        Some(p) => format!(
+            "pixpool-bench: syscalls per job ({} jobs under strace): {:.2} files created · {:.2} renames · {:.2} unlinks · {:.2} fsyncs",
+            a.jobs, p.created, p.renames, p.unlinks, p.fsyncs
+        ),
+        None => "pixpool-bench: syscall pass: no job done".to_owned(),
+    };
+    if !a.problems.is_empty() {
+        let _ = write!(line, " · PROBLEMS: {}", a.problems.join("; "));
+    }
+    line
 }
 
 /// Writes the summary and every run (each upload included) as JSON.
@@ -637,6 +752,56 @@ mod tests {
         let alone = result_line(&[pix], false, 2);
         assert!(alone.contains("peer_img_s=na ratio=na"));
         assert!(alone.ends_with(" invalid=2"));
+    }
+
+    #[test]
+    fn syscall_table_divides_by_the_jobs_done() {
+        let jobs_phase = Counts {
+            created_files: 320,
+            links: 40,
+            mkdirs: 2,
+            renames: 240,
+            unlinks: 120,
+            fsyncs: 442,
+            ..Counts::default()
+        };
+        let startup = Counts {
+            mkdirs: 8,
+            fsyncs: 10,
+            ..Counts::default()
+        };
+        let outcome = syscall_pass::Outcome::Measured(Box::new(Accounting {
+            uploads: 40,
+            jobs: 40,
+            concurrency: 8,
+            workers: 2,
+            fronts: 2,
+            per_job: syscall_pass::PerJob::of(&jobs_phase, 40),
+            startup,
+            jobs_phase,
+            shutdown: Counts::default(),
+            total: startup + jobs_phase,
+            run_dir: Counts::default(),
+            unparsed_lines: 0,
+            unpaired_lines: 0,
+            problems: Vec::new(),
+        }));
+        let table = render_syscalls(&outcome);
+        assert!(table.contains(
+            "| **per job** | **9.05** (8.00 · 1.00 · 0.05) | **6.00** | **3.00** | **11.05** (11.05 · 0.00 · 0.00) |"
+        ));
+        assert!(
+            table.contains("| whole run | 370 (320 · 40 · 10) | 240 | 120 | 452 (452 · 0 · 0) |")
+        );
+        assert!(syscalls_progress_line(&outcome)
+            .ends_with("9.05 files created · 6.00 renames · 3.00 unlinks · 11.05 fsyncs"));
+        let skipped = syscall_pass::Outcome::Skipped {
+            reason: "strace is not on PATH".into(),
+        };
+        assert_eq!(
+            syscalls_progress_line(&skipped),
+            "pixpool-bench: syscall pass skipped: strace is not on PATH"
+        );
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! every job is finished, optionally time each photo alone, stop the server.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -222,12 +224,36 @@ impl Tracker {
                 pool: ConnPool::new(server.addr),
             },
             ServerKind::Peer => Tracker::Peer {
-                watch: OutputWatch::start(&server.uploads().join("processed"))?,
+                watch: OutputWatch::start(&peer_outputs(server.uploads())?)?,
                 accepted_total: 0,
                 baseline: PeerStats::default(),
             },
         })
     }
+}
+
+/// The peer's outputs directory under its `uploads`. The peer keeps them where pixpool
+/// does (its `config.processedDir`), and pixpool-store alone names pixpool's layout; so
+/// the name is asked of the store, and checked against the directories the peer made
+/// at start-up: were the store to rename it, the watch would otherwise wait on an empty
+/// directory until the job timeout.
+fn peer_outputs(uploads: &Path) -> anyhow::Result<PathBuf> {
+    let made_by_peer: Vec<OsString> = std::fs::read_dir(uploads)
+        .with_context(|| format!("could not list {}", uploads.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.file_name()))
+        .collect();
+    // Opening also creates pixpool's other (empty) directories: the peer ignores them.
+    let outputs = pixpool_store::Store::open(uploads, None)
+        .context("could not ask pixpool-store for its outputs directory")?
+        .processed_dir();
+    anyhow::ensure!(
+        outputs
+            .file_name()
+            .is_some_and(|name| made_by_peer.iter().any(|m| m == name)),
+        "the peer made no {} (it made {made_by_peer:?}): its outputs are no longer where pixpool-store keeps pixpool's",
+        outputs.display()
+    );
+    Ok(outputs)
 }
 
 /// A 202.
@@ -485,6 +511,88 @@ async fn burst(
         jobs,
         solo: Vec::new(),
         solo_cpu: None,
+    })
+}
+
+/// What a batch of uploads came to.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// Uploads sent.
+    pub uploads: usize,
+    /// Jobs that ended done.
+    pub done: usize,
+    /// What went wrong, if anything: uploads without a 202, jobs not done.
+    pub problems: Vec<String>,
+}
+
+/// Uploads `count` photos (the corpus in order, over again as needed, each with its
+/// unique trailer) over `concurrency` connections, and waits until every job is
+/// finished. Not measured: for passes that count what the server does, not how fast.
+pub async fn upload_batch(
+    server: &Server,
+    corpus: &Arc<Corpus>,
+    count: usize,
+    concurrency: u32,
+    tag: &str,
+    timeout: Duration,
+) -> anyhow::Result<Batch> {
+    let n = corpus.photos.len();
+    anyhow::ensure!(n > 0, "the corpus has no photos");
+    let items: Arc<Vec<Item>> = Arc::new(
+        (0..count)
+            .map(|i| Item {
+                photo: i % n,
+                round: u32::try_from(i / n).unwrap_or(u32::MAX),
+                tag: format!("{tag}-{i}"),
+            })
+            .collect(),
+    );
+    let mut tracker = Tracker::new(server)?;
+    let deadline = Instant::now() + timeout;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let cursor = Arc::new(AtomicUsize::new(0));
+    let mut uploaders = JoinSet::new();
+    for _ in 0..count.min(concurrency as usize) {
+        uploaders.spawn(uploader(
+            Conn::open(server.addr).await?,
+            corpus.clone(),
+            items.clone(),
+            cursor.clone(),
+            tx.clone(),
+        ));
+    }
+    drop(tx);
+    let mut accepted = Vec::new();
+    while let Some(acc) = rx.recv().await {
+        accepted.push(acc);
+    }
+    let mut errors = Vec::new();
+    while let Some(done) = uploaders.join_next().await {
+        errors.extend(done.context("an uploader task failed")?.errors);
+    }
+    let (finishes, end) = finish_all(server, &mut tracker, &accepted, deadline).await?;
+    let mut problems = Vec::new();
+    if let Some((_, first)) = errors.first() {
+        problems.push(format!(
+            "{} upload(s) got no 202 (first: {first})",
+            errors.len()
+        ));
+    }
+    let not_done: Vec<&Finish> = finishes.iter().filter(|f| f.state != "done").collect();
+    if let Some(first) = not_done.first() {
+        problems.push(format!(
+            "{} job(s) did not end done (first: {})",
+            not_done.len(),
+            first.state
+        ));
+    }
+    if let Some(failed) = end.failed {
+        problems.push(format!("{failed} job(s) failed (peer /stats)"));
+    }
+    Ok(Batch {
+        uploads: count,
+        done: finishes.len() - not_done.len(),
+        problems,
     })
 }
 
@@ -957,5 +1065,25 @@ mod tests {
         let wide = serde_json::json!({"outputs": [{"preset": "medium", "width": 1600}]});
         assert!(!has_preset_output(&wide));
         assert!(!has_preset_output(&serde_json::json!({"outputs": null})));
+    }
+
+    #[test]
+    fn the_peer_outputs_are_where_the_store_puts_pixpools() {
+        let dir = std::env::temp_dir().join(format!("pixpool-bench-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // What the peer's master makes at start-up.
+        let store_layout = pixpool_store::Store::open(&dir.join("layout"), None).expect("store");
+        let peer = dir.join("peer");
+        for made in [store_layout.raw_dir(), store_layout.processed_dir()] {
+            let name = made.file_name().expect("a name");
+            std::fs::create_dir_all(peer.join(name)).expect("mkdir");
+        }
+        let outputs = peer_outputs(&peer).expect("outputs");
+        assert!(outputs.is_dir() && outputs.starts_with(&peer));
+        // A peer that made something else is refused, not watched in vain.
+        let other = dir.join("other");
+        std::fs::create_dir_all(other.join("elsewhere")).expect("mkdir");
+        assert!(peer_outputs(&other).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

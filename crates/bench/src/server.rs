@@ -2,6 +2,7 @@
 //! a runnable copy of the peer.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
@@ -75,6 +76,38 @@ pub struct Launch {
     pub fronts: u32,
     /// `RUST_LOG` for pixpool.
     pub pixpool_log: String,
+}
+
+/// A program the server runs under (a tracer): the server's command line is appended
+/// to it, after `--`.
+#[derive(Debug, Clone)]
+pub struct Wrapper {
+    /// The program (`strace`).
+    pub program: PathBuf,
+    /// Its own options.
+    pub args: Vec<OsString>,
+}
+
+impl Wrapper {
+    /// `cmd`, run under this wrapper: the same arguments, environment and directory.
+    fn wrap(&self, cmd: &Command) -> Command {
+        let mut wrapped = Command::new(&self.program);
+        wrapped
+            .args(&self.args)
+            .arg("--")
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        for (key, value) in cmd.get_envs() {
+            match value {
+                Some(value) => wrapped.env(key, value),
+                None => wrapped.env_remove(key),
+            };
+        }
+        if let Some(dir) = cmd.get_current_dir() {
+            wrapped.current_dir(dir);
+        }
+        wrapped
+    }
 }
 
 /// The peer's `GET /stats`.
@@ -180,9 +213,11 @@ pub struct Server {
     pub kind: ServerKind,
     /// Where it listens.
     pub addr: SocketAddr,
-    /// The root process (pixpool's supervisor, the peer's master); also the process
-    /// group id of the whole tree.
+    /// The root process (pixpool's supervisor, the peer's master; or the [`Wrapper`]
+    /// it runs under); also the process group id of the whole tree.
     pub pid: i32,
+    /// Runs under a [`Wrapper`], whose child is the server's own root.
+    wrapped: bool,
     child: Child,
     log: SharedLog,
     stopped: bool,
@@ -194,6 +229,16 @@ impl Server {
     /// Starts `kind` with `launch`'s settings in a new uploads directory named after
     /// `tag`, and waits until it is ready (see the crate documentation).
     pub async fn start(kind: ServerKind, launch: &Launch, tag: &str) -> anyhow::Result<Server> {
+        Server::start_under(kind, launch, tag, None).await
+    }
+
+    /// [`Server::start`], under `wrapper` if there is one.
+    pub async fn start_under(
+        kind: ServerKind,
+        launch: &Launch,
+        tag: &str,
+        wrapper: Option<&Wrapper>,
+    ) -> anyhow::Result<Server> {
         let uploads = RunDir::create(launch.work_dir.join(tag))?;
         let (mut cmd, addr) = match kind {
             ServerKind::Pixpool => {
@@ -225,6 +270,9 @@ impl Server {
                 (cmd, SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
             }
         };
+        if let Some(wrapper) = wrapper {
+            cmd = wrapper.wrap(&cmd);
+        }
         // Own process group: the terminal's Ctrl-C reaches only this benchmark, which
         // then stops the server itself; and the whole tree can be killed at once.
         cmd.stdin(Stdio::null())
@@ -247,6 +295,7 @@ impl Server {
             kind,
             addr,
             pid,
+            wrapped: wrapper.is_some(),
             child,
             log,
             stopped: false,
@@ -365,16 +414,29 @@ impl Server {
         }
     }
 
+    /// The server's own root process: [`Server::pid`], or the wrapper's child.
+    fn server_root(&self) -> i32 {
+        if !self.wrapped {
+            return self.pid;
+        }
+        procs::tree(self.pid)
+            .into_iter()
+            .find(|(_, stat)| stat.ppid == self.pid)
+            .map_or(self.pid, |(pid, _)| pid)
+    }
+
     /// Stops the server: SIGTERM to its root, up to [`STOP_GRACE`] to exit, then
-    /// SIGKILL to its whole process group. Its uploads directory stays until the
-    /// benchmark's [`WorkDir`] goes.
+    /// SIGKILL to its whole process group. Under a wrapper, the SIGTERM goes to the
+    /// server (strace, given `-o FILE PROG`, blocks it) and the wrapper is waited for:
+    /// it exits once the server's last process has, its log complete. The uploads
+    /// directory stays until the benchmark's [`WorkDir`] goes.
     pub fn stop(&mut self) {
         if self.stopped {
             return;
         }
         self.stopped = true;
         let pid = Pid::from_raw(self.pid);
-        let _ = kill(pid, Signal::SIGTERM);
+        let _ = kill(Pid::from_raw(self.server_root()), Signal::SIGTERM);
         let deadline = Instant::now() + STOP_GRACE;
         while Instant::now() < deadline {
             match self.child.try_wait() {
