@@ -633,12 +633,12 @@ pub fn render_syscalls(outcome: &syscall_pass::Outcome) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n### pixpool's file-system calls per job\n\n`strace -f` on pixpool alone ({} workers + {} fronts): {} uploads at concurrency {}, {} jobs done. Successful calls only. Files created: opens with `O_CREAT` and `creat`s (strace cannot tell whether the file was already there), links, directories. fsyncs: `fsync`, `fdatasync`, `sync_file_range`. Per job: the jobs phase (first upload to SIGTERM) ÷ jobs done; start-up and shutdown apart; calls in pixpool's run directory (last row) in no other row.\n",
+        "\n### pixpool's file-system calls per job\n\n`strace -f` on pixpool alone ({} workers + {} fronts): {} uploads at concurrency {}, {} jobs done. Successful calls only. Files created: opens with `O_CREAT` and `creat`s (strace cannot tell whether the file was already there), links and symbolic links, directories. fsyncs: `fsync`, `fdatasync`, `sync_file_range`. Per job: the jobs phase (first upload to SIGTERM) ÷ jobs done; start-up and shutdown apart; calls in pixpool's run directory (last row) in no other row.\n",
         a.workers, a.fronts, a.uploads, a.concurrency, a.jobs
     );
     let _ = writeln!(
         out,
-        "| | files created (O_CREAT · link · mkdir) | renames | unlinks | fsyncs (fsync · fdatasync · sync_file_range) |\n| --- | ---: | ---: | ---: | ---: |"
+        "| | files created (O_CREAT · link or symlink · mkdir) | renames | unlinks | fsyncs (fsync · fdatasync · sync_file_range) |\n| --- | ---: | ---: | ---: | ---: |"
     );
     if let Some(p) = &a.per_job {
         let per = |n: u64| n as f64 / a.jobs as f64;

@@ -28,12 +28,14 @@ use serde::Serialize;
 /// The system calls traced: every way a process creates, names, renames or removes a
 /// file, or flushes one to disk. strace is given them with a `?` in front, which lets
 /// it skip those an architecture lacks (aarch64 has no `open`, `creat`, `rename`…).
-pub const TRACED: [&str; 15] = [
+pub const TRACED: [&str; 17] = [
     "openat",
     "open",
     "creat",
     "link",
     "linkat",
+    "symlink",
+    "symlinkat",
     "rename",
     "renameat",
     "renameat2",
@@ -57,7 +59,8 @@ pub fn trace_expression() -> String {
 pub enum Effect {
     /// `open`/`openat` with `O_CREAT`, or `creat`.
     CreateFile,
-    /// `link`, `linkat`: a new name for an existing file.
+    /// `link`, `linkat`: a new name for an existing file; `symlink`, `symlinkat`: a
+    /// new name holding a path (a new inode too, counted as a created name).
     Link,
     /// `mkdir`, `mkdirat`.
     Mkdir,
@@ -79,7 +82,7 @@ pub fn effect(name: &str, args: &str) -> Option<Effect> {
     Some(match name {
         "open" | "openat" if has_flag(args, "O_CREAT") => Effect::CreateFile,
         "creat" => Effect::CreateFile,
-        "link" | "linkat" => Effect::Link,
+        "link" | "linkat" | "symlink" | "symlinkat" => Effect::Link,
         "mkdir" | "mkdirat" => Effect::Mkdir,
         "rename" | "renameat" | "renameat2" => Effect::Rename,
         "unlink" | "unlinkat" => Effect::Unlink,
@@ -123,7 +126,7 @@ pub struct Counts {
     /// Opens with `O_CREAT` and `creat`s. strace cannot tell whether the file already
     /// existed (without `O_EXCL`, `O_CREAT` also opens an existing file).
     pub created_files: u64,
-    /// `link`s and `linkat`s.
+    /// `link`s, `linkat`s, `symlink`s and `symlinkat`s.
     pub links: u64,
     /// `mkdir`s and `mkdirat`s.
     pub mkdirs: u64,
@@ -419,6 +422,11 @@ mod tests {
         );
         assert_eq!(effect("creat", r#""/u/x", 0644"#), Some(Effect::CreateFile));
         assert_eq!(effect("read", "3, \"\"..., 4096"), None);
+        // A dedup entry is a symbolic link: a created name like any other.
+        assert_eq!(
+            effect("symlinkat", r#""0193ab", AT_FDCWD, "/u/dedup/k""#),
+            Some(Effect::Link)
+        );
     }
 
     #[test]

@@ -536,11 +536,34 @@ impl Store {
 
     /// Durably records that worker `slot` owns job `id` until it is finished.
     pub fn claim(&self, slot: u32, id: &JobId) -> Result<(), StoreError> {
+        self.claim_pending(slot, id, None)
+    }
+
+    /// [`Store::claim`], taking over the pending marker front `front` made for the job
+    /// ([`Store::pending_path`]): the marker is renamed into the claim, so accepting a
+    /// job creates one file fewer and removes one fewer. Without the marker (the front
+    /// gave up on this worker and tried another), a new claim is created.
+    pub fn claim_pending(
+        &self,
+        slot: u32,
+        id: &JobId,
+        front: Option<u32>,
+    ) -> Result<(), StoreError> {
         let dir = self.claim_dir(slot);
         let path = dir.join(id.as_str());
         let res = (|| {
             self.make_claim_dir(slot)?;
-            fs::File::create(&path)?;
+            let moved = match front {
+                Some(front) => match fs::rename(self.pending_path(front, id), &path) {
+                    Ok(()) => true,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                    Err(e) => return Err(e),
+                },
+                None => false,
+            };
+            if !moved {
+                fs::File::create(&path)?;
+            }
             fsutil::sync_dir(&dir)
         })();
         res.map_err(|source| StoreError::Claim { path, source })
@@ -902,6 +925,21 @@ mod tests {
             names(&root.join("processed")),
             [format!("{live}-medium.jpg")]
         );
+        let _ = fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn a_claim_takes_over_the_fronts_pending_marker() {
+        let (store, root) = store("pending");
+        let (marked, unmarked) = (JobId::generate(), JobId::generate());
+        fs::create_dir_all(store.spool_dir(1)).expect("spool dir");
+        fs::write(store.pending_path(1, &marked), b"").expect("marker");
+        store.claim_pending(0, &marked, Some(1)).expect("claim");
+        // The front tried this worker after another took its marker: a new claim.
+        store.claim_pending(0, &unmarked, Some(1)).expect("claim");
+        assert!(!store.pending_path(1, &marked).exists(), "the marker moved");
+        assert!(store.is_claimed(&marked) && store.is_claimed(&unmarked));
+        assert_eq!(names(&store.spool_dir(1)), Vec::<String>::new());
         let _ = fs::remove_dir_all(root);
     }
 

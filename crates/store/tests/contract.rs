@@ -1,7 +1,6 @@
 //! The contracts of the backend traits, written against the traits alone and run
 //! here against the embedded implementation; a second backend runs the same
 //! functions (`records`, `blobs`, `events`, `consumer_*`) against its own.
-#![cfg(feature = "runtime")]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -231,7 +230,7 @@ async fn consumer_delivers_until_acked(open: impl Fn() -> Arc<ClaimQueue>) {
     let q = open();
     let (done, crashed, running) = (JobId::generate(), JobId::generate(), JobId::generate());
     for id in [&done, &crashed, &running] {
-        q.admit(id.clone(), vec!["thumb".into()])
+        q.admit(id.clone(), vec!["thumb".into()], None)
             .await
             .expect("admit");
     }
@@ -319,10 +318,12 @@ async fn embedded_queue_is_bounded_and_one_job_runs_on_one_worker() {
     let q0 = ClaimQueue::open(store.clone(), 0, 2, 2, true).expect("open");
     let q1 = ClaimQueue::open(store.clone(), 1, 2, 2, true).expect("open");
     for _ in 0..2 {
-        q0.admit(JobId::generate(), vec![]).await.expect("admit");
+        q0.admit(JobId::generate(), vec![], None)
+            .await
+            .expect("admit");
     }
     assert!(matches!(
-        q0.admit(JobId::generate(), vec![]).await,
+        q0.admit(JobId::generate(), vec![], None).await,
         Err(AdmitError::Full)
     ));
     // Worker 0 starts one; idle worker 1 helps with the other, and the two
@@ -344,7 +345,7 @@ async fn embedded_queue_is_bounded_and_one_job_runs_on_one_worker() {
     q1.close();
     q0.close();
     assert!(matches!(
-        q0.admit(JobId::generate(), vec![]).await,
+        q0.admit(JobId::generate(), vec![], None).await,
         Err(AdmitError::Closed)
     ));
 }

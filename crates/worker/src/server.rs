@@ -93,6 +93,7 @@ async fn connection(
         }
     };
     tracing::Span::current().record("front", peer.slot);
+    let front = peer.slot;
     if let Err(e) = writer
         .send(&ToFront::Hello(Hello::new(Role::Worker, config.slot)))
         .await
@@ -139,7 +140,7 @@ async fn connection(
                 let (queue, tx) = (queue.clone(), tx.clone());
                 tokio::spawn(
                     async move {
-                        let answer = admit(&queue, req, job.id, job.presets).await;
+                        let answer = admit(&queue, req, job.id, job.presets, front).await;
                         let _ = tx.send(answer).await;
                     }
                     .in_current_span(),
@@ -171,8 +172,9 @@ async fn admit(
     req: u64,
     id: pixpool_store::JobId,
     presets: Vec<String>,
+    front: u32,
 ) -> ToFront {
-    match queue.admit(id, presets).await {
+    match queue.admit(id, presets, Some(front)).await {
         Ok(depth) => {
             info!(queue_depth = depth, "job accepted");
             ToFront::Accepted {

@@ -105,10 +105,15 @@ impl ClaimQueue {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Admits a job handed over by a front: room is reserved, the claim made durable,
-    /// then the job queued. Returns the queue depth. Only after `Ok` may the front
-    /// answer 202.
-    pub async fn admit(&self, id: JobId, presets: Vec<String>) -> Result<usize, AdmitError> {
+    /// Admits a job handed over by front `front`: room is reserved, the claim made
+    /// durable (from the front's pending marker, see [`Store::claim_pending`]), then
+    /// the job queued. Returns the queue depth. Only after `Ok` may the front answer 202.
+    pub async fn admit(
+        &self,
+        id: JobId,
+        presets: Vec<String>,
+        front: Option<u32>,
+    ) -> Result<usize, AdmitError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(AdmitError::Closed);
         }
@@ -120,7 +125,7 @@ impl ClaimQueue {
             g.1 += 1;
         }
         let (store, slot, claim) = (self.store.clone(), self.slot, id.clone());
-        let claimed = blocking(move || store.claim(slot, &claim)).await;
+        let claimed = blocking(move || store.claim_pending(slot, &claim, front)).await;
         let depth = {
             let mut g = self.lock();
             g.1 = g.1.saturating_sub(1);
