@@ -1,24 +1,32 @@
-//! The pixpool job store: everything the server keeps lives under one uploads
-//! directory, so two servers with different `--uploads` never interfere.
+//! The pixpool job store: the traits a job's storage is reached through
+//! ([`backend`]: `Blobs`, `Records`, `Queue`, `Events`, with their crash contracts),
+//! and the embedded implementation, where everything the server keeps lives under one
+//! uploads directory, so two servers with different `--uploads` never interfere. No
+//! other crate builds a path under that directory.
 //!
 //! # Layout
 //! ```text
 //! uploads/
 //!   tmp/<front>/<id>.part  uploads being streamed by front slot <front> (removed on failure)
 //!   tmp/<front>/<id>.pending  a job recorded but not yet acknowledged by a worker
-//!   dedup/<key>            content hash + preset set → job id (single-flight index)
+//!   dedup/<key>            content hash + preset set: a symbolic link to the job id
 //!   raw/<id>.<ext>         originals, fsynced before the job exists
 //!   processed/<id>-<preset>.<ext>   outputs, written to a temp file then renamed
 //!   jobs/<id>.json         the job record (temp file + fsync + rename + dir fsync)
 //!   claims/<slot>/<id>     a worker's durable claim: "this job is mine and not done"
+//!                          (the front's pending marker, renamed)
 //!   claims/<slot>/<id>.running  the same claim once the job is in the worker's hands
 //!   run/                   mode 0700: the workers' Unix sockets
 //! ```
 //!
 //! # Modules
+//! - [`backend`]: the four traits and their contracts.
+//! - `embedded` (feature `runtime`): their implementation over this layout, the accept
+//!   sequence and the worker's claim queue.
 //! - [`record`]: the job record, its states and the problem document.
-//! - [`fsutil`]: atomic, durable file replacement.
-//! - this file: [`Store`], the paths and the claim directory.
+//! - [`fsutil`]: atomic, durable file replacement; directory fsyncs shared by
+//!   concurrent writers.
+//! - this file: [`Store`], the paths, the dedup index and the claim directories.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 

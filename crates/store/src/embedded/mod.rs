@@ -3,7 +3,7 @@
 //! service.
 //!
 //! - [`FileRecords`]: one JSON file per job (`jobs/<id>.json`), compare-and-swap under
-//!   an `flock` of the record; the dedup index as hard links (`dedup/<key>`).
+//!   an `flock` of the record; the dedup index as symbolic links (`dedup/<key>`).
 //! - [`FileBlobs`]: originals in `raw/`, variants in `processed/`, each appearing whole
 //!   by a rename.
 //! - [`ClaimQueue`]: the worker's half of the queue — a durable claim per job
