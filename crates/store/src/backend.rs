@@ -229,7 +229,8 @@ pub struct Delivery {
 #[async_trait::async_trait]
 pub trait Consumer: Send + Sync + fmt::Debug {
     /// The next job for this worker, waiting while there is none; `None` once
-    /// [`Consumer::close`] has been called.
+    /// [`Consumer::close`] has been called. Cancel-safe: a caller may stop waiting
+    /// (drop the future in a `select!`) without a job being lost.
     async fn next(&self) -> Option<Delivery>;
 
     /// Takes `delivery` into this worker's hands before running it. `Ok(false)`: another

@@ -349,3 +349,50 @@ async fn embedded_queue_is_bounded_and_one_job_runs_on_one_worker() {
         Err(AdmitError::Closed)
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_that_stops_waiting_loses_no_job_it_took() {
+    let (_dir, store) = Dir::new("cancel");
+    let q0 = ClaimQueue::open(store.clone(), 0, 2, 64, true).expect("open");
+    let q1 = ClaimQueue::open(store.clone(), 1, 2, 64, true).expect("open");
+    let mut admitted = std::collections::BTreeSet::new();
+    for _ in 0..24 {
+        let id = JobId::generate();
+        q0.admit(id.clone(), vec![], None).await.expect("admit");
+        admitted.insert(id.as_str().to_string());
+    }
+    // Worker 0 is busy: worker 1 may help itself, but keeps giving up waiting
+    // (a worker's `select!` on its next job and its pending commit).
+    let busy = q0.next().await.expect("delivery");
+    assert!(q0.start(&busy).await.expect("start"));
+    let mut started = vec![busy.id.as_str().to_string()];
+    for _ in 0..8 {
+        // Polled once, then dropped: the look it began goes on without it.
+        if let Some(Some(d)) = futures_util::FutureExt::now_or_never(q1.next()) {
+            if q1.start(&d).await.expect("start") {
+                started.push(d.id.as_str().to_string());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Whatever is left, each queue hands out; a job taken by a cancelled look
+    // is in worker 1's queue, not lost in its claim directory.
+    for q in [&q1, &q0] {
+        while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(300), q.next()).await {
+            if q.start(&d).await.expect("start") {
+                started.push(d.id.as_str().to_string());
+            }
+        }
+    }
+    started.sort();
+    let before = started.len();
+    started.dedup();
+    assert_eq!(before, started.len(), "a job was started twice");
+    assert_eq!(
+        started
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>(),
+        admitted,
+        "every admitted job is started once"
+    );
+}

@@ -53,10 +53,13 @@ pub struct ClaimQueue {
     steal: bool,
     /// Admitted (not recovered) jobs queued or reserved at most.
     capacity: usize,
-    /// The FIFO and the reservations not yet pushed.
-    inner: Mutex<(VecDeque<Delivery>, usize)>,
-    ready: Notify,
+    /// The FIFO and the reservations not yet pushed; shared with a look at the
+    /// siblings' queues that runs on a blocking thread.
+    inner: Arc<Mutex<(VecDeque<Delivery>, usize)>>,
+    ready: Arc<Notify>,
     closed: AtomicBool,
+    /// Whether a look at the siblings' queues is running.
+    looking: Arc<AtomicBool>,
 }
 
 impl ClaimQueue {
@@ -93,16 +96,15 @@ impl ClaimQueue {
             workers,
             steal,
             capacity,
-            inner: Mutex::new((fifo, 0)),
-            ready: Notify::new(),
+            inner: Arc::new(Mutex::new((fifo, 0))),
+            ready: Arc::new(Notify::new()),
             closed: AtomicBool::new(false),
+            looking: Arc::new(AtomicBool::new(false)),
         }))
     }
 
     fn lock(&self) -> MutexGuard<'_, (VecDeque<Delivery>, usize)> {
-        // Each critical section is one push, pop or counter update: a panic cannot
-        // leave the queue inconsistent, so poisoning is ignored.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.inner)
     }
 
     /// Admits a job handed over by front `front`: room is reserved, the claim made
@@ -150,31 +152,51 @@ impl ClaimQueue {
         self.ready.notify_one();
     }
 
-    /// The oldest queued job of a sibling that is busy with another one, taken into
-    /// this worker's hands (see [`Store::steal`]).
-    async fn help_a_sibling(&self) -> Option<Delivery> {
-        if !self.steal || self.workers < 2 {
-            return None;
+    /// Takes the oldest queued job of a sibling that is busy with another one into this
+    /// worker's hands (see [`Store::steal`]) and queues it here, first. Returns whether
+    /// it found one. The job goes into the queue, not to the caller: a caller that
+    /// stops waiting (a cancelled [`Consumer::next`]) cannot lose a job already taken.
+    async fn help_a_sibling(&self) -> bool {
+        if !self.steal || self.workers < 2 || self.looking.swap(true, Ordering::AcqRel) {
+            return false;
         }
         let (store, slot, workers) = (self.store.clone(), self.slot, self.workers);
-        match blocking(move || store.steal(slot, workers)).await {
-            Ok(Some(id)) => {
+        let (inner, ready, looking) =
+            (self.inner.clone(), self.ready.clone(), self.looking.clone());
+        let look = tokio::task::spawn_blocking(move || {
+            let stolen = store.steal(slot, workers);
+            if let Ok(Some(id)) = &stolen {
                 info!(job_id = %id, "took a queued job from a busy sibling");
-                Some(Delivery {
-                    id,
+                lock(&inner).0.push_front(Delivery {
+                    id: id.clone(),
                     presets: None,
-                    owner: self.slot,
+                    owner: slot,
                     retries: 0,
                     stolen: true,
-                })
+                });
+                ready.notify_one();
             }
-            Ok(None) => None,
-            Err(e) => {
+            looking.store(false, Ordering::Release);
+            stolen
+        });
+        match look.await {
+            Ok(Ok(found)) => found.is_some(),
+            Ok(Err(e)) => {
                 warn!(cause = %e, "could not look at the siblings' queues");
-                None
+                false
+            }
+            Err(e) => {
+                warn!(cause = %e, "the look at the siblings' queues failed");
+                false
             }
         }
     }
+}
+
+fn lock(inner: &Mutex<(VecDeque<Delivery>, usize)>) -> MutexGuard<'_, (VecDeque<Delivery>, usize)> {
+    // Each critical section is one push, pop or counter update: a panic cannot leave
+    // the queue inconsistent, so poisoning is ignored.
+    inner.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[async_trait::async_trait]
@@ -188,8 +210,8 @@ impl Consumer for ClaimQueue {
             if let Some(d) = self.lock().0.pop_front() {
                 return Some(d);
             }
-            if let Some(d) = self.help_a_sibling().await {
-                return Some(d);
+            if self.help_a_sibling().await {
+                continue;
             }
             // `Notify` keeps a permit for a push that happens before this wait.
             let stealing = self.steal && self.workers > 1;
