@@ -219,6 +219,9 @@ pub struct Delivery {
     pub retries: u32,
     /// Taken from a busy sibling's queue (embedded) rather than handed to this worker.
     pub stolen: bool,
+    /// Which delivered message this is, for the consumer that handed it out (NATS: the
+    /// key of the message to ack in the consumer's table; embedded: always 0).
+    pub token: u64,
 }
 
 /// The worker's half of the job queue.

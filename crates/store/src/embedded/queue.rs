@@ -85,6 +85,7 @@ impl ClaimQueue {
                 owner,
                 retries: 0,
                 stolen: false,
+                token: 0,
             })
             .collect();
         Ok(Arc::new(ClaimQueue {
@@ -138,6 +139,7 @@ impl ClaimQueue {
                 owner: self.slot,
                 retries: 0,
                 stolen: false,
+                token: 0,
             });
             g.0.len()
         };
@@ -166,6 +168,7 @@ impl ClaimQueue {
                     owner: self.slot,
                     retries: 0,
                     stolen: true,
+                    token: 0,
                 })
             }
             Ok(None) => None,
