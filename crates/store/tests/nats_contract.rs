@@ -26,7 +26,14 @@ const ACK_WAIT: Duration = Duration::from_secs(2);
 /// The `nats-server` to run, if any.
 fn nats_server() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("PIXPOOL_NATS_SERVER") {
-        return Some(PathBuf::from(path)).filter(|p| p.is_file());
+        // Named on purpose (CI): a wrong path must fail, not skip.
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "PIXPOOL_NATS_SERVER={} is no file",
+            path.display()
+        );
+        return Some(path);
     }
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|dir| dir.join("nats-server"))

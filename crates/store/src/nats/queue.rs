@@ -144,10 +144,13 @@ impl JobConsumer {
         options: &NatsOptions,
     ) -> Result<Arc<JobConsumer>, StoreError> {
         let consumer = JobConsumer::ensure(jobs, options).await?;
+        // The deadline the server applies, which is the first creator's: the
+        // heartbeat must beat within it, whatever this process was configured with.
+        let ack_wait = consumer.cached_info().config.ack_wait;
         Ok(Arc::new(JobConsumer {
             consumer,
             fetch_wait: options.fetch_wait,
-            ack_wait: options.ack_wait,
+            ack_wait,
             held: Mutex::new(HashMap::new()),
             next_token: AtomicU64::new(1),
             pending: AtomicUsize::new(0),
@@ -278,7 +281,8 @@ impl Consumer for JobConsumer {
             .ack_with(AckKind::Progress)
             .await
             .map_err(|e| nats_err(format!("mark job {} in progress", delivery.id), e))?;
-        let every = self.ack_wait / 3;
+        // Three beats per deadline: one lost beat is not a lost job. Never a busy loop.
+        let every = (self.ack_wait / 3).max(Duration::from_millis(100));
         let (id, beat) = (delivery.id.clone(), message);
         let heartbeat = tokio::spawn(async move {
             loop {

@@ -12,8 +12,9 @@ use crate::StoreError;
 ///
 /// Revisions are the KV revisions (stream sequences of the bucket), so a
 /// compare-and-swap is the server's "expected last subject sequence" check: of two
-/// writers at one revision, the server lets one through. Every write is replicated
-/// and on disk when acknowledged, so [`Durability`] makes no difference here.
+/// writers at one revision, the server lets one through. Every write is acknowledged
+/// once a majority of the bucket's replicas stored it (and on disk at once where the
+/// servers run with `sync_interval: always`), so [`Durability`] makes no difference.
 #[derive(Debug, Clone)]
 pub struct KvRecords {
     jobs: kv::Store,
