@@ -116,14 +116,18 @@ impl Records for KvRecords {
                 let holder = std::str::from_utf8(&entry.value)
                     .ok()
                     .and_then(JobId::parse);
-                return match holder {
-                    Some(holder) => Ok(Some(holder)),
-                    // Not a job id: nothing can wait for it, so the upload just runs.
-                    None => Err(StoreError::BadKey {
-                        key: format!("dedup entry {key} holds no job id"),
-                    }),
-                };
+                return holder.map(Some).ok_or_else(|| {
+                    // Written by something other than this backend: refused, as a
+                    // corrupt record is, rather than taken for a job.
+                    nats_err(
+                        format!("read dedup entry {key}"),
+                        std::io::Error::other("it holds no job id"),
+                    )
+                });
             }
+            // A racing write not yet committed, or a holder just gone: try again
+            // once it has settled.
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         Err(nats_err(
             format!("claim dedup entry {key}"),
