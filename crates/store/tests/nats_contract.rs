@@ -20,8 +20,9 @@ use pixpool_store::backend::{Consumer, Durability, EventItem, Events, Queue, Rec
 use pixpool_store::nats::{self, NatsBackend, NatsOptions};
 use pixpool_store::StoreError;
 
-/// The ack deadline of these tests: short, so redeliveries come quickly.
-const ACK_WAIT: Duration = Duration::from_secs(2);
+/// The ack deadline of these tests: short, so redeliveries come quickly; long enough
+/// that a heartbeat delayed by a loaded CI machine (one beat a second) still lands.
+const ACK_WAIT: Duration = Duration::from_secs(3);
 
 /// The `nats-server` to run, if any.
 fn nats_server() -> Option<PathBuf> {
@@ -151,7 +152,9 @@ fn options() -> NatsOptions {
     NatsOptions {
         ack_wait: ACK_WAIT,
         fetch_wait: Duration::from_millis(500),
-        ready_timeout: Duration::from_secs(30),
+        // A fresh cluster takes about ten seconds to place its first stream, more on
+        // a machine busy compiling the rest of the workspace.
+        ready_timeout: Duration::from_secs(90),
         ..NatsOptions::new(3)
     }
 }
