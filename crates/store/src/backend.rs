@@ -5,9 +5,10 @@
 //!
 //! The front and the worker are written against these traits only. The embedded
 //! implementation ([`crate::embedded`], one uploads directory and the workers'
-//! Unix sockets) is today's server; a distributed one (a message bus, an object
-//! store) implements the same contracts. `tests/contract.rs` holds a suite any
-//! implementation must pass.
+//! Unix sockets) is today's server; the distributed one (`crate::nats`: JetStream
+//! for records, queue and events) implements the same contracts. `tests/suite/`
+//! holds a suite any implementation must pass (`tests/contract.rs` runs it against
+//! the embedded backend, `tests/nats_contract.rs` against a real NATS cluster).
 //!
 //! Each method's documentation says what a crash at each point leaves: that is
 //! the contract the "what a 202 promises" guarantees rest on.
@@ -216,9 +217,13 @@ pub struct Delivery {
     pub owner: u32,
     /// Server-side failures of this job in this process so far (they space and bound
     /// its retries; in memory only: a full disk may not let the record count them).
+    /// NATS: the job's earlier deliveries, counted by the server across workers.
     pub retries: u32,
     /// Taken from a busy sibling's queue (embedded) rather than handed to this worker.
     pub stolen: bool,
+    /// Which delivered message this is, for the consumer that handed it out (NATS: the
+    /// key of the message to ack in the consumer's table; embedded: always 0).
+    pub token: u64,
 }
 
 /// The worker's half of the job queue.

@@ -23,6 +23,8 @@
 //! - [`backend`]: the four traits and their contracts.
 //! - `embedded` (feature `runtime`): their implementation over this layout, the accept
 //!   sequence and the worker's claim queue.
+//! - `nats` (feature `runtime`): `Records`, `Queue`, its worker half and `Events` over
+//!   NATS JetStream, for several servers sharing one job queue.
 //! - [`record`]: the job record, its states and the problem document.
 //! - [`fsutil`]: atomic, durable file replacement; directory fsyncs shared by
 //!   concurrent writers.
@@ -34,6 +36,8 @@ pub mod backend;
 #[cfg(feature = "runtime")]
 pub mod embedded;
 pub mod fsutil;
+#[cfg(feature = "runtime")]
+pub mod nats;
 pub mod record;
 
 use std::fs;
@@ -145,6 +149,25 @@ pub enum StoreError {
     /// A blocking storage task could not run to its end (it panicked).
     #[error("a storage task failed: {0}")]
     Task(String),
+    /// A step against the NATS servers failed (the distributed backend): the servers
+    /// are unreachable, JetStream refused, or an answer timed out.
+    #[error("NATS: could not {step}")]
+    Nats {
+        /// What was being done ("update job record 0190…").
+        step: String,
+        /// The client's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A KV entry exists but is not JSON of the expected shape.
+    #[error("NATS KV entry {key} is corrupt")]
+    CorruptEntry {
+        /// The entry's key.
+        key: String,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
     /// A claim marker could not be created, removed or listed.
     #[error("could not update claim {path}")]
     Claim {

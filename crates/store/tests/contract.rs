@@ -1,16 +1,16 @@
-//! The contracts of the backend traits, written against the traits alone and run
-//! here against the embedded implementation; a second backend runs the same
-//! functions (`records`, `blobs`, `events`, `consumer_*`) against its own.
+//! The contracts of the backend traits (`suite`) run against the embedded
+//! implementation, and the embedded claim queue's own.
+
+mod suite;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::StreamExt;
-use pixpool_model::{EventKind, JobEvent, JobId};
-use pixpool_store::backend::{Blobs, Consumer, Durability, EventItem, Events, Records, VariantKey};
+use pixpool_model::JobId;
+use pixpool_store::backend::Consumer;
 use pixpool_store::embedded::{AdmitError, Bus, ClaimQueue, FileBlobs, FileRecords};
-use pixpool_store::{JobRecord, JobState, SourceRecord, Store, StoreError};
+use pixpool_store::Store;
+use suite::{blobs, events, records};
 
 /// A fresh uploads directory, removed on drop.
 struct Dir(std::path::PathBuf);
@@ -30,198 +30,6 @@ impl Dir {
 impl Drop for Dir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn sample() -> JobRecord {
-    let id = JobId::generate();
-    JobRecord::queued(
-        id.clone(),
-        SourceRecord {
-            path: format!("raw/{id}.jpg"),
-            format: "jpeg".into(),
-            bytes: 3,
-        },
-        vec!["thumb".into()],
-    )
-}
-
-fn is_conflict<T: std::fmt::Debug>(r: &Result<T, StoreError>) -> bool {
-    matches!(r, Err(StoreError::Conflict { .. }))
-}
-
-/// Records: create once, compare-and-swap, delete, dedup create-if-absent.
-async fn records(records: Arc<dyn Records>) {
-    let mut rec = sample();
-    let first = records.create(&rec).await.expect("create");
-    assert!(
-        is_conflict(&records.create(&rec).await),
-        "a second create of one job is a conflict"
-    );
-    let got = records.get(&rec.id).await.expect("get").expect("present");
-    assert_eq!((&got.value, got.revision), (&rec, first));
-
-    rec.state = JobState::Processing;
-    let second = records
-        .update(&rec, first, Durability::Provisional)
-        .await
-        .expect("update at the revision read");
-    assert_ne!(second, first);
-    // A writer that read the old revision (a worker presumed dead) loses, and
-    // changes nothing.
-    let mut stale = rec.clone();
-    stale.state = JobState::Failed;
-    assert!(is_conflict(
-        &records.update(&stale, first, Durability::Durable).await
-    ));
-    let got = records.get(&rec.id).await.expect("get").expect("present");
-    assert_eq!(
-        (got.value.state, got.revision),
-        (JobState::Processing, second)
-    );
-
-    // Many writers at one revision: exactly one wins.
-    let mut tasks = Vec::new();
-    for n in 0..8u32 {
-        let (records, mut rec) = (records.clone(), rec.clone());
-        tasks.push(tokio::spawn(async move {
-            rec.attempts = n + 1;
-            records.update(&rec, second, Durability::Durable).await
-        }));
-    }
-    let mut won = 0;
-    for t in tasks {
-        match t.await.expect("task") {
-            Ok(_) => won += 1,
-            Err(StoreError::Conflict { .. }) => {}
-            Err(e) => panic!("unexpected error: {e}"),
-        }
-    }
-    assert_eq!(won, 1, "exactly one of the racing updates wins");
-
-    records.delete(&rec.id).await.expect("delete");
-    assert!(records.get(&rec.id).await.expect("get").is_none());
-    records
-        .delete(&rec.id)
-        .await
-        .expect("deleting twice is fine");
-    assert!(
-        is_conflict(&records.update(&rec, second, Durability::Durable).await),
-        "an update of a deleted job is a conflict, not a resurrection"
-    );
-
-    // Dedup: create-if-absent, held until its holder releases it.
-    let key = format!("{}-presets", JobId::generate());
-    let (a, b) = (JobId::generate(), JobId::generate());
-    assert_eq!(records.dedup_claim(&key, &a).await.expect("claim"), None);
-    assert_eq!(
-        records.dedup_claim(&key, &b).await.expect("claim"),
-        Some(a.clone())
-    );
-    records
-        .dedup_release(&key, &b)
-        .await
-        .expect("release by another");
-    assert_eq!(
-        records.dedup_claim(&key, &b).await.expect("claim"),
-        Some(a.clone()),
-        "only the holder releases an entry"
-    );
-    records.dedup_release(&key, &a).await.expect("release");
-    let mut tasks = Vec::new();
-    for _ in 0..8 {
-        let (records, key) = (records.clone(), key.clone());
-        tasks.push(tokio::spawn(async move {
-            records.dedup_claim(&key, &JobId::generate()).await
-        }));
-    }
-    let mut owners = 0;
-    for t in tasks {
-        if t.await.expect("task").expect("claim").is_none() {
-            owners += 1;
-        }
-    }
-    assert_eq!(owners, 1, "exactly one racing upload holds the entry");
-}
-
-async fn read_all(blob: pixpool_store::backend::Blob) -> Vec<u8> {
-    let mut body = blob.body;
-    let mut out = Vec::new();
-    while let Some(chunk) = body.next().await {
-        out.extend_from_slice(&chunk.expect("chunk"));
-    }
-    out
-}
-
-/// Blobs: an original taken from the spool, variants stored whole and replaced.
-async fn blobs(blobs: Arc<dyn Blobs>, store: &Store) {
-    let id = JobId::generate();
-    let spool = store.part_path(0, &id);
-    std::fs::create_dir_all(spool.parent().expect("spool dir")).expect("spool dir");
-    let original = vec![7u8; 300_000];
-    std::fs::write(&spool, &original).expect("spool");
-    let key = blobs.put_original(&id, "jpg", &spool).await.expect("put");
-    assert!(!spool.exists(), "the spool file is consumed");
-    assert_eq!(blobs.get_original(&key).await.expect("get"), original);
-    blobs.delete_original(&key).await.expect("delete");
-    assert!(blobs.get_original(&key).await.is_err());
-    blobs
-        .delete_original(&key)
-        .await
-        .expect("deleting twice is fine");
-    for bad in ["../../etc/passwd", "/etc/passwd", "raw/../jobs/x.json", ""] {
-        assert!(blobs.get_original(bad).await.is_err(), "{bad:?} was read");
-    }
-
-    let v = VariantKey::new(&id, "thumb", "jpg");
-    assert!(blobs.get_variant(&v).await.expect("get").is_none());
-    let big: Bytes = (0..200_000u32)
-        .map(|i| (i % 251) as u8)
-        .collect::<Vec<_>>()
-        .into();
-    blobs.put_variant(&v, big.clone()).await.expect("put");
-    blobs
-        .sync_variants(std::slice::from_ref(&v))
-        .await
-        .expect("sync");
-    let got = blobs.get_variant(&v).await.expect("get").expect("present");
-    assert_eq!(got.len, big.len() as u64);
-    assert_eq!(read_all(got).await, big);
-    // A re-run stores the same key again: replaced whole.
-    blobs
-        .put_variant(&v, Bytes::from_static(b"second"))
-        .await
-        .expect("put");
-    let got = blobs.get_variant(&v).await.expect("get").expect("present");
-    assert_eq!(read_all(got).await, b"second");
-    let other = VariantKey::new(&id, "medium", "webp");
-    blobs
-        .delete_variants(&[v.clone(), other])
-        .await
-        .expect("delete");
-    assert!(blobs.get_variant(&v).await.expect("get").is_none());
-}
-
-/// Events: every subscriber gets every event published after it subscribed, in order.
-async fn events(events: Arc<dyn Events>) {
-    let id = JobId::generate();
-    let ev = |attempt| JobEvent {
-        id: id.clone(),
-        kind: EventKind::Processing { attempt },
-    };
-    events.publish(ev(0)); // before anyone listens: nobody gets it, nothing breaks
-    let (mut a, mut b) = (events.subscribe(), events.subscribe());
-    for n in 1..=3 {
-        events.publish(ev(n));
-    }
-    for sub in [&mut a, &mut b] {
-        for n in 1..=3 {
-            let got = tokio::time::timeout(Duration::from_secs(5), sub.next())
-                .await
-                .expect("in time")
-                .expect("open");
-            assert_eq!(got, EventItem::Event(ev(n)));
-        }
     }
 }
 

@@ -88,6 +88,7 @@ impl ClaimQueue {
                 owner,
                 retries: 0,
                 stolen: false,
+                token: 0,
             })
             .collect();
         Ok(Arc::new(ClaimQueue {
@@ -140,6 +141,7 @@ impl ClaimQueue {
                 owner: self.slot,
                 retries: 0,
                 stolen: false,
+                token: 0,
             });
             g.0.len()
         };
@@ -173,6 +175,7 @@ impl ClaimQueue {
                     owner: slot,
                     retries: 0,
                     stolen: true,
+                    token: 0,
                 });
                 ready.notify_one();
             }
