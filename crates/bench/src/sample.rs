@@ -289,7 +289,7 @@ fn sample_loop(kind: ServerKind, root: i32, every: Duration, stop: &AtomicBool) 
     let mut next = started;
     let mut tick: u64 = 0;
     while !stop.load(Ordering::Relaxed) {
-        if tick % RESCAN_EVERY == 0 {
+        if tick.is_multiple_of(RESCAN_EVERY) {
             tree = procs::classified_tree(kind, root);
             account(&mut cpu, &tree);
         }
