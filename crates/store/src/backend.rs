@@ -6,9 +6,11 @@
 //! The front and the worker are written against these traits only. The embedded
 //! implementation ([`crate::embedded`], one uploads directory and the workers'
 //! Unix sockets) is today's server; the distributed one (`crate::nats`: JetStream
-//! for records, queue and events) implements the same contracts. `tests/suite/`
+//! for records, queue and events; `crate::s3`: an S3-compatible object store for
+//! blobs) implements the same contracts. `tests/suite/`
 //! holds a suite any implementation must pass (`tests/contract.rs` runs it against
-//! the embedded backend, `tests/nats_contract.rs` against a real NATS cluster).
+//! the embedded backend, `tests/nats_contract.rs` against a real NATS cluster,
+//! `tests/s3_contract.rs` against a real S3-compatible server).
 //!
 //! Each method's documentation says what a crash at each point leaves: that is
 //! the contract the "what a 202 promises" guarantees rest on.

@@ -25,6 +25,8 @@
 //!   sequence and the worker's claim queue.
 //! - `nats` (feature `runtime`): `Records`, `Queue`, its worker half and `Events` over
 //!   NATS JetStream, for several servers sharing one job queue.
+//! - `s3` (feature `runtime`): `Blobs` in an S3-compatible object store, for several
+//!   servers sharing one set of originals and variants.
 //! - [`record`]: the job record, its states and the problem document.
 //! - [`fsutil`]: atomic, durable file replacement; directory fsyncs shared by
 //!   concurrent writers.
@@ -39,6 +41,8 @@ pub mod fsutil;
 #[cfg(feature = "runtime")]
 pub mod nats;
 pub mod record;
+#[cfg(feature = "runtime")]
+pub mod s3;
 
 use std::fs;
 use std::io;
@@ -158,6 +162,25 @@ pub enum StoreError {
         /// The client's error.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A step against the S3 object store failed (the distributed backend): the bucket
+    /// is missing or refused the credentials, the endpoint is unreachable, or a request
+    /// timed out after its bounded retries.
+    #[error("S3: could not {step}")]
+    S3 {
+        /// What was being done ("upload original pixpool/originals/0190….jpg").
+        step: String,
+        /// The client's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A `--store` URL that is not `s3://BUCKET[/PREFIX]`.
+    #[error("{url:?} is not a store URL s3://BUCKET[/PREFIX]: {reason}")]
+    S3Url {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        reason: &'static str,
     },
     /// A KV entry exists but is not JSON of the expected shape.
     #[error("NATS KV entry {key} is corrupt")]

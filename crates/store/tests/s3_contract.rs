@@ -1,0 +1,295 @@
+//! The contract of [`Blobs`] (`suite`) run against the S3 backend on a real
+//! S3-compatible server (moto's, on a loopback port), and what the issue asks of that
+//! backend beyond it: a missing bucket is an error at connect naming it, a large
+//! original goes up in parts and comes back whole, keys outside the prefix are
+//! refused, an unreachable endpoint fails within seconds.
+//!
+//! Needs a `moto_server` binary: `PIXPOOL_MOTO_SERVER`, else `PATH`. Without one the
+//! tests say so and pass (`pip install 'moto[server]'` provides one).
+
+mod suite;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pixpool_model::JobId;
+use pixpool_store::backend::{Blobs, VariantKey};
+use pixpool_store::s3::{self, S3Blobs, S3Options};
+use pixpool_store::{Store, StoreError};
+
+/// The `moto_server` to run, if any.
+fn moto_server() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("PIXPOOL_MOTO_SERVER") {
+        // Named on purpose (CI): a wrong path must fail, not skip.
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "PIXPOOL_MOTO_SERVER={} is no file",
+            path.display()
+        );
+        return Some(path);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join("moto_server"))
+        .find(|p| p.is_file())
+}
+
+/// A free loopback port (free when asked; the server binds it a moment later).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A moto S3 server on loopback, killed on drop.
+struct Moto {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Moto {
+    /// Starts the server and waits until it answers, or `None` (with a note) where no
+    /// `moto_server` is found.
+    fn start(tag: &str) -> Option<Moto> {
+        let Some(bin) = moto_server() else {
+            eprintln!("skipping: moto_server not found (pip install 'moto[server]')");
+            return None;
+        };
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!(
+            "pixpool-moto-{tag}-{}-{}.log",
+            std::process::id(),
+            JobId::generate()
+        ));
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start moto_server");
+        let moto = Moto { child, port, log };
+        // A Python server starting on a loaded CI machine: seconds, not minutes.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while moto.request("GET", "/").is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not answer");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(moto)
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// One unsigned HTTP/1.1 request (moto takes them): its status line.
+    fn request(&self, method: &str, path: &str) -> std::io::Result<String> {
+        let mut conn = TcpStream::connect(("127.0.0.1", self.port))?;
+        conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            conn,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\n\
+             Connection: close\r\n\r\n",
+            self.port
+        )?;
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer)?;
+        Ok(answer.lines().next().unwrap_or_default().to_string())
+    }
+
+    /// Creates `bucket` (the S3 client cannot).
+    fn create_bucket(&self, bucket: &str) {
+        let status = self
+            .request("PUT", &format!("/{bucket}"))
+            .expect("PUT bucket");
+        assert!(status.contains(" 200"), "create bucket {bucket}: {status}");
+    }
+
+    /// Client settings for this server, none from the environment's defaults.
+    fn options(&self) -> S3Options {
+        S3Options {
+            endpoint: Some(self.endpoint()),
+            access_key_id: Some("testing".into()),
+            secret_access_key: Some("testing".into()),
+            region: Some("us-east-1".into()),
+            allow_http: Some(true),
+            ..S3Options::default()
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "moto_server log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A fresh uploads directory (the spool files' home), removed on drop.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> (Dir, Store) {
+        let root = std::env::temp_dir().join(format!(
+            "pixpool-s3-{tag}-{}-{}",
+            std::process::id(),
+            JobId::generate()
+        ));
+        let store = Store::open(&root, None).expect("open store");
+        (Dir(root), store)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn connect(moto: &Moto, url: &str) -> S3Blobs {
+    s3::connect_with(url, moto.options())
+        .await
+        .expect("connect to moto")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_blobs_keep_the_contract() {
+    let Some(moto) = Moto::start("contract") else {
+        return;
+    };
+    let started = Instant::now();
+    moto.create_bucket("pixpool");
+    let (_dir, store) = Dir::new("contract");
+    // Without a prefix, and with one.
+    for url in ["s3://pixpool", "s3://pixpool/a/b"] {
+        let blobs = connect(&moto, url).await;
+        suite::blobs(Arc::new(blobs), &store).await;
+    }
+
+    // Keys are the object keys, under the prefix; nothing outside its originals/ is
+    // read, even in the same bucket.
+    let blobs = connect(&moto, "s3://pixpool/tenant").await;
+    let id = JobId::generate();
+    let spool = store.part_path(0, &id);
+    std::fs::write(&spool, b"original").expect("spool");
+    let key = blobs.put_original(&id, "png", &spool).await.expect("put");
+    assert_eq!(key, format!("tenant/originals/{id}.png"));
+    let v = VariantKey::new(&id, "thumb", "webp");
+    let vkey = blobs
+        .put_variant(&v, bytes::Bytes::from_static(b"variant"))
+        .await
+        .expect("put");
+    assert_eq!(vkey, format!("tenant/variants/{id}-thumb.webp"));
+    for bad in [
+        format!("originals/{id}.png"),
+        format!("other/originals/{id}.png"),
+        vkey.clone(),
+        "tenant/originals/../variants/x.webp".to_string(),
+        "tenant/originals/".to_string(),
+        "tenant/originals/a/b.png".to_string(),
+    ] {
+        assert!(
+            matches!(
+                blobs.get_original(&bad).await,
+                Err(StoreError::BadKey { .. })
+            ),
+            "{bad:?} was read"
+        );
+    }
+    let other = connect(&moto, "s3://pixpool/other").await;
+    assert!(other.get_original(&key).await.is_err());
+    assert_eq!(blobs.get_original(&key).await.expect("get"), b"original");
+    eprintln!("contract checks took {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_bucket_is_named_at_connect() {
+    let Some(moto) = Moto::start("missing") else {
+        return;
+    };
+    let err = s3::connect_with("s3://no-such-bucket/p", moto.options())
+        .await
+        .expect_err("a missing bucket");
+    assert!(matches!(err, StoreError::S3 { .. }), "{err:?}");
+    assert!(err.to_string().contains("no-such-bucket"), "{err}");
+    assert!(matches!(
+        s3::connect_with("pixpool", moto.options()).await,
+        Err(StoreError::S3Url { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_original_goes_up_in_parts_and_comes_back_whole() {
+    let Some(moto) = Moto::start("large") else {
+        return;
+    };
+    moto.create_bucket("large");
+    let (_dir, store) = Dir::new("large");
+    let blobs = connect(&moto, "s3://large/p").await;
+    let id = JobId::generate();
+    let spool = store.part_path(0, &id);
+    std::fs::create_dir_all(spool.parent().expect("spool dir")).expect("spool dir");
+    // 20 MiB: three parts of at most 8 MiB, the last one shorter.
+    let original: Vec<u8> = (0..20 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(&spool, &original).expect("spool");
+    let started = Instant::now();
+    let key = blobs.put_original(&id, "jpg", &spool).await.expect("put");
+    eprintln!("20 MiB uploaded in {:?}", started.elapsed());
+    assert!(!spool.exists(), "the spool file is consumed");
+    let got = blobs.get_original(&key).await.expect("get");
+    assert!(got == original, "the original came back changed");
+    // A re-run overwrites the same object.
+    std::fs::write(&spool, b"again").expect("spool");
+    assert_eq!(
+        blobs.put_original(&id, "jpg", &spool).await.expect("put"),
+        key
+    );
+    assert_eq!(blobs.get_original(&key).await.expect("get"), b"again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_endpoint_fails_within_seconds() {
+    // Needs no server: one port nobody listens on (refused at once, retried), one
+    // address nothing answers (TEST-NET-1: the connect timeout, where the machine
+    // has a route at all), and a listener that never answers (the check's bound).
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let mute = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mute_url = format!("http://{}", mute.local_addr().expect("addr"));
+    for endpoint in [closed, "http://192.0.2.1:9000".to_string(), mute_url] {
+        let options = S3Options {
+            endpoint: Some(endpoint.clone()),
+            access_key_id: Some("testing".into()),
+            secret_access_key: Some("testing".into()),
+            region: Some("us-east-1".into()),
+            allow_http: Some(true),
+            ..S3Options::default()
+        };
+        let started = Instant::now();
+        let err = s3::connect_with("s3://pixpool", options)
+            .await
+            .expect_err("an unreachable endpoint");
+        let took = started.elapsed();
+        let cause = std::error::Error::source(&err).map(ToString::to_string);
+        eprintln!("{endpoint}: failed in {took:?}: {err}: {cause:?}");
+        assert!(err.to_string().contains("pixpool"), "{err}");
+        assert!(
+            took < Duration::from_secs(15),
+            "{endpoint}: failed only after {took:?}"
+        );
+    }
+    drop(mute);
+}
