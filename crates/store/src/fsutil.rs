@@ -10,7 +10,8 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 /// sees either the old content or the new, never a mix: write a temp file in the
 /// same directory, fsync it, rename it over `path`, fsync the directory.
 pub fn replace_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    replace(path, bytes, true)
+    write_then(path, bytes, true, |tmp, path| fs::rename(tmp, path))?;
+    sync_dir(parent(path)?)
 }
 
 /// [`replace_durably`] without the directory fsync: the new content is on disk before its
@@ -18,33 +19,48 @@ pub fn replace_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// never a torn file; but the replacement itself may be undone. For a state that a crash
 /// may roll back to the previous durable one (one fsync instead of two).
 pub fn replace_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    replace(path, bytes, false)
+    write_then(path, bytes, true, |tmp, path| fs::rename(tmp, path))
 }
 
-fn replace(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::other("path has no parent directory"))?;
+/// [`replace_atomically`] without any fsync: readers see the whole file or none, and
+/// the caller makes it durable later (a worker's variants, flushed together).
+pub fn replace_unflushed(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_then(path, bytes, false, |tmp, path| fs::rename(tmp, path))
+}
+
+/// Writes `bytes` to a dot-named temp file beside `path` (fsynced if `sync`), then
+/// `install`s it as `path` (a rename, or one that must not replace); the temp file is
+/// removed if anything fails. Dot-named and `.tmp`-suffixed, so the orphan sweep
+/// knows one a crash leaves.
+pub(crate) fn write_then(
+    path: &Path,
+    bytes: &[u8],
+    sync: bool,
+    install: impl FnOnce(&Path, &Path) -> io::Result<()>,
+) -> io::Result<()> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| io::Error::other("path has no file name"))?;
-    // The pid keeps two processes writing the same record from sharing a temp file.
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    // The pid keeps two processes writing the same file from sharing a temp file.
+    let tmp = parent(path)?.join(format!(".{name}.{}.tmp", std::process::id()));
     let res = (|| {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        if durable {
-            sync_dir(dir)?;
+        if sync {
+            f.sync_all()?;
         }
-        Ok(())
+        install(&tmp, path)
     })();
     if res.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     res
+}
+
+fn parent(path: &Path) -> io::Result<&Path> {
+    path.parent()
+        .ok_or_else(|| io::Error::other("path has no parent directory"))
 }
 
 /// fsyncs a directory, making the renames and creations in it durable.

@@ -9,29 +9,7 @@ use std::time::Duration;
 use pixpool_model::JobId;
 use pixpool_store::backend::Consumer;
 use pixpool_store::embedded::{AdmitError, Bus, ClaimQueue, FileBlobs, FileRecords};
-use pixpool_store::Store;
-use suite::{blobs, events, records};
-
-/// A fresh uploads directory, removed on drop.
-struct Dir(std::path::PathBuf);
-
-impl Dir {
-    fn new(tag: &str) -> (Dir, Store) {
-        let root = std::env::temp_dir().join(format!(
-            "pixpool-contract-{tag}-{}-{}",
-            std::process::id(),
-            JobId::generate()
-        ));
-        let store = Store::open(&root, None).expect("open store");
-        (Dir(root), store)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use suite::{blobs, events, records, Dir};
 
 /// The worker's half of the queue: at least once, never lost, one worker at a time.
 async fn consumer_delivers_until_acked(open: impl Fn() -> Arc<ClaimQueue>) {

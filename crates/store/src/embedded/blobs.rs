@@ -1,7 +1,7 @@
 //! Originals and variants as files under the uploads directory.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
@@ -33,28 +33,6 @@ fn blob_err(key: &str) -> impl Fn(io::Error) -> StoreError + '_ {
         key: key.to_string(),
         source,
     }
-}
-
-/// Writes `data` to `path` through a dot-file and a rename: readers see the whole
-/// file or none. Not flushed: see [`Blobs::sync_variants`].
-fn write_whole(path: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::other("no parent directory"))?;
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| io::Error::other("no file name"))?;
-    // Dot-named, so the orphan sweep knows it; truncated, since one left by a
-    // crashed worker is garbage.
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let res = fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(data))
-        .and_then(|()| fs::rename(&tmp, path));
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    res
 }
 
 fn remove_quietly(path: &Path) -> io::Result<()> {
@@ -99,7 +77,7 @@ impl Blobs for FileBlobs {
         let path = self.store.output_path(key);
         let name = Store::variant_key(key);
         let k = name.clone();
-        blocking(move || write_whole(&path, &data).map_err(blob_err(&k))).await?;
+        blocking(move || fsutil::replace_unflushed(&path, &data).map_err(blob_err(&k))).await?;
         Ok(name)
     }
 

@@ -38,23 +38,16 @@ impl FileRecords {
             source,
         };
         let bytes = crate::record::encode(record, 1).map_err(|e| err(io::Error::other(e)))?;
-        let tmp = path.with_file_name(format!(".{}.json.{}.tmp", record.id, std::process::id()));
-        let linked = (|| {
-            let mut f = fs::File::create(&tmp)?;
-            io::Write::write_all(&mut f, &bytes)?;
-            f.sync_all()?;
+        let linked = fsutil::write_then(&path, &bytes, true, |tmp, path| {
             nix::fcntl::renameat2(
                 nix::fcntl::AT_FDCWD,
-                &tmp,
+                tmp,
                 nix::fcntl::AT_FDCWD,
-                &path,
+                path,
                 nix::fcntl::RenameFlags::RENAME_NOREPLACE,
             )
             .map_err(io::Error::from)
-        })();
-        if linked.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
+        });
         match linked {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
