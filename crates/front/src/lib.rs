@@ -117,6 +117,9 @@ pub struct FrontConfig {
     pub allowed_origins: Vec<String>,
     /// This process's metrics recorder.
     pub metrics: pixpool_metrics::Recorder,
+    /// The distributed backend, connected; `None`: the embedded one (this host's
+    /// uploads directory and workers).
+    pub shared: Option<Shared>,
 }
 
 impl FrontConfig {
@@ -148,8 +151,9 @@ impl FrontConfig {
 pub struct State {
     /// Configuration.
     pub config: FrontConfig,
-    /// The links to the workers (their liveness, for health and readiness).
-    pub dispatcher: Arc<Dispatcher>,
+    /// The links to the workers (their liveness, for health and readiness); `None`
+    /// with the distributed backend, where workers pull from the shared queue.
+    pub dispatcher: Option<Arc<Dispatcher>>,
     /// Job events, for the clients following jobs on this front.
     pub hub: Arc<events::EventHub>,
     /// Job records and the dedup index.
@@ -158,6 +162,23 @@ pub struct State {
     pub blobs: Arc<dyn Blobs>,
     /// The queue jobs are handed to workers through.
     pub queue: Arc<dyn Queue>,
+    /// Whether the distributed backend answers (always ready when embedded).
+    pub backend_probe: Arc<Probe>,
+}
+
+/// The distributed backend's parts, connected by the caller: records, queue and
+/// events shared by every host, blobs in an object store (or this host's uploads
+/// directory).
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// Job records and the dedup index.
+    pub records: Arc<dyn Records>,
+    /// Originals and variants.
+    pub blobs: Arc<dyn Blobs>,
+    /// The job queue every worker pulls from.
+    pub queue: Arc<dyn Queue>,
+    /// Job events from every worker.
+    pub events: Arc<dyn Events>,
 }
 
 impl State {
@@ -186,42 +207,53 @@ pub async fn run(
         .set_nonblocking(true)
         .map_err(FrontError::Listener)?;
     let listener = tokio::net::TcpListener::from_std(listener).map_err(FrontError::Listener)?;
-    // Undo what a previous process in this slot left half-done: partial
-    // uploads, and jobs recorded but never acknowledged (never answered 202).
-    let (store, slot) = (config.store.clone(), config.slot);
-    match tokio::task::spawn_blocking(move || store.recover_front(slot)).await {
-        Ok(Ok((0, 0))) => {}
-        Ok(Ok((parts, jobs))) => {
-            info!(
-                parts,
-                jobs, "removed what a previous front in this slot left unfinished"
-            )
-        }
-        Ok(Err(e)) => warn!(cause = %e, "could not clean the spool directory"),
-        Err(e) => warn!(cause = %e, "spool clean-up failed"),
-    }
-    let sockets = (0..config.workers)
-        .map(|w| config.store.worker_socket(w))
-        .collect();
     let hub = Arc::new(events::EventHub::new(config.max_event_streams));
-    // The embedded backend: the workers' events arrive on their links, which publish
-    // them on this front's bus; the hub hands them to the clients following each job.
-    let bus = Arc::new(Bus::new(EVENT_BUFFER));
-    let dispatcher = Arc::new(Dispatcher::start(
-        config.store.clone(),
-        config.slot,
-        sockets,
-        bus.clone(),
-    ));
-    let feed = tokio::spawn(feed_hub(bus.subscribe(), hub.clone()));
+    let (records, blobs, queue, feed_from, dispatcher): (_, _, Arc<dyn Queue>, _, _) =
+        match config.shared.clone() {
+            None => {
+                recover_embedded(&config).await;
+                let sockets = (0..config.workers)
+                    .map(|w| config.store.worker_socket(w))
+                    .collect();
+                // The workers' events arrive on their links, which publish them on this
+                // front's bus; the hub hands them to the clients following each job.
+                let bus = Arc::new(Bus::new(EVENT_BUFFER));
+                let dispatcher = Arc::new(Dispatcher::start(
+                    config.store.clone(),
+                    config.slot,
+                    sockets,
+                    bus.clone(),
+                ));
+                let records: Arc<dyn Records> = Arc::new(FileRecords::new(config.store.clone()));
+                let blobs: Arc<dyn Blobs> = Arc::new(FileBlobs::new(config.store.clone()));
+                let queue: Arc<dyn Queue> = dispatcher.clone();
+                (records, blobs, queue, bus.subscribe(), Some(dispatcher))
+            }
+            Some(shared) => {
+                recover_shared(&config, &shared).await;
+                let events = shared.events.subscribe();
+                (shared.records, shared.blobs, shared.queue, events, None)
+            }
+        };
+    let feed = tokio::spawn(feed_hub(feed_from, hub.clone()));
     let grace = config.drain_grace;
+    let backend_probe = Arc::new(Probe::default());
+    let probing = match dispatcher {
+        // The embedded backend is this host's disk and workers: nothing to ask.
+        Some(_) => None,
+        None => {
+            backend_probe.run_once(&*records, &*blobs).await;
+            Some(tokio::spawn(backend_probe.clone().watch(records.clone(), blobs.clone())))
+        }
+    };
     let state = Arc::new(State {
-        records: Arc::new(FileRecords::new(config.store.clone())),
-        blobs: Arc::new(FileBlobs::new(config.store.clone())),
-        queue: dispatcher.clone(),
+        records,
+        blobs,
+        queue,
         config,
         dispatcher,
         hub,
+        backend_probe,
     });
 
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -297,12 +329,101 @@ pub async fn run(
         );
     }
     feed.abort();
+    if let Some(p) = probing {
+        p.abort();
+    }
     info!("front stopped");
     Ok(())
 }
 
 /// Job events buffered for this front's hub; past it, followers re-read records.
 const EVENT_BUFFER: usize = 4096;
+
+/// Undoes what a previous process in this slot left half-done: partial uploads, and
+/// jobs recorded but never acknowledged (never answered 202).
+async fn recover_embedded(config: &FrontConfig) {
+    let (store, slot) = (config.store.clone(), config.slot);
+    match tokio::task::spawn_blocking(move || store.recover_front(slot)).await {
+        Ok(Ok((0, 0))) => {}
+        Ok(Ok((parts, jobs))) => {
+            info!(
+                parts,
+                jobs, "removed what a previous front in this slot left unfinished"
+            )
+        }
+        Ok(Err(e)) => warn!(cause = %e, "could not clean the spool directory"),
+        Err(e) => warn!(cause = %e, "spool clean-up failed"),
+    }
+}
+
+/// [`recover_embedded`] for the distributed backend: the records and the queue are
+/// asked rather than the local files.
+async fn recover_shared(config: &FrontConfig, shared: &Shared) {
+    let recovered = pixpool_store::embedded::recover(
+        &config.store,
+        config.slot,
+        &*shared.records,
+        &*shared.blobs,
+        &*shared.queue,
+    )
+    .await;
+    match recovered {
+        Ok((0, 0)) => {}
+        Ok((parts, jobs)) => info!(
+            parts,
+            jobs, "removed what a previous front in this slot left unfinished"
+        ),
+        Err(e) => warn!(cause = %e, "could not clean the spool directory"),
+    }
+}
+
+/// How often a front of the distributed mode asks its backend whether it answers.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long one such question may take before the backend counts as not answering.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The last answer of the distributed backend to "do you answer?", for `/readyz`
+/// (asked in the background: a probe never waits on NATS or S3).
+#[derive(Debug, Default)]
+pub struct Probe {
+    /// Why the backend is not ready; `None` when it answered.
+    down: std::sync::Mutex<Option<String>>,
+}
+
+impl Probe {
+    /// Why the backend did not answer the last question; `None` when it did.
+    pub fn down(&self) -> Option<String> {
+        self.down.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    async fn run_once(&self, records: &dyn Records, blobs: &dyn Blobs) {
+        let ask = |what: &'static str, r: Result<Result<(), pixpool_store::StoreError>, _>| match r {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("{what}: {}", pixpool_store::error_chain(&e))),
+            Err(_) => Some(format!("{what}: no answer within {PROBE_TIMEOUT:?}")),
+        };
+        let (r, b) = tokio::join!(
+            tokio::time::timeout(PROBE_TIMEOUT, records.ready()),
+            tokio::time::timeout(PROBE_TIMEOUT, blobs.ready())
+        );
+        let down = ask("job records", r).or_else(|| ask("blob storage", b));
+        let mut slot = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        match (&*slot, &down) {
+            (None, Some(why)) => warn!(cause = %why, "the backend does not answer; not ready"),
+            (Some(_), None) => info!("the backend answers again; ready"),
+            _ => {}
+        }
+        *slot = down;
+    }
+
+    async fn watch(self: Arc<Self>, records: Arc<dyn Records>, blobs: Arc<dyn Blobs>) {
+        loop {
+            tokio::time::sleep(PROBE_INTERVAL).await;
+            self.run_once(&*records, &*blobs).await;
+        }
+    }
+}
 
 /// Hands every job event to the clients following that job.
 async fn feed_hub(mut events: pixpool_store::backend::EventStream, hub: Arc<events::EventHub>) {
@@ -596,14 +717,19 @@ async fn stats(state: &State) -> Response<Body> {
 
 /// `GET /readyz`: can this front take an upload now?
 fn readiness(state: &State) -> Result<Response<Body>, ApiError> {
-    let up = state.dispatcher.workers_up();
-    if up == 0 {
-        return Err(ApiError::NotReady503("no image worker is connected".into()));
+    let up = state.dispatcher.as_ref().map(|d| d.workers_up());
+    if let Some(d) = &state.dispatcher {
+        if d.workers_up() == 0 {
+            return Err(ApiError::NotReady503("no image worker is connected".into()));
+        }
+        if d.all_saturated() {
+            return Err(ApiError::NotReady503(
+                "every image worker's queue is full".into(),
+            ));
+        }
     }
-    if state.dispatcher.all_saturated() {
-        return Err(ApiError::NotReady503(
-            "every image worker's queue is full".into(),
-        ));
+    if let Some(why) = state.backend_probe.down() {
+        return Err(ApiError::NotReady503(why));
     }
     if let Ok(free) = state.store().free_bytes() {
         if free < state.config.min_free_bytes {
@@ -614,7 +740,10 @@ fn readiness(state: &State) -> Result<Response<Body>, ApiError> {
     }
     Ok(json_response(
         StatusCode::OK,
-        &serde_json::json!({"status": "ready", "workers_connected": up}),
+        &match up {
+            Some(up) => serde_json::json!({"status": "ready", "workers_connected": up}),
+            None => serde_json::json!({"status": "ready"}),
+        },
     ))
 }
 
@@ -624,13 +753,16 @@ fn parse_id(raw: &str) -> Result<JobId, ApiError> {
 }
 
 fn health(state: &State) -> Response<Body> {
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "status": "ok",
         "role": "front",
         "slot": state.config.slot,
         "pid": std::process::id(),
-        "workers_connected": state.dispatcher.workers_up(),
+        "backend": if state.dispatcher.is_some() { "embedded" } else { "distributed" },
     });
+    if let (Some(d), Some(map)) = (&state.dispatcher, body.as_object_mut()) {
+        map.insert("workers_connected".into(), d.workers_up().into());
+    }
     json_response(StatusCode::OK, &body)
 }
 

@@ -157,6 +157,19 @@ pub struct ServeArgs {
     /// Log format: text (journald-friendly, colours only on a terminal) or json [default: text].
     #[arg(long, env = "PIXPOOL_LOG_FORMAT", value_enum)]
     pub log_format: Option<crate::config::LogFormat>,
+    /// The distributed mode's job queue: NATS JetStream servers, comma-separated
+    /// `nats://host:port` [default: none, the embedded queue].
+    #[arg(long, env = "PIXPOOL_QUEUE", value_name = "URLS")]
+    pub queue: Option<String>,
+    /// Copies of the queue's streams and buckets kept by the NATS cluster: 3 for a
+    /// cluster, 1 for a single server [default: 3].
+    #[arg(long, env = "PIXPOOL_QUEUE_REPLICAS", value_name = "N")]
+    pub queue_replicas: Option<usize>,
+    /// Where originals and variants live: `s3://BUCKET[/PREFIX]`, with the AWS_*
+    /// variables (AWS_ENDPOINT_URL, AWS_REGION, ...) [default: none, the uploads
+    /// directory].
+    #[arg(long, env = "PIXPOOL_STORE", value_name = "URL")]
+    pub store: Option<String>,
 }
 
 /// What every child gets on its command line: which one it is, and the rest

@@ -89,6 +89,16 @@ pub struct Settings {
     /// umask where that is stricter (see [`crate::umask::apply`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub umask: Option<crate::umask::Umask>,
+    /// NATS servers of the distributed mode's queue, records and events
+    /// (comma-separated `nats://host:port`); unset: the embedded queue.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Replicas of the JetStream stream and KV buckets (3 in a cluster).
+    pub queue_replicas: usize,
+    /// Object store of originals and variants, `s3://BUCKET[/PREFIX]`; unset: the
+    /// uploads directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
 }
 
 /// Shortest API token accepted.
@@ -105,6 +115,10 @@ pub fn api_tokens_from_env() -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// Default JetStream replicas: a three-node cluster keeps every job through the loss
+/// of one node.
+pub const DEFAULT_QUEUE_REPLICAS: usize = 3;
 
 /// Default worker niceness: see `worker_nice`.
 pub const DEFAULT_WORKER_NICE: i32 = 10;
@@ -144,6 +158,9 @@ impl Default for Settings {
             admin: "127.0.0.1:9464".to_string(),
             allowed_origins: Vec::new(),
             umask: None,
+            queue: None,
+            queue_replicas: DEFAULT_QUEUE_REPLICAS,
+            store: None,
         }
     }
 }
@@ -169,7 +186,15 @@ impl Settings {
             queue_depth, max_pixels, max_side, max_frames, min_free_disk_mb, max_connections,
             body_idle_secs, job_timeout_secs, recycle_after_jobs, recycle_rss_mb,
             worker_memory_mb, worker_nice, work_stealing, log_format, admin);
-        overlay!(s, args; min_upload_bytes_per_sec, max_event_streams);
+        overlay!(s, args; min_upload_bytes_per_sec, max_event_streams, queue_replicas);
+        // An empty value unsets (the embedded default), so an environment file can
+        // switch a host back without editing the unit.
+        if let Some(q) = &args.queue {
+            s.queue = Some(q.clone()).filter(|q| !q.trim().is_empty());
+        }
+        if let Some(url) = &args.store {
+            s.store = Some(url.clone()).filter(|u| !u.trim().is_empty());
+        }
         if args.umask.is_some() {
             s.umask = args.umask;
         }
@@ -197,11 +222,43 @@ impl Settings {
 
     /// Checks what types alone cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
-        if !(1..=64).contains(&self.fronts) {
+        if self.fronts > 64 {
             bail!("fronts must be between 1 and 64 (got {})", self.fronts);
         }
-        if !(1..=256).contains(&self.workers) {
+        if self.workers > 256 {
             bail!("workers must be between 1 and 256 (got {})", self.workers);
+        }
+        // A host without fronts or without workers is half of a service: the other
+        // half must be elsewhere, which only a shared queue allows.
+        match (self.fronts, self.workers) {
+            (0, 0) => bail!("fronts and workers cannot both be 0"),
+            (0, _) | (_, 0) if self.queue.is_none() => bail!(
+                "fronts = 0 or workers = 0 needs a shared queue (`queue`, --queue): \
+                 without it no other host can take or run this host's jobs"
+            ),
+            _ => {}
+        }
+        if let Some(q) = &self.queue {
+            for url in q.split(',').map(str::trim) {
+                if !(url.starts_with("nats://") && url.len() > "nats://".len()) {
+                    bail!("queue: {url:?} is not a server address like nats://host:4222");
+                }
+            }
+            if !(1..=5).contains(&self.queue_replicas) {
+                bail!(
+                    "queue_replicas must be between 1 and 5 (got {})",
+                    self.queue_replicas
+                );
+            }
+        }
+        if let Some(url) = &self.store {
+            pixpool_store::s3::parse_url(url).with_context(|| format!("store: {url:?}"))?;
+            if self.queue.is_none() {
+                bail!(
+                    "store = {url:?} needs a shared queue (`queue`, --queue): the object \
+                     store is the distributed mode's, for several hosts"
+                );
+            }
         }
         if !(0..=19).contains(&self.worker_nice) {
             bail!(

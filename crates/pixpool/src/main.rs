@@ -3,6 +3,7 @@
 //! `pixpool worker --slot N` for its children, so `ps` shows every role, each
 //! with its settings in one `--settings` argument (see `settings`).
 
+mod backend;
 mod cli;
 mod config;
 mod exit;

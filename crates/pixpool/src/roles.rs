@@ -68,13 +68,18 @@ pub fn front(args: FrontArgs) -> anyhow::Result<ExitCode> {
         metrics.clone(),
         settings.common.metrics_socket.clone(),
     );
-    let config = front_config(settings, slot, store, api_tokens, metrics);
-    runtime()?
-        .block_on(async {
-            tokio::spawn(report.clone().heartbeat(None));
-            pixpool_front::run(listener, config, terminated(), || report.ready()).await
-        })
-        .context("front failed")?;
+    let backend = settings.common.backend.clone();
+    let mut config = front_config(settings, slot, store, api_tokens, metrics);
+    runtime()?.block_on(async {
+        // Alive while it connects: a cluster still electing its leaders takes seconds.
+        tokio::spawn(report.clone().heartbeat(None));
+        if let Some(shared) = crate::backend::connect(&backend, &config.store).await? {
+            config.shared = Some(shared.front());
+        }
+        pixpool_front::run(listener, config, terminated(), || report.ready())
+            .await
+            .context("front failed")
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -113,6 +118,7 @@ fn front_config(
             .collect(),
         allowed_origins: s.allowed_origins,
         metrics,
+        shared: None,
     }
 }
 
@@ -140,7 +146,8 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         metrics.clone(),
         settings.common.metrics_socket.clone(),
     );
-    let config = worker_config(settings, slot, store, metrics);
+    let backend = settings.common.backend.clone();
+    let mut config = worker_config(settings, slot, store, metrics);
     let queued = config.queued.clone();
     // Held in a variable, never dropped as a temporary: dropping a runtime waits for its
     // blocking threads, and the thread of a job over its time limit may be stuck in a
@@ -148,7 +155,12 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let runtime = runtime()?;
     let exit = runtime.block_on(async {
         tokio::spawn(report.clone().heartbeat(Some(queued)));
-        pixpool_worker::run(config, terminated(), || report.ready()).await
+        if let Some(shared) = crate::backend::connect(&backend, &config.store).await? {
+            config.shared = Some(shared.worker().await?);
+        }
+        pixpool_worker::run(config, terminated(), || report.ready())
+            .await
+            .map_err(anyhow::Error::from)
     });
     if matches!(exit, Ok(pixpool_worker::WorkerExit::Replace)) {
         // Leave now, with the stuck thread if there is one: its job is already failed,
@@ -182,6 +194,7 @@ fn worker_config(
         steal: s.steal,
         queued: Default::default(),
         metrics,
+        shared: None,
     }
 }
 

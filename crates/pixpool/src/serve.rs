@@ -38,27 +38,52 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Err(e) = store.restrict_dirs(umask.bits()) {
         warn!(cause = %pixpool_store::error_chain(&e), %umask, "could not take the umask's bits from an existing directory; other users may read the uploads");
     }
-    sweep_spool_dirs(&store);
-    match store.sweep_orphans() {
-        Ok(swept) if swept != pixpool_store::Swept::default() => info!(
-            temp_files = swept.temp_files,
-            originals = swept.originals,
-            "removed what interrupted writes left behind"
-        ),
-        Ok(_) => {}
-        Err(e) => warn!(cause = %pixpool_store::error_chain(&e), "could not sweep orphaned files"),
+    if settings.queue.is_none() {
+        sweep_spool_dirs(&store);
+        match store.sweep_orphans() {
+            Ok(swept) if swept != pixpool_store::Swept::default() => info!(
+                temp_files = swept.temp_files,
+                originals = swept.originals,
+                "removed what interrupted writes left behind"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                warn!(cause = %pixpool_store::error_chain(&e), "could not sweep orphaned files")
+            }
+        }
     }
+    // With a shared queue the local files are not the truth (a record lives in NATS):
+    // each front recovers its own spool through the backend instead.
+    crate::backend::preflight(settings.store.as_deref())?;
 
-    let (listener, addr) = listener(&settings)?;
+    // A worker-only host listens on no HTTP port.
+    let listener = match settings.fronts {
+        0 => None,
+        _ => Some(listener(&settings)?),
+    };
     let (control, children_end) = pixpool_supervisor::child::control_channel()
         .context("could not create the control channel")?;
     let (fronts, workers) = (settings.fronts, settings.workers);
-    info!(
-        uploads = %store.root().display(),
-        fronts,
-        workers,
-        "listening on {addr}"
-    );
+    match &listener {
+        Some((_, addr)) => info!(
+            uploads = %store.root().display(),
+            fronts,
+            workers,
+            "listening on {addr}"
+        ),
+        None => info!(
+            uploads = %store.root().display(),
+            workers,
+            "worker-only host: no fronts, no HTTP listener"
+        ),
+    }
+    if let Some(queue) = &settings.queue {
+        info!(
+            queue,
+            store = settings.store.as_deref().unwrap_or("the uploads directory"),
+            "distributed mode"
+        );
+    }
     if settings.api_tokens.is_empty() {
         warn!("no API token configured: uploads and reads are open to anyone who can connect");
     }
@@ -78,7 +103,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         info!("admin listening on {addr}: metrics at /metrics");
     }
     let fds = Fds {
-        listener: listener.as_raw_fd(),
+        listener: listener.as_ref().map(|(l, _)| l.as_raw_fd()),
         control: children_end.as_raw_fd(),
         admin: admin.as_ref().map(|a| a.as_raw_fd()),
     };
@@ -122,8 +147,8 @@ const ADMIN_SOCKET: &str = "admin.sock";
 /// The fds children inherit.
 #[derive(Debug, Clone, Copy)]
 struct Fds {
-    /// The shared HTTP listener (fronts).
-    listener: i32,
+    /// The shared HTTP listener (fronts); `None` on a worker-only host.
+    listener: Option<i32>,
     /// The children's end of the control channel.
     control: i32,
     /// The admin listener, if the admin process runs.
@@ -173,6 +198,9 @@ fn reload(
         ("fronts", new.fronts != running.fronts),
         ("workers", new.workers != running.workers),
         ("admin", new.admin != running.admin),
+        ("queue", new.queue != running.queue),
+        ("queue_replicas", new.queue_replicas != running.queue_replicas),
+        ("store", new.store != running.store),
         // The mask of the whole tree: children share the supervisor's.
         ("umask", new.umask != running.umask),
     ] {
@@ -232,7 +260,7 @@ fn child_specs(
         children.push(spec("worker", Some(slot), &worker, None, program, fds, 1)?);
     }
     for slot in 0..s.fronts {
-        let listener = Some(fds.listener);
+        let listener = fds.listener;
         let child = spec("front", Some(slot), &front, listener, program, fds, 0)?;
         children.push(child);
     }
@@ -359,7 +387,7 @@ mod tests {
         let store = Store::open(&dir, None).expect("store");
         let program = CString::new("/bin/pixpool").expect("path");
         let fds = Fds {
-            listener: 10,
+            listener: Some(10),
             control: 11,
             admin: Some(12),
         };

@@ -58,6 +58,21 @@ pub struct CommonSettings {
     pub log_format: LogFormat,
     /// Where metrics snapshots go (the admin process); `None`: nowhere.
     pub metrics_socket: Option<PathBuf>,
+    /// The distributed backend; unset fields: the embedded one.
+    #[serde(default)]
+    pub backend: BackendSettings,
+}
+
+/// Where jobs, records and files live when they are shared between hosts. Every
+/// field unset: the embedded backend (this host's uploads directory and workers).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BackendSettings {
+    /// NATS servers (comma-separated `nats://host:port`).
+    pub queue: Option<String>,
+    /// Replicas of the JetStream stream and KV buckets.
+    pub queue_replicas: usize,
+    /// `s3://BUCKET[/PREFIX]`; `None` with a queue: the uploads directory.
+    pub store: Option<String>,
 }
 
 /// What a front runs with, besides its slot and listener.
@@ -126,6 +141,11 @@ impl CommonSettings {
             max_frames: s.max_frames,
             log_format: s.log_format,
             metrics_socket: paths.metrics_socket.clone(),
+            backend: BackendSettings {
+                queue: s.queue.clone(),
+                queue_replicas: s.queue_replicas,
+                store: s.store.clone(),
+            },
         })
     }
 
@@ -263,6 +283,9 @@ mod tests {
             worker_memory_mb: 13,
             worker_nice: 4,
             work_stealing: false,
+            queue: Some("nats://a:4222,nats://b:4222".into()),
+            queue_replicas: 1,
+            store: Some("s3://bucket/prefix".into()),
             ..Settings::default()
         }
     }

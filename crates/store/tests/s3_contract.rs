@@ -9,10 +9,7 @@
 
 mod suite;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,100 +17,22 @@ use pixpool_model::JobId;
 use pixpool_store::backend::{Blobs, VariantKey};
 use pixpool_store::s3::{self, S3Blobs, S3Options};
 use pixpool_store::StoreError;
+use pixpool_testkit::servers::Moto;
 
-/// A moto S3 server on loopback, killed on drop.
-struct Moto {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Moto {
-    /// Starts the server and waits until it answers, or `None` (with a note) where no
-    /// `moto_server` is found.
-    fn start(tag: &str) -> Option<Moto> {
-        let Some(bin) = suite::find_server("PIXPOOL_MOTO_SERVER", "moto_server") else {
-            eprintln!("skipping: moto_server not found (pip install 'moto[server]')");
-            return None;
-        };
-        let port = suite::free_port();
-        let log = std::env::temp_dir().join(format!(
-            "pixpool-moto-{tag}-{}-{}.log",
-            std::process::id(),
-            JobId::generate()
-        ));
-        let child = Command::new(&bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start moto_server");
-        let moto = Moto { child, port, log };
-        // A Python server starting on a loaded CI machine: seconds, not minutes.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while moto.request("GET", "/").is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not answer");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Some(moto)
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// One unsigned HTTP/1.1 request (moto takes them): its status line.
-    fn request(&self, method: &str, path: &str) -> std::io::Result<String> {
-        let mut conn = TcpStream::connect(("127.0.0.1", self.port))?;
-        conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(
-            conn,
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\n\
-             Connection: close\r\n\r\n",
-            self.port
-        )?;
-        let mut answer = String::new();
-        conn.read_to_string(&mut answer)?;
-        Ok(answer.lines().next().unwrap_or_default().to_string())
-    }
-
-    /// Creates `bucket` (the S3 client cannot).
-    fn create_bucket(&self, bucket: &str) {
-        let status = self
-            .request("PUT", &format!("/{bucket}"))
-            .expect("PUT bucket");
-        assert!(status.contains(" 200"), "create bucket {bucket}: {status}");
-    }
-
-    /// Client settings for this server, none from the environment's defaults.
-    fn options(&self) -> S3Options {
-        S3Options {
-            endpoint: Some(self.endpoint()),
-            access_key_id: Some("testing".into()),
-            secret_access_key: Some("testing".into()),
-            region: Some("us-east-1".into()),
-            allow_http: Some(true),
-            ..S3Options::default()
-        }
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "moto_server log:\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-        let _ = std::fs::remove_file(&self.log);
+/// Client settings for `moto`, none from the environment's defaults.
+fn options(moto: &Moto) -> S3Options {
+    S3Options {
+        endpoint: Some(moto.endpoint()),
+        access_key_id: Some("testing".into()),
+        secret_access_key: Some("testing".into()),
+        region: Some("us-east-1".into()),
+        allow_http: Some(true),
+        ..S3Options::default()
     }
 }
 
 async fn connect(moto: &Moto, url: &str) -> S3Blobs {
-    s3::connect_with(url, moto.options())
+    s3::connect_with(url, options(&moto))
         .await
         .expect("connect to moto")
 }
@@ -173,13 +92,13 @@ async fn a_missing_bucket_is_named_at_connect() {
     let Some(moto) = Moto::start("missing") else {
         return;
     };
-    let err = s3::connect_with("s3://no-such-bucket/p", moto.options())
+    let err = s3::connect_with("s3://no-such-bucket/p", options(&moto))
         .await
         .expect_err("a missing bucket");
     assert!(matches!(err, StoreError::S3 { .. }), "{err:?}");
     assert!(err.to_string().contains("no-such-bucket"), "{err}");
     assert!(matches!(
-        s3::connect_with("pixpool", moto.options()).await,
+        s3::connect_with("pixpool", options(&moto)).await,
         Err(StoreError::S3Url { .. })
     ));
 }
@@ -220,7 +139,7 @@ async fn an_unreachable_endpoint_fails_within_seconds() {
     // Needs no server: one port nobody listens on (refused at once, retried), one
     // address nothing answers (TEST-NET-1: the connect timeout, where the machine
     // has a route at all), and a listener that never answers (the check's bound).
-    let closed = format!("http://127.0.0.1:{}", suite::free_port());
+    let closed = format!("http://127.0.0.1:{}", pixpool_testkit::servers::free_port());
     let mute = TcpListener::bind("127.0.0.1:0").expect("bind");
     let mute_url = format!("http://{}", mute.local_addr().expect("addr"));
     for endpoint in [closed, "http://192.0.2.1:9000".to_string(), mute_url] {

@@ -6,10 +6,12 @@
 //! # Layout
 //! - [`http`]: one keep-alive connection ([`Conn`]), responses, multipart bodies.
 //! - [`sse`]: an event stream read event by event.
+//! - [`servers`]: the distributed mode's real servers (NATS cluster, S3).
 //! - this file: the server as a process, the photos, the job helpers.
 #![forbid(unsafe_code)]
 
 pub mod http;
+pub mod servers;
 pub mod sse;
 
 pub use http::{conn_per_front, multipart_request, upload, Conn, HttpError, Resp};

@@ -21,7 +21,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use pixpool_imaging::{Limits, Preset};
-use pixpool_store::backend::{Consumer, Events};
+use pixpool_store::backend::Events;
 use pixpool_store::embedded::{Bus, ClaimQueue, FileBlobs, FileRecords};
 use pixpool_store::Store;
 use tracing::{info, warn};
@@ -62,6 +62,9 @@ pub struct WorkerConfig {
     pub queued: Arc<std::sync::atomic::AtomicUsize>,
     /// This process's metrics recorder.
     pub metrics: pixpool_metrics::Recorder,
+    /// The distributed backend, connected (its consumer this worker's own); `None`:
+    /// the embedded one, fed by the fronts over this worker's socket.
+    pub shared: Option<execute::Backend>,
 }
 
 /// Default per-job time limit.
@@ -104,36 +107,19 @@ pub async fn run(
     on_ready: impl FnOnce(),
 ) -> Result<WorkerExit, WorkerError> {
     let config = Arc::new(config);
-    let store = &config.store;
-    let queue = ClaimQueue::open(
-        store.clone(),
-        config.slot,
-        config.workers,
-        config.queue_depth,
-        config.steal,
-    )
-    .map_err(WorkerError::Recover)?;
-    // Job events fan out to every connected front; a front that lags behind
-    // by this many events skips some and re-reads the records.
-    let bus = Arc::new(Bus::new(EVENT_BUFFER));
-    let backend = execute::Backend {
-        records: Arc::new(FileRecords::new(store.clone())),
-        blobs: Arc::new(FileBlobs::new(store.clone())),
-        events: bus.clone(),
-        queue: queue.clone(),
+    let (backend, accept) = match config.shared.clone() {
+        Some(backend) => (backend, None),
+        None => {
+            let (backend, accept) = embedded(&config)?;
+            (backend, Some(accept))
+        }
     };
-
-    let listener = server::bind(&config.store.worker_socket(config.slot))?;
+    let queue = backend.queue.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let events: Arc<dyn Events> = bus;
-    let accept = tokio::spawn(server::serve(
-        listener,
-        config.clone(),
-        queue.clone(),
-        events,
-    ));
     let mut exec = tokio::spawn(execute::run_queue(config.clone(), backend, stop_rx));
-    info!(socket = %config.store.worker_socket(config.slot).display(), "worker ready");
+    if accept.is_none() {
+        info!("worker ready: pulling from the shared queue");
+    }
     on_ready();
     // The queue depth, for the heartbeat the supervisor turns into STATUS=.
     let gauge = config.queued.clone();
@@ -168,9 +154,43 @@ pub async fn run(
             WorkerExit::Replace
         }
     };
-    accept.abort();
     gauge_task.abort();
-    let _ = std::fs::remove_file(config.store.worker_socket(config.slot));
+    if let Some(accept) = accept {
+        accept.abort();
+        let _ = std::fs::remove_file(config.store.worker_socket(config.slot));
+    }
     info!("worker stopped");
     Ok(exit)
+}
+
+/// The embedded backend of worker `config.slot`: its claims (taken over from a
+/// predecessor), the uploads directory, and the socket the fronts hand jobs and take
+/// events through, served by the returned task.
+fn embedded(
+    config: &Arc<WorkerConfig>,
+) -> Result<(execute::Backend, tokio::task::JoinHandle<()>), WorkerError> {
+    let store = &config.store;
+    let queue = ClaimQueue::open(
+        store.clone(),
+        config.slot,
+        config.workers,
+        config.queue_depth,
+        config.steal,
+    )
+    .map_err(WorkerError::Recover)?;
+    // Job events fan out to every connected front; a front that lags behind
+    // by this many events skips some and re-reads the records.
+    let bus = Arc::new(Bus::new(EVENT_BUFFER));
+    let backend = execute::Backend {
+        records: Arc::new(FileRecords::new(store.clone())),
+        blobs: Arc::new(FileBlobs::new(store.clone())),
+        events: bus.clone(),
+        queue: queue.clone(),
+    };
+    let socket = store.worker_socket(config.slot);
+    let listener = server::bind(&socket)?;
+    let events: Arc<dyn Events> = bus;
+    let accept = tokio::spawn(server::serve(listener, config.clone(), queue, events));
+    info!(socket = %socket.display(), "worker ready");
+    Ok((backend, accept))
 }

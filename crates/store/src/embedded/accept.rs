@@ -7,6 +7,9 @@
 //! 4. the caller queues the job, then [`Admitted::confirm`] (marker removed) or
 //!    [`Admitted::undo`] (record, original and marker removed): a job never queued
 //!    was never answered 202 and leaves nothing.
+//!
+//! [`recover`] finishes, through the traits, what a front killed mid-sequence left:
+//! the distributed backend's counterpart of [`Store::recover_front`].
 
 use std::io;
 use std::path::PathBuf;
@@ -14,8 +17,8 @@ use std::sync::Arc;
 
 use pixpool_model::JobId;
 
-use crate::backend::{Blobs, Records};
-use crate::record::{JobRecord, SourceRecord};
+use crate::backend::{Blobs, Queue, Records};
+use crate::record::{JobRecord, JobState, SourceRecord};
 use crate::{Store, StoreError};
 
 /// A fully received upload, spooled at [`Store::part_path`] of its front.
@@ -134,4 +137,79 @@ impl Admitted {
         }
         remove_marker(&self.marker).await;
     }
+}
+
+/// Undoes what a front that died in slot `front` left in its spool directory, asking
+/// the backend rather than the local files: partial uploads go; a pending marker whose
+/// job is recorded `queued` but not in the queue was never answered 202, and its
+/// record, original and dedup entry go too. A marker whose job the queue has (or that
+/// is past `queued`) is the queue's: only the marker goes. One the backend cannot
+/// answer for now stays, for the next start. Returns (partial uploads, jobs undone).
+///
+/// A front that died between storing the original and recording the job leaves an
+/// original no record names; only the orphan sweep can find it.
+pub async fn recover(
+    store: &Store,
+    front: u32,
+    records: &dyn Records,
+    blobs: &dyn Blobs,
+    queue: &dyn Queue,
+) -> Result<(usize, usize), StoreError> {
+    let dir = store.spool_dir(front);
+    let listed = {
+        let dir = dir.clone();
+        super::blocking(move || {
+            std::fs::create_dir_all(&dir).map_err(|source| StoreError::CreateDir {
+                path: dir.clone(),
+                source,
+            })?;
+            let entries = std::fs::read_dir(&dir).map_err(|source| StoreError::CreateDir {
+                path: dir.clone(),
+                source,
+            })?;
+            Ok(entries
+                .flatten()
+                .map(|e| (e.path(), e.file_name().to_string_lossy().into_owned()))
+                .collect::<Vec<_>>())
+        })
+        .await?
+    };
+    let (mut parts, mut jobs) = (0, 0);
+    for (path, name) in listed {
+        if let Some(id) = name.strip_suffix(".pending").and_then(JobId::parse) {
+            match undo_unqueued(&id, records, blobs, queue).await {
+                Ok(undone) => jobs += usize::from(undone),
+                Err(e) => {
+                    tracing::warn!(cause = %e, job_id = %id, "cannot tell yet whether an interrupted upload was queued; leaving it for the next start");
+                    continue;
+                }
+            }
+        } else {
+            parts += 1;
+        }
+        remove_marker(&path).await;
+    }
+    Ok((parts, jobs))
+}
+
+/// Removes job `id` if it is recorded `queued` but the queue does not have it.
+async fn undo_unqueued(
+    id: &JobId,
+    records: &dyn Records,
+    blobs: &dyn Blobs,
+    queue: &dyn Queue,
+) -> Result<bool, StoreError> {
+    let Some(found) = records.get(id).await? else {
+        return Ok(false);
+    };
+    let rec = found.value;
+    if rec.state != JobState::Queued || queue.is_queued(id).await? {
+        return Ok(false);
+    }
+    records.delete(id).await?;
+    blobs.delete_original(&rec.source.path).await?;
+    if let Some(key) = &rec.dedup_key {
+        records.dedup_release(key, id).await?;
+    }
+    Ok(true)
 }

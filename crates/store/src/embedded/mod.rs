@@ -18,7 +18,7 @@ mod bus;
 mod queue;
 mod records;
 
-pub use accept::{accept, Admitted, Upload};
+pub use accept::{accept, recover, Admitted, Upload};
 pub use blobs::FileBlobs;
 pub use bus::Bus;
 pub use queue::{AdmitError, ClaimQueue};

@@ -157,6 +157,16 @@ impl Records for KvRecords {
             Err(e) => Err(nats_err(format!("release dedup entry {key}"), e)),
         }
     }
+
+    /// The jobs bucket's stream info: answered only when the server is reachable and
+    /// the bucket's stream has a leader (a cluster that lost its majority has none).
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.jobs
+            .status()
+            .await
+            .map(|_| ())
+            .map_err(|e| nats_err(format!("read the status of KV bucket {}", super::JOBS_BUCKET), e))
+    }
 }
 
 /// Whether `e` is the server refusing a write at a stale revision. The client maps

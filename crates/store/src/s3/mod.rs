@@ -178,7 +178,7 @@ pub async fn connect_with(url: &str, options: S3Options) -> Result<S3Blobs, Stor
 }
 
 /// `s3://BUCKET[/PREFIX]` as the bucket and `PREFIX/` (or an empty prefix).
-fn parse_url(url: &str) -> Result<(String, String), StoreError> {
+pub fn parse_url(url: &str) -> Result<(String, String), StoreError> {
     let bad = |reason| StoreError::S3Url {
         url: url.to_string(),
         reason,
@@ -447,7 +447,20 @@ impl Blobs for S3Blobs {
         }
         Ok(())
     }
+
+    /// One HEAD of a key nobody writes: "not found" is an answer from the bucket.
+    async fn ready(&self) -> Result<(), StoreError> {
+        let path = Path::from(format!("{}{READINESS_KEY}", self.prefix));
+        match self.store.head(&path).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(s3_err(format!("reach bucket {}", self.bucket), e)),
+        }
+    }
 }
+
+/// The key [`Blobs::ready`] asks about; never written.
+const READINESS_KEY: &str = ".pixpool-readiness";
 
 #[cfg(test)]
 mod tests {

@@ -37,28 +37,7 @@ impl Drop for Dir {
     }
 }
 
-/// A free loopback port (free when asked; a server binds it a moment later).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// The server program `name` to run, if any: the one `env` names, else the first on
-/// `PATH`.
-pub fn find_server(env: &str, name: &str) -> Option<std::path::PathBuf> {
-    if let Some(path) = std::env::var_os(env) {
-        // Named on purpose (CI): a wrong path must fail, not skip.
-        let path = std::path::PathBuf::from(path);
-        assert!(path.is_file(), "{env}={} is no file", path.display());
-        return Some(path);
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
+/// A record as an upload creates it.
 pub fn sample() -> JobRecord {
     let id = JobId::generate();
     JobRecord::queued(
