@@ -109,6 +109,8 @@ pub struct Server {
     pub log: Arc<Mutex<String>>,
     pub fronts: u32,
     pub workers: u32,
+    /// Started with `--queue`: its workers pull from NATS (no sockets, no links).
+    pub distributed: bool,
 }
 
 impl Server {
@@ -197,14 +199,19 @@ impl Server {
                 l.push('\n');
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "server did not report its address; log:\n{}",
-                    log.lock().expect("log")
-                )
-            });
+        let distributed = extra.contains(&"--queue");
+        // A worker-only host listens on nothing.
+        let addr = if fronts == 0 {
+            "127.0.0.1:0".to_string()
+        } else {
+            rx.recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "server did not report its address; log:\n{}",
+                        log.lock().expect("log")
+                    )
+                })
+        };
         let addr: SocketAddr = addr.parse().expect("address in the log");
         let server = Server {
             child,
@@ -213,8 +220,11 @@ impl Server {
             log,
             fronts,
             workers,
+            distributed,
         };
-        server.wait_ready(Duration::from_secs(20));
+        // A fresh NATS cluster takes seconds to place its streams, more on a machine
+        // busy compiling.
+        server.wait_ready(Duration::from_secs(if distributed { 120 } else { 20 }));
         server
     }
 
@@ -227,11 +237,18 @@ impl Server {
                 .into_iter()
                 .filter(|(_, c)| c.starts_with("pixpool front") || c.starts_with("pixpool worker"))
                 .collect();
-            let ready = kids.len() == (self.fronts + self.workers) as usize
+            let log = self.log_text();
+            let ready = if self.distributed {
+                kids.len() == (self.fronts + self.workers) as usize
+                    && log.matches("front ready").count() >= self.fronts as usize
+                    && log.matches("worker ready").count() >= self.workers as usize
+            } else {
+                kids.len() == (self.fronts + self.workers) as usize
                 && (0..self.workers)
                     .all(|w| self.uploads.join(format!("run/worker-{w}.sock")).exists())
-                && self.log_text().matches("connected to worker").count()
-                    >= (self.fronts * self.workers) as usize;
+                && log.matches("connected to worker").count()
+                    >= (self.fronts * self.workers) as usize
+            };
             if ready {
                 return;
             }

@@ -1,0 +1,290 @@
+//! The distributed mode on real servers started here: a three-node NATS JetStream
+//! cluster and an S3-compatible server (moto), with two `pixpool serve` trees that
+//! share them and so are one service. The API is the same as the embedded mode's;
+//! these tests go through it on both trees, and look into the bucket and the
+//! processes, never at a mock.
+//!
+//! Needs `nats-server` and `moto_server` (`PIXPOOL_NATS_SERVER`,
+//! `PIXPOOL_MOTO_SERVER`, else `PATH`); without them each test says so and passes.
+
+use std::time::{Duration, Instant};
+
+use hyper::{Method, StatusCode};
+use pixpool_testkit::servers::{Moto, NatsCluster};
+use pixpool_testkit::*;
+
+const BUCKET: &str = "pixpool-test";
+
+fn photo(name: &str) -> Vec<u8> {
+    std::fs::read(test_photo(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// The shared servers of one test, and the trees it starts on them.
+struct Service {
+    nats: NatsCluster,
+    moto: Moto,
+}
+
+impl Service {
+    /// The cluster and the bucket, or `None` where a server program is missing.
+    fn start(tag: &str) -> Option<Service> {
+        let nats = NatsCluster::start(tag)?;
+        let moto = Moto::start(tag)?;
+        moto.create_bucket(BUCKET);
+        Some(Service { nats, moto })
+    }
+
+    /// A `pixpool serve` tree on the shared queue and bucket.
+    fn tree(&self, fronts: u32, workers: u32, extra: &[&str]) -> Server {
+        let urls = self.nats.urls();
+        let store = format!("s3://{BUCKET}/svc");
+        let mut args = vec!["--queue", &urls, "--store", &store];
+        args.extend_from_slice(extra);
+        let env = self.moto.env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Server::start_env(fresh_uploads(), fronts, workers, &args, &env)
+    }
+
+    /// The bucket's keys under the service's prefix.
+    fn keys(&self) -> Vec<String> {
+        self.moto.keys(BUCKET)
+    }
+}
+
+/// Every `processing attempt=` line for `id` in the logs of `trees`.
+fn processing_lines(trees: &[&Server], id: &str) -> Vec<String> {
+    trees.iter().flat_map(|t| t.processing_lines(id)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_trees_on_one_queue_and_bucket_are_one_service() {
+    let Some(svc) = Service::start("one-service") else {
+        return;
+    };
+    let a = svc.tree(1, 1, &[]);
+    let b = svc.tree(1, 1, &[]);
+    for tree in [&a, &b] {
+        let mut conn = Conn::open(tree.addr).await.expect("connect");
+        let health = conn.get("/health").await.expect("health");
+        assert_eq!(health.json()["backend"], "distributed", "{:?}", health.json());
+        let ready = conn.get("/readyz").await.expect("readyz");
+        assert_eq!(ready.status, StatusCode::OK, "{:?}", ready.body_snippet());
+    }
+
+    // Uploaded on A, followed and served on B: the record, the long-poll, the
+    // events and the images are the service's, not a host's.
+    let bytes = tagged_jpeg(&photo("04-fallenleaf.jpg"), "one-service");
+    let mut on_a = Conn::open(a.addr).await.expect("connect A");
+    let resp = on_a
+        .upload_to(
+            "/upload?presets=thumb,medium",
+            &[("image", Some("leaf.jpg"), &bytes)],
+        )
+        .await
+        .expect("upload on A");
+    let id = accepted_id(&resp, "upload on A");
+    let mut on_b = Conn::open(b.addr).await.expect("connect B");
+    let mut events = on_b
+        .events(&format!("/jobs/{id}/events"), None)
+        .await
+        .expect("events on B");
+    let job = wait_final(b.addr, &id, Duration::from_secs(60)).await;
+    assert_eq!(job["state"], "done", "{job}");
+    let seen = events.all(Duration::from_secs(20)).await;
+    let names: Vec<&str> = seen.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(names.first(), Some(&"queued"), "{names:?}");
+    assert_eq!(names.last(), Some(&"done"), "{names:?}");
+    assert_eq!(
+        names.iter().filter(|n| **n == "output").count(),
+        2,
+        "one output event per preset: {names:?}"
+    );
+    let polled = on_a
+        .get(&format!("/jobs/{id}?wait=5"))
+        .await
+        .expect("long-poll on A");
+    assert_eq!(polled.json(), job, "both fronts tell the same record");
+
+    // The original and both variants are in the bucket under the prefix.
+    let keys = svc.keys();
+    for key in [
+        format!("svc/originals/{id}.jpg"),
+        format!("svc/variants/{id}-thumb.jpg"),
+        format!("svc/variants/{id}-medium.jpg"),
+    ] {
+        assert!(keys.contains(&key), "{key} not in {keys:?}");
+    }
+
+    // Each image, from either front: the same bytes, ETag, caching and 304.
+    for out in job["outputs"].as_array().expect("outputs") {
+        let url = out["url"].as_str().expect("url");
+        let etag = format!("\"{}\"", out["etag"].as_str().expect("etag"));
+        let from_a = on_a.get(url).await.expect("GET on A");
+        let from_b = on_b.get(url).await.expect("GET on B");
+        for (r, front) in [(&from_a, "A"), (&from_b, "B")] {
+            assert_eq!(r.status, StatusCode::OK, "{front} {url}");
+            assert_eq!(r.header("etag"), Some(etag.as_str()), "{front} {url}");
+            assert_eq!(r.header("content-type"), Some("image/jpeg"));
+            assert_eq!(
+                r.header("cache-control"),
+                Some("public, max-age=31536000, immutable")
+            );
+            assert_eq!(out["bytes"].as_u64(), Some(r.body.len() as u64));
+        }
+        assert!(from_a.body == from_b.body, "{url}: one object");
+        let (w, _) = image::load_from_memory(&from_b.body)
+            .map(|i| (i.width(), i.height()))
+            .expect("a served variant decodes");
+        assert_eq!(Some(u64::from(w)), out["width"].as_u64(), "{url}");
+        let head = on_b.request(Method::HEAD, url, &[]).await.expect("HEAD");
+        assert_eq!(head.status, StatusCode::OK);
+        assert!(head.body.is_empty());
+        let cached = on_a
+            .request(Method::GET, url, &[("if-none-match", &etag)])
+            .await
+            .expect("conditional GET");
+        assert_eq!(cached.status, StatusCode::NOT_MODIFIED, "{url}");
+    }
+    let missing = on_b
+        .get(&format!("/images/{id}/large"))
+        .await
+        .expect("GET");
+    assert_problem(&missing, StatusCode::NOT_FOUND, "a preset not asked for");
+    let unknown = on_b
+        .upload_to(
+            "/upload?presets=nonesuch",
+            &[("image", Some("leaf.jpg"), &bytes)],
+        )
+        .await
+        .expect("upload");
+    assert_problem(&unknown, StatusCode::BAD_REQUEST, "an unknown preset");
+
+    // Identical bytes sent at once to both trees: one job, processed once, on
+    // whichever worker of the service took it.
+    let leaf = photo("06-grey-grayscale.jpg");
+    let mut ids = Vec::new();
+    for round in 0..3 {
+        let bytes = tagged_jpeg(&leaf, &format!("race-{round}"));
+        let (ra, rb) = tokio::join!(
+            upload(a.addr, "a.jpg", &bytes),
+            upload(b.addr, "b.jpg", &bytes)
+        );
+        for r in [&ra, &rb] {
+            assert!(
+                r.status == StatusCode::ACCEPTED || r.status == StatusCode::OK,
+                "round {round}: {r:?}"
+            );
+        }
+        let (ja, jb) = (ra.json(), rb.json());
+        assert_eq!(ja["id"], jb["id"], "round {round}: {ja} vs {jb}");
+        let fresh = [&ja, &jb]
+            .iter()
+            .filter(|j| j["deduplicated"] == false)
+            .count();
+        assert_eq!(fresh, 1, "round {round}: one answer made the job");
+        ids.push(ja["id"].as_str().expect("id").to_string());
+    }
+    for id in &ids {
+        let job = wait_final(a.addr, id, Duration::from_secs(60)).await;
+        assert_eq!((&job["state"], &job["attempts"]), (&"done".into(), &1.into()));
+        let lines = processing_lines(&[&a, &b], id);
+        assert_eq!(lines.len(), 1, "job {id} processed once: {lines:#?}");
+    }
+    // A repeat of a finished job is answered from the shared dedup index, on
+    // the other tree: 200, the same job.
+    let again = upload(b.addr, "again.jpg", &tagged_jpeg(&leaf, "race-0")).await;
+    assert_eq!(again.status, StatusCode::OK, "{:?}", again.body_snippet());
+    assert_eq!(again.json()["id"], ids[0].as_str());
+    // Nothing is left in either tree's spool.
+    for tree in [&a, &b] {
+        let spool = files_below(&tree.uploads.join("tmp"));
+        assert!(spool.is_empty(), "spool files left: {spool:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_front_only_host_and_a_worker_only_host_share_the_work() {
+    let Some(svc) = Service::start("split-hosts") else {
+        return;
+    };
+    let workers = svc.tree(0, 2, &[]);
+    assert!(
+        workers.children().iter().all(|(_, c)| !c.contains(" front ")),
+        "a worker-only host runs no front"
+    );
+    let fronts = svc.tree(1, 0, &[]);
+    let mut ids = Vec::new();
+    let mut conn = Conn::open(fronts.addr).await.expect("connect");
+    for n in 0..6 {
+        let bytes = unique_jpeg(&photo("04-fallenleaf.jpg"), 9000 + n);
+        let resp = conn
+            .upload_to("/upload?presets=thumb", &[("image", Some("l.jpg"), &bytes)])
+            .await
+            .expect("upload");
+        ids.push(accepted_id(&resp, "upload to the front-only host"));
+    }
+    for id in &ids {
+        let job = wait_final(fronts.addr, id, Duration::from_secs(60)).await;
+        assert_eq!(job["state"], "done", "{job}");
+        assert_eq!(workers.processing_lines(id).len(), 1, "run by the worker host");
+    }
+    assert!(
+        fronts.processing_lines(&ids[0]).is_empty(),
+        "a front-only host runs no job"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_bucket_stops_serve_at_once_naming_it() {
+    let Some(moto) = Moto::start("no-bucket") else {
+        return;
+    };
+    let started = Instant::now();
+    let out = std::process::Command::new(pixpool_bin())
+        .args(["serve", "--bind", "127.0.0.1:0", "--admin", "off", "--uploads"])
+        .arg(fresh_uploads())
+        // No NATS server is needed to find the bucket missing.
+        .args(["--queue", "nats://127.0.0.1:1", "--store", "s3://no-such-bucket/x"])
+        .envs(moto.env())
+        .output()
+        .expect("run pixpool serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("no-such-bucket"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "refused within seconds: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        !stderr.contains("pixpool front") && !stderr.contains("all children started"),
+        "no child was started: {stderr}"
+    );
+}
+
+#[test]
+fn a_host_without_fronts_or_workers_needs_a_queue() {
+    for (fronts, workers) in [("0", "1"), ("1", "0")] {
+        let out = std::process::Command::new(pixpool_bin())
+            .args(["check-config", "--fronts", fronts, "--workers", workers])
+            .env_remove("PIXPOOL_CONFIG")
+            .output()
+            .expect("run check-config");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "fronts {fronts} workers {workers}");
+        assert!(stderr.contains("queue"), "{stderr}");
+        let out = std::process::Command::new(pixpool_bin())
+            .args(["check-config", "--fronts", fronts, "--workers", workers])
+            .args(["--queue", "nats://127.0.0.1:4222"])
+            .env_remove("PIXPOOL_CONFIG")
+            .output()
+            .expect("run check-config");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(shown.contains("queue = \"nats://127.0.0.1:4222\""), "{shown}");
+    }
+}
