@@ -243,7 +243,9 @@ pub async fn run(
         Some(_) => None,
         None => {
             backend_probe.run_once(&*records, &*blobs).await;
-            Some(tokio::spawn(backend_probe.clone().watch(records.clone(), blobs.clone())))
+            Some(tokio::spawn(
+                backend_probe.clone().watch(records.clone(), blobs.clone()),
+            ))
         }
     };
     let state = Arc::new(State {
@@ -398,7 +400,8 @@ impl Probe {
     }
 
     async fn run_once(&self, records: &dyn Records, blobs: &dyn Blobs) {
-        let ask = |what: &'static str, r: Result<Result<(), pixpool_store::StoreError>, _>| match r {
+        let ask = |what: &'static str, r: Result<Result<(), pixpool_store::StoreError>, _>| match r
+        {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(format!("{what}: {}", pixpool_store::error_chain(&e))),
             Err(_) => Some(format!("{what}: no answer within {PROBE_TIMEOUT:?}")),

@@ -182,6 +182,12 @@ impl ApiError {
                 "unavailable",
                 "Service unavailable",
             ),
+            // The distributed backend not answering: the client retries shortly.
+            Store(e) if e.is_unavailable() => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+            ),
             Storage { .. } | Store(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "storage",
@@ -207,6 +213,8 @@ impl ApiError {
         // Server-side details (paths, errno) stay in the log, not in the response.
         let detail = if status == StatusCode::INTERNAL_SERVER_ERROR {
             "an internal error occurred; see the server log".to_string()
+        } else if matches!(self, ApiError::Store(_)) {
+            "the job queue or the object store did not answer; retry shortly".to_string()
         } else {
             self.to_string()
         };
@@ -226,6 +234,10 @@ impl ApiError {
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"pixpool\""),
                 );
+            }
+            ApiError::Store(e) if e.is_unavailable() => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             }
             ApiError::Unavailable(_)
             | ApiError::NotReady(_)

@@ -27,7 +27,11 @@ pub async fn connect(b: &BackendSettings, store: &Store) -> anyhow::Result<Optio
     let Some(urls) = &b.queue else {
         return Ok(None);
     };
-    let nats = pixpool_store::nats::connect(urls, b.queue_replicas)
+    let options = pixpool_store::nats::NatsOptions {
+        ack_wait: b.ack_wait,
+        ..pixpool_store::nats::NatsOptions::new(b.queue_replicas)
+    };
+    let nats = pixpool_store::nats::connect_with(urls, options)
         .await
         .with_context(|| format!("could not set up the job queue on {urls}"))?;
     let blobs: Arc<dyn Blobs> = match &b.store {

@@ -165,6 +165,11 @@ pub struct ServeArgs {
     /// cluster, 1 for a single server [default: 3].
     #[arg(long, env = "PIXPOOL_QUEUE_REPLICAS", value_name = "N")]
     pub queue_replicas: Option<usize>,
+    /// How long a job pulled by a worker that stopped answering (dead, frozen, cut
+    /// off) waits before another worker gets it; a running job's heartbeat renews it
+    /// [default: 30].
+    #[arg(long, env = "PIXPOOL_QUEUE_ACK_WAIT_SECS", value_name = "SECS")]
+    pub queue_ack_wait_secs: Option<u64>,
     /// Where originals and variants live: `s3://BUCKET[/PREFIX]`, with the AWS_*
     /// variables (AWS_ENDPOINT_URL, AWS_REGION, ...) [default: none, the uploads
     /// directory].

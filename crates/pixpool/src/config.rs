@@ -95,6 +95,8 @@ pub struct Settings {
     pub queue: Option<String>,
     /// Replicas of the JetStream stream and KV buckets (3 in a cluster).
     pub queue_replicas: usize,
+    /// Seconds a job pulled by an unresponsive worker waits before redelivery.
+    pub queue_ack_wait_secs: u64,
     /// Object store of originals and variants, `s3://BUCKET[/PREFIX]`; unset: the
     /// uploads directory.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -160,6 +162,7 @@ impl Default for Settings {
             umask: None,
             queue: None,
             queue_replicas: DEFAULT_QUEUE_REPLICAS,
+            queue_ack_wait_secs: 30,
             store: None,
         }
     }
@@ -186,7 +189,8 @@ impl Settings {
             queue_depth, max_pixels, max_side, max_frames, min_free_disk_mb, max_connections,
             body_idle_secs, job_timeout_secs, recycle_after_jobs, recycle_rss_mb,
             worker_memory_mb, worker_nice, work_stealing, log_format, admin);
-        overlay!(s, args; min_upload_bytes_per_sec, max_event_streams, queue_replicas);
+        overlay!(s, args; min_upload_bytes_per_sec, max_event_streams, queue_replicas,
+            queue_ack_wait_secs);
         // An empty value unsets (the embedded default), so an environment file can
         // switch a host back without editing the unit.
         if let Some(q) = &args.queue {
@@ -243,6 +247,13 @@ impl Settings {
                 if !(url.starts_with("nats://") && url.len() > "nats://".len()) {
                     bail!("queue: {url:?} is not a server address like nats://host:4222");
                 }
+            }
+            // A heartbeat every third of it must land even on a loaded machine.
+            if !(3..=3600).contains(&self.queue_ack_wait_secs) {
+                bail!(
+                    "queue_ack_wait_secs must be between 3 and 3600 (got {})",
+                    self.queue_ack_wait_secs
+                );
             }
             if !(1..=5).contains(&self.queue_replicas) {
                 bail!(

@@ -199,7 +199,10 @@ fn reload(
         ("workers", new.workers != running.workers),
         ("admin", new.admin != running.admin),
         ("queue", new.queue != running.queue),
-        ("queue_replicas", new.queue_replicas != running.queue_replicas),
+        (
+            "queue_replicas",
+            new.queue_replicas != running.queue_replicas,
+        ),
         ("store", new.store != running.store),
         // The mask of the whole tree: children share the supervisor's.
         ("umask", new.umask != running.umask),

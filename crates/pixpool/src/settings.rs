@@ -63,6 +63,10 @@ pub struct CommonSettings {
     pub backend: BackendSettings,
 }
 
+fn default_ack_wait() -> Duration {
+    Duration::from_secs(30)
+}
+
 /// Where jobs, records and files live when they are shared between hosts. Every
 /// field unset: the embedded backend (this host's uploads directory and workers).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -71,6 +75,9 @@ pub struct BackendSettings {
     pub queue: Option<String>,
     /// Replicas of the JetStream stream and KV buckets.
     pub queue_replicas: usize,
+    /// How long a pulled job waits for a sign of life before redelivery.
+    #[serde(default = "default_ack_wait")]
+    pub ack_wait: Duration,
     /// `s3://BUCKET[/PREFIX]`; `None` with a queue: the uploads directory.
     pub store: Option<String>,
 }
@@ -144,6 +151,7 @@ impl CommonSettings {
             backend: BackendSettings {
                 queue: s.queue.clone(),
                 queue_replicas: s.queue_replicas,
+                ack_wait: Duration::from_secs(s.queue_ack_wait_secs),
                 store: s.store.clone(),
             },
         })
@@ -285,6 +293,7 @@ mod tests {
             work_stealing: false,
             queue: Some("nats://a:4222,nats://b:4222".into()),
             queue_replicas: 1,
+            queue_ack_wait_secs: 7,
             store: Some("s3://bucket/prefix".into()),
             ..Settings::default()
         }

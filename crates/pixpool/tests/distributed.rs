@@ -66,7 +66,12 @@ async fn two_trees_on_one_queue_and_bucket_are_one_service() {
     for tree in [&a, &b] {
         let mut conn = Conn::open(tree.addr).await.expect("connect");
         let health = conn.get("/health").await.expect("health");
-        assert_eq!(health.json()["backend"], "distributed", "{:?}", health.json());
+        assert_eq!(
+            health.json()["backend"],
+            "distributed",
+            "{:?}",
+            health.json()
+        );
         let ready = conn.get("/readyz").await.expect("readyz");
         assert_eq!(ready.status, StatusCode::OK, "{:?}", ready.body_snippet());
     }
@@ -145,10 +150,7 @@ async fn two_trees_on_one_queue_and_bucket_are_one_service() {
             .expect("conditional GET");
         assert_eq!(cached.status, StatusCode::NOT_MODIFIED, "{url}");
     }
-    let missing = on_b
-        .get(&format!("/images/{id}/large"))
-        .await
-        .expect("GET");
+    let missing = on_b.get(&format!("/images/{id}/large")).await.expect("GET");
     assert_problem(&missing, StatusCode::NOT_FOUND, "a preset not asked for");
     let unknown = on_b
         .upload_to(
@@ -186,7 +188,10 @@ async fn two_trees_on_one_queue_and_bucket_are_one_service() {
     }
     for id in &ids {
         let job = wait_final(a.addr, id, Duration::from_secs(60)).await;
-        assert_eq!((&job["state"], &job["attempts"]), (&"done".into(), &1.into()));
+        assert_eq!(
+            (&job["state"], &job["attempts"]),
+            (&"done".into(), &1.into())
+        );
         let lines = processing_lines(&[&a, &b], id);
         assert_eq!(lines.len(), 1, "job {id} processed once: {lines:#?}");
     }
@@ -209,7 +214,10 @@ async fn a_front_only_host_and_a_worker_only_host_share_the_work() {
     };
     let workers = svc.tree(0, 2, &[]);
     assert!(
-        workers.children().iter().all(|(_, c)| !c.contains(" front ")),
+        workers
+            .children()
+            .iter()
+            .all(|(_, c)| !c.contains(" front ")),
         "a worker-only host runs no front"
     );
     let fronts = svc.tree(1, 0, &[]);
@@ -226,7 +234,11 @@ async fn a_front_only_host_and_a_worker_only_host_share_the_work() {
     for id in &ids {
         let job = wait_final(fronts.addr, id, Duration::from_secs(60)).await;
         assert_eq!(job["state"], "done", "{job}");
-        assert_eq!(workers.processing_lines(id).len(), 1, "run by the worker host");
+        assert_eq!(
+            workers.processing_lines(id).len(),
+            1,
+            "run by the worker host"
+        );
     }
     assert!(
         fronts.processing_lines(&ids[0]).is_empty(),
@@ -241,10 +253,22 @@ async fn a_missing_bucket_stops_serve_at_once_naming_it() {
     };
     let started = Instant::now();
     let out = std::process::Command::new(pixpool_bin())
-        .args(["serve", "--bind", "127.0.0.1:0", "--admin", "off", "--uploads"])
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--uploads",
+        ])
         .arg(fresh_uploads())
         // No NATS server is needed to find the bucket missing.
-        .args(["--queue", "nats://127.0.0.1:1", "--store", "s3://no-such-bucket/x"])
+        .args([
+            "--queue",
+            "nats://127.0.0.1:1",
+            "--store",
+            "s3://no-such-bucket/x",
+        ])
         .envs(moto.env())
         .output()
         .expect("run pixpool serve");
@@ -285,6 +309,198 @@ fn a_host_without_fronts_or_workers_needs_a_queue() {
             String::from_utf8_lossy(&out.stderr)
         );
         let shown = String::from_utf8_lossy(&out.stdout);
-        assert!(shown.contains("queue = \"nats://127.0.0.1:4222\""), "{shown}");
+        assert!(
+            shown.contains("queue = \"nats://127.0.0.1:4222\""),
+            "{shown}"
+        );
     }
+}
+
+/// The flags of a tree whose jobs go to another worker soon after their worker stops
+/// answering (the production default is 30 s).
+const QUICK_REDELIVERY: &[&str] = &["--queue-ack-wait-secs", "5"];
+
+/// The final record of every job in `ids`, each checked done with its variants
+/// served as the record describes them.
+async fn all_done(front: &Server, ids: &[String], within: Duration) -> Vec<serde_json::Value> {
+    let mut jobs = Vec::new();
+    let mut conn = Conn::open(front.addr).await.expect("connect");
+    for id in ids {
+        let job = wait_final(front.addr, id, within).await;
+        assert_eq!(job["state"], "done", "{job}");
+        for out in job["outputs"].as_array().expect("outputs") {
+            let url = out["url"].as_str().expect("url");
+            let got = conn.get(url).await.expect("GET image");
+            assert_eq!(got.status, StatusCode::OK, "{url}");
+            let etag = format!("\"{}\"", out["etag"].as_str().expect("etag"));
+            assert_eq!(got.header("etag"), Some(etag.as_str()), "{url}");
+            assert_eq!(out["bytes"].as_u64(), Some(got.body.len() as u64), "{url}");
+        }
+        jobs.push(job);
+    }
+    jobs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_killed_mid_burst_and_a_lost_nats_node_lose_no_accepted_job() {
+    let Some(mut svc) = Service::start("faults") else {
+        return;
+    };
+    let workers = svc.tree(0, 2, QUICK_REDELIVERY);
+    let front = svc.tree(1, 0, QUICK_REDELIVERY);
+    let leaf = photo("04-fallenleaf.jpg");
+    let mut conn = Conn::open(front.addr).await.expect("connect");
+    let (mut accepted, mut refused) = (Vec::new(), 0);
+    for n in 0..12 {
+        if n == 3 {
+            // Both workers of the worker host, mid-burst, with jobs in hand.
+            for slot in 0..2 {
+                kill9(workers.child_pid("worker", slot).expect("worker pid"));
+            }
+        }
+        if n == 6 {
+            svc.nats.kill(1);
+        }
+        if n == 9 {
+            svc.nats.restart(1);
+        }
+        let bytes = unique_jpeg(&leaf, 7000 + n);
+        let resp = match conn
+            .upload_to(
+                "/upload?presets=thumb,small",
+                &[("image", Some("l.jpg"), &bytes)],
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => {
+                conn = Conn::open(front.addr).await.expect("reconnect");
+                refused += 1;
+                continue;
+            }
+        };
+        match resp.status {
+            StatusCode::ACCEPTED => accepted.push(accepted_id(&resp, "burst")),
+            // Not taken while the cluster moved its leaders: refused, never lost.
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(resp.header("retry-after").is_some(), "{resp:?}");
+                refused += 1;
+            }
+            other => panic!("upload {n}: {other} {:?}", resp.body_snippet()),
+        }
+    }
+    assert!(
+        accepted.len() >= 6,
+        "{} accepted, {refused} refused",
+        accepted.len()
+    );
+    let jobs = all_done(&front, &accepted, Duration::from_secs(120)).await;
+    for job in &jobs {
+        assert_eq!(job["outputs"].as_array().map(Vec::len), Some(2), "{job}");
+    }
+    // The jobs in hand when the workers died ran again; the rest ran once.
+    let reruns = accepted
+        .iter()
+        .filter(|id| workers.processing_lines(id).len() > 1)
+        .count();
+    assert!(
+        reruns <= 2,
+        "at most the two jobs in hand ran twice: {reruns}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_worker_past_its_deadline_cannot_overwrite_the_newer_state() {
+    let Some(svc) = Service::start("zombie") else {
+        return;
+    };
+    let workers = svc.tree(0, 2, QUICK_REDELIVERY);
+    let front = svc.tree(1, 0, QUICK_REDELIVERY);
+    let (name, bytes) = slow_photo("zombie");
+    let resp = upload(front.addr, &name, &bytes).await;
+    let id = accepted_id(&resp, "slow photo");
+    // Frozen mid-job: the worker whose `processing` line names the job.
+    let line = poll_until(
+        Duration::from_secs(60),
+        || format!("job {id} never started:\n{}", workers.log_text()),
+        || workers.processing_lines(&id).into_iter().next(),
+    )
+    .await;
+    let zombie_slot: u32 = (0..2)
+        .find(|s| line.contains(&format!("slot={s}")))
+        .unwrap_or_else(|| panic!("no slot in {line}"));
+    let zombie = workers.child_pid("worker", zombie_slot).expect("pid");
+    pause_process(zombie);
+
+    // Its heartbeat stops; after the deadline the other worker runs the job.
+    let job = wait_final(front.addr, &id, Duration::from_secs(120)).await;
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["attempts"], 2, "{job}");
+    resume_process(zombie);
+    // The zombie finishes its render, and its final write loses the race.
+    poll_until(
+        Duration::from_secs(60),
+        || format!("the zombie did not give up:\n{}", workers.log_text()),
+        || {
+            (!workers
+                .log_lines_with(&[&id, "the record changed under this worker"])
+                .is_empty())
+            .then_some(())
+        },
+    )
+    .await;
+    let after = all_done(&front, std::slice::from_ref(&id), Duration::from_secs(5)).await;
+    assert_eq!(after[0], job, "the newer state stands, outputs and all");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_that_stops_answering_gets_503_fast_and_the_service_recovers_alone() {
+    let Some(svc) = Service::start("s3-outage") else {
+        return;
+    };
+    let tree = svc.tree(1, 1, &[]);
+    let leaf = photo("04-fallenleaf.jpg");
+    let first = upload(tree.addr, "a.jpg", &unique_jpeg(&leaf, 1)).await;
+    let first = accepted_id(&first, "before the outage");
+    wait_final(tree.addr, &first, Duration::from_secs(60)).await;
+
+    svc.moto.pause();
+    let started = Instant::now();
+    let during = upload(tree.addr, "b.jpg", &unique_jpeg(&leaf, 2)).await;
+    let took = started.elapsed();
+    assert_problem(
+        &during,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "upload during the outage",
+    );
+    assert!(during.header("retry-after").is_some(), "{during:?}");
+    assert!(took < Duration::from_secs(10), "refused after {took:?}");
+    let mut conn = Conn::open(tree.addr).await.expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = conn.get("/readyz").await.expect("readyz");
+        if ready.status == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        assert!(Instant::now() < deadline, "readyz stayed {}", ready.status);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        conn.get("/health").await.expect("health").status,
+        StatusCode::OK
+    );
+
+    svc.moto.resume();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while conn.get("/readyz").await.expect("readyz").status != StatusCode::OK {
+        assert!(
+            Instant::now() < deadline,
+            "not ready again after the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = upload(tree.addr, "c.jpg", &unique_jpeg(&leaf, 3)).await;
+    let after = accepted_id(&after, "after the outage");
+    let job = wait_final(tree.addr, &after, Duration::from_secs(60)).await;
+    assert_eq!(job["state"], "done", "{job}");
 }

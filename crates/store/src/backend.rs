@@ -265,6 +265,13 @@ pub trait Consumer: Send + Sync + fmt::Debug {
     /// meanwhile: a crash before then delivers it again too.
     async fn retry(&self, delivery: Delivery, wait: Duration);
 
+    /// Lets go of `delivery` without telling the queue anything: its record shows that
+    /// another worker owns the job now (this one was presumed dead), so neither an ack
+    /// nor a retry of this copy is this worker's to send.
+    fn abandon(&self, delivery: &Delivery) {
+        let _ = delivery;
+    }
+
     /// Jobs waiting for this worker (for heartbeats and metrics).
     fn waiting(&self) -> usize;
 

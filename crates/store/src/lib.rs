@@ -202,6 +202,14 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether a shared service (NATS, S3) did not answer or refused for now: the
+    /// client may retry shortly (503), unlike a local disk's failure (500).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Nats { .. } | StoreError::S3 { .. })
+    }
+}
+
 /// Handle on one uploads directory. Cheap to clone; holds only paths.
 #[derive(Debug, Clone)]
 pub struct Store {

@@ -244,10 +244,10 @@ impl Server {
                     && log.matches("worker ready").count() >= self.workers as usize
             } else {
                 kids.len() == (self.fronts + self.workers) as usize
-                && (0..self.workers)
-                    .all(|w| self.uploads.join(format!("run/worker-{w}.sock")).exists())
-                && log.matches("connected to worker").count()
-                    >= (self.fronts * self.workers) as usize
+                    && (0..self.workers)
+                        .all(|w| self.uploads.join(format!("run/worker-{w}.sock")).exists())
+                    && log.matches("connected to worker").count()
+                        >= (self.fronts * self.workers) as usize
             };
             if ready {
                 return;

@@ -491,6 +491,7 @@ async fn begin(
         }
         Err(StoreError::Conflict { .. }) => {
             warn!("the record changed under this worker; leaving the job to its new owner");
+            backend.queue.abandon(&job.delivery);
             return Err(Outcome::Skipped);
         }
         Err(e) if job.delivery.retries < MAX_RETRIES => {
@@ -655,6 +656,14 @@ async fn conclude(backend: &Backend, work: Concluding) -> Outcome {
                 retry = job.delivery.retries,
                 "processing failed on the server side"
             );
+            // A worker stalled long enough for its storage calls to time out may have
+            // been presumed dead: handing back a job it no longer owns would disturb
+            // the worker that does.
+            if superseded(backend, &job).await {
+                warn!("the record changed under this worker; leaving the job to its new owner");
+                backend.queue.abandon(&job.delivery);
+                return Outcome::Skipped;
+            }
             retry_later(&backend.queue, job.delivery);
             return Outcome::Retry;
         }
@@ -672,10 +681,6 @@ async fn conclude(backend: &Backend, work: Concluding) -> Outcome {
             rec.state = JobState::Failed;
             rec.outputs.clear();
             rec.error = Some(e.to_problem());
-            // A failed job leaves no variant behind.
-            if let Err(e) = backend.blobs.delete_variants(&rendered.stored).await {
-                warn!(cause = %e, "could not remove the variants of a failed job");
-            }
             Outcome::Failed
         }
     };
@@ -688,12 +693,20 @@ async fn conclude(backend: &Backend, work: Concluding) -> Outcome {
         Ok(_) => {}
         Err(StoreError::Conflict { .. }) => {
             warn!("the record changed under this worker; its result is dropped");
+            backend.queue.abandon(&job.delivery);
             return Outcome::Skipped;
         }
         Err(e) => {
             error!(cause = %e, "could not write the final record; will retry");
             retry_later(&backend.queue, job.delivery);
             return Outcome::Retry;
+        }
+    }
+    // A failed job leaves no variant behind; removed only once the record says so, since
+    // before, a worker that took the job over may have stored the same keys.
+    if outcome == Outcome::Failed {
+        if let Err(e) = backend.blobs.delete_variants(&rendered.stored).await {
+            warn!(cause = %e, "could not remove the variants of a failed job");
         }
     }
     if let Err(e) = backend.queue.ack(&job.delivery).await {
@@ -713,6 +726,15 @@ async fn conclude(backend: &Backend, work: Concluding) -> Outcome {
         _ => warn!(problem = ?rec.error.as_ref().map(|p| &p.kind), "job failed"),
     }
     outcome
+}
+
+/// Whether the job's record moved past the revision this worker wrote (another worker
+/// took the job over). An unreadable record is not proof of it.
+async fn superseded(backend: &Backend, job: &Running) -> bool {
+    matches!(
+        backend.records.get(&job.rec.id).await,
+        Ok(Some(read)) if read.revision != job.revision
+    )
 }
 
 fn resolve(known: &[Preset], names: &[String]) -> Result<Vec<Preset>, String> {

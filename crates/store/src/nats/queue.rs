@@ -326,6 +326,12 @@ impl Consumer for JobConsumer {
         }
     }
 
+    /// Stops the heartbeat and forgets the message: an ack of this old delivery could
+    /// remove the job while its new owner still works on it.
+    fn abandon(&self, delivery: &Delivery) {
+        self.release(delivery);
+    }
+
     fn waiting(&self) -> usize {
         self.pending.load(Ordering::Relaxed)
     }

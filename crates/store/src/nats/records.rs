@@ -161,11 +161,12 @@ impl Records for KvRecords {
     /// The jobs bucket's stream info: answered only when the server is reachable and
     /// the bucket's stream has a leader (a cluster that lost its majority has none).
     async fn ready(&self) -> Result<(), StoreError> {
-        self.jobs
-            .status()
-            .await
-            .map(|_| ())
-            .map_err(|e| nats_err(format!("read the status of KV bucket {}", super::JOBS_BUCKET), e))
+        self.jobs.status().await.map(|_| ()).map_err(|e| {
+            nats_err(
+                format!("read the status of KV bucket {}", super::JOBS_BUCKET),
+                e,
+            )
+        })
     }
 }
 

@@ -80,10 +80,12 @@ impl Default for S3Options {
             region: None,
             allow_http: None,
             connect_timeout: Duration::from_secs(2),
-            read_timeout: Duration::from_secs(30),
+            // A healthy endpoint answers within it; one that stopped answering
+            // (after its connection was accepted) fails an upload within seconds.
+            read_timeout: Duration::from_secs(4),
             request_timeout: Duration::from_secs(120),
             max_retries: 3,
-            retry_timeout: Duration::from_secs(5),
+            retry_timeout: Duration::from_secs(4),
             check_timeout: Duration::from_secs(10),
             part_size: 8 * 1024 * 1024,
         }
