@@ -504,3 +504,62 @@ async fn a_bucket_that_stops_answering_gets_503_fast_and_the_service_recovers_al
     let job = wait_final(tree.addr, &after, Duration::from_secs(60)).await;
     assert_eq!(job["state"], "done", "{job}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_without_quorum_gets_503_fast_and_the_service_recovers_alone() {
+    let Some(mut svc) = Service::start("no-quorum") else {
+        return;
+    };
+    let tree = svc.tree(1, 1, &[]);
+    let leaf = photo("04-fallenleaf.jpg");
+    let first = upload(tree.addr, "a.jpg", &unique_jpeg(&leaf, 1)).await;
+    let first = accepted_id(&first, "before the outage");
+    wait_final(tree.addr, &first, Duration::from_secs(60)).await;
+
+    // Two of three servers gone: no leader, no write can be acknowledged.
+    svc.nats.kill(1);
+    svc.nats.kill(2);
+    let mut conn = Conn::open(tree.addr).await.expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = conn.get("/readyz").await.expect("readyz");
+        if ready.status == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        assert!(Instant::now() < deadline, "readyz stayed {}", ready.status);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let started = Instant::now();
+    let during = upload(tree.addr, "b.jpg", &unique_jpeg(&leaf, 2)).await;
+    let took = started.elapsed();
+    assert_problem(
+        &during,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "upload without quorum",
+    );
+    assert!(during.header("retry-after").is_some(), "{during:?}");
+    assert!(took < Duration::from_secs(10), "refused after {took:?}");
+    assert_eq!(
+        conn.get("/health").await.expect("health").status,
+        StatusCode::OK
+    );
+    // A surviving replica still answers reads (KV direct gets): the finished job.
+    let status = conn.get(&format!("/jobs/{first}")).await.expect("GET job");
+    assert_eq!(status.status, StatusCode::OK, "{status:?}");
+    assert_eq!(status.json()["state"], "done");
+
+    svc.nats.restart(1);
+    svc.nats.restart(2);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while conn.get("/readyz").await.expect("readyz").status != StatusCode::OK {
+        assert!(
+            Instant::now() < deadline,
+            "not ready again after the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = upload(tree.addr, "c.jpg", &unique_jpeg(&leaf, 3)).await;
+    let after = accepted_id(&after, "after the outage");
+    let job = wait_final(tree.addr, &after, Duration::from_secs(60)).await;
+    assert_eq!(job["state"], "done", "{job}");
+}

@@ -205,3 +205,81 @@ async fn nats_queue_keeps_the_contract() {
     suite::assert_leaves_queue(&*queue, &long).await;
     eprintln!("queue checks took {:?}", started.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_fronts_unqueued_job_is_undone_through_the_backend() {
+    use pixpool_store::backend::Blobs;
+    use pixpool_store::embedded::{self, FileBlobs, Upload};
+
+    let Some(cluster) = NatsCluster::start("recover") else {
+        return;
+    };
+    let backend = connect(&cluster.urls()).await;
+    let (_dir, store) = suite::Dir::new("recover");
+    let blobs: Arc<dyn Blobs> = Arc::new(FileBlobs::new(store.clone()));
+    let records: Arc<dyn Records> = backend.records.clone();
+    std::fs::create_dir_all(store.spool_dir(0)).expect("spool dir");
+    let upload = |id: &JobId, key: &str| {
+        std::fs::write(store.part_path(0, id), b"original bytes").expect("spool");
+        Upload {
+            id: id.clone(),
+            format: "jpeg",
+            extension: "jpg",
+            bytes: 14,
+            content_hash: "ab".into(),
+            presets: vec!["thumb".into()],
+            dedup_key: Some(key.into()),
+        }
+    };
+    // A front killed after recording a job, before queueing it: never answered 202.
+    let lost = JobId::generate();
+    assert_eq!(
+        records.dedup_claim("k-lost", &lost).await.expect("claim"),
+        None
+    );
+    let admitted = embedded::accept(&store, &blobs, &records, 0, upload(&lost, "k-lost"))
+        .await
+        .expect("accept");
+    let lost_original = admitted.record().source.path.clone();
+    std::mem::forget(admitted);
+    // One killed after queueing, before it dropped its marker: the queue's now.
+    let queued = JobId::generate();
+    let admitted = embedded::accept(&store, &blobs, &records, 0, upload(&queued, "k-q"))
+        .await
+        .expect("accept");
+    backend
+        .queue
+        .enqueue(&spec(&queued))
+        .await
+        .expect("enqueue");
+    std::mem::forget(admitted);
+    // And one killed mid-stream.
+    std::fs::write(store.part_path(0, &JobId::generate()), b"half").expect("part");
+
+    let undone = embedded::recover(&store, 0, &*records, &*blobs, &*backend.queue)
+        .await
+        .expect("recover");
+    assert_eq!(undone, (1, 1), "one partial upload, one unqueued job");
+    assert!(records.get(&lost).await.expect("get").is_none());
+    assert!(
+        !store.root().join(&lost_original).exists(),
+        "{lost_original}"
+    );
+    assert_eq!(
+        records
+            .dedup_claim("k-lost", &JobId::generate())
+            .await
+            .expect("claim"),
+        None,
+        "the undone job's dedup entry is free"
+    );
+    let kept = records.get(&queued).await.expect("get").expect("record");
+    assert_eq!(kept.value.state, pixpool_store::JobState::Queued);
+    assert!(backend.queue.is_queued(&queued).await.expect("is_queued"));
+    let left: Vec<_> = std::fs::read_dir(store.spool_dir(0))
+        .expect("spool dir")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "spool left: {left:?}");
+}

@@ -158,15 +158,24 @@ impl Records for KvRecords {
         }
     }
 
-    /// The jobs bucket's stream info: answered only when the server is reachable and
-    /// the bucket's stream has a leader (a cluster that lost its majority has none).
+    /// The jobs bucket's stream info, asked of the server (the client's copy is a
+    /// cache): answered only when a server is reachable, and naming a leader only while
+    /// the bucket's replicas have a quorum.
     async fn ready(&self) -> Result<(), StoreError> {
-        self.jobs.status().await.map(|_| ()).map_err(|e| {
-            nats_err(
-                format!("read the status of KV bucket {}", super::JOBS_BUCKET),
-                e,
-            )
-        })
+        let step = || format!("read the status of KV bucket {}", super::JOBS_BUCKET);
+        let info = self
+            .jobs
+            .stream
+            .get_info()
+            .await
+            .map_err(|e| nats_err(step(), e))?;
+        match info.cluster {
+            Some(c) if c.leader.is_none() => Err(nats_err(
+                step(),
+                std::io::Error::other("the bucket has no leader (no quorum of its replicas)"),
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
