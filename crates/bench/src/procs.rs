@@ -27,12 +27,12 @@ impl Role {
     /// The role's name in `kind`'s own vocabulary.
     pub fn label(self, kind: ServerKind) -> &'static str {
         match (kind, self) {
-            (ServerKind::Pixpool, Role::Root) => "supervisor",
-            (ServerKind::Pixpool, Role::Http) => "front",
-            (ServerKind::Pixpool, Role::Image) => "worker",
             (ServerKind::Peer, Role::Root) => "master",
             (ServerKind::Peer, Role::Http) => "web worker",
             (ServerKind::Peer, Role::Image) => "image worker",
+            (_, Role::Root) => "supervisor",
+            (_, Role::Http) => "front",
+            (_, Role::Image) => "worker",
             (_, Role::Other) => "other",
         }
     }
@@ -49,11 +49,6 @@ pub fn classify(kind: ServerKind, is_root: bool, argv: &[String]) -> Role {
         return Role::Root;
     }
     match kind {
-        ServerKind::Pixpool => match argv.get(1).map(String::as_str) {
-            Some("front") => Role::Http,
-            Some("worker") => Role::Image,
-            _ => Role::Other,
-        },
         ServerKind::Peer => {
             let runs = |script: &str| argv.iter().skip(1).any(|a| a.ends_with(script));
             if runs("image_worker.js") {
@@ -64,6 +59,11 @@ pub fn classify(kind: ServerKind, is_root: bool, argv: &[String]) -> Role {
                 Role::Other
             }
         }
+        _ => match argv.get(1).map(String::as_str) {
+            Some("front") => Role::Http,
+            Some("worker") => Role::Image,
+            _ => Role::Other,
+        },
     }
 }
 

@@ -214,7 +214,14 @@ impl Summary {
         elapsed: Duration,
     ) -> Summary {
         let mut servers = Vec::new();
-        for kind in [ServerKind::Pixpool, ServerKind::Peer] {
+        // The order of the columns: the compared pair's numerator first.
+        for kind in [
+            ServerKind::Distributed,
+            ServerKind::SplitTwo,
+            ServerKind::Pixpool,
+            ServerKind::Peer,
+            ServerKind::SplitOne,
+        ] {
             let runs: Vec<&RunResult> = results.iter().filter(|r| r.server == kind).collect();
             if !runs.is_empty() {
                 servers.push(ServerSummary::of(kind, &runs));
@@ -260,27 +267,67 @@ impl Summary {
     }
 }
 
+/// The two servers a run compares, numerator first: pixpool and its peer; the
+/// distributed mode and the embedded one; two worker hosts and one.
+pub fn comparison(kinds: &[ServerKind]) -> Option<(ServerKind, ServerKind)> {
+    let has = |k| kinds.contains(&k);
+    use ServerKind::*;
+    [
+        (Pixpool, Peer),
+        (Distributed, Pixpool),
+        (SplitTwo, SplitOne),
+    ]
+    .into_iter()
+    .find(|&(a, b)| has(a) && has(b))
+}
+
 /// `RESULT pixpool_img_s=… peer_img_s=… ratio=… health_p99_ms=… worker_rss_mb=…
 /// peer_worker_rss_mb=…` (`na` where unknown; `invalid=N` appended when N problems
-/// were found).
+/// were found). Against the embedded mode: `RESULT embedded_img_s=…
+/// distributed_img_s=… distributed_ratio=… health_p99_ms=…`; the scaling run:
+/// `RESULT one_worker_host_img_s=… two_worker_hosts_img_s=… scaling_ratio=…`.
 fn result_line(servers: &[ServerSummary], valid: bool, problems: usize) -> String {
     let find = |k| servers.iter().find(|s| s.server == k);
-    let (pix, peer) = (find(ServerKind::Pixpool), find(ServerKind::Peer));
-    let pix_ips = pix.and_then(|s| s.images_per_s);
-    let peer_ips = peer.and_then(|s| s.images_per_s);
-    let ratio = match (pix_ips, peer_ips) {
+    let ips = |k| find(k).and_then(|s| s.images_per_s);
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
         _ => None,
     };
-    let mut line = format!(
-        "RESULT pixpool_img_s={} peer_img_s={} ratio={} health_p99_ms={} worker_rss_mb={} peer_worker_rss_mb={}",
-        num(pix_ips, 2),
-        num(peer_ips, 2),
-        num(ratio, 2),
-        num(pix.and_then(|s| s.health_p99_ms), 1),
-        num(pix.and_then(ServerSummary::image_worker_mib), 1),
-        num(peer.and_then(ServerSummary::image_worker_mib), 1),
-    );
+    let kinds: Vec<ServerKind> = servers.iter().map(|s| s.server).collect();
+    let mut line = match comparison(&kinds) {
+        Some((ServerKind::Distributed, _)) => {
+            let (d, e) = (ips(ServerKind::Distributed), ips(ServerKind::Pixpool));
+            format!(
+                "RESULT embedded_img_s={} distributed_img_s={} distributed_ratio={} health_p99_ms={}",
+                num(e, 2),
+                num(d, 2),
+                num(ratio(d, e), 2),
+                num(find(ServerKind::Distributed).and_then(|s| s.health_p99_ms), 1),
+            )
+        }
+        Some((ServerKind::SplitTwo, _)) => {
+            let (two, one) = (ips(ServerKind::SplitTwo), ips(ServerKind::SplitOne));
+            format!(
+                "RESULT one_worker_host_img_s={} two_worker_hosts_img_s={} scaling_ratio={}",
+                num(one, 2),
+                num(two, 2),
+                num(ratio(two, one), 2),
+            )
+        }
+        _ => {
+            let (pix, peer) = (find(ServerKind::Pixpool), find(ServerKind::Peer));
+            let (pix_ips, peer_ips) = (ips(ServerKind::Pixpool), ips(ServerKind::Peer));
+            format!(
+                "RESULT pixpool_img_s={} peer_img_s={} ratio={} health_p99_ms={} worker_rss_mb={} peer_worker_rss_mb={}",
+                num(pix_ips, 2),
+                num(peer_ips, 2),
+                num(ratio(pix_ips, peer_ips), 2),
+                num(pix.and_then(|s| s.health_p99_ms), 1),
+                num(pix.and_then(ServerSummary::image_worker_mib), 1),
+                num(peer.and_then(ServerSummary::image_worker_mib), 1),
+            )
+        }
+    };
     if !valid {
         let _ = write!(line, " invalid={problems}");
     }
@@ -325,15 +372,19 @@ pub fn progress_line(r: &RunResult) -> String {
     line
 }
 
-/// pixpool's images/s over the peer's, rep by rep, from `(rep, server, images/s)` of
+/// `pair.0`'s images/s over `pair.1`'s, rep by rep, from `(rep, server, images/s)` of
 /// the valid runs (reps with both), ascending.
-fn per_rep_ratios(runs: impl IntoIterator<Item = (u32, ServerKind, f64)>) -> Vec<f64> {
+fn per_rep_ratios(
+    pair: (ServerKind, ServerKind),
+    runs: impl IntoIterator<Item = (u32, ServerKind, f64)>,
+) -> Vec<f64> {
     let mut by_rep: BTreeMap<u32, (Option<f64>, Option<f64>)> = BTreeMap::new();
     for (rep, server, images_per_s) in runs {
         let entry = by_rep.entry(rep).or_default();
-        match server {
-            ServerKind::Pixpool => entry.0 = Some(images_per_s),
-            ServerKind::Peer => entry.1 = Some(images_per_s),
+        if server == pair.0 {
+            entry.0 = Some(images_per_s);
+        } else if server == pair.1 {
+            entry.1 = Some(images_per_s);
         }
     }
     let mut ratios: Vec<f64> = by_rep
@@ -352,10 +403,14 @@ pub fn render(summary: &Summary, results: &[RunResult], corpus: &Corpus) -> Stri
     let mut out = String::new();
     let s = &summary.settings;
     let kinds: Vec<ServerKind> = summary.servers.iter().map(|s| s.server).collect();
-    let title = if kinds.contains(&ServerKind::Peer) {
-        "pixpool vs peer (node-sharp)"
-    } else {
-        "pixpool"
+    let pair = comparison(&kinds);
+    let title = match pair {
+        Some((ServerKind::Pixpool, _)) => "pixpool vs peer (node-sharp)",
+        Some((ServerKind::Distributed, _)) => {
+            "pixpool distributed (NATS + S3 on this host) vs embedded"
+        }
+        Some(_) => "pixpool distributed: two worker-only hosts vs one (each one pinned CPU)",
+        None => "pixpool",
     };
     let _ = writeln!(out, "\n## {title}: median of {} reps\n", s.reps);
     let _ = writeln!(
@@ -383,7 +438,12 @@ pub fn render(summary: &Summary, results: &[RunResult], corpus: &Corpus) -> Stri
         rule.push_str(" ---: |");
     }
     if two {
-        header.push_str(" pixpool ÷ peer |");
+        let _ = write!(
+            header,
+            " {} ÷ {} |",
+            cols[0].server.name(),
+            cols[1].server.name()
+        );
         rule.push_str(" ---: |");
     }
     let _ = writeln!(out, "{header}\n{rule}");
@@ -412,10 +472,11 @@ pub fn render(summary: &Summary, results: &[RunResult], corpus: &Corpus) -> Stri
         &|c| format!("**{}**", num(c.images_per_s, 2)),
         ratio(&|c| c.images_per_s),
     );
-    if two {
+    if let (true, Some(pair)) = (two, pair) {
         // Each rep runs both servers back to back: their ratio is immune to the
         // machine's drift over the benchmark, which the medians above are not.
         let ratios = per_rep_ratios(
+            pair,
             results
                 .iter()
                 .filter(|r| r.valid())
@@ -749,9 +810,25 @@ mod tests {
             line,
             "RESULT pixpool_img_s=12.00 peer_img_s=8.00 ratio=1.50 health_p99_ms=3.3 worker_rss_mb=na peer_worker_rss_mb=na"
         );
-        let alone = result_line(&[pix], false, 2);
+        let alone = result_line(std::slice::from_ref(&pix), false, 2);
         assert!(alone.contains("peer_img_s=na ratio=na"));
         assert!(alone.ends_with(" invalid=2"));
+
+        let mut dist = ServerSummary::of(ServerKind::Distributed, &[]);
+        dist.images_per_s = Some(10.2);
+        dist.health_p99_ms = Some(4.0);
+        assert_eq!(
+            result_line(&[dist, pix], true, 0),
+            "RESULT embedded_img_s=12.00 distributed_img_s=10.20 distributed_ratio=0.85 health_p99_ms=4.0"
+        );
+        let mut one = ServerSummary::of(ServerKind::SplitOne, &[]);
+        one.images_per_s = Some(5.0);
+        let mut two = ServerSummary::of(ServerKind::SplitTwo, &[]);
+        two.images_per_s = Some(9.5);
+        assert_eq!(
+            result_line(&[two, one], true, 0),
+            "RESULT one_worker_host_img_s=5.00 two_worker_hosts_img_s=9.50 scaling_ratio=1.90"
+        );
     }
 
     #[test]
@@ -815,7 +892,7 @@ mod tests {
             // A rep whose peer run is missing (invalid) pairs nothing.
             (3, Pixpool, 90.0),
         ];
-        assert_eq!(per_rep_ratios(runs), vec![1.5, 2.0]);
-        assert!(per_rep_ratios([(1, Pixpool, 10.0), (1, Peer, 0.0)]).is_empty());
+        assert_eq!(per_rep_ratios((Pixpool, Peer), runs), vec![1.5, 2.0]);
+        assert!(per_rep_ratios((Pixpool, Peer), [(1, Pixpool, 10.0), (1, Peer, 0.0)]).is_empty());
     }
 }

@@ -220,13 +220,13 @@ enum Tracker {
 impl Tracker {
     fn new(server: &Server) -> anyhow::Result<Tracker> {
         Ok(match server.kind {
-            ServerKind::Pixpool => Tracker::Pixpool {
-                pool: ConnPool::new(server.addr),
-            },
             ServerKind::Peer => Tracker::Peer {
                 watch: OutputWatch::start(&peer_outputs(server.uploads())?)?,
                 accepted_total: 0,
                 baseline: PeerStats::default(),
+            },
+            _ => Tracker::Pixpool {
+                pool: ConnPool::new(server.addr),
             },
         })
     }

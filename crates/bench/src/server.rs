@@ -41,12 +41,20 @@ const LOG_TAIL_LINES: usize = 300;
 
 /// Which server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum ServerKind {
     /// `pixpool serve`.
     Pixpool,
     /// The Node.js peer (`node src/cluster_initializer.js`).
     Peer,
+    /// `pixpool serve` in the distributed mode, on this host's NATS cluster and S3
+    /// server ([`SharedServices`]), with the same fronts and workers.
+    Distributed,
+    /// The distributed mode split over hosts: a front-only tree, and one worker-only
+    /// tree of one worker pinned to CPU 0 (`taskset`).
+    SplitOne,
+    /// [`ServerKind::SplitOne`] with a second worker-only tree pinned to CPU 1.
+    SplitTwo,
 }
 
 impl ServerKind {
@@ -55,8 +63,37 @@ impl ServerKind {
         match self {
             ServerKind::Pixpool => "pixpool",
             ServerKind::Peer => "peer",
+            ServerKind::Distributed => "distributed",
+            ServerKind::SplitOne => "split-1w",
+            ServerKind::SplitTwo => "split-2w",
         }
     }
+
+    /// Whether this is pixpool (in any mode): its API, its process names.
+    pub fn is_pixpool(self) -> bool {
+        self != ServerKind::Peer
+    }
+
+    /// The worker-only trees started beside the main one, each pinned to one CPU.
+    fn pinned_worker_trees(self) -> u32 {
+        match self {
+            ServerKind::SplitOne => 1,
+            ServerKind::SplitTwo => 2,
+            _ => 0,
+        }
+    }
+}
+
+/// The NATS cluster and S3 server of the distributed runs, started once by the
+/// benchmark.
+#[derive(Debug, Clone)]
+pub struct SharedServices {
+    /// `--queue`: the cluster's client URLs.
+    pub queue: String,
+    /// The bucket; each run stores under a prefix of its own.
+    pub bucket: String,
+    /// The `AWS_*` variables that point pixpool at the S3 server.
+    pub env: Vec<(String, String)>,
 }
 
 /// What is needed to start either server.
@@ -76,6 +113,8 @@ pub struct Launch {
     pub fronts: u32,
     /// `RUST_LOG` for pixpool.
     pub pixpool_log: String,
+    /// The distributed runs' services (`--distributed`, `--scaling`).
+    pub shared: Option<SharedServices>,
 }
 
 /// A program the server runs under (a tracer): the server's command line is appended
@@ -223,6 +262,9 @@ pub struct Server {
     stopped: bool,
     // Removed with the benchmark's `WorkDir`, after every run.
     uploads: RunDir,
+    /// Worker-only trees beside the main one (split runs), each its own process group,
+    /// with the file its log goes to.
+    companions: Vec<(Child, PathBuf)>,
 }
 
 impl Server {
@@ -241,17 +283,6 @@ impl Server {
     ) -> anyhow::Result<Server> {
         let uploads = RunDir::create(launch.work_dir.join(tag))?;
         let (mut cmd, addr) = match kind {
-            ServerKind::Pixpool => {
-                let mut cmd = Command::new(&launch.pixpool_bin);
-                cmd.arg("serve")
-                    .args(["--bind", "127.0.0.1:0", "--uploads"])
-                    .arg(&uploads.0)
-                    .args(["--workers", &launch.workers.to_string()])
-                    .args(["--fronts", &launch.fronts.to_string()])
-                    .env("RUST_LOG", &launch.pixpool_log);
-                // The real port comes from the log.
-                (cmd, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-            }
             ServerKind::Peer => {
                 let dir = launch
                     .peer_dir
@@ -268,6 +299,25 @@ impl Server {
                     .env("UPLOAD_DIR", &uploads.0)
                     .env("LOG_JOBS", "0");
                 (cmd, SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+            }
+            _ => {
+                let workers = if kind.pinned_worker_trees() > 0 {
+                    0
+                } else {
+                    launch.workers
+                };
+                let mut cmd = Command::new(&launch.pixpool_bin);
+                cmd.arg("serve")
+                    .args(["--bind", "127.0.0.1:0", "--uploads"])
+                    .arg(&uploads.0)
+                    .args(["--workers", &workers.to_string()])
+                    .args(["--fronts", &launch.fronts.to_string()])
+                    .env("RUST_LOG", &launch.pixpool_log);
+                if kind != ServerKind::Pixpool {
+                    distributed(&mut cmd, launch, tag)?;
+                }
+                // The real port comes from the log.
+                (cmd, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
             }
         };
         if let Some(wrapper) = wrapper {
@@ -300,7 +350,12 @@ impl Server {
             log,
             stopped: false,
             uploads,
+            companions: Vec::new(),
         };
+        for cpu in 0..kind.pinned_worker_trees() {
+            let companion = worker_tree(launch, &server.uploads.0, tag, cpu)?;
+            server.companions.push(companion);
+        }
         let deadline = Instant::now() + START_TIMEOUT;
         let mut ready = Readiness::default();
         loop {
@@ -311,7 +366,7 @@ impl Server {
                     server.log_tail()
                 );
             }
-            if kind == ServerKind::Pixpool && server.addr.port() == 0 {
+            if kind.is_pixpool() && server.addr.port() == 0 {
                 if let Ok(addr) = addr_rx.try_recv() {
                     server.addr = addr;
                 }
@@ -360,17 +415,7 @@ impl Server {
                 }
                 // A new connection per check: the kernel spreads them over the fronts,
                 // and each front must see every worker.
-                let Ok(Ok(health)) = tokio::time::timeout(Duration::from_secs(2), async {
-                    Conn::open(self.addr).await?.get("/health").await
-                })
-                .await
-                else {
-                    return false;
-                };
-                if health.status != StatusCode::OK {
-                    return false;
-                }
-                let Ok(body) = health.parse::<serde_json::Value>() else {
+                let Some(body) = self.get_json("/health").await else {
                     return false;
                 };
                 if body["workers_connected"].as_u64() == Some(u64::from(launch.workers)) {
@@ -379,6 +424,27 @@ impl Server {
                     }
                 }
                 ready.fronts_seen.len() == launch.fronts as usize
+            }
+            // Every tree's supervisor has seen each of its children ready (connected
+            // to NATS and S3), and the fronts answer `/readyz`.
+            ServerKind::Distributed | ServerKind::SplitOne | ServerKind::SplitTwo => {
+                let all_ready = |text: &str| text.contains(CHILDREN_READY);
+                if !all_ready(
+                    &lock(&self.log)
+                        .lines
+                        .iter()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                ) {
+                    return false;
+                }
+                for (_, log) in &self.companions {
+                    if !std::fs::read_to_string(log).is_ok_and(|t| all_ready(&t)) {
+                        return false;
+                    }
+                }
+                self.get_json("/readyz").await.is_some()
             }
             ServerKind::Peer => {
                 let (listening, loaded) = {
@@ -412,6 +478,21 @@ impl Server {
                     && stats.image_workers == u64::from(launch.workers)
             }
         }
+    }
+
+    /// `GET path` on a new connection: its JSON body when the answer is 200.
+    async fn get_json(&self, path: &str) -> Option<serde_json::Value> {
+        let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(2), async {
+            Conn::open(self.addr).await?.get(path).await
+        })
+        .await
+        else {
+            return None;
+        };
+        if resp.status != StatusCode::OK {
+            return None;
+        }
+        resp.parse::<serde_json::Value>().ok()
     }
 
     /// The server's own root process: [`Server::pid`], or the wrapper's child.
@@ -453,6 +534,13 @@ impl Server {
         while killpg(pid, None).is_ok() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
+        for (companion, _) in &mut self.companions {
+            if let Ok(id) = i32::try_from(companion.id()) {
+                let _ = killpg(Pid::from_raw(id), Signal::SIGKILL);
+            }
+            let _ = companion.kill();
+            let _ = companion.wait();
+        }
     }
 }
 
@@ -460,6 +548,60 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// What a pixpool supervisor logs once each child has reported ready.
+const CHILDREN_READY: &str = "every child is ready";
+
+/// The log filter of the distributed runs' trees: the benchmark's, and the supervisor's
+/// readiness line.
+fn distributed_log(launch: &Launch) -> String {
+    format!("{},pixpool_supervisor=info", launch.pixpool_log)
+}
+
+/// Makes `cmd` a tree of the distributed mode on `launch`'s shared services, its files
+/// under a prefix of its own (`tag`).
+fn distributed(cmd: &mut Command, launch: &Launch, tag: &str) -> anyhow::Result<()> {
+    let shared = launch
+        .shared
+        .as_ref()
+        .context("the distributed runs need the NATS and S3 servers (--distributed)")?;
+    cmd.args(["--queue", &shared.queue])
+        .args(["--store", &format!("s3://{}/{tag}", shared.bucket)])
+        .env("RUST_LOG", distributed_log(launch))
+        .envs(shared.env.iter().map(|(k, v)| (k, v)));
+    Ok(())
+}
+
+/// A worker-only tree of one worker pinned to `cpu`, beside a split run's front tree
+/// (whose uploads directory `main` holds its own), in its own process group, logging
+/// to a file.
+fn worker_tree(
+    launch: &Launch,
+    main: &Path,
+    tag: &str,
+    cpu: u32,
+) -> anyhow::Result<(Child, PathBuf)> {
+    let uploads = main.join(format!("worker-host-{cpu}"));
+    let log = main.join(format!("worker-host-{cpu}.log"));
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", &cpu.to_string()])
+        .arg(&launch.pixpool_bin)
+        .arg("serve")
+        .arg("--uploads")
+        .arg(&uploads)
+        .args(["--fronts", "0", "--workers", "1", "--admin", "off"]);
+    distributed(&mut cmd, launch, tag)?;
+    let file = std::fs::File::create(&log)
+        .with_context(|| format!("could not create {}", log.display()))?;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(file)
+        .process_group(0)
+        .spawn()
+        .context("could not start a worker-only tree under taskset")?;
+    Ok((child, log))
 }
 
 /// What readiness checks have established so far.

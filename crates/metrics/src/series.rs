@@ -89,11 +89,17 @@ pub enum Family {
     WorkerBusy,
     /// `pixpool_process_rss_bytes{role,slot,pid}`.
     ProcessRss,
+    /// `pixpool_queue_redeliveries_total`.
+    QueueRedeliveries,
+    /// `pixpool_queue_ack_seconds{op}`.
+    QueueAck,
+    /// `pixpool_blob_seconds{op}`.
+    BlobDuration,
 }
 
 impl Family {
     /// Every family, in exposition order.
-    pub const ALL: [Family; 12] = [
+    pub const ALL: [Family; 15] = [
         Family::HttpRequests,
         Family::HttpRequestDuration,
         Family::UploadBytes,
@@ -106,6 +112,9 @@ impl Family {
         Family::QueueDepth,
         Family::WorkerBusy,
         Family::ProcessRss,
+        Family::QueueRedeliveries,
+        Family::QueueAck,
+        Family::BlobDuration,
     ];
 
     /// The metric's name.
@@ -123,6 +132,9 @@ impl Family {
             Family::QueueDepth => "pixpool_queue_depth",
             Family::WorkerBusy => "pixpool_worker_busy",
             Family::ProcessRss => "pixpool_process_rss_bytes",
+            Family::QueueRedeliveries => "pixpool_queue_redeliveries_total",
+            Family::QueueAck => "pixpool_queue_ack_seconds",
+            Family::BlobDuration => "pixpool_blob_seconds",
         }
     }
 
@@ -134,8 +146,13 @@ impl Family {
             | Family::Rejections
             | Family::Jobs
             | Family::JobsStolen
-            | Family::Restarts => Kind::Counter,
-            Family::HttpRequestDuration | Family::JobDuration | Family::JobStage => Kind::Histogram,
+            | Family::Restarts
+            | Family::QueueRedeliveries => Kind::Counter,
+            Family::HttpRequestDuration
+            | Family::JobDuration
+            | Family::JobStage
+            | Family::QueueAck
+            | Family::BlobDuration => Kind::Histogram,
             Family::QueueDepth | Family::WorkerBusy | Family::ProcessRss => Kind::Gauge,
         }
     }
@@ -155,6 +172,13 @@ impl Family {
             Family::QueueDepth => "Jobs queued per worker.",
             Family::WorkerBusy => "1 while a worker runs a job.",
             Family::ProcessRss => "Resident memory per process.",
+            Family::QueueRedeliveries => {
+                "Jobs a worker received again from the shared queue (their worker died or stalled)."
+            }
+            Family::QueueAck => {
+                "Time for the shared queue to acknowledge a job published (publish) or finished (ack)."
+            }
+            Family::BlobDuration => "Time of one object-store call, by operation.",
         }
     }
 
@@ -163,7 +187,8 @@ impl Family {
         match self {
             Family::HttpRequests => &["route", "code"],
             Family::HttpRequestDuration => &["route"],
-            Family::UploadBytes | Family::JobDuration => &[],
+            Family::UploadBytes | Family::JobDuration | Family::QueueRedeliveries => &[],
+            Family::QueueAck | Family::BlobDuration => &["op"],
             Family::Rejections => &["reason"],
             Family::Jobs => &["outcome"],
             Family::JobsStolen | Family::QueueDepth | Family::WorkerBusy => &["worker"],
@@ -256,6 +281,8 @@ pub enum Counter {
         /// The child's role (`front`, `worker`, `admin`).
         role: Label,
     },
+    /// One job delivered again by the shared queue.
+    QueueRedeliveries,
 }
 
 /// A gauge series.
@@ -294,6 +321,16 @@ pub enum Histogram {
         /// Which.
         stage: Stage,
     },
+    /// Time for the shared queue to acknowledge one operation.
+    QueueAck {
+        /// `publish` (a front's enqueue) or `ack` (a worker's finished job).
+        op: Label,
+    },
+    /// Time of one object-store call.
+    BlobDuration {
+        /// `put_original`, `get_original`, `put_variant`, `get_variant`, `delete`.
+        op: Label,
+    },
 }
 
 /// What every series has: a family and the values of its labels.
@@ -322,6 +359,7 @@ impl Series for Counter {
             Counter::Jobs { .. } => Family::Jobs,
             Counter::JobsStolen { .. } => Family::JobsStolen,
             Counter::Restarts { .. } => Family::Restarts,
+            Counter::QueueRedeliveries => Family::QueueRedeliveries,
         }
     }
 
@@ -335,6 +373,7 @@ impl Series for Counter {
             Counter::Jobs { outcome } => vec![outcome.as_str().into()],
             Counter::JobsStolen { worker } => vec![worker.to_string().into()],
             Counter::Restarts { role } => vec![role.as_str().into()],
+            Counter::QueueRedeliveries => vec![],
         }
     }
 }
@@ -368,6 +407,8 @@ impl Series for Histogram {
             Histogram::UploadDuration => Family::HttpRequestDuration,
             Histogram::JobDuration => Family::JobDuration,
             Histogram::JobStage { .. } => Family::JobStage,
+            Histogram::QueueAck { .. } => Family::QueueAck,
+            Histogram::BlobDuration { .. } => Family::BlobDuration,
         }
     }
 
@@ -376,6 +417,9 @@ impl Series for Histogram {
             Histogram::UploadDuration => vec!["upload".into()],
             Histogram::JobDuration => vec![],
             Histogram::JobStage { stage } => vec![stage.as_str().into()],
+            Histogram::QueueAck { op } | Histogram::BlobDuration { op } => {
+                vec![op.as_str().into()]
+            }
         }
     }
 }

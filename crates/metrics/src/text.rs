@@ -128,6 +128,7 @@ mod tests {
             Counter::Restarts {
                 role: Label::from("worker"),
             },
+            Counter::QueueRedeliveries,
         ];
         for c in &counters {
             match c {
@@ -136,7 +137,8 @@ mod tests {
                 | Counter::Rejections { .. }
                 | Counter::Jobs { .. }
                 | Counter::JobsStolen { .. }
-                | Counter::Restarts { .. } => {}
+                | Counter::Restarts { .. }
+                | Counter::QueueRedeliveries => {}
             }
         }
         let gauges = [
@@ -159,11 +161,20 @@ mod tests {
             Histogram::JobStage {
                 stage: Stage::Decode,
             },
+            Histogram::QueueAck {
+                op: Label::from("publish"),
+            },
+            Histogram::BlobDuration {
+                op: Label::from("put_original"),
+            },
         ];
         for h in &histograms {
             match h {
-                Histogram::UploadDuration | Histogram::JobDuration | Histogram::JobStage { .. } => {
-                }
+                Histogram::UploadDuration
+                | Histogram::JobDuration
+                | Histogram::JobStage { .. }
+                | Histogram::QueueAck { .. }
+                | Histogram::BlobDuration { .. } => {}
             }
         }
         (counters.into(), gauges.into(), histograms.into())

@@ -3,13 +3,18 @@
 //! directory) for originals and variants.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use pixpool_store::backend::Blobs;
+use bytes::Bytes;
+use pixpool_metrics::{Counter, Histogram, Label, Recorder};
+use pixpool_model::{JobId, JobSpec};
+use pixpool_store::backend::{
+    Blob, Blobs, Consumer, Delivery, EnqueueError, Enqueued, Queue, VariantKey,
+};
 use pixpool_store::embedded::FileBlobs;
 use pixpool_store::nats::NatsBackend;
-use pixpool_store::Store;
+use pixpool_store::{Store, StoreError};
 
 use crate::settings::BackendSettings;
 
@@ -18,12 +23,17 @@ use crate::settings::BackendSettings;
 pub struct Connected {
     nats: NatsBackend,
     blobs: Arc<dyn Blobs>,
+    metrics: Recorder,
 }
 
 /// Connects to what `b` names; `None` when it names no queue (the embedded backend).
 /// NATS servers still starting are waited for (a cluster electing its leaders); a
 /// failure ends the child, and the supervisor starts it again after a pause.
-pub async fn connect(b: &BackendSettings, store: &Store) -> anyhow::Result<Option<Connected>> {
+pub async fn connect(
+    b: &BackendSettings,
+    store: &Store,
+    metrics: &Recorder,
+) -> anyhow::Result<Option<Connected>> {
     let Some(urls) = &b.queue else {
         return Ok(None);
     };
@@ -42,7 +52,15 @@ pub async fn connect(b: &BackendSettings, store: &Store) -> anyhow::Result<Optio
         ),
         None => Arc::new(FileBlobs::new(store.clone())),
     };
-    Ok(Some(Connected { nats, blobs }))
+    let blobs = Arc::new(Timed {
+        inner: blobs,
+        metrics: metrics.clone(),
+    });
+    Ok(Some(Connected {
+        nats,
+        blobs,
+        metrics: metrics.clone(),
+    }))
 }
 
 impl Connected {
@@ -51,7 +69,10 @@ impl Connected {
         pixpool_front::Shared {
             records: self.nats.records.clone(),
             blobs: self.blobs.clone(),
-            queue: self.nats.queue.clone(),
+            queue: Arc::new(Timed {
+                inner: self.nats.queue.clone() as Arc<dyn Queue>,
+                metrics: self.metrics.clone(),
+            }),
             events: self.nats.events.clone(),
         }
     }
@@ -67,8 +88,155 @@ impl Connected {
             records: self.nats.records.clone(),
             blobs: self.blobs.clone(),
             events: self.nats.events.clone(),
-            queue: consumer,
+            queue: Arc::new(Timed {
+                inner: consumer as Arc<dyn Consumer>,
+                metrics: self.metrics.clone(),
+            }),
         })
+    }
+}
+
+/// A backend part whose calls are timed into this process's metrics
+/// (`pixpool_blob_seconds`, `pixpool_queue_ack_seconds`,
+/// `pixpool_queue_redeliveries_total`); otherwise the part itself.
+#[derive(Debug)]
+struct Timed<T: ?Sized> {
+    inner: Arc<T>,
+    metrics: Recorder,
+}
+
+impl<T: ?Sized> Timed<T> {
+    fn blob(&self, op: &'static str, since: Instant) {
+        self.metrics.observe(
+            Histogram::BlobDuration {
+                op: Label::from(op),
+            },
+            since.elapsed(),
+        );
+    }
+
+    fn ack(&self, op: &'static str, since: Instant) {
+        self.metrics.observe(
+            Histogram::QueueAck {
+                op: Label::from(op),
+            },
+            since.elapsed(),
+        );
+    }
+}
+
+#[async_trait::async_trait]
+impl Blobs for Timed<dyn Blobs> {
+    async fn put_original(
+        &self,
+        id: &JobId,
+        extension: &'static str,
+        spool: &std::path::Path,
+    ) -> Result<String, StoreError> {
+        let t = Instant::now();
+        let r = self.inner.put_original(id, extension, spool).await;
+        self.blob("put_original", t);
+        r
+    }
+
+    async fn get_original(&self, key: &str) -> Result<Vec<u8>, StoreError> {
+        let t = Instant::now();
+        let r = self.inner.get_original(key).await;
+        self.blob("get_original", t);
+        r
+    }
+
+    async fn delete_original(&self, key: &str) -> Result<(), StoreError> {
+        let t = Instant::now();
+        let r = self.inner.delete_original(key).await;
+        self.blob("delete", t);
+        r
+    }
+
+    async fn put_variant(&self, key: &VariantKey, data: Bytes) -> Result<String, StoreError> {
+        let t = Instant::now();
+        let r = self.inner.put_variant(key, data).await;
+        self.blob("put_variant", t);
+        r
+    }
+
+    async fn sync_variants(&self, keys: &[VariantKey]) -> Result<(), StoreError> {
+        self.inner.sync_variants(keys).await
+    }
+
+    /// Timed to the first byte: the rest streams at the client's pace.
+    async fn get_variant(&self, key: &VariantKey) -> Result<Option<Blob>, StoreError> {
+        let t = Instant::now();
+        let r = self.inner.get_variant(key).await;
+        self.blob("get_variant", t);
+        r
+    }
+
+    async fn delete_variants(&self, keys: &[VariantKey]) -> Result<(), StoreError> {
+        let t = Instant::now();
+        let r = self.inner.delete_variants(keys).await;
+        self.blob("delete", t);
+        r
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.inner.ready().await
+    }
+}
+
+#[async_trait::async_trait]
+impl Queue for Timed<dyn Queue> {
+    async fn enqueue(&self, job: &JobSpec) -> Result<Enqueued, EnqueueError> {
+        let t = Instant::now();
+        let r = self.inner.enqueue(job).await;
+        if r.is_ok() {
+            self.ack("publish", t);
+        }
+        r
+    }
+
+    async fn is_queued(&self, id: &JobId) -> Result<bool, StoreError> {
+        self.inner.is_queued(id).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Consumer for Timed<dyn Consumer> {
+    async fn next(&self) -> Option<Delivery> {
+        let d = self.inner.next().await?;
+        if d.retries > 0 {
+            self.metrics.inc(Counter::QueueRedeliveries);
+        }
+        Some(d)
+    }
+
+    async fn start(&self, delivery: &Delivery) -> Result<bool, StoreError> {
+        self.inner.start(delivery).await
+    }
+
+    async fn ack(&self, delivery: &Delivery) -> Result<(), StoreError> {
+        let t = Instant::now();
+        let r = self.inner.ack(delivery).await;
+        if r.is_ok() {
+            self.ack("ack", t);
+        }
+        r
+    }
+
+    async fn retry(&self, delivery: Delivery, wait: Duration) {
+        self.inner.retry(delivery, wait).await
+    }
+
+    fn abandon(&self, delivery: &Delivery) {
+        self.inner.abandon(delivery)
+    }
+
+    fn waiting(&self) -> usize {
+        self.inner.waiting()
+    }
+
+    fn close(&self) {
+        self.inner.close()
     }
 }
 

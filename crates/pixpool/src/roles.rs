@@ -73,7 +73,8 @@ pub fn front(args: FrontArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         // Alive while it connects: a cluster still electing its leaders takes seconds.
         tokio::spawn(report.clone().heartbeat(None));
-        if let Some(shared) = crate::backend::connect(&backend, &config.store).await? {
+        let connected = crate::backend::connect(&backend, &config.store, &config.metrics).await?;
+        if let Some(shared) = connected {
             config.shared = Some(shared.front());
         }
         pixpool_front::run(listener, config, terminated(), || report.ready())
@@ -155,7 +156,8 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let runtime = runtime()?;
     let exit = runtime.block_on(async {
         tokio::spawn(report.clone().heartbeat(Some(queued)));
-        if let Some(shared) = crate::backend::connect(&backend, &config.store).await? {
+        let connected = crate::backend::connect(&backend, &config.store, &config.metrics).await?;
+        if let Some(shared) = connected {
             config.shared = Some(shared.worker().await?);
         }
         pixpool_worker::run(config, terminated(), || report.ready())

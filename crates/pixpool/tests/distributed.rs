@@ -414,8 +414,9 @@ async fn a_frozen_worker_past_its_deadline_cannot_overwrite_the_newer_state() {
     let Some(svc) = Service::start("zombie") else {
         return;
     };
-    let workers = svc.tree(0, 2, QUICK_REDELIVERY);
-    let front = svc.tree(1, 0, QUICK_REDELIVERY);
+    let with_admin = [QUICK_REDELIVERY, &["--admin", "127.0.0.1:0"]].concat();
+    let workers = svc.tree(0, 2, &with_admin);
+    let front = svc.tree(1, 0, &with_admin);
     let (name, bytes) = slow_photo("zombie");
     let resp = upload(front.addr, &name, &bytes).await;
     let id = accepted_id(&resp, "slow photo");
@@ -451,6 +452,21 @@ async fn a_frozen_worker_past_its_deadline_cannot_overwrite_the_newer_state() {
     .await;
     let after = all_done(&front, std::slice::from_ref(&id), Duration::from_secs(5)).await;
     assert_eq!(after[0], job, "the newer state stands, outputs and all");
+
+    // The queue's view and the object store's timings, per side.
+    scrape_until(workers.admin_addr(), "the workers' queue metrics", |t| {
+        metric(t, "pixpool_queue_redeliveries_total") >= 1.0
+            && metric(t, "pixpool_queue_ack_seconds_count{op=\"ack\"}") >= 1.0
+            && metric(t, "pixpool_blob_seconds_count{op=\"get_original\"}") >= 2.0
+            && metric(t, "pixpool_blob_seconds_count{op=\"put_variant\"}") >= 4.0
+    })
+    .await;
+    scrape_until(front.admin_addr(), "the front's queue metrics", |t| {
+        metric(t, "pixpool_queue_ack_seconds_count{op=\"publish\"}") >= 1.0
+            && metric(t, "pixpool_blob_seconds_count{op=\"put_original\"}") >= 1.0
+            && metric(t, "pixpool_blob_seconds_count{op=\"get_variant\"}") >= 4.0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,54 +5,10 @@ use std::time::{Duration, Instant};
 use hyper::StatusCode;
 use pixpool_testkit::*;
 
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut c = Conn::open(addr).await.expect("admin");
-    let resp = c.get("/metrics").await.expect("scrape");
-    assert_eq!(resp.status, StatusCode::OK);
-    assert!(resp
-        .header("content-type")
-        .is_some_and(|t| t.starts_with("text/plain")));
-    String::from_utf8(resp.body.to_vec()).expect("utf-8")
-}
-
-fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
-async fn scrape_until(addr: std::net::SocketAddr, what: &str, ok: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let text = scrape(addr).await;
-        if ok(&text) {
-            return text;
-        }
-        assert!(Instant::now() < deadline, "{what}:\n{text}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_add_up_every_process_and_survive_a_worker_restart() {
     let server = Server::start(2, 2, &["--admin", "127.0.0.1:0"]);
-    let log = server.log_text();
-    let admin: std::net::SocketAddr = log
-        .split("admin listening on ")
-        .nth(1)
-        .map(|r| {
-            r.chars()
-                .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-                .collect::<String>()
-                .trim_end_matches(':')
-                .to_string()
-        })
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no admin address in the log:\n{log}"));
+    let admin = server.admin_addr();
     assert!(server
         .children()
         .iter()
@@ -73,22 +29,22 @@ async fn metrics_add_up_every_process_and_survive_a_worker_restart() {
     let accepted = "pixpool_http_requests_total{route=\"upload\",code=\"202\"}";
     let done = "pixpool_jobs_total{outcome=\"done\"}";
     let text = scrape_until(admin, "3 uploads and 3 jobs", |t| {
-        value(t, accepted) >= 3.0 && value(t, done) >= 3.0
+        metric(t, accepted) >= 3.0 && metric(t, done) >= 3.0
     })
     .await;
     assert!(
-        value(
+        metric(
             &text,
             "pixpool_rejections_total{reason=\"unsupported-format\"}"
         ) >= 1.0,
         "{text}"
     );
     assert!(
-        value(&text, "pixpool_upload_bytes_total") >= 3.0 * jpeg.len() as f64,
+        metric(&text, "pixpool_upload_bytes_total") >= 3.0 * jpeg.len() as f64,
         "{text}"
     );
     assert!(
-        value(&text, "pixpool_job_duration_seconds_count") >= 3.0,
+        metric(&text, "pixpool_job_duration_seconds_count") >= 3.0,
         "{text}"
     );
     assert!(
@@ -110,12 +66,12 @@ async fn metrics_add_up_every_process_and_survive_a_worker_restart() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .expect("kill");
-    let before = value(&text, done);
+    let before = metric(&text, done);
     let text = scrape_until(admin, "a worker restart", |t| {
-        value(t, "pixpool_restarts_total{role=\"worker\"}") >= 1.0
+        metric(t, "pixpool_restarts_total{role=\"worker\"}") >= 1.0
     })
     .await;
-    assert!(value(&text, done) >= before, "{text}");
+    assert!(metric(&text, done) >= before, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -302,6 +302,23 @@ impl Server {
         }
     }
 
+    /// The admin listener's address, as its `admin listening on` line says (a server
+    /// started with `--admin 127.0.0.1:0`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        let log = self.log_text();
+        log.split("admin listening on ")
+            .nth(1)
+            .map(|r| {
+                r.chars()
+                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                    .collect::<String>()
+                    .trim_end_matches(':')
+                    .to_string()
+            })
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no admin address in the log:\n{log}"))
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -725,4 +742,39 @@ pub async fn stalled_job(server: &Server, name: &str, bytes: &[u8], query: &str)
         "the job finished before the worker could be stopped (test set-up raced): {rec}"
     );
     (id, worker)
+}
+
+/// One scrape of the admin's `/metrics`, checked to be Prometheus text.
+pub async fn scrape(addr: SocketAddr) -> String {
+    let mut c = Conn::open(addr).await.expect("admin");
+    let resp = c.get("/metrics").await.expect("scrape");
+    assert_eq!(resp.status, StatusCode::OK);
+    assert!(resp
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("text/plain")));
+    String::from_utf8(resp.body.to_vec()).expect("utf-8")
+}
+
+/// The value of `series` (name and labels, as written) in a scrape; 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Scrapes until `ok` holds of the text (the admin adds up snapshots sent each second).
+pub async fn scrape_until(addr: SocketAddr, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = scrape(addr).await;
+        if ok(&text) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "{what}:\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
