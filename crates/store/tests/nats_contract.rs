@@ -93,6 +93,48 @@ async fn nats_records_and_events_keep_the_contract() {
         Some(rec.id.clone())
     );
 
+    // A record acknowledged by the bucket reads back at once through any server, even
+    // one that fell behind (frozen while the writes were acknowledged by the others):
+    // a job answered 202 must never read as absent.
+    let leader = {
+        let client = async_nats::connect(cluster.url(0)).await.expect("client");
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream("KV_pixpool_jobs").await.expect("stream");
+        let info = stream.info().await.expect("stream info");
+        info.cluster
+            .as_ref()
+            .and_then(|c| c.leader.clone())
+            .expect("a leader")
+    };
+    let behind = (0..3)
+        .find(|n| format!("n{n}") != leader)
+        .expect("a follower");
+    let at_leader = (0..3)
+        .find(|n| format!("n{n}") == leader)
+        .expect("the leader is a node");
+    let writer = connect(&cluster.url(at_leader)).await;
+    let reader = connect(&cluster.url(behind)).await;
+    cluster.pause(behind);
+    let mut created = Vec::new();
+    for n in 0..20 {
+        let mut rec = suite::sample();
+        rec.attempts = n;
+        writer
+            .records
+            .create(&rec)
+            .await
+            .expect("create without the frozen node");
+        created.push(rec.id);
+    }
+    cluster.resume(behind);
+    for id in &created {
+        let read = reader.records.get(id).await.expect("get");
+        assert!(
+            read.is_some(),
+            "record {id} acknowledged but read as absent"
+        );
+    }
+
     // Events go from one process to another; losing the server tells the
     // subscriber of a gap.
     let lone = connect(&cluster.url(0)).await;

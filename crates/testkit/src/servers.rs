@@ -106,8 +106,23 @@ impl NatsCluster {
     /// Kills node `n` with SIGKILL (the cluster keeps its quorum with two).
     pub fn kill(&mut self, n: usize) {
         if let Some(mut node) = self.nodes[n].take() {
+            let _ = kill(Pid::from_raw(node.id() as i32), Signal::SIGCONT);
             let _ = node.kill();
             let _ = node.wait();
+        }
+    }
+
+    /// Freezes node `n` (SIGSTOP): it keeps its connections and falls behind.
+    pub fn pause(&self, n: usize) {
+        if let Some(node) = &self.nodes[n] {
+            kill(Pid::from_raw(node.id() as i32), Signal::SIGSTOP).expect("SIGSTOP node");
+        }
+    }
+
+    /// Thaws node `n` (SIGCONT).
+    pub fn resume(&self, n: usize) {
+        if let Some(node) = &self.nodes[n] {
+            kill(Pid::from_raw(node.id() as i32), Signal::SIGCONT).expect("SIGCONT node");
         }
     }
 

@@ -1,6 +1,6 @@
 //! Job records and the dedup index in JetStream KV buckets.
 
-use async_nats::jetstream::kv;
+use async_nats::jetstream::{kv, stream};
 use pixpool_model::JobId;
 
 use super::{kv_key, nats_err};
@@ -27,13 +27,39 @@ impl KvRecords {
     }
 
     /// The live entry of `key` in `store`: a delete or purge marker reads as none.
-    async fn live(store: &kv::Store, key: &str) -> Result<Option<kv::Entry>, StoreError> {
-        let entry = store
-            .entry(key)
-            .await
-            .map_err(|e| nats_err(format!("read KV entry {key}"), e))?;
-        Ok(entry.filter(|e| e.operation == kv::Operation::Put))
+    ///
+    /// Asked of the bucket's leader, not of any replica (the KV client's direct get):
+    /// a follower may not have applied a write the leader acknowledged yet, and a job
+    /// answered 202 must never read as absent (a worker would drop it, a client get a
+    /// 404). Without a quorum there is no leader, and the read fails.
+    async fn live(store: &kv::Store, key: &str) -> Result<Option<Live>, StoreError> {
+        let subject = format!("$KV.{}.{key}", store.name);
+        let message = match store.stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
+                return Ok(None)
+            }
+            Err(e) => return Err(nats_err(format!("read KV entry {key}"), e)),
+        };
+        let removed = message
+            .headers
+            .get(KV_OPERATION)
+            .is_some_and(|op| op.as_str() != "PUT");
+        Ok((!removed).then(|| Live {
+            value: message.payload,
+            revision: message.sequence,
+        }))
     }
+}
+
+/// The header a KV write names its operation in (`PUT`, `DEL`, `PURGE`; none: put).
+const KV_OPERATION: &str = "KV-Operation";
+
+/// A KV entry's value and revision.
+#[derive(Debug)]
+struct Live {
+    value: bytes::Bytes,
+    revision: u64,
 }
 
 fn encode(record: &JobRecord) -> Result<bytes::Bytes, StoreError> {
