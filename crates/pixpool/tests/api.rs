@@ -429,23 +429,7 @@ async fn identical_uploads_sent_at_once_to_two_fronts_are_one_job_processed_once
             ra.expect("upload on front 0"),
             rb.expect("upload on front 1"),
         );
-        for r in [&ra, &rb] {
-            assert!(
-                r.status == StatusCode::ACCEPTED || r.status == StatusCode::OK,
-                "round {round}: {r:?}"
-            );
-        }
-        let (ja, jb) = (ra.json(), rb.json());
-        assert_eq!(ja["id"], jb["id"], "round {round}: {ja} vs {jb}");
-        let fresh = [&ja, &jb]
-            .iter()
-            .filter(|j| j["deduplicated"] == false)
-            .count();
-        assert_eq!(
-            fresh, 1,
-            "round {round}: exactly one answer created the job: {ja} vs {jb}"
-        );
-        ids.push(ja["id"].as_str().expect("id").to_string());
+        ids.push(one_job_of_a_race(&ra, &rb, &format!("round {round}")));
     }
     for id in &ids {
         let job = wait_final(server.addr, id, Duration::from_secs(60)).await;

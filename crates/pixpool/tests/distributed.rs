@@ -171,20 +171,7 @@ async fn two_trees_on_one_queue_and_bucket_are_one_service() {
             upload(a.addr, "a.jpg", &bytes),
             upload(b.addr, "b.jpg", &bytes)
         );
-        for r in [&ra, &rb] {
-            assert!(
-                r.status == StatusCode::ACCEPTED || r.status == StatusCode::OK,
-                "round {round}: {r:?}"
-            );
-        }
-        let (ja, jb) = (ra.json(), rb.json());
-        assert_eq!(ja["id"], jb["id"], "round {round}: {ja} vs {jb}");
-        let fresh = [&ja, &jb]
-            .iter()
-            .filter(|j| j["deduplicated"] == false)
-            .count();
-        assert_eq!(fresh, 1, "round {round}: one answer made the job");
-        ids.push(ja["id"].as_str().expect("id").to_string());
+        ids.push(one_job_of_a_race(&ra, &rb, &format!("round {round}")));
     }
     for id in &ids {
         let job = wait_final(a.addr, id, Duration::from_secs(60)).await;
@@ -469,20 +456,30 @@ async fn a_frozen_worker_past_its_deadline_cannot_overwrite_the_newer_state() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bucket_that_stops_answering_gets_503_fast_and_the_service_recovers_alone() {
-    let Some(svc) = Service::start("s3-outage") else {
-        return;
-    };
-    let tree = svc.tree(1, 1, &[]);
-    let leaf = photo("04-fallenleaf.jpg");
-    let first = upload(tree.addr, "a.jpg", &unique_jpeg(&leaf, 1)).await;
+/// A job taken and done before an outage: the tree works.
+async fn done_before_the_outage(tree: &Server) -> String {
+    let first = upload(
+        tree.addr,
+        "a.jpg",
+        &unique_jpeg(&photo("04-fallenleaf.jpg"), 1),
+    )
+    .await;
     let first = accepted_id(&first, "before the outage");
     wait_final(tree.addr, &first, Duration::from_secs(60)).await;
+    first
+}
 
-    svc.moto.pause();
+/// While a shared service is down: `/readyz` fails (within `notice`), an upload is
+/// refused with 503 + Retry-After within 10 s, `/health` stays 200.
+async fn refused_while_down(tree: &Server, conn: &mut Conn, notice: Duration) {
+    wait_for_status(conn, "/readyz", StatusCode::SERVICE_UNAVAILABLE, notice).await;
     let started = Instant::now();
-    let during = upload(tree.addr, "b.jpg", &unique_jpeg(&leaf, 2)).await;
+    let during = upload(
+        tree.addr,
+        "b.jpg",
+        &unique_jpeg(&photo("04-fallenleaf.jpg"), 2),
+    )
+    .await;
     let took = started.elapsed();
     assert_problem(
         &during,
@@ -491,34 +488,37 @@ async fn a_bucket_that_stops_answering_gets_503_fast_and_the_service_recovers_al
     );
     assert!(during.header("retry-after").is_some(), "{during:?}");
     assert!(took < Duration::from_secs(10), "refused after {took:?}");
-    let mut conn = Conn::open(tree.addr).await.expect("connect");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let ready = conn.get("/readyz").await.expect("readyz");
-        if ready.status == StatusCode::SERVICE_UNAVAILABLE {
-            break;
-        }
-        assert!(Instant::now() < deadline, "readyz stayed {}", ready.status);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(
-        conn.get("/health").await.expect("health").status,
-        StatusCode::OK
-    );
+    let health = conn.get("/health").await.expect("health");
+    assert_eq!(health.status, StatusCode::OK);
+}
 
-    svc.moto.resume();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while conn.get("/readyz").await.expect("readyz").status != StatusCode::OK {
-        assert!(
-            Instant::now() < deadline,
-            "not ready again after the outage"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let after = upload(tree.addr, "c.jpg", &unique_jpeg(&leaf, 3)).await;
+/// Once the service is back: ready again within `within`, with no restart, and an
+/// upload runs to `done`.
+async fn recovered(tree: &Server, conn: &mut Conn, within: Duration) {
+    wait_for_status(conn, "/readyz", StatusCode::OK, within).await;
+    let after = upload(
+        tree.addr,
+        "c.jpg",
+        &unique_jpeg(&photo("04-fallenleaf.jpg"), 3),
+    )
+    .await;
     let after = accepted_id(&after, "after the outage");
     let job = wait_final(tree.addr, &after, Duration::from_secs(60)).await;
     assert_eq!(job["state"], "done", "{job}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_that_stops_answering_gets_503_fast_and_the_service_recovers_alone() {
+    let Some(svc) = Service::start("s3-outage") else {
+        return;
+    };
+    let tree = svc.tree(1, 1, &[]);
+    done_before_the_outage(&tree).await;
+    let mut conn = Conn::open(tree.addr).await.expect("connect");
+    svc.moto.pause();
+    refused_while_down(&tree, &mut conn, Duration::from_secs(10)).await;
+    svc.moto.resume();
+    recovered(&tree, &mut conn, Duration::from_secs(20)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -527,38 +527,12 @@ async fn a_cluster_without_quorum_gets_503_fast_and_the_service_recovers_alone()
         return;
     };
     let tree = svc.tree(1, 1, &[]);
-    let leaf = photo("04-fallenleaf.jpg");
-    let first = upload(tree.addr, "a.jpg", &unique_jpeg(&leaf, 1)).await;
-    let first = accepted_id(&first, "before the outage");
-    wait_final(tree.addr, &first, Duration::from_secs(60)).await;
-
+    let first = done_before_the_outage(&tree).await;
+    let mut conn = Conn::open(tree.addr).await.expect("connect");
     // Two of three servers gone: no leader, no write can be acknowledged.
     svc.nats.kill(1);
     svc.nats.kill(2);
-    let mut conn = Conn::open(tree.addr).await.expect("connect");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let ready = conn.get("/readyz").await.expect("readyz");
-        if ready.status == StatusCode::SERVICE_UNAVAILABLE {
-            break;
-        }
-        assert!(Instant::now() < deadline, "readyz stayed {}", ready.status);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let started = Instant::now();
-    let during = upload(tree.addr, "b.jpg", &unique_jpeg(&leaf, 2)).await;
-    let took = started.elapsed();
-    assert_problem(
-        &during,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "upload without quorum",
-    );
-    assert!(during.header("retry-after").is_some(), "{during:?}");
-    assert!(took < Duration::from_secs(10), "refused after {took:?}");
-    assert_eq!(
-        conn.get("/health").await.expect("health").status,
-        StatusCode::OK
-    );
+    refused_while_down(&tree, &mut conn, Duration::from_secs(20)).await;
     // Records are read from the leader (a replica may lag behind a 202): without a
     // quorum there is none, and a read is 503 too, never a stale 404.
     let status = conn.get(&format!("/jobs/{first}")).await.expect("GET job");
@@ -567,19 +541,7 @@ async fn a_cluster_without_quorum_gets_503_fast_and_the_service_recovers_alone()
         StatusCode::SERVICE_UNAVAILABLE,
         "a read without quorum",
     );
-
     svc.nats.restart(1);
     svc.nats.restart(2);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while conn.get("/readyz").await.expect("readyz").status != StatusCode::OK {
-        assert!(
-            Instant::now() < deadline,
-            "not ready again after the outage"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let after = upload(tree.addr, "c.jpg", &unique_jpeg(&leaf, 3)).await;
-    let after = accepted_id(&after, "after the outage");
-    let job = wait_final(tree.addr, &after, Duration::from_secs(60)).await;
-    assert_eq!(job["state"], "done", "{job}");
+    recovered(&tree, &mut conn, Duration::from_secs(60)).await;
 }

@@ -778,3 +778,43 @@ pub async fn scrape_until(addr: SocketAddr, what: &str, ok: impl Fn(&str) -> boo
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The answers to two identical uploads sent at once (to two fronts, or two
+/// trees): both 202 or 200, the same job, exactly one of them its creator. Returns
+/// the job's id.
+pub fn one_job_of_a_race(ra: &Resp, rb: &Resp, what: &str) -> String {
+    for r in [ra, rb] {
+        assert!(
+            r.status == StatusCode::ACCEPTED || r.status == StatusCode::OK,
+            "{what}: {r:?}"
+        );
+    }
+    let (ja, jb) = (ra.json(), rb.json());
+    assert_eq!(ja["id"], jb["id"], "{what}: {ja} vs {jb}");
+    let fresh = [&ja, &jb]
+        .iter()
+        .filter(|j| j["deduplicated"] == false)
+        .count();
+    assert_eq!(
+        fresh, 1,
+        "{what}: exactly one answer created the job: {ja} vs {jb}"
+    );
+    ja["id"].as_str().expect("id").to_string()
+}
+
+/// Polls `GET path` on `conn` until it answers `status`, for at most `within`.
+pub async fn wait_for_status(conn: &mut Conn, path: &str, status: StatusCode, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = conn.get(path).await.expect("GET");
+        if got.status == status {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} stayed {} (waited for {status})",
+            got.status
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
