@@ -545,3 +545,55 @@ async fn a_cluster_without_quorum_gets_503_fast_and_the_service_recovers_alone()
     svc.nats.restart(2);
     recovered(&tree, &mut conn, Duration::from_secs(60)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_kills_three_workers_is_failed_and_leaves_the_queue() {
+    let Some(svc) = Service::start("poison") else {
+        return;
+    };
+    let quick = ["--queue-ack-wait-secs", "3"];
+    let workers = svc.tree(0, 1, &quick);
+    let front = svc.tree(1, 0, &quick);
+    let (name, bytes) = slow_photo("poison-distributed");
+    let resp = upload(front.addr, &name, &bytes).await;
+    let id = accepted_id(&resp, "poison");
+    let mut conn = Conn::open(front.addr).await.expect("connect");
+    for attempt in 1..=3u64 {
+        poll_until(
+            Duration::from_secs(60),
+            || format!("attempt {attempt} never started:\n{}", workers.log_text()),
+            || {
+                let lines = workers.processing_lines(&id);
+                (lines.len() as u64 >= attempt).then_some(())
+            },
+        )
+        .await;
+        let victim = workers.child_pid("worker", 0).expect("worker 0");
+        kill9(victim);
+        let rec = conn
+            .get(&format!("/jobs/{id}"))
+            .await
+            .expect("GET job")
+            .json();
+        assert_eq!(
+            (&rec["state"], &rec["attempts"]),
+            (&"processing".into(), &attempt.into()),
+            "attempt {attempt} finished before the kill: {rec}"
+        );
+        workers
+            .wait_respawn("worker", 0, victim, Duration::from_secs(30))
+            .await;
+    }
+    // Its fourth delivery finds three attempts: failed, and acked for good.
+    let job = wait_final(front.addr, &id, Duration::from_secs(60)).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["attempts"], 3, "{job}");
+    let kind = job["error"]["type"].as_str().unwrap_or("");
+    assert!(kind.contains("too-many-attempts"), "{job}");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        workers.processing_lines(&id).len(),
+        3,
+        "never delivered again once failed"
+    );
+}

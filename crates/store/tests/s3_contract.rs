@@ -32,7 +32,7 @@ fn options(moto: &Moto) -> S3Options {
 }
 
 async fn connect(moto: &Moto, url: &str) -> S3Blobs {
-    s3::connect_with(url, options(&moto))
+    s3::connect_with(url, options(moto))
         .await
         .expect("connect to moto")
 }
