@@ -597,3 +597,79 @@ async fn a_job_that_kills_three_workers_is_failed_and_leaves_the_queue() {
         "never delivered again once failed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_front_host_killed_mid_upload_leaves_nothing_and_loses_nothing() {
+    let Some(svc) = Service::start("front-killed") else {
+        return;
+    };
+    let workers = svc.tree(0, 1, &[]);
+    let fronts = svc.tree(2, 0, &[]);
+    let leaf = photo("04-fallenleaf.jpg");
+    let mut accepted = Vec::new();
+    let mut conn = Conn::open(fronts.addr).await.expect("connect");
+    for i in 0..3 {
+        let resp = conn
+            .upload_to(
+                "/upload?presets=thumb",
+                &[(
+                    "image",
+                    Some("l.jpg"),
+                    &tagged_jpeg(&leaf, &format!("before-{i}")),
+                )],
+            )
+            .await
+            .expect("upload");
+        accepted.push(accepted_id(&resp, "before the kill"));
+    }
+
+    let sock = half_an_upload(fronts.addr, &tagged_jpeg(&leaf, "half"));
+    let tmp = fronts.uploads.join("tmp");
+    let (slot, half_id) = poll_until(
+        Duration::from_secs(10),
+        || format!("no spool file under tmp/: {:?}", files_below(&tmp)),
+        || {
+            files_below(&tmp).into_iter().find_map(|f| {
+                let (slot, file) = f.split_once('/')?;
+                Some((
+                    slot.parse::<u32>().ok()?,
+                    file.strip_suffix(".part")?.to_string(),
+                ))
+            })
+        },
+    )
+    .await;
+    let victim = fronts.child_pid("front", slot).expect("that front");
+    kill9(victim);
+    drop(sock);
+    fronts
+        .wait_respawn("front", slot, victim, Duration::from_secs(10))
+        .await;
+    let spool = tmp.join(slot.to_string());
+    poll_until(
+        Duration::from_secs(30),
+        || format!("tmp/{slot}/ after the respawn: {:?}", files_below(&spool)),
+        || files_below(&spool).is_empty().then_some(()),
+    )
+    .await;
+    // Nothing of the half upload reached the service: no record, no object. (A new
+    // connection: the one above may have been the killed front's.)
+    let mut conn = Conn::open(fronts.addr).await.expect("connect");
+    let gone = conn.get(&format!("/jobs/{half_id}")).await.expect("GET");
+    assert_problem(&gone, StatusCode::NOT_FOUND, "the half upload's job");
+    let keys = svc.keys();
+    assert!(
+        !keys.iter().any(|k| k.contains(&half_id)),
+        "objects of the half upload: {keys:?}"
+    );
+    // The same bytes, sent again in full, are a new job (no ghost dedup entry).
+    let again = upload(fronts.addr, "half-again.jpg", &tagged_jpeg(&leaf, "half")).await;
+    let again = accepted_id(&again, "the killed upload, sent again in full");
+    assert_ne!(again, half_id);
+    accepted.push(again);
+    all_done(&fronts, &accepted, Duration::from_secs(60)).await;
+    assert!(
+        workers.children().len() == 1,
+        "the worker host ran throughout"
+    );
+}

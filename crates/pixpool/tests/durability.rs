@@ -130,31 +130,6 @@ async fn a_worker_killed_mid_job_is_redelivered_to_its_slot_and_completes() {
     assert!(stray.is_empty(), "temp outputs left: {stray:?}");
 }
 
-/// Sends the headers and the first half of a multipart upload on a raw socket
-/// and stalls there. Returns the socket.
-fn half_an_upload(addr: std::net::SocketAddr, bytes: &[u8]) -> std::net::TcpStream {
-    let boundary = "pixpool-half-upload-boundary";
-    let mut body = Vec::new();
-    body.extend_from_slice(
-        format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"half.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n"
-        )
-        .as_bytes(),
-    );
-    body.extend_from_slice(bytes);
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    let head = format!(
-        "POST /upload HTTP/1.1\r\nHost: {addr}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    let mut sock = std::net::TcpStream::connect(addr).expect("connect");
-    sock.write_all(head.as_bytes()).expect("send headers");
-    sock.write_all(&body[..body.len() / 2])
-        .expect("send half the body");
-    sock.flush().expect("flush");
-    sock
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_front_killed_mid_upload_leaves_no_spool_file_and_no_job() {
     let server = Server::start(2, 1, &[]);

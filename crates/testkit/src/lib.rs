@@ -818,3 +818,27 @@ pub async fn wait_for_status(conn: &mut Conn, path: &str, status: StatusCode, wi
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Sends the headers and the first half of a multipart upload on a raw socket
+/// and stalls there. Returns the socket.
+pub fn half_an_upload(addr: std::net::SocketAddr, bytes: &[u8]) -> std::net::TcpStream {
+    let boundary = "pixpool-half-upload-boundary";
+    let mut body = Vec::new();
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"half.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: {addr}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut sock = std::net::TcpStream::connect(addr).expect("connect");
+    std::io::Write::write_all(&mut sock, head.as_bytes()).expect("send headers");
+    std::io::Write::write_all(&mut sock, &body[..body.len() / 2]).expect("send half the body");
+    std::io::Write::flush(&mut sock).expect("flush");
+    sock
+}
