@@ -2,7 +2,7 @@
 //! workers, fronts and the whole tree killed at the worst moments, poison
 //! jobs and torn records. Nothing accepted may be lost or left half-done.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
