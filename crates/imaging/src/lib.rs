@@ -24,9 +24,10 @@
 //!
 //! # Builds
 //!
-//! The default build is pure Rust: zune-jpeg decodes JPEGs whole, `jpeg-decoder` decodes
-//! them at a reduced scale (progressive files with the scans that scale does not need cut
-//! out first), `jpeg-encoder` encodes.
+//! The default build: zune-jpeg decodes JPEGs whole, `jpeg-decoder` decodes them at a
+//! reduced scale (progressive files with the scans that scale does not need cut out
+//! first), `jpeg-encoder` encodes; libwebp (the `libwebp` feature, on by default: built by
+//! the `cc` crate with the C compiler Rust links with) decodes WebP.
 //!
 //! The `turbojpeg` feature hands JPEG decoding (at every scale) and encoding to
 //! libjpeg-turbo 3: on one core, decoding is 1.3 to 2 times and encoding 2 to 3 times as
