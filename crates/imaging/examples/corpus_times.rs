@@ -37,15 +37,15 @@ fn main() {
         .map(|p| std::fs::read(p).expect("read"))
         .collect();
     let presets = [Preset::medium()];
-    // Per file, per rep: total, decode, resize, encode.
-    let mut times = vec![vec![[0.0; 4]; reps]; files.len()];
-    for rep in 0..reps {
-        for (i, data) in files.iter().enumerate() {
+    // Per file, one entry per rep: total, decode, resize, encode.
+    let mut times: Vec<Vec<[f64; 4]>> = vec![Vec::with_capacity(reps); files.len()];
+    for _ in 0..reps {
+        for (runs, data) in times.iter_mut().zip(&files) {
             let started = Instant::now();
             let done = process(data, &presets, &Limits::default()).expect("process");
             let total = started.elapsed().as_secs_f64() * 1000.0;
             let t = done.timings;
-            times[i][rep] = [total, t.decode_ms, t.resize_ms, t.encode_ms];
+            runs.push([total, t.decode_ms, t.resize_ms, t.encode_ms]);
         }
     }
     println!(
