@@ -3,7 +3,9 @@
 //! no nasm), for the default build.
 //!
 //! Even without SIMD its Huffman decoding is faster than `jpeg-decoder`'s, which is most
-//! of a scaled decode; figures in `crates/bench/PERF.md`. Encoding stays with
+//! of a scaled decode; its 1/2 and 1/4 inverse DCTs are replaced by ours (`idct`), which
+//! read only the coefficients the reduced output is made of; figures in
+//! `crates/bench/PERF.md`. Encoding stays with
 //! `jpeg-encoder`, whose SIMD DCT makes it twice as fast as this C one. Colour follows
 //! the `turbo` module: CMYK and YCCK come back as the stored (Adobe-inverted) inks.
 //!
@@ -97,7 +99,12 @@ impl Decompressor {
         cinfo.common.err = &mut *err;
         // SAFETY: `cinfo` is live and exclusive; an allocation failure unwinds through
         // `error_exit` to the caller's `guarded`.
-        unsafe { ffi::jpeg_create_decompress(&mut *cinfo) };
+        unsafe {
+            ffi::jpeg_create_decompress(&mut *cinfo);
+            // The master record exists from creation on: the hook is read when the
+            // output pass starts.
+            jpeg_set_idct_method_selector(&mut *cinfo, Some(select_idct));
+        }
         Decompressor { cinfo, _err: err }
     }
 }
@@ -107,6 +114,213 @@ impl Drop for Decompressor {
         // SAFETY: `cinfo` was created by `jpeg_create_decompress`; destroying it is valid
         // in any state, after an error too.
         unsafe { ffi::jpeg_destroy_decompress(&mut self.cinfo) };
+    }
+}
+
+/// libjpeg's inverse-DCT routine: one block's coefficients (natural order) to `N` rows of
+/// `N` samples at column `output_col` of `output_buf`.
+type IdctMethod = unsafe extern "C-unwind" fn(
+    cinfo: *mut ffi::jpeg_decompress_struct,
+    compptr: *mut ffi::jpeg_component_info,
+    coef_block: *mut ffi::JCOEF,
+    output_buf: *mut *mut u8,
+    output_col: ffi::JDIMENSION,
+);
+
+/// The hook libjpeg (as `mozjpeg-sys` bundles it) calls for each component when an
+/// output pass starts, with the routine it chose, which the hook may replace.
+type IdctSelector = unsafe extern "C-unwind" fn(
+    cinfo: *mut ffi::jpeg_decompress_struct,
+    compptr: *mut ffi::jpeg_component_info,
+    method: *mut Option<IdctMethod>,
+    category: *mut c_int,
+);
+
+// Declared here rather than taken from `mozjpeg-sys`, whose binding of the selector gives
+// it a compressor; the two routines are libjpeg's own, compared by address only.
+extern "C-unwind" {
+    fn jpeg_set_idct_method_selector(
+        cinfo: *mut ffi::jpeg_decompress_struct,
+        selector: Option<IdctSelector>,
+    );
+    fn jpeg_idct_4x4(
+        cinfo: *mut ffi::jpeg_decompress_struct,
+        compptr: *mut ffi::jpeg_component_info,
+        coef_block: *mut ffi::JCOEF,
+        output_buf: *mut *mut u8,
+        output_col: ffi::JDIMENSION,
+    );
+    fn jpeg_idct_2x2(
+        cinfo: *mut ffi::jpeg_decompress_struct,
+        compptr: *mut ffi::jpeg_component_info,
+        coef_block: *mut ffi::JCOEF,
+        output_buf: *mut *mut u8,
+        output_col: ffi::JDIMENSION,
+    );
+}
+
+/// Swaps libjpeg's 4×4 and 2×2 inverse DCTs (libjpeg 6b's, which read up to 49 and 25
+/// coefficients: 15 % of a corpus run) for ones that read only the 16 and 4 the reduced
+/// output is made of, as `jpeg-decoder` and libjpeg 9 compute them. Their outputs keep
+/// the PSNR bound; the other sizes keep libjpeg's routines.
+unsafe extern "C-unwind" fn select_idct(
+    _cinfo: *mut ffi::jpeg_decompress_struct,
+    _compptr: *mut ffi::jpeg_component_info,
+    method: *mut Option<IdctMethod>,
+    _category: *mut c_int,
+) {
+    // SAFETY: libjpeg passes a valid pointer to the routine it chose.
+    let chosen = unsafe { *method }.map(|f| f as *const ());
+    let replacement: Option<IdctMethod> = if chosen == Some(jpeg_idct_4x4 as *const ()) {
+        Some(idct_4x4)
+    } else if chosen == Some(jpeg_idct_2x2 as *const ()) {
+        Some(idct_2x2)
+    } else {
+        return;
+    };
+    // SAFETY: as above; the multiplier table libjpeg builds for the category it chose
+    // (islow) stays unused, as ours dequantize with the component's quantisation table.
+    unsafe { *method = replacement };
+}
+
+/// The adapter from libjpeg's calling convention to [`idct::block`].
+///
+/// # Safety
+///
+/// As for any libjpeg inverse DCT: `coef_block` holds 64 coefficients, `compptr` is the
+/// component (its `quant_table` null or valid), and `output_buf` has `N` rows with `N`
+/// samples from `output_col` on.
+unsafe fn run_idct<const N: usize>(
+    compptr: *mut ffi::jpeg_component_info,
+    coef_block: *mut ffi::JCOEF,
+    output_buf: *mut *mut u8,
+    output_col: ffi::JDIMENSION,
+) {
+    // SAFETY: the caller's contract (libjpeg's own for these routines).
+    unsafe {
+        let coefficients = &*coef_block.cast::<[i16; 64]>();
+        let table = (*compptr).quant_table;
+        // No table yet: the component never appeared in a scan, its coefficients are
+        // zero, as libjpeg's all-zero multiplier table would make them.
+        let quant = if table.is_null() {
+            &[0; 64]
+        } else {
+            &(*table).quantval
+        };
+        let block = idct::block::<N>(coefficients, quant);
+        // N rows of N samples: the block's first N·N bytes.
+        for row in 0..N {
+            let out = (*output_buf.add(row)).add(output_col as usize);
+            std::ptr::copy_nonoverlapping(block[row * N..][..N].as_ptr(), out, N);
+        }
+    }
+}
+
+unsafe extern "C-unwind" fn idct_4x4(
+    _cinfo: *mut ffi::jpeg_decompress_struct,
+    compptr: *mut ffi::jpeg_component_info,
+    coef_block: *mut ffi::JCOEF,
+    output_buf: *mut *mut u8,
+    output_col: ffi::JDIMENSION,
+) {
+    // SAFETY: called by libjpeg as its 4×4 routine, under that routine's contract.
+    unsafe { run_idct::<4>(compptr, coef_block, output_buf, output_col) }
+}
+
+unsafe extern "C-unwind" fn idct_2x2(
+    _cinfo: *mut ffi::jpeg_decompress_struct,
+    compptr: *mut ffi::jpeg_component_info,
+    coef_block: *mut ffi::JCOEF,
+    output_buf: *mut *mut u8,
+    output_col: ffi::JDIMENSION,
+) {
+    // SAFETY: called by libjpeg as its 2×2 routine, under that routine's contract.
+    unsafe { run_idct::<2>(compptr, coef_block, output_buf, output_col) }
+}
+
+/// Reduced inverse DCTs from the low `N`×`N` coefficients (the scheme of Dugad and
+/// Ahuja, "A Fast Scheme for Image Size Change in the Compressed Domain", 2001, as
+/// libjpeg 9 and `jpeg-decoder` implement it), in wrapping integer arithmetic: hostile
+/// coefficients give garbage pixels, never a panic inside libjpeg.
+mod idct {
+    use std::num::Wrapping as W;
+
+    /// Fixed-point constants carry 12 fractional bits.
+    const CONST_BITS: usize = 12;
+    /// The column pass keeps 2 more bits of precision for the row pass.
+    const PASS1_BITS: usize = 2;
+
+    const fn fix(x: f64) -> W<i32> {
+        W((x * (1 << CONST_BITS) as f64 + 0.5) as i32)
+    }
+
+    fn clamp(x: W<i32>) -> u8 {
+        x.0.clamp(0, 255) as u8
+    }
+
+    fn dequantize(coefficients: &[i16; 64], quant: &[u16; 64], i: usize) -> W<i32> {
+        W(i32::from(coefficients[i]) * i32::from(quant[i]))
+    }
+
+    /// `N` × `N` samples, row by row, for `N` of 4 or 2.
+    pub(super) fn block<const N: usize>(coefficients: &[i16; 64], quant: &[u16; 64]) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        match N {
+            4 => idct_4x4(coefficients, quant, &mut out),
+            2 => idct_2x2(coefficients, quant, &mut out),
+            _ => unreachable!("only the 4x4 and 2x2 routines are replaced"),
+        }
+        out
+    }
+
+    /// The 4-point IDCT's odd part, shared by both passes.
+    fn odd(s1: W<i32>, s3: W<i32>) -> (W<i32>, W<i32>) {
+        let p1 = (s1 + s3) * fix(0.541196100);
+        (p1 + s3 * fix(-1.847759065), p1 + s1 * fix(0.765366865))
+    }
+
+    fn idct_4x4(coefficients: &[i16; 64], quant: &[u16; 64], out: &mut [u8; 16]) {
+        // Besides the constants' bits and the column pass's, each 1-D pass scales by
+        // sqrt(8): 3 more bits to drop, rounded, with the +128 level shift folded in.
+        const FINAL_BITS: usize = CONST_BITS + PASS1_BITS + 3;
+        let mut temp = [W(0i32); 16];
+        for i in 0..4 {
+            let s = |row: usize| dequantize(coefficients, quant, i + 8 * row);
+            let (s0, s1, s2, s3) = (s(0), s(1), s(2), s(3));
+            let x0 = (s0 + s2) << PASS1_BITS;
+            let x2 = (s0 - s2) << PASS1_BITS;
+            let (t0, t2) = odd(s1, s3);
+            let round = W(1 << (CONST_BITS - PASS1_BITS - 1));
+            let t0 = (t0 + round) >> (CONST_BITS - PASS1_BITS);
+            let t2 = (t2 + round) >> (CONST_BITS - PASS1_BITS);
+            temp[i] = x0 + t2;
+            temp[i + 12] = x0 - t2;
+            temp[i + 4] = x2 + t0;
+            temp[i + 8] = x2 - t0;
+        }
+        let bias = W(1 << (FINAL_BITS - 1)) + W(128 << FINAL_BITS);
+        for (row, samples) in temp.chunks_exact(4).zip(out.chunks_exact_mut(4)) {
+            let x0 = ((row[0] + row[2]) << CONST_BITS) + bias;
+            let x2 = ((row[0] - row[2]) << CONST_BITS) + bias;
+            let (t0, t2) = odd(row[1], row[3]);
+            samples[0] = clamp((x0 + t2) >> FINAL_BITS);
+            samples[3] = clamp((x0 - t2) >> FINAL_BITS);
+            samples[1] = clamp((x2 + t0) >> FINAL_BITS);
+            samples[2] = clamp((x2 - t0) >> FINAL_BITS);
+        }
+    }
+
+    fn idct_2x2(coefficients: &[i16; 64], quant: &[u16; 64], out: &mut [u8; 16]) {
+        // Sums and differences only; the 3 bits are the two passes' sqrt(8) each.
+        const SCALE_BITS: usize = 3;
+        let s = |i: usize| dequantize(coefficients, quant, i);
+        let bias = W(1 << (SCALE_BITS - 1)) + W(128 << SCALE_BITS);
+        let (x0, x2) = (s(0) + s(8) + bias, s(0) - s(8) + bias);
+        let (x1, x3) = (s(1) + s(9), s(1) - s(9));
+        out[0] = clamp((x0 + x1) >> SCALE_BITS);
+        out[1] = clamp((x0 - x1) >> SCALE_BITS);
+        out[2] = clamp((x2 + x3) >> SCALE_BITS);
+        out[3] = clamp((x2 - x3) >> SCALE_BITS);
     }
 }
 
@@ -280,8 +494,44 @@ mod tests {
             let psnr = 10.0 * (255.0f64.powi(2) / mse).log10();
             assert!(psnr > 35.0, "{n}/8: {psnr:.1} dB");
         }
-        let grey = decode_at(&photo("06-grey-grayscale.jpg"), 2).expect("grey");
-        assert_eq!(grey.layout, Layout::Luma);
+    }
+
+    /// At 1/2 and 1/4 our replacements of libjpeg's inverse DCTs run (`select_idct`): on
+    /// a grey photo, with no colour conversion or upsampling to tell the decoders apart,
+    /// libjpeg's output is then `jpeg-decoder`'s to the byte.
+    #[test]
+    fn reduced_idcts_are_replaced() {
+        let data = photo("06-grey-grayscale.jpg");
+        let frame = Frame::parse(&data).expect("frame");
+        for n in [2, 4] {
+            let ours = decode_at(&data, n).expect("libjpeg decode");
+            let theirs = jpeg::decode_scaled(ScaledJpeg {
+                data: &data,
+                frame: &frame,
+                scans: &[],
+                scale: eighths(n),
+                limits: &Limits::default(),
+                cmyk: None,
+            })
+            .expect("jpeg-decoder decode");
+            assert_eq!(ours.layout, Layout::Luma);
+            assert!(ours.data == theirs.data, "{n}/8 differs");
+        }
+    }
+
+    #[test]
+    fn a_dc_only_block_is_flat() {
+        let mut coefficients = [0i16; 64];
+        coefficients[0] = 100;
+        let mut quant = [1u16; 64];
+        quant[0] = 4;
+        // 100 · 4 / 8 + 128.
+        assert_eq!(idct::block::<4>(&coefficients, &quant), {
+            let mut want = [0u8; 16];
+            want.fill(178);
+            want
+        });
+        assert_eq!(idct::block::<2>(&coefficients, &quant)[..4], [178; 4]);
     }
 
     /// Errors come back as values, without printing; corrupt entropy data (a warning to
