@@ -227,7 +227,7 @@ impl Header<'_> {
 /// zune-jpeg at full size: when that is the faster way, or when the other decoder refused
 /// the file (zune-jpeg then decides, so that what is accepted and the errors given stay
 /// those of the plain build).
-#[cfg(not(feature = "turbojpeg"))]
+#[cfg(not(any(feature = "turbojpeg", feature = "libjpeg")))]
 fn decode_jpeg(job: ScaledJpeg<'_>) -> Option<Raster> {
     // zune-jpeg (through the `image` crate) hands back CMYK already made RGB: a CMYK
     // profile needs the inks, which `jpeg-decoder` gives.
@@ -236,6 +236,20 @@ fn decode_jpeg(job: ScaledJpeg<'_>) -> Option<Raster> {
     }
     scaled_jpeg(job)
         .inspect_err(|err| debug!(cause = %err, "scaled decode failed, decoding whole"))
+        .ok()
+}
+
+/// Decodes a JPEG with libjpeg where it is the faster ([`jpeg::prefer_libjpeg`]: every
+/// reduced scale, and CMYK), or returns `None` to leave it to zune-jpeg at full size: when
+/// that is the faster way, or when libjpeg refused the file (zune-jpeg then decides, so
+/// that what is accepted and the errors given stay those of the pure-Rust build).
+#[cfg(all(feature = "libjpeg", not(feature = "turbojpeg")))]
+fn decode_jpeg(job: ScaledJpeg<'_>) -> Option<Raster> {
+    if !jpeg::prefer_libjpeg(job.frame, job.scale) {
+        return None;
+    }
+    scaled_jpeg(job)
+        .inspect_err(|err| debug!(cause = %err, "libjpeg did not decode it, trying zune-jpeg"))
         .ok()
 }
 
@@ -257,6 +271,9 @@ pub(crate) fn scaled_jpeg(job: ScaledJpeg<'_>) -> Result<Raster, String> {
     if !jpeg::prefer_jpeg_decoder_to_turbo(job.frame, job.scale) {
         return crate::turbo::decode(job).map_err(|e| e.to_string());
     }
+    #[cfg(all(feature = "libjpeg", not(feature = "turbojpeg")))]
+    return crate::libjpeg::decode(job).map_err(|e| e.to_string());
+    #[cfg(not(all(feature = "libjpeg", not(feature = "turbojpeg"))))]
     jpeg::decode_scaled(job).map_err(|e| e.to_string())
 }
 

@@ -24,9 +24,13 @@
 //!
 //! # Builds
 //!
-//! The default build is pure Rust: zune-jpeg decodes JPEGs whole, `jpeg-decoder` decodes
-//! them at a reduced scale (progressive files with the scans that scale does not need cut
-//! out first), `jpeg-encoder` encodes.
+//! The default build: zune-jpeg decodes JPEGs whole, libjpeg decodes them at a reduced
+//! scale (progressive files with the scans that scale does not need cut out first) and
+//! decodes CMYK ones, `jpeg-encoder` encodes; libwebp decodes WebP. Both C libraries are
+//! built from their bundled source by the `cc` crate with the C compiler Rust links with
+//! (no cmake, no nasm): the `libjpeg` (libjpeg-turbo's C code as `mozjpeg-sys` ships it,
+//! without SIMD) and `libwebp` features, on by default. With `--no-default-features` the
+//! build is pure Rust: `jpeg-decoder` takes the reduced-scale decodes, image-webp WebP.
 //!
 //! The `turbojpeg` feature hands JPEG decoding (at every scale) and encoding to
 //! libjpeg-turbo 3: on one core, decoding is 1.3 to 2 times and encoding 2 to 3 times as
@@ -61,6 +65,7 @@
 //!   uses (the probe and the metadata caps too), the stream's structure (frame, scans,
 //!   end), the shrink-on-load scale, scan pruning for progressive files, the scaled
 //!   decode with `jpeg-decoder`.
+//! - `libjpeg` (private, `libjpeg` feature): libjpeg decoding at a DCT scale.
 //! - `turbo` (private, `turbojpeg` feature): libjpeg-turbo decoding and encoding.
 //! - [`preset`]: [`Preset`] and [`Fit`], and the geometry that turns a preset and a source
 //!   size into a crop and an output size.
@@ -73,7 +78,7 @@
 //! - `stages` (hidden): the steps one by one, for the benchmarks (`benches/stages.rs`).
 
 #![deny(missing_docs)]
-// No unsafe code, except the FFI boundary of the optional libwebp decoder (`webp`).
+// No unsafe code, except the FFI boundaries of the C codecs (`webp`, `libjpeg`).
 #![deny(unsafe_code)]
 
 mod colour;
@@ -83,6 +88,9 @@ pub mod error;
 pub mod format;
 pub mod frames;
 mod jpeg;
+#[cfg(all(feature = "libjpeg", not(feature = "turbojpeg")))]
+#[allow(unsafe_code)]
+mod libjpeg;
 pub mod limits;
 mod metadata;
 pub mod pipeline;
@@ -113,6 +121,7 @@ pub use probe::{probe, Probe};
 /// lands just above the output size) and the last bit of each coefficient that pruned
 /// progressive scans drop. `tests/corpus.rs` holds every corpus JPEG to it in both builds
 /// and prints each one's figure: the least is a very detailed landscape decoded at 1/4 to
-/// 816 px for 800, at 37.45 dB; the next, 38.43 dB, a baseline photo that libjpeg-turbo
-/// decodes at 1/2 (40.16 dB in the default build). History: `crates/bench/PERF.md`.
+/// 816 px for 800, at 37.66 dB in the default build (37.45 by `jpeg-decoder`, in the
+/// `turbojpeg` one); the next, 38.43 dB, a baseline photo that libjpeg-turbo decodes at
+/// 1/2 (40.16 dB in the default build). History: `crates/bench/PERF.md`.
 pub const SHRINK_ON_LOAD_MIN_PSNR_DB: f64 = 37.0;

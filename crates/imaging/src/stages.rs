@@ -39,8 +39,9 @@ pub fn decode_whole(data: &[u8]) -> Result<Pixels, ImagingError> {
 }
 
 /// Decodes a JPEG at `eighths`/8 (1, 2, 4 or 8) with the decoder the pipeline uses for
-/// scaled decodes: `jpeg-decoder` with progressive scans pruned, or libjpeg-turbo with the
-/// `turbojpeg` feature (but for the progressive files `jpeg-decoder` does faster). CMYK is
+/// scaled decodes, progressive scans pruned: libjpeg (the default `libjpeg` feature), or
+/// `jpeg-decoder` without it, or libjpeg-turbo with the `turbojpeg` feature (but for the
+/// progressive files `jpeg-decoder` does faster). CMYK is
 /// converted naively: the embedded profile is the pipeline's concern, not this stage's.
 pub fn decode_jpeg_scaled(data: &[u8], eighths: u8) -> Result<Pixels, String> {
     let scale = Scale::from_eighths(eighths)
@@ -85,7 +86,13 @@ pub fn jpeg_plan(data: &[u8], presets: &[Preset]) -> Result<Option<String>, Imag
     let Some((frame, scale)) = plan(data, presets)? else {
         return Ok(None);
     };
-    #[cfg(not(feature = "turbojpeg"))]
+    #[cfg(all(feature = "libjpeg", not(feature = "turbojpeg")))]
+    let decoder = if jpeg::prefer_libjpeg(&frame, scale) {
+        "libjpeg"
+    } else {
+        "zune-jpeg"
+    };
+    #[cfg(not(any(feature = "turbojpeg", feature = "libjpeg")))]
     let decoder = if jpeg::prefer_scaled_decoder(&frame, scale) {
         "jpeg-decoder"
     } else {

@@ -17,6 +17,12 @@
 //!   `jpeg-decoder` sees it ([`prune_scans`]): the output is identical and the entropy
 //!   decoding of those scans, the bulk of the file, is never done.
 //!
+//! With the `libjpeg` feature (on by default), libjpeg (libjpeg-turbo's C code, no SIMD)
+//! takes every reduced-scale decode, pruned progressive streams included, and CMYK files:
+//! its Huffman decoding is faster than `jpeg-decoder`'s, and with block smoothing off
+//! (pruned scans leave coefficients out, which smoothing would estimate) so are its
+//! progressive decodes (`prefer_libjpeg`). zune-jpeg keeps the full-scale decodes.
+//!
 //! With the `turbojpeg` feature, libjpeg-turbo decodes every JPEG at its scale instead
 //! (`turbo`), except progressive files at 1/4 and 1/8, which `jpeg-decoder` decodes
 //! faster once pruned (`prefer_jpeg_decoder_to_turbo`).
@@ -43,7 +49,9 @@ pub(crate) use decoder::{decode_scaled, ScaledJpeg};
 pub(crate) use prune::{correct_dc, prune_scans};
 #[cfg(feature = "turbojpeg")]
 pub(crate) use scale::prefer_jpeg_decoder_to_turbo;
-#[cfg(not(feature = "turbojpeg"))]
+#[cfg(all(feature = "libjpeg", not(feature = "turbojpeg")))]
+pub(crate) use scale::prefer_libjpeg;
+#[cfg(not(any(feature = "turbojpeg", feature = "libjpeg")))]
 pub(crate) use scale::prefer_scaled_decoder;
 pub(crate) use scale::Scale;
 pub(crate) use structure::{has_end, scans, Frame, Scan, ScanError};
@@ -53,11 +61,11 @@ pub(crate) use structure::MAX_SCANS;
 
 /// Streams and frames the tests of several modules build.
 #[cfg(test)]
-mod test_streams {
+pub(crate) mod test_streams {
     use super::{Frame, Scale};
 
     /// A scale from its eighths, which the tests know to be valid.
-    pub(super) fn eighths(eighths: u8) -> Scale {
+    pub(crate) fn eighths(eighths: u8) -> Scale {
         Scale::from_eighths(eighths).expect("a scale the build supports")
     }
 

@@ -102,7 +102,16 @@ impl Scale {
     }
 }
 
-#[cfg(not(feature = "turbojpeg"))]
+/// Whether, in the `libjpeg` build, libjpeg decodes this JPEG rather than zune-jpeg
+/// whole: at every reduced scale, and CMYK files at any (the inks an embedded profile
+/// needs; faster than `jpeg-decoder` too). At full scale zune-jpeg's SIMD IDCT and colour
+/// conversion beat libjpeg's plain C (`crates/bench/PERF.md`).
+#[cfg(all(feature = "libjpeg", not(feature = "turbojpeg")))]
+pub(crate) fn prefer_libjpeg(frame: &Frame, scale: Scale) -> bool {
+    frame.scalable && (scale < Scale::FULL || frame.components == 4)
+}
+
+#[cfg(not(any(feature = "turbojpeg", feature = "libjpeg")))]
 /// Whether `jpeg-decoder` at `scale` (plus the smaller resize that follows) beats
 /// zune-jpeg's full decode (plus the larger resize), from the measurements in the
 /// crate's benchmarks.
