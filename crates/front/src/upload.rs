@@ -348,6 +348,8 @@ async fn take_dedup_entry(state: &State, key: &str, id: &JobId) -> Result<Dedup,
             Ok(None) | Err(_) if waiting => {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
+            // Out of reach is not absent: the holder's job may be alive (503).
+            Err(ApiError::Store(e)) if e.is_unavailable() => return Err(ApiError::Store(e)),
             Ok(None) | Err(_) => {
                 warn!(holder = %holder, "dedup entry without a job; replacing it");
                 release(records, key, &holder).await;

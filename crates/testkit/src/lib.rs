@@ -494,6 +494,15 @@ pub async fn wait_final(addr: SocketAddr, id: &str, timeout: Duration) -> Value 
                 continue;
             }
         };
+        // Retried as a client would: a distributed backend electing a leader says so.
+        if resp.status == StatusCode::SERVICE_UNAVAILABLE && resp.header("retry-after").is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "job {id}: still 503 at the deadline"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
         assert_eq!(resp.status, StatusCode::OK, "job {id}: {:?}", resp.body);
         let job = resp.json();
         match job["state"].as_str() {

@@ -443,6 +443,13 @@ async fn begin(
             drop_job(backend, &delivery, "no record").await;
             return Err(Outcome::Skipped);
         }
+        // The records' service not answering (a leader election): the job is fine,
+        // only out of reach for now.
+        Err(e) if e.is_unavailable() => {
+            error!(cause = %e, "could not read the job's record; will retry");
+            retry_later(&backend.queue, delivery);
+            return Err(Outcome::Retry);
+        }
         Err(e) => {
             error!(cause = %e, "delivered job's record is unreadable; dropping it");
             drop_job(backend, &delivery, "unreadable record").await;
