@@ -242,10 +242,12 @@ pub async fn run(
         // The embedded backend is this host's disk and workers: nothing to ask.
         Some(_) => None,
         None => {
-            backend_probe.run_once(&*records, &*blobs).await;
-            Some(tokio::spawn(
-                backend_probe.clone().watch(records.clone(), blobs.clone()),
-            ))
+            backend_probe.run_once(&*records, &*blobs, &*queue).await;
+            Some(tokio::spawn(backend_probe.clone().watch(
+                records.clone(),
+                blobs.clone(),
+                queue.clone(),
+            )))
         }
     };
     let state = Arc::new(State {
@@ -399,18 +401,21 @@ impl Probe {
         self.down.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    async fn run_once(&self, records: &dyn Records, blobs: &dyn Blobs) {
+    async fn run_once(&self, records: &dyn Records, blobs: &dyn Blobs, queue: &dyn Queue) {
         let ask = |what: &'static str, r: Result<Result<(), pixpool_store::StoreError>, _>| match r
         {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(format!("{what}: {}", pixpool_store::error_chain(&e))),
             Err(_) => Some(format!("{what}: no answer within {PROBE_TIMEOUT:?}")),
         };
-        let (r, b) = tokio::join!(
+        let (r, b, q) = tokio::join!(
             tokio::time::timeout(PROBE_TIMEOUT, records.ready()),
-            tokio::time::timeout(PROBE_TIMEOUT, blobs.ready())
+            tokio::time::timeout(PROBE_TIMEOUT, blobs.ready()),
+            tokio::time::timeout(PROBE_TIMEOUT, queue.ready())
         );
-        let down = ask("job records", r).or_else(|| ask("blob storage", b));
+        let down = ask("job records", r)
+            .or_else(|| ask("job queue", q))
+            .or_else(|| ask("blob storage", b));
         let mut slot = self.down.lock().unwrap_or_else(|p| p.into_inner());
         match (&*slot, &down) {
             (None, Some(why)) => warn!(cause = %why, "the backend does not answer; not ready"),
@@ -420,10 +425,15 @@ impl Probe {
         *slot = down;
     }
 
-    async fn watch(self: Arc<Self>, records: Arc<dyn Records>, blobs: Arc<dyn Blobs>) {
+    async fn watch(
+        self: Arc<Self>,
+        records: Arc<dyn Records>,
+        blobs: Arc<dyn Blobs>,
+        queue: Arc<dyn Queue>,
+    ) {
         loop {
             tokio::time::sleep(PROBE_INTERVAL).await;
-            self.run_once(&*records, &*blobs).await;
+            self.run_once(&*records, &*blobs, &*queue).await;
         }
     }
 }

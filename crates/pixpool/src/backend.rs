@@ -198,6 +198,10 @@ impl Queue for Timed<dyn Queue> {
     async fn is_queued(&self, id: &JobId) -> Result<bool, StoreError> {
         self.inner.is_queued(id).await
     }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.inner.ready().await
+    }
 }
 
 #[async_trait::async_trait]

@@ -216,6 +216,12 @@ pub trait Queue: Send + Sync + fmt::Debug {
     /// Whether job `id` is durably queued or running (acknowledged by the queue and not
     /// yet acked by a worker): an upload identical to it may wait for it.
     async fn is_queued(&self, id: &JobId) -> Result<bool, StoreError>;
+
+    /// Whether the queue takes jobs now; the error says why not. Asked every few
+    /// seconds for `/readyz`, so it is one cheap request at most.
+    async fn ready(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// One job handed to a worker by its [`Consumer`].

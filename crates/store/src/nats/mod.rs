@@ -257,6 +257,20 @@ fn nats_err(
     }
 }
 
+/// Answered only when a server is reachable, and naming a leader only while the
+/// stream's replicas have a quorum: whether `stream` takes writes now.
+async fn has_leader(stream: &jetstream::stream::Stream, what: &str) -> Result<(), StoreError> {
+    let step = || format!("read the status of {what}");
+    let info = stream.get_info().await.map_err(|e| nats_err(step(), e))?;
+    match info.cluster {
+        Some(c) if c.leader.is_none() => Err(nats_err(
+            step(),
+            std::io::Error::other("no leader (no quorum of its replicas)"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// `key` as a KV key: KV keys allow only `[-/_=.A-Za-z0-9]` and give `.` and `/` a
 /// meaning, so every byte other than `[-_A-Za-z0-9]` is written `=XX` (hex). `=` is
 /// escaped too, so two keys never share an escape. Dedup keys (hex and `-`) pass

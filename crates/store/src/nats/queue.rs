@@ -74,6 +74,10 @@ impl Queue for JobQueue {
             Err(e) => Err(nats_err(format!("look up queued job {id}"), e)),
         }
     }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        super::has_leader(&self.jobs, &format!("stream {}", super::JOB_STREAM)).await
+    }
 }
 
 /// A delivered message this consumer has not yet acked or given back.

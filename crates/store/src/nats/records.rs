@@ -184,24 +184,12 @@ impl Records for KvRecords {
         }
     }
 
-    /// The jobs bucket's stream info, asked of the server (the client's copy is a
-    /// cache): answered only when a server is reachable, and naming a leader only while
-    /// the bucket's replicas have a quorum.
+    /// Both buckets' stream info, asked of the server (the client's copy is a cache).
     async fn ready(&self) -> Result<(), StoreError> {
-        let step = || format!("read the status of KV bucket {}", super::JOBS_BUCKET);
-        let info = self
-            .jobs
-            .stream
-            .get_info()
-            .await
-            .map_err(|e| nats_err(step(), e))?;
-        match info.cluster {
-            Some(c) if c.leader.is_none() => Err(nats_err(
-                step(),
-                std::io::Error::other("the bucket has no leader (no quorum of its replicas)"),
-            )),
-            _ => Ok(()),
+        for kv in [&self.jobs, &self.dedup] {
+            super::has_leader(&kv.stream, &format!("KV bucket {}", kv.name)).await?;
         }
+        Ok(())
     }
 }
 
