@@ -104,6 +104,10 @@ async fn two_trees_on_one_queue_and_bucket_are_one_service() {
         2,
         "one output event per preset: {names:?}"
     );
+    // New connections: these sat idle through the waits, past the front's
+    // header-read timeout on a slow machine.
+    let mut on_a = Conn::open(a.addr).await.expect("connect A");
+    let mut on_b = Conn::open(b.addr).await.expect("connect B");
     let polled = on_a
         .get(&format!("/jobs/{id}?wait=5"))
         .await
@@ -311,10 +315,15 @@ const QUICK_REDELIVERY: &[&str] = &["--queue-ack-wait-secs", "5"];
 /// served as the record describes them.
 async fn all_done(front: &Server, ids: &[String], within: Duration) -> Vec<serde_json::Value> {
     let mut jobs = Vec::new();
-    let mut conn = Conn::open(front.addr).await.expect("connect");
     for id in ids {
         let job = wait_final(front.addr, id, within).await;
         assert_eq!(job["state"], "done", "{job}");
+        jobs.push(job);
+    }
+    // Opened after the waits: a connection idle past the front's header-read timeout
+    // is closed by the front, as any keep-alive client expects.
+    let mut conn = Conn::open(front.addr).await.expect("connect");
+    for job in &jobs {
         for out in job["outputs"].as_array().expect("outputs") {
             let url = out["url"].as_str().expect("url");
             let got = conn.get(url).await.expect("GET image");
@@ -323,7 +332,6 @@ async fn all_done(front: &Server, ids: &[String], within: Duration) -> Vec<serde
             assert_eq!(got.header("etag"), Some(etag.as_str()), "{url}");
             assert_eq!(out["bytes"].as_u64(), Some(got.body.len() as u64), "{url}");
         }
-        jobs.push(job);
     }
     jobs
 }
@@ -614,8 +622,9 @@ async fn a_front_host_killed_mid_upload_leaves_nothing_and_loses_nothing() {
     let Some(svc) = Service::start("front-killed") else {
         return;
     };
-    let workers = svc.tree(0, 1, &[]);
-    let fronts = svc.tree(2, 0, &[]);
+    // A pull that expires just as a job arrives costs that job one ack wait.
+    let workers = svc.tree(0, 1, QUICK_REDELIVERY);
+    let fronts = svc.tree(2, 0, QUICK_REDELIVERY);
     let leaf = photo("04-fallenleaf.jpg");
     let mut accepted = Vec::new();
     let mut conn = Conn::open(fronts.addr).await.expect("connect");
