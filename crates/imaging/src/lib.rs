@@ -118,7 +118,7 @@ pub use probe::{probe, Probe};
 /// lands just above the output size) and the last bit of each coefficient that pruned
 /// progressive scans drop. `tests/corpus.rs` holds every corpus JPEG to it in both builds
 /// and prints each one's figure: the least is a very detailed landscape decoded at 1/4 to
-/// 816 px for 800, at 37.66 dB in the default build (37.45 by `jpeg-decoder`, in the
-/// `turbojpeg` one); the next, 38.43 dB, a baseline photo that libjpeg-turbo decodes at
-/// 1/2 (40.16 dB in the default build). History: `crates/bench/PERF.md`.
+/// 816 px for 800, at 37.66 dB in the default build (37.34 in the `libjpeg-simd` one,
+/// whose SIMD reduced IDCTs are libjpeg 6b's); the next, 38.43 dB there, a baseline
+/// photo decoded at 1/2 (40.16 dB in the default build). History: `crates/bench/PERF.md`.
 pub const SHRINK_ON_LOAD_MIN_PSNR_DB: f64 = 37.0;
