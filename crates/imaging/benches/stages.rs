@@ -1,8 +1,8 @@
 //! Each stage of the pipeline, and the whole of it, on a few photos of `shared/corpus`.
 //!
 //! ```sh
-//! cargo bench -p pixpool-imaging                        # jpeg-decoder, zune-jpeg, jpeg-encoder
-//! cargo bench -p pixpool-imaging --features turbojpeg   # libjpeg-turbo for JPEG
+//! cargo bench -p pixpool-imaging                          # libjpeg (no SIMD), zune-jpeg, jpeg-encoder
+//! cargo bench -p pixpool-imaging --features libjpeg-simd   # libjpeg with SIMD for every JPEG
 //! taskset -c 1 cargo bench -p pixpool-imaging -- decode/15   # one core, one group
 //! ```
 //!

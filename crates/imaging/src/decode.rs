@@ -227,7 +227,7 @@ impl Header<'_> {
 /// zune-jpeg at full size: when that is the faster way, or when the other decoder refused
 /// the file (zune-jpeg then decides, so that what is accepted and the errors given stay
 /// those of the plain build).
-#[cfg(not(any(feature = "turbojpeg", feature = "libjpeg")))]
+#[cfg(not(feature = "libjpeg"))]
 fn decode_jpeg(job: ScaledJpeg<'_>) -> Option<Raster> {
     // zune-jpeg (through the `image` crate) hands back CMYK already made RGB: a CMYK
     // profile needs the inks, which `jpeg-decoder` gives.
@@ -240,10 +240,10 @@ fn decode_jpeg(job: ScaledJpeg<'_>) -> Option<Raster> {
 }
 
 /// Decodes a JPEG with libjpeg where it is the faster ([`jpeg::prefer_libjpeg`]: every
-/// reduced scale, and CMYK), or returns `None` to leave it to zune-jpeg at full size: when
+/// reduced scale, and CMYK; every scale with SIMD), or returns `None` to leave it to zune-jpeg at full size: when
 /// that is the faster way, or when libjpeg refused the file (zune-jpeg then decides, so
 /// that what is accepted and the errors given stay those of the pure-Rust build).
-#[cfg(all(feature = "libjpeg", not(feature = "turbojpeg")))]
+#[cfg(feature = "libjpeg")]
 fn decode_jpeg(job: ScaledJpeg<'_>) -> Option<Raster> {
     if !jpeg::prefer_libjpeg(job.frame, job.scale) {
         return None;
@@ -253,27 +253,12 @@ fn decode_jpeg(job: ScaledJpeg<'_>) -> Option<Raster> {
         .ok()
 }
 
-/// Decodes a JPEG at `scale` with libjpeg-turbo (or `jpeg-decoder`, for the progressive
-/// files it decodes faster: [`jpeg::prefer_jpeg_decoder_to_turbo`]), or returns `None`
-/// to leave it to zune-jpeg when the decoder refused it (so that what is accepted and the
-/// errors given stay those of the plain build).
-#[cfg(feature = "turbojpeg")]
-fn decode_jpeg(job: ScaledJpeg<'_>) -> Option<Raster> {
-    scaled_jpeg(job)
-        .inspect_err(|err| debug!(cause = %err, "scaled decode failed, trying zune-jpeg"))
-        .ok()
-}
-
 /// The build's decoder for a JPEG at a DCT scale (see `decode_jpeg`), without the
 /// fall-back.
 pub(crate) fn scaled_jpeg(job: ScaledJpeg<'_>) -> Result<Raster, String> {
-    #[cfg(feature = "turbojpeg")]
-    if !jpeg::prefer_jpeg_decoder_to_turbo(job.frame, job.scale) {
-        return crate::turbo::decode(job).map_err(|e| e.to_string());
-    }
-    #[cfg(all(feature = "libjpeg", not(feature = "turbojpeg")))]
+    #[cfg(feature = "libjpeg")]
     return crate::libjpeg::decode(job).map_err(|e| e.to_string());
-    #[cfg(not(all(feature = "libjpeg", not(feature = "turbojpeg"))))]
+    #[cfg(not(feature = "libjpeg"))]
     jpeg::decode_scaled(job).map_err(|e| e.to_string())
 }
 

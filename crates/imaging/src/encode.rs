@@ -46,7 +46,7 @@ pub(crate) fn encode(
     }
 }
 
-#[cfg(feature = "turbojpeg")]
+#[cfg(feature = "libjpeg-simd")]
 fn encode_jpeg(raster: &Raster, quality: u8) -> Result<Vec<u8>, EncodeError> {
     if raster.width > 65_535 || raster.height > 65_535 {
         return Err(EncodeError::TooLargeForJpeg {
@@ -54,10 +54,10 @@ fn encode_jpeg(raster: &Raster, quality: u8) -> Result<Vec<u8>, EncodeError> {
             height: raster.height,
         });
     }
-    Ok(crate::turbo::encode(raster, quality)?)
+    crate::libjpeg::encode(raster, quality).map_err(|e| EncodeError::Libjpeg(e.to_string()))
 }
 
-#[cfg(not(feature = "turbojpeg"))]
+#[cfg(not(feature = "libjpeg-simd"))]
 fn encode_jpeg(raster: &Raster, quality: u8) -> Result<Vec<u8>, EncodeError> {
     let too_large = || EncodeError::TooLargeForJpeg {
         width: raster.width,

@@ -197,10 +197,10 @@ pub enum EncodeError {
     /// `jpeg-encoder` failed.
     #[error(transparent)]
     Jpeg(#[from] jpeg_encoder::EncodingError),
-    /// libjpeg-turbo failed (the `turbojpeg` feature).
-    #[cfg(feature = "turbojpeg")]
-    #[error(transparent)]
-    Turbo(#[from] turbojpeg::Error),
+    /// libjpeg failed (the `libjpeg-simd` feature), with its message.
+    #[cfg(feature = "libjpeg-simd")]
+    #[error("libjpeg: {0}")]
+    Libjpeg(String),
     /// The `image` crate's PNG or WebP encoder failed.
     #[error(transparent)]
     Image(#[from] image::ImageError),

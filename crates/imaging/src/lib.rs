@@ -32,21 +32,20 @@
 //! without SIMD) and `libwebp` features, on by default. With `--no-default-features` the
 //! build is pure Rust: `jpeg-decoder` takes the reduced-scale decodes, image-webp WebP.
 //!
-//! The `turbojpeg` feature hands JPEG decoding (at every scale) and encoding to
-//! libjpeg-turbo 3: on one core, decoding is 1.3 to 2 times and encoding 2 to 3 times as
-//! fast as the pure-Rust codecs. The `turbojpeg` crate builds the
-//! library from its bundled source, so the build needs a C compiler, `cmake` and `nasm`
-//! (the SIMD code is required, not optional):
+//! The `libjpeg-simd` feature builds the same libjpeg with libjpeg-turbo's SIMD assembly
+//! (`nasm` needed, no cmake), which then takes every JPEG decode, whole and at 5/8 to
+//! 7/8 too, and every JPEG encode, where it beats zune-jpeg and `jpeg-encoder` (encoding
+//! three times as fast):
 //!
 //! ```sh
-//! apt-get install -y cmake nasm        # Debian/Ubuntu; gcc or clang is assumed
-//! cargo build --release -p pixpool-imaging --features turbojpeg
-//! cargo test -p pixpool-imaging --features turbojpeg
+//! apt-get install -y nasm        # Debian/Ubuntu; gcc or clang is assumed
+//! cargo build --release -p pixpool-imaging --features libjpeg-simd
+//! cargo test -p pixpool-imaging --features libjpeg-simd
 //! ```
 //!
 //! A binary opts in through its dependency (`pixpool-imaging = { workspace = true,
-//! features = ["turbojpeg"] }`). Either build accepts and refuses the same files: when
-//! libjpeg-turbo or `jpeg-decoder` rejects a JPEG, zune-jpeg decodes it whole and decides.
+//! features = ["libjpeg-simd"] }`). Every build accepts and refuses the same files: when
+//! libjpeg or `jpeg-decoder` rejects a JPEG, zune-jpeg decodes it whole and decides.
 //!
 //! # Layout
 //!
@@ -65,8 +64,8 @@
 //!   uses (the probe and the metadata caps too), the stream's structure (frame, scans,
 //!   end), the shrink-on-load scale, scan pruning for progressive files, the scaled
 //!   decode with `jpeg-decoder`.
-//! - `libjpeg` (private, `libjpeg` feature): libjpeg decoding at a DCT scale.
-//! - `turbo` (private, `turbojpeg` feature): libjpeg-turbo decoding and encoding.
+//! - `libjpeg` (private, `libjpeg` feature): libjpeg decoding at a DCT scale (and, with
+//!   `libjpeg-simd`, encoding).
 //! - [`preset`]: [`Preset`] and [`Fit`], and the geometry that turns a preset and a source
 //!   size into a crop and an output size.
 //! - `raster` (private): the 8-bit pixel buffer the pipeline passes between steps.
@@ -88,7 +87,7 @@ pub mod error;
 pub mod format;
 pub mod frames;
 mod jpeg;
-#[cfg(all(feature = "libjpeg", not(feature = "turbojpeg")))]
+#[cfg(feature = "libjpeg")]
 #[allow(unsafe_code)]
 mod libjpeg;
 pub mod limits;
@@ -100,8 +99,6 @@ mod raster;
 mod resize;
 #[doc(hidden)]
 pub mod stages;
-#[cfg(feature = "turbojpeg")]
-mod turbo;
 #[cfg(feature = "libwebp")]
 #[allow(unsafe_code)]
 mod webp;
@@ -121,7 +118,7 @@ pub use probe::{probe, Probe};
 /// lands just above the output size) and the last bit of each coefficient that pruned
 /// progressive scans drop. `tests/corpus.rs` holds every corpus JPEG to it in both builds
 /// and prints each one's figure: the least is a very detailed landscape decoded at 1/4 to
-/// 816 px for 800, at 37.66 dB in the default build (37.45 by `jpeg-decoder`, in the
-/// `turbojpeg` one); the next, 38.43 dB, a baseline photo that libjpeg-turbo decodes at
-/// 1/2 (40.16 dB in the default build). History: `crates/bench/PERF.md`.
+/// 816 px for 800, at 37.66 dB in the default build (37.34 in the `libjpeg-simd` one,
+/// whose SIMD reduced IDCTs are libjpeg 6b's); the next, 38.43 dB there, a baseline
+/// photo decoded at 1/2 (40.16 dB in the default build). History: `crates/bench/PERF.md`.
 pub const SHRINK_ON_LOAD_MIN_PSNR_DB: f64 = 37.0;

@@ -1,13 +1,15 @@
 //! JPEG decoding at a DCT scale through libjpeg, as `mozjpeg-sys` bundles it
-//! (libjpeg-turbo's C code, built by the `cc` crate without its SIMD assembly: no cmake,
-//! no nasm), for the default build.
+//! (libjpeg-turbo's C code, built by the `cc` crate), and with `libjpeg-simd` encoding.
 //!
-//! Even without SIMD its Huffman decoding is faster than `jpeg-decoder`'s, which is most
-//! of a scaled decode; its 1/2 and 1/4 inverse DCTs are replaced by ours (`idct`), which
-//! read only the coefficients the reduced output is made of; figures in
-//! `crates/bench/PERF.md`. Encoding stays with
-//! `jpeg-encoder`, whose SIMD DCT makes it twice as fast as this C one. Colour follows
-//! the `turbo` module: CMYK and YCCK come back as the stored (Adobe-inverted) inks.
+//! Without SIMD (the default build: no cmake, no nasm) its Huffman decoding is faster
+//! than `jpeg-decoder`'s, which is most of a scaled decode; its plain-C 1/2 and 1/4
+//! inverse DCTs are replaced by ours (`idct`), which read only the coefficients the
+//! reduced output is made of. Encoding then stays with `jpeg-encoder`, whose SIMD DCT
+//! makes it twice as fast as this C one. With libjpeg-turbo's SIMD assembly
+//! (`libjpeg-simd`, nasm) libjpeg decodes every JPEG, whole too, and encodes them:
+//! faster than zune-jpeg and three times as fast as `jpeg-encoder`; its SIMD reduced
+//! IDCTs are kept, faster than ours. Figures in `crates/bench/PERF.md`. Colour: CMYK and
+//! YCCK come back as the stored (Adobe-inverted) inks.
 //!
 //! libjpeg reports a fatal error by calling `error_exit`, which must not return: ours
 //! unwinds (the C code is compiled with `-fexceptions` by `mozjpeg-sys`'s `unwinding`
@@ -117,6 +119,133 @@ impl Drop for Decompressor {
     }
 }
 
+/// A compressor writing to a buffer that libjpeg allocates (`jpeg_mem_dest`), both freed
+/// when dropped, error or not.
+#[cfg(feature = "libjpeg-simd")]
+struct Compressor {
+    cinfo: Box<ffi::jpeg_compress_struct>,
+    /// Referred to by `cinfo.common.err`: boxed so that it does not move.
+    _err: Box<ffi::jpeg_error_mgr>,
+    /// The output buffer and its length, which libjpeg updates through pointers to them
+    /// (boxed so that they do not move); the buffer is `malloc`'d, null until started.
+    out: Box<(*mut u8, c_ulong)>,
+}
+
+#[cfg(feature = "libjpeg-simd")]
+extern "C" {
+    /// The C library's, for the buffer `jpeg_mem_dest` allocates.
+    fn free(ptr: *mut std::ffi::c_void);
+}
+
+#[cfg(feature = "libjpeg-simd")]
+impl Compressor {
+    fn new() -> Compressor {
+        let mut err = error_manager();
+        // SAFETY: as for the decompressor: all zeroes is the state `jpeg_create_compress`
+        // expects, and `err` outlives `cinfo`.
+        let mut cinfo: Box<ffi::jpeg_compress_struct> = Box::new(unsafe { std::mem::zeroed() });
+        cinfo.common.err = &mut *err;
+        // SAFETY: `cinfo` is live and exclusive.
+        unsafe { ffi::jpeg_create_compress(&mut *cinfo) };
+        Compressor {
+            cinfo,
+            _err: err,
+            out: Box::new((std::ptr::null_mut(), 0)),
+        }
+    }
+}
+
+#[cfg(feature = "libjpeg-simd")]
+impl Drop for Compressor {
+    fn drop(&mut self) {
+        // SAFETY: `cinfo` was created by `jpeg_create_compress`; the buffer, if any, is
+        // the one `jpeg_mem_dest` allocated last (it frees those it outgrows).
+        unsafe {
+            ffi::jpeg_destroy_compress(&mut self.cinfo);
+            if !self.out.0.is_null() {
+                free(self.out.0.cast());
+            }
+        }
+    }
+}
+
+/// Encodes an RGB or grey raster as a baseline JPEG with standard Huffman tables and
+/// libjpeg's standard quantisation tables, with the chroma subsampling `jpeg-encoder`
+/// would use (4:2:0 under quality 90, else 4:4:4). Only with the SIMD assembly, whose
+/// colour conversion, DCT and Huffman coding make it faster than `jpeg-encoder`; the
+/// plain C encoder is about twice as slow (`crates/bench/PERF.md`).
+#[cfg(feature = "libjpeg-simd")]
+pub(crate) fn encode(raster: &Raster, quality: u8) -> Result<Vec<u8>, LibjpegError> {
+    guarded(|| encode_unguarded(raster, quality))
+}
+
+#[cfg(feature = "libjpeg-simd")]
+fn encode_unguarded(raster: &Raster, quality: u8) -> Result<Vec<u8>, LibjpegError> {
+    let (space, components) = match raster.layout {
+        Layout::Luma => (ffi::J_COLOR_SPACE::JCS_GRAYSCALE, 1),
+        Layout::Rgb => (ffi::J_COLOR_SPACE::JCS_RGB, 3),
+        Layout::LumaAlpha | Layout::Rgba => unreachable!("alpha is flattened before encoding"),
+    };
+    let stride = (raster.width as usize) * components;
+    if stride == 0 || raster.data.len() != stride * raster.height as usize {
+        return Err(LibjpegError::Size {
+            want: (raster.width, raster.height),
+            got: (raster.width, raster.height),
+        });
+    }
+    let mut c = Compressor::new();
+    let out = &mut *c.out;
+    let cinfo = &mut *c.cinfo;
+    cinfo.image_width = raster.width;
+    cinfo.image_height = raster.height;
+    cinfo.input_components = c_int::try_from(components).expect("1 or 3");
+    cinfo.in_color_space = space;
+    let rows: Vec<*const u8> = raster
+        .data
+        .chunks_exact(stride)
+        .map(<[u8]>::as_ptr)
+        .collect();
+    // SAFETY: `cinfo` is created and `out` outlives it (both in `c`); every row pointer
+    // addresses `stride` bytes of the raster, which libjpeg reads and never writes.
+    unsafe {
+        // libjpeg-turbo's defaults (baseline, no trellis quantisation, standard tables),
+        // not mozjpeg's slow search for the smallest file.
+        ffi::jpeg_c_set_int_param(
+            cinfo,
+            ffi::J_INT_PARAM::JINT_COMPRESS_PROFILE,
+            ffi::JCP_FASTEST as c_int,
+        );
+        ffi::jpeg_set_defaults(cinfo);
+        ffi::jpeg_set_quality(cinfo, c_int::from(quality), 1);
+        if space == ffi::J_COLOR_SPACE::JCS_RGB && quality >= 90 {
+            for i in 0..3 {
+                let component = &mut *cinfo.comp_info.add(i);
+                component.h_samp_factor = 1;
+                component.v_samp_factor = 1;
+            }
+        }
+        ffi::jpeg_mem_dest(cinfo, &mut out.0, &mut out.1);
+        ffi::jpeg_start_compress(cinfo, 1);
+        while cinfo.next_scanline < cinfo.image_height {
+            let done = cinfo.next_scanline;
+            let written = ffi::jpeg_write_scanlines(
+                cinfo,
+                rows.as_ptr().add(done as usize),
+                cinfo.image_height - done,
+            );
+            if written == 0 {
+                return Err(LibjpegError::Rows {
+                    want: cinfo.image_height,
+                    got: done,
+                });
+            }
+        }
+        ffi::jpeg_finish_compress(cinfo);
+        let len = usize::try_from(out.1).map_err(|_| LibjpegError::TooLarge)?;
+        Ok(std::slice::from_raw_parts(out.0, len).to_vec())
+    }
+}
+
 /// libjpeg's inverse-DCT routine: one block's coefficients (natural order) to `N` rows of
 /// `N` samples at column `output_col` of `output_buf`.
 type IdctMethod = unsafe extern "C-unwind" fn(
@@ -159,10 +288,11 @@ extern "C-unwind" {
     );
 }
 
-/// Swaps libjpeg's 4×4 and 2×2 inverse DCTs (libjpeg 6b's, which read up to 49 and 25
-/// coefficients: 15 % of a corpus run) for ones that read only the 16 and 4 the reduced
-/// output is made of, as `jpeg-decoder` and libjpeg 9 compute them. Their outputs keep
-/// the PSNR bound; the other sizes keep libjpeg's routines.
+/// Swaps libjpeg's plain-C 4×4 and 2×2 inverse DCTs (libjpeg 6b's, which read up to 49
+/// and 25 coefficients: 15 % of a corpus run) for ones that read only the 16 and 4 the
+/// reduced output is made of, as `jpeg-decoder` and libjpeg 9 compute them. Their
+/// outputs keep the PSNR bound; the other sizes keep libjpeg's routines, and so do both
+/// sizes where libjpeg chose its SIMD ones (`libjpeg-simd`), which are faster still.
 unsafe extern "C-unwind" fn select_idct(
     _cinfo: *mut ffi::jpeg_decompress_struct,
     _compptr: *mut ffi::jpeg_component_info,
@@ -351,6 +481,14 @@ pub(crate) fn decode(job: ScaledJpeg<'_>) -> Result<Raster, LibjpegError> {
     Ok(raster)
 }
 
+/// libjpeg decoding a stream as it is (every progressive scan) at `scale`, without
+/// pruning, DC correction or colour conversion: the bytes of pixels it decoded (for
+/// `examples/decode_bound.rs`).
+pub(crate) fn decode_stream(data: &[u8], scale: Scale) -> Result<usize, LibjpegError> {
+    let (pixels, ..) = guarded(|| decode_pruned(data, scale, &Limits::default()))?;
+    Ok(pixels.len())
+}
+
 /// What [`decode_pruned`] hands back: the pixels, width, height, layout, and whether the
 /// pixels are inks (CMYK) still to be made RGB.
 type Pixels = (Vec<u8>, u32, u32, Layout, bool);
@@ -498,7 +636,9 @@ mod tests {
 
     /// At 1/2 and 1/4 our replacements of libjpeg's inverse DCTs run (`select_idct`): on
     /// a grey photo, with no colour conversion or upsampling to tell the decoders apart,
-    /// libjpeg's output is then `jpeg-decoder`'s to the byte.
+    /// libjpeg's output is then `jpeg-decoder`'s to the byte. (With SIMD, libjpeg's own
+    /// SIMD routines run instead.)
+    #[cfg(not(feature = "libjpeg-simd"))]
     #[test]
     fn reduced_idcts_are_replaced() {
         let data = photo("06-grey-grayscale.jpg");

@@ -40,12 +40,11 @@ pub fn decode_whole(data: &[u8]) -> Result<Pixels, ImagingError> {
 
 /// Decodes a JPEG at `eighths`/8 (1, 2, 4 or 8) with the decoder the pipeline uses for
 /// scaled decodes, progressive scans pruned: libjpeg (the default `libjpeg` feature), or
-/// `jpeg-decoder` without it, or libjpeg-turbo with the `turbojpeg` feature (but for the
-/// progressive files `jpeg-decoder` does faster). CMYK is
+/// `jpeg-decoder` without it. CMYK is
 /// converted naively: the embedded profile is the pipeline's concern, not this stage's.
 pub fn decode_jpeg_scaled(data: &[u8], eighths: u8) -> Result<Pixels, String> {
     let scale = Scale::from_eighths(eighths)
-        .ok_or("scale must be 1, 2, 4 or 8 eighths (or 5 to 7 with libjpeg-turbo)")?;
+        .ok_or("scale must be 1, 2, 4 or 8 eighths (or 5 to 7 with libjpeg-simd)")?;
     let frame = Frame::parse(data).ok_or("not a JPEG with a frame header")?;
     let scans = if frame.progressive {
         jpeg::scans(data).map_err(|e| e.to_string())?
@@ -62,6 +61,15 @@ pub fn decode_jpeg_scaled(data: &[u8], eighths: u8) -> Result<Pixels, String> {
         cmyk: None,
     })
     .map(Pixels::new)
+}
+
+/// libjpeg decoding a JPEG as it is, every progressive scan included, at `eighths`/8 (the
+/// pipeline's decoder without its scan pruning; block smoothing off): the bytes of pixels
+/// decoded. The bound `examples/decode_bound.rs` compares the pipeline with.
+#[cfg(feature = "libjpeg")]
+pub fn libjpeg_decode_stream(data: &[u8], eighths: u8) -> Result<usize, String> {
+    let scale = Scale::from_eighths(eighths).ok_or("not a scale this build decodes at")?;
+    crate::libjpeg::decode_stream(data, scale).map_err(|e| e.to_string())
 }
 
 /// A JPEG's frame and the scale it would be decoded at for `presets`, as the pipeline
@@ -86,23 +94,17 @@ pub fn jpeg_plan(data: &[u8], presets: &[Preset]) -> Result<Option<String>, Imag
     let Some((frame, scale)) = plan(data, presets)? else {
         return Ok(None);
     };
-    #[cfg(all(feature = "libjpeg", not(feature = "turbojpeg")))]
+    #[cfg(feature = "libjpeg")]
     let decoder = if jpeg::prefer_libjpeg(&frame, scale) {
         "libjpeg"
     } else {
         "zune-jpeg"
     };
-    #[cfg(not(any(feature = "turbojpeg", feature = "libjpeg")))]
+    #[cfg(not(feature = "libjpeg"))]
     let decoder = if jpeg::prefer_scaled_decoder(&frame, scale) {
         "jpeg-decoder"
     } else {
         "zune-jpeg"
-    };
-    #[cfg(feature = "turbojpeg")]
-    let decoder = if jpeg::prefer_jpeg_decoder_to_turbo(&frame, scale) {
-        "jpeg-decoder"
-    } else {
-        "libjpeg-turbo"
     };
     Ok(Some(format!("{} {decoder}", scale_label(scale.eighths()))))
 }
@@ -135,8 +137,8 @@ pub fn resize(pixels: &Pixels, width: u32, height: u32) -> Pixels {
     Pixels::new(raster)
 }
 
-/// Encodes as JPEG at `quality` with the build's encoder (`jpeg-encoder`, or libjpeg-turbo
-/// with the `turbojpeg` feature).
+/// Encodes as JPEG at `quality` with the build's encoder (`jpeg-encoder`, or libjpeg with
+/// the `libjpeg-simd` feature).
 pub fn encode_jpeg(pixels: &Pixels, quality: u8) -> Vec<u8> {
     encode(&pixels.0.raster, OutputFormat::Jpeg, quality).expect("an RGB or grey raster encodes")
 }

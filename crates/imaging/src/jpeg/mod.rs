@@ -21,11 +21,8 @@
 //! takes every reduced-scale decode, pruned progressive streams included, and CMYK files:
 //! its Huffman decoding is faster than `jpeg-decoder`'s, and with block smoothing off
 //! (pruned scans leave coefficients out, which smoothing would estimate) so are its
-//! progressive decodes (`prefer_libjpeg`). zune-jpeg keeps the full-scale decodes.
-//!
-//! With the `turbojpeg` feature, libjpeg-turbo decodes every JPEG at its scale instead
-//! (`turbo`), except progressive files at 1/4 and 1/8, which `jpeg-decoder` decodes
-//! faster once pruned (`prefer_jpeg_decoder_to_turbo`).
+//! progressive decodes (`prefer_libjpeg`). zune-jpeg keeps the full-scale decodes, but
+//! with `libjpeg-simd`, where libjpeg's SIMD code takes every JPEG, at 5/8 to 7/8 too.
 //!
 //! # Layout
 //!
@@ -47,17 +44,12 @@ mod structure;
 
 pub(crate) use decoder::{decode_scaled, ScaledJpeg};
 pub(crate) use prune::{correct_dc, prune_scans};
-#[cfg(feature = "turbojpeg")]
-pub(crate) use scale::prefer_jpeg_decoder_to_turbo;
-#[cfg(all(feature = "libjpeg", not(feature = "turbojpeg")))]
+#[cfg(feature = "libjpeg")]
 pub(crate) use scale::prefer_libjpeg;
-#[cfg(not(any(feature = "turbojpeg", feature = "libjpeg")))]
+#[cfg(not(feature = "libjpeg"))]
 pub(crate) use scale::prefer_scaled_decoder;
 pub(crate) use scale::Scale;
 pub(crate) use structure::{has_end, scans, Frame, Scan, ScanError};
-// libjpeg-turbo is told the same bound on scans (`turbo`).
-#[cfg(feature = "turbojpeg")]
-pub(crate) use structure::MAX_SCANS;
 
 /// Streams and frames the tests of several modules build.
 #[cfg(test)]

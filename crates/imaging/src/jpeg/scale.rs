@@ -26,14 +26,14 @@ impl Scale {
     /// Every scale the decoders support, smallest first.
     const ALL: [Scale; 4] = [Scale(1), Scale(2), Scale(4), Scale(8)];
 
-    /// libjpeg-turbo's scales between 1/2 and full size, which only the `turbojpeg`
+    /// libjpeg-turbo's scales between 1/2 and full size, which only the `libjpeg-simd`
     /// build decodes (see [`Scale::for_frame`]).
-    #[cfg(feature = "turbojpeg")]
+    #[cfg(feature = "libjpeg-simd")]
     const BETWEEN_HALF_AND_FULL: [Scale; 3] = [Scale(5), Scale(6), Scale(7)];
 
-    /// 1, 2, 4 or 8 eighths (and 5, 6 or 7 in the `turbojpeg` build).
+    /// 1, 2, 4 or 8 eighths (and 5, 6 or 7 in the `libjpeg-simd` build).
     pub(crate) fn from_eighths(eighths: u8) -> Option<Scale> {
-        #[cfg(feature = "turbojpeg")]
+        #[cfg(feature = "libjpeg-simd")]
         if let Some(scale) = Scale::BETWEEN_HALF_AND_FULL
             .into_iter()
             .find(|s| s.0 == eighths)
@@ -78,7 +78,7 @@ impl Scale {
     }
 
     /// The scale `frame` is decoded at for `outputs`: [`Scale::smallest_for`]; and in the
-    /// `turbojpeg` build, a baseline file that needs more than half its size is decoded
+    /// `libjpeg-simd` build, a baseline file that needs more than half its size is decoded
     /// at the smallest of libjpeg-turbo's 5/8, 6/8 and 7/8 that covers the outputs,
     /// rather than whole. Those IDCTs are plain C, but they cost about what the whole
     /// decode does and hand back up to 2.5 times fewer pixels to resize: at 5/8 the corpus's quarter-turned photo comes
@@ -87,7 +87,7 @@ impl Scale {
     /// progressive files keep the scales their scan pruning is made for.
     pub(crate) fn for_frame(frame: &Frame, width: u32, height: u32, outputs: &[Geometry]) -> Scale {
         let scale = Scale::smallest_for(width, height, outputs);
-        #[cfg(feature = "turbojpeg")]
+        #[cfg(feature = "libjpeg-simd")]
         if scale == Scale::FULL && !frame.progressive && frame.scalable {
             if let Some(finer) = Scale::BETWEEN_HALF_AND_FULL
                 .into_iter()
@@ -96,7 +96,7 @@ impl Scale {
                 return finer;
             }
         }
-        #[cfg(not(feature = "turbojpeg"))]
+        #[cfg(not(feature = "libjpeg-simd"))]
         let _ = frame;
         scale
     }
@@ -105,13 +105,15 @@ impl Scale {
 /// Whether, in the `libjpeg` build, libjpeg decodes this JPEG rather than zune-jpeg
 /// whole: at every reduced scale, and CMYK files at any (the inks an embedded profile
 /// needs; faster than `jpeg-decoder` too). At full scale zune-jpeg's SIMD IDCT and colour
-/// conversion beat libjpeg's plain C (`crates/bench/PERF.md`).
-#[cfg(all(feature = "libjpeg", not(feature = "turbojpeg")))]
+/// conversion beat libjpeg's plain C, but not its SIMD code: with `libjpeg-simd`, libjpeg
+/// takes every scale (`crates/bench/PERF.md`).
+#[cfg(feature = "libjpeg")]
 pub(crate) fn prefer_libjpeg(frame: &Frame, scale: Scale) -> bool {
-    frame.scalable && (scale < Scale::FULL || frame.components == 4)
+    frame.scalable
+        && (scale < Scale::FULL || frame.components == 4 || cfg!(feature = "libjpeg-simd"))
 }
 
-#[cfg(not(any(feature = "turbojpeg", feature = "libjpeg")))]
+#[cfg(not(feature = "libjpeg"))]
 /// Whether `jpeg-decoder` at `scale` (plus the smaller resize that follows) beats
 /// zune-jpeg's full decode (plus the larger resize), from the measurements in the
 /// crate's benchmarks.
@@ -120,16 +122,6 @@ pub(crate) fn prefer_scaled_decoder(frame: &Frame, scale: Scale) -> bool {
     // the larger resize. Everything else gains at 1/4 and 1/8, most of all progressive
     // files (their AC scans pruned), and over the corpus at 1/2 (`crates/bench/PERF.md`).
     frame.scalable && frame.components != 4 && scale < Scale::FULL
-}
-
-/// Whether, in the `turbojpeg` build, `jpeg-decoder` decodes this JPEG rather than
-/// libjpeg-turbo: progressive files at 1/4 and 1/8, whose pruned streams it decodes
-/// faster, where libjpeg-turbo walks its whole coefficient buffer once a scan and smooths
-/// every block whose coefficients are incomplete. At 1/2 and for baseline files
-/// libjpeg-turbo is the faster (`crates/bench/PERF.md`).
-#[cfg(feature = "turbojpeg")]
-pub(crate) fn prefer_jpeg_decoder_to_turbo(frame: &Frame, scale: Scale) -> bool {
-    frame.progressive && frame.scalable && frame.components != 4 && scale.eighths() <= 2
 }
 
 #[cfg(test)]
@@ -196,10 +188,10 @@ mod tests {
         assert_eq!(Scale::FULL.apply(1234), 1234);
     }
 
-    /// libjpeg-turbo's scales between 1/2 and whole: only in its build, only for
+    /// libjpeg's scales between 1/2 and whole: only with its SIMD code, only for
     /// baseline files, only where 1/2 is not enough.
     #[test]
-    fn scales_between_half_and_whole_are_for_baseline_files_and_libjpeg_turbo() {
+    fn scales_between_half_and_whole_are_for_baseline_files_and_simd_libjpeg() {
         let baseline = Frame {
             progressive: false,
             ..frame()
@@ -210,7 +202,7 @@ mod tests {
         let needs_six = [output(whole, 1400, 933)];
         let half = [output(whole, 960, 640)];
         let expect = |eighths: u8| {
-            if cfg!(feature = "turbojpeg") {
+            if cfg!(feature = "libjpeg-simd") {
                 Scale(eighths)
             } else {
                 Scale::FULL
@@ -232,7 +224,7 @@ mod tests {
         );
         assert_eq!(
             Scale::from_eighths(5).is_some(),
-            cfg!(feature = "turbojpeg")
+            cfg!(feature = "libjpeg-simd")
         );
     }
 }
