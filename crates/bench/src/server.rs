@@ -288,7 +288,7 @@ impl Server {
                     .peer_dir
                     .as_ref()
                     .context("the peer was not prepared")?;
-                let port = free_port()?;
+                let port = pixpool_testkit::servers::free_port();
                 let mut cmd = Command::new(&launch.node);
                 cmd.arg("src/cluster_initializer.js")
                     .current_dir(dir)
@@ -659,12 +659,6 @@ pub fn parse_listening(line: &str) -> Option<SocketAddr> {
 
 /// A TCP port free on 127.0.0.1 right now (bound then released; the peer binds it
 /// a moment later).
-fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .context("could not find a free port")?;
-    Ok(listener.local_addr().context("no local address")?.port())
-}
-
 /// Copies the peer's source folder `source` (read-only is fine) into `cache` (its
 /// files are rewritten only when they changed), runs `npm ci` there when
 /// `node_modules` is missing or `package-lock.json` changed since the last install

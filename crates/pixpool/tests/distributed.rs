@@ -10,46 +10,15 @@
 use std::time::{Duration, Instant};
 
 use hyper::{Method, StatusCode};
-use pixpool_testkit::servers::{Moto, NatsCluster};
+use pixpool_testkit::servers::Moto;
 use pixpool_testkit::*;
-
-const BUCKET: &str = "pixpool-test";
 
 fn photo(name: &str) -> Vec<u8> {
     std::fs::read(test_photo(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 /// The shared servers of one test, and the trees it starts on them.
-struct Service {
-    nats: NatsCluster,
-    moto: Moto,
-}
-
-impl Service {
-    /// The cluster and the bucket, or `None` where a server program is missing.
-    fn start(tag: &str) -> Option<Service> {
-        let nats = NatsCluster::start(tag)?;
-        let moto = Moto::start(tag)?;
-        moto.create_bucket(BUCKET);
-        Some(Service { nats, moto })
-    }
-
-    /// A `pixpool serve` tree on the shared queue and bucket.
-    fn tree(&self, fronts: u32, workers: u32, extra: &[&str]) -> Server {
-        let urls = self.nats.urls();
-        let store = format!("s3://{BUCKET}/svc");
-        let mut args = vec!["--queue", &urls, "--store", &store];
-        args.extend_from_slice(extra);
-        let env = self.moto.env();
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        Server::start_env(fresh_uploads(), fronts, workers, &args, &env)
-    }
-
-    /// The bucket's keys under the service's prefix.
-    fn keys(&self) -> Vec<String> {
-        self.moto.keys(BUCKET)
-    }
-}
+type Service = Services;
 
 /// Every `processing attempt=` line for `id` in the logs of `trees`.
 fn processing_lines(trees: &[&Server], id: &str) -> Vec<String> {
@@ -691,5 +660,54 @@ async fn a_front_host_killed_mid_upload_leaves_nothing_and_loses_nothing() {
     assert!(
         workers.children().len() == 1,
         "the worker host ran throughout"
+    );
+}
+
+/// A 48 MiB upload (a photo and 47 MiB after its end of image, which decoders
+/// ignore) is streamed to S3 in parts: a front's memory grows by a few parts at most
+/// over what the embedded mode's front needs for the same upload, never by the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_48_mib_upload_costs_a_front_a_few_parts_more_than_the_embedded_mode() {
+    let Some(svc) = Service::start("big") else {
+        return;
+    };
+    const MIB: u64 = 1024 * 1024;
+    // Parts of 8 MiB, two in flight and one filling (`pixpool_store::s3`).
+    const PARTS: u64 = 3 * 8 * MIB;
+    let mut big = photo("04-fallenleaf.jpg");
+    big.resize(48 * MIB as usize, 0x5A);
+    let distributed = svc.tree(1, 1, &[]);
+    let embedded = Server::start_in(fresh_uploads(), 1, 1, &[]);
+    let mut grew = Vec::new();
+    for (server, mode) in [(&embedded, "embedded"), (&distributed, "distributed")] {
+        let front = server.child_pid("front", 0).expect("front");
+        let before = peak_rss_bytes(front);
+        let resp = upload(server.addr, "big.jpg", &big).await;
+        let id = accepted_id(&resp, mode);
+        let job = wait_final(server.addr, &id, Duration::from_secs(60)).await;
+        assert_eq!(job["state"], "done", "{mode}: {job}");
+        assert_eq!(job["source"]["bytes"], big.len() as u64, "{mode}: {job}");
+        grew.push(peak_rss_bytes(front).saturating_sub(before));
+    }
+    eprintln!(
+        "front peak RSS growth for a 48 MiB upload: embedded {:.1} MiB, distributed {:.1} MiB",
+        grew[0] as f64 / MIB as f64,
+        grew[1] as f64 / MIB as f64
+    );
+    assert!(
+        grew[1] <= grew[0] + PARTS,
+        "the distributed front grew by {} bytes, the embedded one by {}",
+        grew[1],
+        grew[0]
+    );
+    let original = svc
+        .keys()
+        .into_iter()
+        .find(|k| k.starts_with("svc/originals/"))
+        .expect("the original in the bucket");
+    assert_eq!(
+        svc.object(&original).map(|o| o.len()),
+        Some(big.len()),
+        "stored whole"
     );
 }

@@ -12,9 +12,11 @@
 
 pub mod http;
 pub mod servers;
+pub mod service;
 pub mod sse;
 
 pub use http::{conn_per_front, multipart_request, upload, Conn, HttpError, Resp};
+pub use service::{Backend, Services};
 pub use sse::{SseEvent, SseStream};
 
 use std::io::{BufRead, BufReader};
@@ -111,15 +113,30 @@ pub struct Server {
     pub workers: u32,
     /// Started with `--queue`: its workers pull from NATS (no sockets, no links).
     pub distributed: bool,
+    /// The NATS cluster and bucket this server alone runs on
+    /// (`PIXPOOL_TEST_BACKEND=distributed`); killed after the server.
+    pub services: Option<Box<Services>>,
 }
 
 impl Server {
     /// Starts `pixpool serve` with the given process counts and extra flags.
+    ///
+    /// With `PIXPOOL_TEST_BACKEND=distributed`, on a NATS cluster and a bucket of its
+    /// own (`--queue`, `--store`): the same test then checks the distributed mode.
     pub fn start(fronts: u32, workers: u32, extra: &[&str]) -> Server {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let uploads = std::env::temp_dir().join(format!("pixpool-test-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&uploads);
-        Self::start_in(uploads, fronts, workers, extra)
+        match Backend::from_env() {
+            Backend::Embedded => Self::start_in(uploads, fronts, workers, extra),
+            Backend::Distributed => {
+                let services = Services::start(&format!("server-{n}"))
+                    .expect("PIXPOOL_TEST_BACKEND=distributed needs nats-server and moto_server");
+                let mut server = services.tree_in(uploads, fronts, workers, extra);
+                server.services = Some(Box::new(services));
+                server
+            }
+        }
     }
 
     /// Starts a server on an existing uploads directory (restart tests).
@@ -221,6 +238,7 @@ impl Server {
             fronts,
             workers,
             distributed,
+            services: None,
         };
         // A fresh NATS cluster takes seconds to place its streams, more on a machine
         // busy compiling.
@@ -325,7 +343,57 @@ impl Server {
 
     /// The job record as it is on disk.
     pub fn record(&self, id: &str) -> Option<Value> {
-        read_record(&self.uploads, id)
+        match &self.services {
+            Some(s) => s.record(id),
+            None => read_record(&self.uploads, id),
+        }
+    }
+
+    /// The stored bytes a record names by `path` (a file under `--uploads`, or an
+    /// object in the bucket); panics if there are none.
+    pub fn stored(&self, path: &str) -> Vec<u8> {
+        match &self.services {
+            Some(s) => s.object(path).unwrap_or_else(|| panic!("no object {path}")),
+            None => {
+                std::fs::read(self.uploads.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+            }
+        }
+    }
+
+    /// Where an original is stored, as its record names it.
+    pub fn original_path(&self, id: &str, ext: &str) -> String {
+        match &self.services {
+            Some(_) => format!("{}/originals/{id}.{ext}", service::PREFIX),
+            None => format!("raw/{id}.{ext}"),
+        }
+    }
+
+    /// Where a variant is stored, as its record names it.
+    pub fn variant_path(&self, id: &str, preset: &str, ext: &str) -> String {
+        match &self.services {
+            Some(_) => format!("{}/variants/{id}-{preset}.{ext}", service::PREFIX),
+            None => format!("processed/{id}-{preset}.{ext}"),
+        }
+    }
+
+    /// The ids of the jobs with a record.
+    pub fn job_ids(&self) -> Vec<String> {
+        match &self.services {
+            Some(s) => s.job_ids(),
+            None => dir_entries(&self.uploads.join("jobs"))
+                .into_iter()
+                // Anything else there is listed as it is, for a test to see.
+                .map(|f| f.strip_suffix(".json").map_or(f.clone(), str::to_string))
+                .collect(),
+        }
+    }
+
+    /// The stored originals (file names under `raw/`, or keys in the bucket).
+    pub fn originals(&self) -> Vec<String> {
+        match &self.services {
+            Some(s) => s.originals(),
+            None => dir_entries(&self.uploads.join("raw")),
+        }
     }
 
     /// Log lines containing every one of `needles`.
@@ -407,11 +475,21 @@ pub fn fresh_uploads() -> PathBuf {
 
 /// Resident set size of a process in bytes, from /proc.
 pub fn rss_bytes(pid: i32) -> u64 {
+    proc_status_bytes(pid, "VmRSS:")
+}
+
+/// The most resident memory process `pid` has had (`VmHWM`), in bytes; 0 if gone.
+pub fn peak_rss_bytes(pid: i32) -> u64 {
+    proc_status_bytes(pid, "VmHWM:")
+}
+
+/// A `kB` line of /proc/`pid`/status, in bytes.
+fn proc_status_bytes(pid: i32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<u64>().ok())
         })

@@ -21,12 +21,27 @@ fn scratch(kind: &str, tag: &str) -> PathBuf {
     std::env::temp_dir().join(format!("pixpool-{kind}-{tag}-{}-{n}", std::process::id()))
 }
 
-/// A free loopback port (free when asked; a server binds it a moment later).
+/// A loopback port free when asked, for a server that binds it a moment later.
+///
+/// Never from the kernel's ephemeral range (32768 and up on Linux): there, the port
+/// may meanwhile become the local end of some outgoing connection or a port-0
+/// listener, and a test once found NATS answering where moto should have been. Each
+/// process walks its own order of 10000–31999, so parallel tests never pick the same.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
+    for _ in 0..SPAN {
+        // 13 is prime to SPAN: the walk visits every port of the span once.
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = LOW + (start + n.wrapping_mul(13)) % SPAN;
+        let port = u16::try_from(port).expect("in range");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{}", LOW + SPAN)
 }
 
 /// The server program `name` to run, if any: the one `env` names, else the first on
@@ -197,11 +212,15 @@ impl Moto {
         let moto = Moto { child, port, log };
         // A Python server starting on a loaded CI machine: seconds, not minutes.
         let deadline = Instant::now() + Duration::from_secs(60);
-        while moto.request("GET", "/").is_err() {
+        loop {
+            match moto.request("GET", "/") {
+                Ok(status) if status.starts_with("HTTP/1.") => return Some(moto),
+                Ok(other) => panic!("not moto on port {port}: {other}"),
+                Err(_) => {}
+            }
             assert!(Instant::now() < deadline, "moto_server did not answer");
             std::thread::sleep(Duration::from_millis(100));
         }
-        Some(moto)
     }
 
     /// The endpoint URL (`AWS_ENDPOINT_URL`).
@@ -220,8 +239,8 @@ impl Moto {
         ]
     }
 
-    /// One unsigned HTTP/1.1 request (moto takes them): its status line.
-    pub fn request(&self, method: &str, path: &str) -> std::io::Result<String> {
+    /// One unsigned HTTP/1.1 request (moto takes them): its status line and body.
+    fn exchange(&self, method: &str, path: &str) -> std::io::Result<(String, Vec<u8>)> {
         let mut conn = TcpStream::connect(("127.0.0.1", self.port))?;
         conn.set_read_timeout(Some(Duration::from_secs(10)))?;
         write!(
@@ -230,9 +249,25 @@ impl Moto {
              Connection: close\r\n\r\n",
             self.port
         )?;
-        let mut answer = String::new();
-        conn.read_to_string(&mut answer)?;
-        Ok(answer.lines().next().unwrap_or_default().to_string())
+        let mut answer = Vec::new();
+        conn.read_to_end(&mut answer)?;
+        let split = answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| std::io::Error::other("no end of head in moto's answer"))?;
+        let head = String::from_utf8_lossy(&answer[..split]).to_string();
+        let body = answer.split_off(split + 4);
+        let chunked = head.lines().any(|l| {
+            let l = l.to_ascii_lowercase();
+            l.starts_with("transfer-encoding:") && l.contains("chunked")
+        });
+        let body = if chunked { dechunk(&body)? } else { body };
+        Ok((head.lines().next().unwrap_or_default().to_string(), body))
+    }
+
+    /// One unsigned HTTP/1.1 request: its status line.
+    pub fn request(&self, method: &str, path: &str) -> std::io::Result<String> {
+        self.exchange(method, path).map(|(status, _)| status)
     }
 
     /// Creates `bucket` (the S3 client cannot).
@@ -245,24 +280,28 @@ impl Moto {
 
     /// The object keys in `bucket` (a ListObjects of up to 1000, keys only).
     pub fn keys(&self, bucket: &str) -> Vec<String> {
-        let mut conn = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to moto");
-        conn.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        write!(
-            conn,
-            "GET /{bucket}?list-type=2 HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\
-             Connection: close\r\n\r\n",
-            self.port
-        )
-        .expect("list request");
-        let mut answer = String::new();
-        conn.read_to_string(&mut answer).expect("list answer");
-        answer
+        let (status, body) = self
+            .exchange("GET", &format!("/{bucket}?list-type=2"))
+            .expect("list the bucket");
+        assert!(status.contains(" 200"), "list {bucket}: {status}");
+        String::from_utf8_lossy(&body)
             .split("<Key>")
             .skip(1)
             .filter_map(|s| s.split("</Key>").next())
             .map(str::to_string)
             .collect()
+    }
+
+    /// The bytes of object `key` in `bucket`; `None` if there is none.
+    pub fn object(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        let (status, body) = self
+            .exchange("GET", &format!("/{bucket}/{key}"))
+            .expect("get an object");
+        if status.contains(" 404") {
+            return None;
+        }
+        assert!(status.contains(" 200"), "GET {bucket}/{key}: {status}");
+        Some(body)
     }
 
     /// Freezes the server (SIGSTOP): connections open and requests go unanswered, as
@@ -289,5 +328,23 @@ impl Drop for Moto {
             );
         }
         let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A `Transfer-Encoding: chunked` body, decoded.
+fn dechunk(mut body: &[u8]) -> std::io::Result<Vec<u8>> {
+    let bad = || std::io::Error::other("bad chunked body from moto");
+    let mut out = Vec::new();
+    loop {
+        let eol = body.windows(2).position(|w| w == b"\r\n").ok_or_else(bad)?;
+        let size = std::str::from_utf8(&body[..eol]).map_err(|_| bad())?;
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| bad())?;
+        body = &body[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(body.get(..size).ok_or_else(bad)?);
+        body = body.get(size + 2..).ok_or_else(bad)?;
     }
 }
