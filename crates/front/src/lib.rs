@@ -319,6 +319,10 @@ pub async fn run(
     // Stop accepting: our copy of the shared socket closes; queued connections
     // stay in the kernel's queue for the other fronts.
     drop(listener);
+    // A connection accepted a moment ago whose request is not parsed yet counts as
+    // idle, and a graceful shutdown would close it under the client's POST: let
+    // such requests arrive first (a roll once failed an upload that way).
+    tokio::time::sleep(FIRST_REQUEST_LINGER).await;
     // Followers wait on jobs, not on us: end their streams now (they resume
     // elsewhere with Last-Event-ID) instead of holding the drain for its grace.
     state.hub.close();
@@ -339,6 +343,10 @@ pub async fn run(
     info!("front stopped");
     Ok(())
 }
+
+/// How long a draining front still reads the first request of connections it has
+/// accepted, before idle ones are closed.
+const FIRST_REQUEST_LINGER: Duration = Duration::from_millis(250);
 
 /// Job events buffered for this front's hub; past it, followers re-read records.
 const EVENT_BUFFER: usize = 4096;
