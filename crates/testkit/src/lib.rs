@@ -246,9 +246,13 @@ impl Server {
         server
     }
 
-    /// Waits until every child is up and each front reports all workers connected.
+    /// Waits until every child is up and each front reports all workers connected; in
+    /// the distributed mode, until `/readyz` also says so on several connections in a
+    /// row (spread over the fronts): a cluster that has just formed may still be
+    /// electing its streams' leaders, and a client's upload would get 503.
     pub fn wait_ready(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
+        let mut ready_in_a_row = 0;
         loop {
             let kids: Vec<_> = self
                 .children()
@@ -267,8 +271,18 @@ impl Server {
                     && log.matches("connected to worker").count()
                         >= (self.fronts * self.workers) as usize
             };
-            if ready {
+            if ready && (!self.distributed || self.fronts == 0) {
                 return;
+            }
+            if ready {
+                ready_in_a_row = if self.readyz_ok() {
+                    ready_in_a_row + 1
+                } else {
+                    0
+                };
+                if ready_in_a_row >= 2 * self.fronts {
+                    return;
+                }
             }
             assert!(
                 Instant::now() < deadline,
@@ -277,6 +291,23 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Whether `GET /readyz` answers 200 on a new connection.
+    fn readyz_ok(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut conn) = std::net::TcpStream::connect(self.addr) else {
+            return false;
+        };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+        let request = format!(
+            "GET /readyz HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        );
+        let mut head = [0u8; 12];
+        conn.write_all(request.as_bytes()).is_ok()
+            && conn.read_exact(&mut head).is_ok()
+            && &head[..] == b"HTTP/1.1 200"
     }
 
     pub fn pid(&self) -> Pid {
