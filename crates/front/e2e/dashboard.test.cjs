@@ -23,16 +23,38 @@ const path = require("path");
     await page.setInputFiles("#files", photo);
     // The row is fed by the job's event stream; the thumbnail appears once the
     // `thumb` output event arrives, and the state cell says done.
-    await page.waitForSelector("tr[data-state=done] img.thumb", { timeout: 30000 });
+    // Until the thumbnail has loaded, the same <img> shows the job's ThumbHash.
+    await page.waitForSelector("tr[data-state=done] img.thumb[data-loaded]", { timeout: 30000 });
     const id = await page.getAttribute("tr[data-state=done]", "data-id");
     if (!/^[0-9a-f]{39}$/.test(id || "")) throw new Error("no job id in the row: " + id);
     const loaded = await page.$eval("img.thumb", (img) => img.complete && img.naturalWidth === 200);
     if (!loaded) throw new Error("the thumbnail did not load as a 200-px image");
+    const dominant = await page.getAttribute("tr[data-state=done]", "data-dominant");
+    if (!/^#[0-9a-f]{6}$/.test(dominant || "")) throw new Error("no dominant colour on the row: " + dominant);
+    // The page's ThumbHash decoder on the job's own hash: a landscape picture,
+    // 32 px wide, with detail (not one flat colour).
+    const shown = await page.evaluate(async (jobId) => {
+      const job = await (await fetch("/jobs/" + jobId)).json();
+      const img = new Image();
+      img.src = thumbHashToDataURL(job.placeholder.thumbhash);
+      await img.decode();
+      const c = document.createElement("canvas");
+      c.width = img.width; c.height = img.height;
+      const ctx = c.getContext("2d");
+      ctx.drawImage(img, 0, 0);
+      const px = ctx.getImageData(0, 0, c.width, c.height).data;
+      const reds = new Set();
+      for (let i = 0; i < px.length; i += 4) reds.add(px[i]);
+      return { w: img.width, h: img.height, levels: reds.size };
+    }, id);
+    if (shown.w !== 32 || shown.h < 14 || shown.h > 24 || shown.levels < 8) {
+      throw new Error("the ThumbHash decoded as " + JSON.stringify(shown));
+    }
     // Live stats come from /stats once the admin process has written them.
     await page.waitForFunction(() => /\d+ \/ \d+/.test(document.querySelector("#stats").textContent), null, { timeout: 15000 });
     if (errors.length) throw new Error("page errors: " + errors.join("; "));
     await page.screenshot({ path: process.env.SCREENSHOT || "/tmp/pixpool-dashboard.png" });
-    console.log("ok 1 - dashboard upload shows the job done with its thumbnail (" + id + ")");
+    console.log("ok 1 - dashboard upload shows the job done with its thumbnail and placeholder (" + id + ")");
   } catch (e) {
     failed = 1;
     console.log("not ok 1 - " + e.message);

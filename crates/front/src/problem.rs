@@ -49,6 +49,10 @@ pub enum ApiError {
     /// The content is not an image format we process (sniffed from bytes).
     #[error("the uploaded file is not a supported image (JPEG, PNG, WebP or GIF); detected by content, not by name or declared type")]
     UnsupportedFormat,
+    /// The image's format is supported, but not the way this file codes it (a
+    /// hierarchical JPEG, …): the message names the coding.
+    #[error("{0}")]
+    UnsupportedCoding(String),
     /// The upload exceeds the size limit.
     #[error("the upload exceeds the {limit}-byte limit")]
     TooLarge {
@@ -134,7 +138,7 @@ impl ApiError {
             ),
             MissingImage => (StatusCode::BAD_REQUEST, "missing-image", "Missing image"),
             EmptyFile => (StatusCode::BAD_REQUEST, "empty-file", "Empty file"),
-            UnsupportedFormat => (
+            UnsupportedFormat | UnsupportedCoding(_) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported-format",
                 "Unsupported image format",

@@ -485,6 +485,7 @@ fn check_header(
             Ok((format, Some((p.width, p.height))))
         }
         Err(e) if e.is_limit_exceeded() => Err(ApiError::LimitExceeded(e.to_string())),
+        Err(e) if e.is_unsupported() => Err(ApiError::UnsupportedCoding(e.to_string())),
         Err(_) => Ok((format, None)),
     }
 }

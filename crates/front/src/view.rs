@@ -2,7 +2,7 @@
 //! record. The record keeps what the server needs (paths under the uploads
 //! directory, the dedup key, the worker slot); none of that is contract.
 
-use pixpool_store::{JobRecord, JobState, OutputRecord, Problem, StageMillis};
+use pixpool_store::{JobRecord, JobState, OutputRecord, Placeholder, Problem, StageMillis};
 use serde::Serialize;
 
 /// `GET /jobs/<id>`, a long-poll's answer, and the data of `done`/`failed` events.
@@ -32,6 +32,8 @@ pub struct JobView<'a> {
     pub finished_at: Option<&'a str>,
     /// Per-stage timings of the last attempt, ms.
     pub stage_ms: Option<&'a StageMillis>,
+    /// ThumbHash, BlurHash, dominant colour and aspect ratio, once done.
+    pub placeholder: Option<&'a Placeholder>,
     /// Where to follow it.
     pub status_url: String,
 }
@@ -83,6 +85,7 @@ impl<'a> JobView<'a> {
             started_at: record.started_at.as_deref(),
             finished_at: record.finished_at.as_deref(),
             stage_ms: record.stage_ms.as_ref(),
+            placeholder: record.placeholder.as_ref(),
             status_url: format!("/jobs/{}", record.id),
         }
     }

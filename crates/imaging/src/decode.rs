@@ -23,7 +23,7 @@ use crate::colour::{self, Profile};
 use crate::error::ImagingError;
 use crate::format::{image_format, Format};
 use crate::frames;
-use crate::jpeg::{self, Frame, Scale, ScaledJpeg, Scan, ScanError};
+use crate::jpeg::{self, Coding, Frame, Scale, ScaledJpeg, Scan, ScanError};
 use crate::limits::Limits;
 use crate::metadata;
 use crate::raster::Raster;
@@ -83,17 +83,33 @@ pub(crate) fn read_header<'a>(data: &'a [u8], limits: &Limits) -> Result<Header<
         frames::check_frame_sizes_in(data, format, limits)?;
     }
 
-    let mut reader = ImageReader::with_format(Cursor::new(data), image_format(format));
-    // While the header is parsed only the allocation bound applies (PNG text and ICC
-    // chunks come before the pixels); width and height are checked by us just below, so
-    // that the error can say which dimensions were refused.
-    let mut header_limits = limits.to_image_limits();
-    header_limits.max_image_width = None;
-    header_limits.max_image_height = None;
-    reader.limits(header_limits);
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(|source| header_error(format, source))?;
+    let jpeg = (format == Format::Jpeg)
+        .then(|| Frame::parse(data))
+        .flatten();
+    if let Some(frame) = &jpeg {
+        frame.coding.check()?;
+    }
+    let mut decoder: Box<dyn ImageDecoder + 'a> = match jpeg {
+        // Codings zune-jpeg does not read.
+        Some(frame) if matches!(frame.coding, Coding::Lossless | Coding::Arithmetic) => {
+            Box::new(jpeg::Special::new(data, frame))
+        }
+        _ => {
+            let mut reader = ImageReader::with_format(Cursor::new(data), image_format(format));
+            // While the header is parsed only the allocation bound applies (PNG text and
+            // ICC chunks come before the pixels); width and height are checked by us just
+            // below, so that the error can say which dimensions were refused.
+            let mut header_limits = limits.to_image_limits();
+            header_limits.max_image_width = None;
+            header_limits.max_image_height = None;
+            reader.limits(header_limits);
+            Box::new(
+                reader
+                    .into_decoder()
+                    .map_err(|source| header_error(format, source))?,
+            )
+        }
+    };
     let (width, height) = decoder.dimensions();
     limits.check_dimensions(width, height)?;
     limits.check_alloc(width, height, decoder.total_bytes())?;
@@ -108,9 +124,6 @@ pub(crate) fn read_header<'a>(data: &'a [u8], limits: &Limits) -> Result<Header<
         debug!(cause = %err, "unreadable EXIF orientation, ignoring it");
         Orientation::NoTransforms
     });
-    let jpeg = (format == Format::Jpeg)
-        .then(|| Frame::parse(data))
-        .flatten();
     let profile = match decoder.icc_profile() {
         Ok(Some(icc)) => colour::profile(&icc),
         Ok(None) => None,
@@ -127,7 +140,7 @@ pub(crate) fn read_header<'a>(data: &'a [u8], limits: &Limits) -> Result<Header<
         jpeg,
         profile,
         data,
-        decoder: Box::new(decoder),
+        decoder,
     })
 }
 

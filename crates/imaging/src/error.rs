@@ -116,6 +116,17 @@ pub enum ImagingError {
         source: image::ImageError,
     },
 
+    /// A JPEG coded in a way this build does not decode (hierarchical, 12-bit DCT,
+    /// lossless arithmetic; arithmetic-coded in the pure-Rust build): refused at the door
+    /// rather than accepted and failed.
+    #[error("{coding} JPEG is not supported{hint}")]
+    UnsupportedCoding {
+        /// What the frame header says, in words (`hierarchical (differential)`, …).
+        coding: &'static str,
+        /// Which build would read it, when one would (` by this build: …`), else empty.
+        hint: &'static str,
+    },
+
     /// The JPEG stream ends before its end-of-image marker. The decoder would fill the
     /// missing part with grey; we refuse it instead.
     #[error("the {format:?} image is truncated")]
@@ -229,6 +240,7 @@ impl ImagingError {
             | ImagingError::CheckFrameSize { .. }
             | ImagingError::CheckMetadata { .. }
             | ImagingError::Decode { .. }
+            | ImagingError::UnsupportedCoding { .. }
             | ImagingError::DecodeTruncated { .. } => true,
             ImagingError::ProbeIncomplete { .. }
             | ImagingError::ValidatePreset { .. }
@@ -237,6 +249,15 @@ impl ImagingError {
             | ImagingError::ReadFrames { .. }
             | ImagingError::Sink { .. } => false,
         }
+    }
+
+    /// Whether the input is a format (or a coding of one) this build does not read: a
+    /// 415, not a 422.
+    pub fn is_unsupported(&self) -> bool {
+        matches!(
+            self,
+            ImagingError::Sniff | ImagingError::UnsupportedCoding { .. }
+        )
     }
 
     /// Whether the input was refused for its size (a [`Limits`](crate::Limits) hit, before

@@ -73,6 +73,8 @@
 //!   raster at the scale the outputs allow.
 //! - `resize` (private): `fast_image_resize` wrapper, the cascade of presets.
 //! - `encode` (private): raster to JPEG/PNG/WebP bytes, flattening alpha for JPEG.
+//! - `placeholder` (private): a done job's ThumbHash, BlurHash and dominant colour, from
+//!   one rendering of at most 100 px a side.
 //! - [`pipeline`]: [`process`], which strings the steps together, and its result types.
 //! - `stages` (hidden): the steps one by one, for the benchmarks (`benches/stages.rs`).
 
@@ -93,6 +95,7 @@ mod libjpeg;
 pub mod limits;
 mod metadata;
 pub mod pipeline;
+mod placeholder;
 pub mod preset;
 pub mod probe;
 mod raster;

@@ -121,7 +121,7 @@ impl Drop for Decompressor {
 
 /// A compressor writing to a buffer that libjpeg allocates (`jpeg_mem_dest`), both freed
 /// when dropped, error or not.
-#[cfg(feature = "libjpeg-simd")]
+#[cfg(any(feature = "libjpeg-simd", test))]
 struct Compressor {
     cinfo: Box<ffi::jpeg_compress_struct>,
     /// Referred to by `cinfo.common.err`: boxed so that it does not move.
@@ -131,13 +131,13 @@ struct Compressor {
     out: Box<(*mut u8, c_ulong)>,
 }
 
-#[cfg(feature = "libjpeg-simd")]
+#[cfg(any(feature = "libjpeg-simd", test))]
 extern "C" {
     /// The C library's, for the buffer `jpeg_mem_dest` allocates.
     fn free(ptr: *mut std::ffi::c_void);
 }
 
-#[cfg(feature = "libjpeg-simd")]
+#[cfg(any(feature = "libjpeg-simd", test))]
 impl Compressor {
     fn new() -> Compressor {
         let mut err = error_manager();
@@ -155,7 +155,7 @@ impl Compressor {
     }
 }
 
-#[cfg(feature = "libjpeg-simd")]
+#[cfg(any(feature = "libjpeg-simd", test))]
 impl Drop for Compressor {
     fn drop(&mut self) {
         // SAFETY: `cinfo` was created by `jpeg_create_compress`; the buffer, if any, is
@@ -174,12 +174,12 @@ impl Drop for Compressor {
 /// would use (4:2:0 under quality 90, else 4:4:4). Only with the SIMD assembly, whose
 /// colour conversion, DCT and Huffman coding make it faster than `jpeg-encoder`; the
 /// plain C encoder is about twice as slow (`crates/bench/PERF.md`).
-#[cfg(feature = "libjpeg-simd")]
+#[cfg(any(feature = "libjpeg-simd", test))]
 pub(crate) fn encode(raster: &Raster, quality: u8) -> Result<Vec<u8>, LibjpegError> {
     guarded(|| encode_unguarded(raster, quality))
 }
 
-#[cfg(feature = "libjpeg-simd")]
+#[cfg(any(feature = "libjpeg-simd", test))]
 fn encode_unguarded(raster: &Raster, quality: u8) -> Result<Vec<u8>, LibjpegError> {
     let (space, components) = match raster.layout {
         Layout::Luma => (ffi::J_COLOR_SPACE::JCS_GRAYSCALE, 1),

@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use image::metadata::Orientation;
+use pixpool_model::Placeholder;
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
@@ -15,7 +16,8 @@ use crate::error::{ImagingError, OutputSinkError};
 use crate::format::{Format, OutputFormat};
 use crate::jpeg::Scale;
 use crate::limits::Limits;
-use crate::preset::{geometry, validate_presets, Geometry, Preset, Region};
+use crate::placeholder;
+use crate::preset::{geometry, inside, validate_presets, Geometry, Preset, Region};
 use crate::raster::Raster;
 use crate::resize::{Rendition, Resampler};
 
@@ -65,6 +67,8 @@ pub struct Processed {
     pub source_height: u32,
     /// One entry per preset, with its encoded bytes, in the order the presets were given.
     pub outputs: Vec<Output>,
+    /// What a front-end shows while the image loads.
+    pub placeholder: Placeholder,
     /// Time per stage.
     pub timings: StageTimings,
 }
@@ -204,6 +208,29 @@ pub fn process_with_progress(
         .into_iter()
         .map(|o| o.expect("every preset index was visited once"))
         .collect();
+
+    // Last, from the smallest output that covers the whole source, if any.
+    let started = Instant::now();
+    let want = inside(
+        stored_width,
+        stored_height,
+        Some(placeholder::SIDE),
+        Some(placeholder::SIDE),
+    );
+    let (small, _) = resampler
+        .render(&source, &renditions, &want)
+        .map_err(|source| ImagingError::Resize {
+            preset: "(placeholder)".into(),
+            width: want.width,
+            height: want.height,
+            source,
+        })?;
+    let oriented = orient(&small, orientation);
+    let placeholder = placeholder::compute(
+        oriented.as_ref().unwrap_or(&small),
+        f64::from(source_width) / f64::from(source_height),
+    );
+    timings.resize_ms += elapsed_ms(started);
     debug!(
         decode_ms = timings.decode_ms,
         resize_ms = timings.resize_ms,
@@ -215,6 +242,7 @@ pub fn process_with_progress(
         source_width,
         source_height,
         outputs,
+        placeholder,
         timings,
     })
 }

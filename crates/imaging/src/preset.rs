@@ -279,7 +279,7 @@ pub(crate) fn geometry(preset: &Preset, src_w: u32, src_h: u32, transposed: bool
     }
 }
 
-fn inside(src_w: u32, src_h: u32, box_w: Option<u32>, box_h: Option<u32>) -> Geometry {
+pub(crate) fn inside(src_w: u32, src_h: u32, box_w: Option<u32>, box_h: Option<u32>) -> Geometry {
     let (sw, sh) = (f64::from(src_w), f64::from(src_h));
     let scale_w = box_w.map_or(f64::INFINITY, |w| f64::from(w) / sw);
     let scale_h = box_h.map_or(f64::INFINITY, |h| f64::from(h) / sh);

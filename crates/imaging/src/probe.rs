@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ImagingError;
 use crate::format::Format;
 use crate::jpeg::markers::{self, MarkerError, Markers, EOI, SOS};
+use crate::jpeg::Coding;
 
 /// What the header of an image says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +52,7 @@ pub fn probe(head: &[u8]) -> Result<Probe, ImagingError> {
     .map_err(|err| match err {
         HeaderError::Incomplete => incomplete,
         HeaderError::Corrupt(reason) => corrupt(reason),
+        HeaderError::Unsupported(err) => err,
     })?;
     if width == 0 || height == 0 {
         return Err(corrupt("zero width or height"));
@@ -69,6 +71,8 @@ enum HeaderError {
     Incomplete,
     /// The bytes contradict the format.
     Corrupt(&'static str),
+    /// A coding of the format this build does not decode.
+    Unsupported(ImagingError),
 }
 
 fn be16(bytes: &[u8], at: usize) -> Result<u16, HeaderError> {
@@ -135,10 +139,19 @@ fn probe_jpeg(data: &[u8]) -> Result<(u32, u32), HeaderError> {
         match marker {
             EOI | SOS => return Err(NO_FRAME),
             marker if markers::is_frame_header(marker) => {
-                // precision(1) height(2) width(2): what a head cut in the frame header
-                // may still hold.
+                // precision(1) height(2) width(2) components(1): what a head cut in the
+                // frame header may still hold.
                 return match (be16(body, 1), be16(body, 3)) {
-                    (Ok(height), Ok(width)) => Ok((u32::from(width), u32::from(height))),
+                    (Ok(height), Ok(width)) => {
+                        // Refused at the door, not accepted and then failed (a head cut
+                        // before the component count leaves it to the worker).
+                        if let (Some(&precision), Some(&components)) = (body.first(), body.get(5)) {
+                            Coding::of(marker, precision, components)
+                                .check()
+                                .map_err(HeaderError::Unsupported)?;
+                        }
+                        Ok((u32::from(width), u32::from(height)))
+                    }
                     _ if cut => Err(HeaderError::Incomplete),
                     _ => Err(HeaderError::Corrupt("frame header too short for its size")),
                 };
@@ -305,6 +318,34 @@ mod tests {
             );
             assert!(!err.is_input_error());
         }
+    }
+
+    #[test]
+    fn jpeg_codings_no_build_reads_are_refused_by_the_probe_naming_them() {
+        // SOI, then a frame header of each kind: 8-bit, 300 × 200, 3 components.
+        let with_sof = |code: u8, precision: u8| {
+            let mut jpeg = vec![0xff, 0xd8, 0xff, code, 0, 17, precision, 0, 200, 1, 44, 3];
+            jpeg.extend_from_slice(&[1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1]);
+            jpeg
+        };
+        for (code, precision) in [(0xc0, 8), (0xc1, 8), (0xc2, 8), (0xc3, 8)] {
+            let got = probe(&with_sof(code, precision)).expect("read by every build");
+            assert_eq!((got.width, got.height), (300, 200));
+        }
+        for (code, precision, words) in [
+            (0xc5, 8, "hierarchical (differential)"),
+            (0xcb, 8, "lossless arithmetic-coded"),
+            (0xc1, 12, "12-bit"),
+        ] {
+            let err = probe(&with_sof(code, precision)).expect_err("refused");
+            assert!(err.is_unsupported(), "{err:?}");
+            assert!(err.to_string().contains(words), "{err}");
+        }
+        assert_eq!(
+            probe(&with_sof(0xc9, 8)).is_ok(),
+            cfg!(feature = "libjpeg"),
+            "arithmetic coding: libjpeg's"
+        );
     }
 
     #[test]

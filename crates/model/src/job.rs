@@ -46,6 +46,20 @@ pub struct OutputRecord {
     pub etag: String,
 }
 
+/// What a front-end shows while an image loads, computed from a small rendering of the
+/// whole source (aspect kept, orientation applied).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Placeholder {
+    /// The ThumbHash of that rendering (standard base64, padded).
+    pub thumbhash: String,
+    /// Its BlurHash (4×3 components, or 3×4 for a portrait source).
+    pub blurhash: String,
+    /// The colour most of it has, `#rrggbb`.
+    pub dominant_color: String,
+    /// Width / height of the source as displayed.
+    pub aspect_ratio: f64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

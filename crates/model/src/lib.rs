@@ -23,5 +23,5 @@ pub mod problem;
 pub use event::{EventKind, JobEvent, JobSpec};
 pub use format::{Format, SNIFF_LEN};
 pub use id::{InvalidJobId, JobId};
-pub use job::{JobState, OutputRecord};
+pub use job::{JobState, OutputRecord, Placeholder};
 pub use problem::Problem;

@@ -268,6 +268,103 @@ async fn preset_flags_replace_the_builtin_set() {
     assert!(png.body.starts_with(b"\x89PNG\r\n\x1a\n"));
 }
 
+/// The placeholder of a done job is the image as displayed (EXIF orientation applied),
+/// whole (not the thumbnail's crop): its aspect ratio, its ThumbHash's shape and mean
+/// colour, its BlurHash and its dominant colour all agree with the served variant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_done_job_has_a_placeholder_of_the_image_as_displayed() {
+    use base64::Engine as _;
+    let server = Server::start(1, 1, &[]);
+    let bytes = tagged_jpeg(&photo("01-storm-orient6.jpg"), "placeholder");
+    let mut conn = Conn::open(server.addr).await.expect("connect");
+    let queued = conn
+        .upload_to(
+            "/upload?presets=thumb,small",
+            &[("image", Some("s.jpg"), &bytes)],
+        )
+        .await
+        .expect("upload");
+    let id = accepted_id(&queued, "storm");
+    let early = server.record(&id).expect("record");
+    assert!(
+        early["state"] == "done" || early["placeholder"].is_null(),
+        "none before done: {early}"
+    );
+    let job = wait_final(server.addr, &id, Duration::from_secs(30)).await;
+    assert_eq!(job["state"], "done", "{job}");
+    let p = &job["placeholder"];
+    // Stored 1920×1280, displayed 1280×1920 (Orientation 6).
+    let aspect = p["aspect_ratio"].as_f64().expect("aspect_ratio");
+    assert!((aspect - 1280.0 / 1920.0).abs() < 1e-9, "{p}");
+
+    let hash = base64::engine::general_purpose::STANDARD
+        .decode(p["thumbhash"].as_str().expect("thumbhash"))
+        .expect("standard base64");
+    let shape = thumbhash::thumb_hash_to_approximate_aspect_ratio(&hash).expect("a ThumbHash");
+    // Kept as a ratio of its component counts: roughly.
+    assert!(
+        (f64::from(shape) - aspect).abs() < 0.15 * aspect,
+        "portrait: {shape}"
+    );
+
+    // The `small` variant (480 px wide, whole image, as displayed) is the reference.
+    let small = conn
+        .get(&format!("/images/{id}/small"))
+        .await
+        .expect("small");
+    let small = image::load_from_memory(&small.body)
+        .expect("decodes")
+        .to_rgb8();
+    let n = f64::from(small.width() * small.height());
+    let mean: Vec<f64> = (0..3)
+        .map(|c| small.pixels().map(|px| f64::from(px[c])).sum::<f64>() / n)
+        .collect();
+    let (r, g, b, _) = thumbhash::thumb_hash_to_average_rgba(&hash).expect("average");
+    for (got, want) in [r, g, b].iter().zip(&mean) {
+        assert!(
+            (f64::from(*got) * 255.0 - want).abs() < 12.0,
+            "ThumbHash mean {:?} against the image's {mean:?}",
+            (r, g, b)
+        );
+    }
+    let blur = p["blurhash"].as_str().expect("blurhash");
+    // Portrait: 3×4 components.
+    assert_eq!(blur.len(), 6 + 2 * (3 * 4 - 1), "{blur}");
+    let decoded = blurhash::decode(blur, 3, 4, 1.0).expect("a BlurHash");
+    let blur_mean: f64 = decoded
+        .chunks_exact(4)
+        .map(|px| f64::from(px[0]))
+        .sum::<f64>()
+        / 12.0;
+    assert!(
+        (blur_mean - mean[0]).abs() < 25.0,
+        "BlurHash red {blur_mean} against {mean:?}"
+    );
+
+    let dominant = p["dominant_color"].as_str().expect("dominant_color");
+    assert!(
+        dominant.len() == 7
+            && dominant.starts_with('#')
+            && dominant[1..]
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+        "{dominant}"
+    );
+    // Some 8 % of the displayed image lies within 24 levels of it, on each channel.
+    let want: Vec<i32> = (0..3)
+        .map(|i| i32::from_str_radix(&dominant[1 + 2 * i..3 + 2 * i], 16).expect("hex"))
+        .collect();
+    let near = small
+        .pixels()
+        .filter(|px| (0..3).all(|c| (i32::from(px[c]) - want[c]).abs() <= 24))
+        .count();
+    assert!(
+        near as f64 > 0.08 * n,
+        "{dominant}: {near} of {n} pixels near it"
+    );
+    assert_eq!(server.record(&id).expect("record")["placeholder"], *p);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_done_job_records_source_hash_and_ordered_timings() {
     let server = Server::start(1, 1, &[]);

@@ -848,3 +848,58 @@ async fn the_ipc_directory_and_sockets_are_private_to_the_service_user() {
         assert_eq!(mode, 0o600, "{} mode {mode:o}", sock.display());
     }
 }
+
+/// Every JPEG coding a build decodes is accepted and processed (lossless, arithmetic);
+/// one it does not is refused before the 202 with a 415 naming the coding, and, when
+/// its frame header lies beyond what the door reads, fails its job with the same 415
+/// instead of an opaque decoder error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jpeg_codings_are_decoded_or_refused_naming_the_coding() {
+    let server = Server::start(1, 1, &[]);
+    for name in [
+        "lossless-rgb.jpg",
+        "lossless-grey12.jpg",
+        "04-fallenleaf-arith.jpg",
+        "04-fallenleaf-arith-progressive.jpg",
+    ] {
+        let bytes = std::fs::read(test_photo(name)).expect("test file");
+        let resp = upload(server.addr, name, &bytes).await;
+        let id = accepted_id(&resp, name);
+        let job = wait_final(server.addr, &id, Duration::from_secs(30)).await;
+        assert_eq!(job["state"], "done", "{name}: {job}");
+    }
+
+    // SOI, a hierarchical (SOF5) frame header: 8-bit, 300 × 200, 3 components.
+    let mut sof5 = vec![0xff, 0xd8, 0xff, 0xc5, 0, 17, 8, 0, 200, 1, 44, 3];
+    sof5.extend_from_slice(&[1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1, 0xff, 0xd9]);
+    let resp = upload(server.addr, "h.jpg", &sof5).await;
+    let body = problem(&resp, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(
+        body["type"], "urn:pixpool:problem:unsupported-format",
+        "{body}"
+    );
+    let detail = body["detail"].as_str().unwrap_or("");
+    assert!(
+        detail.contains("hierarchical (differential) JPEG"),
+        "{detail}"
+    );
+
+    // The same behind 70 KiB of APP15 segments: the door's 64 KiB head ends first.
+    let mut hidden = vec![0xff, 0xd8];
+    for _ in 0..2 {
+        hidden.extend_from_slice(&[0xff, 0xef, 0x8c, 0x02]);
+        hidden.resize(hidden.len() + 0x8c00, 0x20);
+    }
+    hidden.extend_from_slice(&sof5[2..]);
+    let resp = upload(server.addr, "hidden.jpg", &hidden).await;
+    let id = accepted_id(&resp, "a frame header past the head");
+    let job = wait_final(server.addr, &id, Duration::from_secs(30)).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["error"]["status"], 415, "{job}");
+    assert_eq!(
+        job["error"]["type"], "urn:pixpool:problem:unsupported-format",
+        "{job}"
+    );
+    let detail = job["error"]["detail"].as_str().unwrap_or("");
+    assert!(detail.contains("hierarchical"), "{detail}");
+}

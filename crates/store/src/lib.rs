@@ -50,7 +50,9 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use backend::{Durability, Revision, VariantKey, Versioned};
-pub use record::{JobId, JobRecord, JobState, OutputRecord, Problem, SourceRecord, StageMillis};
+pub use record::{
+    JobId, JobRecord, JobState, OutputRecord, Placeholder, Problem, SourceRecord, StageMillis,
+};
 
 /// Failures of the job store, named after the step that failed.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 // Shared with the wire protocol, which must not depend on the store: defined
 // in `pixpool-model`, re-exported so `pixpool_store::JobId` paths keep working.
-pub use pixpool_model::{JobId, JobState, OutputRecord, Problem};
+pub use pixpool_model::{JobId, JobState, OutputRecord, Placeholder, Problem};
 use serde::{Deserialize, Serialize};
 
 /// The original upload as the server saw it (never the client's name or type).
@@ -70,6 +70,9 @@ pub struct JobRecord {
     /// Per-stage timings of the last attempt.
     #[serde(default)]
     pub stage_ms: Option<StageMillis>,
+    /// What a front-end shows while the image loads (once done).
+    #[serde(default)]
+    pub placeholder: Option<Placeholder>,
 }
 
 impl JobRecord {
@@ -90,6 +93,7 @@ impl JobRecord {
             started_at: None,
             finished_at: None,
             stage_ms: None,
+            placeholder: None,
         }
     }
 }

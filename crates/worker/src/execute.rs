@@ -112,6 +112,10 @@ impl JobError {
             JobError::Image(e) if e.is_limit_exceeded() => {
                 ("limit-exceeded", "Image exceeds a limit", 422)
             }
+            // As the front refuses it when it sees the frame header before the 202.
+            JobError::Image(e) if e.is_unsupported() => {
+                ("unsupported-format", "Unsupported image format", 415)
+            }
             JobError::Image(_) => (
                 "unprocessable-image",
                 "The image could not be processed",
@@ -223,6 +227,7 @@ struct Rendered {
     /// The records of the outputs, by preset index.
     outputs: Vec<Option<OutputRecord>>,
     stage_ms: StageMillis,
+    placeholder: Option<pixpool_store::Placeholder>,
     /// The job was concluded without waiting for the render (it overran its time):
     /// nothing more may be stored, or it would outlive the failed job.
     abandoned: bool,
@@ -621,11 +626,13 @@ fn render(
                 let took = Duration::try_from_secs_f64(ms / 1e3).unwrap_or_default();
                 config.metrics.observe(Histogram::JobStage { stage }, took);
             }
-            lock().stage_ms = StageMillis {
+            let mut g = lock();
+            g.stage_ms = StageMillis {
                 decode: read_ms + t.decode_ms,
                 resize: t.resize_ms,
                 encode: t.encode_ms,
             };
+            g.placeholder = Some(processed.placeholder);
             Ok(())
         }
         Err(_) if store_error.is_some() => Err(store_error.take().expect("checked").into()),
@@ -682,11 +689,13 @@ async fn conclude(backend: &Backend, work: Concluding) -> Outcome {
             rec.error = None;
             rec.outputs = rendered.outputs.iter().flatten().cloned().collect();
             rec.stage_ms = Some(rendered.stage_ms);
+            rec.placeholder = rendered.placeholder.clone();
             Outcome::Done
         }
         Err(e) => {
             rec.state = JobState::Failed;
             rec.outputs.clear();
+            rec.placeholder = None;
             rec.error = Some(e.to_problem());
             Outcome::Failed
         }

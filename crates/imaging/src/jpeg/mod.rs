@@ -34,12 +34,15 @@
 //! - `scale`: the shrink-on-load policy, [`Scale`] and the choice of decoder.
 //! - `prune`: cutting out the scans a reduced decode does not need ([`prune_scans`]).
 //! - `decoder`: the `jpeg-decoder` adapter ([`decode_scaled`]).
+//! - `special`: lossless and arithmetic-coded files behind the `image` crate's decoder
+//!   trait ([`Special`]).
 
 pub(crate) mod markers;
 
 mod decoder;
 mod prune;
 mod scale;
+mod special;
 mod structure;
 
 pub(crate) use decoder::{decode_scaled, ScaledJpeg};
@@ -49,7 +52,8 @@ pub(crate) use scale::prefer_libjpeg;
 #[cfg(not(feature = "libjpeg"))]
 pub(crate) use scale::prefer_scaled_decoder;
 pub(crate) use scale::Scale;
-pub(crate) use structure::{has_end, scans, Frame, Scan, ScanError};
+pub(crate) use special::Special;
+pub(crate) use structure::{has_end, scans, Coding, Frame, Scan, ScanError};
 
 /// Streams and frames the tests of several modules build.
 #[cfg(test)]
@@ -79,6 +83,10 @@ pub(crate) mod test_streams {
     /// A YCbCr frame whose luma is component 1 and chroma 2 and 3.
     pub(super) fn frame() -> Frame {
         Frame {
+            coding: super::structure::Coding::Progressive,
+            width: 1920,
+            height: 1280,
+            precision: 8,
             progressive: true,
             scalable: true,
             components: 3,

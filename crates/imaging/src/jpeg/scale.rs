@@ -109,8 +109,10 @@ impl Scale {
 /// takes every scale (`crates/bench/PERF.md`).
 #[cfg(feature = "libjpeg")]
 pub(crate) fn prefer_libjpeg(frame: &Frame, scale: Scale) -> bool {
-    frame.scalable
-        && (scale < Scale::FULL || frame.components == 4 || cfg!(feature = "libjpeg-simd"))
+    // Arithmetic-coded files have no other decoder.
+    frame.coding == super::Coding::Arithmetic
+        || frame.scalable
+            && (scale < Scale::FULL || frame.components == 4 || cfg!(feature = "libjpeg-simd"))
 }
 
 #[cfg(not(feature = "libjpeg"))]

@@ -2,16 +2,79 @@
 //! before it), the scans, and whether the stream ends. Read with [`Markers`], never by
 //! hand.
 
-use super::markers::{self, MarkerError, Markers, Segment, APP14, DQT, EOI, SOF0, SOF2, SOS};
+use super::markers::{self, MarkerError, Markers, Segment, APP14, DQT, EOI, SOF2, SOS};
 
 /// Most scans a progressive JPEG may have. Encoders write about 10 (libjpeg) to 20
 /// (mozjpeg's optimised scripts); thousands of tiny scans are the known way to make a
 /// small file cost minutes of decoding.
 pub(crate) const MAX_SCANS: usize = 256;
 
+/// How a frame's samples are coded, from its SOF marker, sample precision and number of
+/// components.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Coding {
+    /// SOF0, SOF1: sequential DCT, Huffman-coded, 8-bit.
+    Sequential,
+    /// SOF2: progressive DCT, Huffman-coded, 8-bit.
+    Progressive,
+    /// SOF3: lossless (predictive), Huffman-coded: `jpeg-decoder` decodes it whole.
+    Lossless,
+    /// SOF9, SOF10: sequential or progressive DCT, arithmetic-coded, 8-bit: libjpeg's.
+    Arithmetic,
+    /// What no decoder here reads, in words for the client.
+    Unsupported(&'static str),
+}
+
+impl Coding {
+    /// The coding of a frame header `marker` with `precision`-bit samples.
+    pub(crate) fn of(marker: u8, precision: u8, components: u8) -> Coding {
+        match marker {
+            0xc0..=0xc2 | 0xc9 | 0xca if precision != 8 => {
+                Coding::Unsupported("12-bit (extended precision DCT)")
+            }
+            0xc0 | 0xc1 => Coding::Sequential,
+            0xc2 => Coding::Progressive,
+            // `jpeg-decoder` gives 16-bit samples for grey only.
+            0xc3 if precision > 8 && components != 1 => {
+                Coding::Unsupported("lossless colour over 8 bits per sample")
+            }
+            0xc3 if !(2..=16).contains(&precision) => Coding::Unsupported("lossless"),
+            0xc3 if components != 1 && components != 3 => {
+                Coding::Unsupported("lossless with other than 1 or 3 components")
+            }
+            0xc3 => Coding::Lossless,
+            0xc9 | 0xca => Coding::Arithmetic,
+            0xcb => Coding::Unsupported("lossless arithmetic-coded"),
+            0xc5..=0xc7 | 0xcd..=0xcf => Coding::Unsupported("hierarchical (differential)"),
+            _ => Coding::Unsupported("unknown frame type"),
+        }
+    }
+
+    /// `Err` when this build cannot decode it.
+    pub(crate) fn check(self) -> Result<(), crate::ImagingError> {
+        let (coding, hint) = match self {
+            Coding::Unsupported(coding) => (coding, ""),
+            #[cfg(not(feature = "libjpeg"))]
+            Coding::Arithmetic => (
+                "arithmetic-coded",
+                " by this build: the default and native-codecs builds read it (libjpeg)",
+            ),
+            _ => return Ok(()),
+        };
+        Err(crate::ImagingError::UnsupportedCoding { coding, hint })
+    }
+}
+
 /// What the frame header and the segments before it say about a JPEG.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Frame {
+    /// How the samples are coded.
+    pub(crate) coding: Coding,
+    /// Stored width and height.
+    pub(crate) width: u16,
+    pub(crate) height: u16,
+    /// Bits per sample.
+    pub(crate) precision: u8,
     /// SOF2: progressive, Huffman-coded.
     pub(crate) progressive: bool,
     /// SOF0, SOF1 or SOF2 with 8-bit samples: what a scaled DCT decode can handle.
@@ -56,9 +119,19 @@ impl Frame {
                         ids[i] = spec[0];
                         dc_steps[i] = table_dc.get(usize::from(spec[2])).copied().unwrap_or(0);
                     }
+                    let coding = Coding::of(marker, precision, components);
                     return Some(Frame {
+                        coding,
+                        height: u16::from_be_bytes([*body.get(1)?, *body.get(2)?]),
+                        width: u16::from_be_bytes([*body.get(3)?, *body.get(4)?]),
+                        precision,
+                        // Huffman-coded only: scan pruning reads Huffman scans.
                         progressive: marker == SOF2,
-                        scalable: matches!(marker, SOF0..=SOF2) && precision == 8,
+                        // libjpeg's scaled IDCTs serve arithmetic-coded DCT files too.
+                        scalable: matches!(
+                            coding,
+                            Coding::Sequential | Coding::Progressive | Coding::Arithmetic
+                        ),
                         components,
                         adobe_transform,
                         ids,
@@ -258,6 +331,39 @@ mod tests {
     }
 
     #[test]
+    fn every_frame_type_has_a_coding_and_the_unreadable_ones_are_named() {
+        use Coding::*;
+        assert_eq!(Coding::of(0xc0, 8, 3), Sequential);
+        assert_eq!(Coding::of(0xc1, 8, 3), Sequential);
+        assert_eq!(Coding::of(0xc2, 8, 1), Progressive);
+        assert_eq!(Coding::of(0xc3, 8, 3), Lossless);
+        assert_eq!(Coding::of(0xc3, 16, 1), Lossless);
+        assert_eq!(Coding::of(0xc9, 8, 3), Arithmetic);
+        assert_eq!(Coding::of(0xca, 8, 3), Arithmetic);
+        for (marker, precision, components, words) in [
+            (0xc1, 12, 3, "12-bit (extended precision DCT)"),
+            (0xca, 12, 3, "12-bit (extended precision DCT)"),
+            (0xc3, 12, 3, "lossless colour over 8 bits per sample"),
+            (0xcb, 8, 3, "lossless arithmetic-coded"),
+            (0xc5, 8, 3, "hierarchical (differential)"),
+            (0xcf, 8, 3, "hierarchical (differential)"),
+        ] {
+            let coding = Coding::of(marker, precision, components);
+            assert_eq!(coding, Unsupported(words), "SOF{:x}", marker & 0x0f);
+            let err = coding.check().expect_err("refused");
+            assert!(err.to_string().starts_with(words), "{err}");
+            assert!(err.is_unsupported() && err.is_input_error());
+        }
+        // Arithmetic coding is libjpeg's: the pure-Rust build refuses it, saying which
+        // builds read it.
+        let arithmetic = Arithmetic.check();
+        assert_eq!(arithmetic.is_ok(), cfg!(feature = "libjpeg"));
+        if let Err(e) = arithmetic {
+            assert!(e.to_string().contains("default and native-codecs"), "{e}");
+        }
+    }
+
+    #[test]
     fn frame_header_and_adobe_segment_are_read() {
         // SOI, APP14 "Adobe" with transform 2, SOF2 of 4 components.
         let mut s = vec![0xff, 0xd8, 0xff, 0xee, 0x00, 0x0e];
@@ -268,6 +374,10 @@ mod tests {
         assert_eq!(
             frame,
             Frame {
+                coding: Coding::Progressive,
+                width: 16,
+                height: 16,
+                precision: 8,
                 progressive: true,
                 scalable: true,
                 components: 4,
