@@ -18,6 +18,8 @@ if [[ ! -d $pw_dir/node_modules/playwright-core ]]; then
 fi
 # /stats needs the admin process: on a free port.
 SERVER_ADMIN=127.0.0.1:0
+# The thumbnail, and a preset of three formats whose AVIF the browser decodes.
+SERVER_ARGS="--preset thumb:200x200:cover:q85 --preset pic:480:avif+webp+jpeg:q75"
 source .ci/server.sh
 start_server dashboard
 status=0

@@ -2,7 +2,8 @@
 # Sourced by the CI scripts that need a live server: builds the debug binary,
 # starts `pixpool serve` on a free port in a temp uploads directory, waits for
 # /readyz, and stops it (and removes the directory) on exit. Sets `bin`,
-# `uploads`, `log`, `server` and `addr`. Call as `start_server NAME`.
+# `uploads`, `log`, `server` and `addr`. Call as `start_server NAME`; SERVER_ARGS
+# adds flags (word-split).
 
 start_server() {
     # .ci/run sets PIXPOOL_BIN to the binary `cargo test` built; run alone, a
@@ -33,7 +34,7 @@ start_server() {
     # No admin listener: its fixed default port would clash with any other server
     # running on this machine.
     env -u PIXPOOL_API_TOKENS -u PIXPOOL_PRESETS PIXPOOL_ADMIN="${SERVER_ADMIN:-off}" \
-        "$bin" serve --bind 127.0.0.1:0 --uploads "$uploads" 2>"$log" &
+        "$bin" serve --bind 127.0.0.1:0 --uploads "$uploads" ${SERVER_ARGS:-} 2>"$log" &
     server=$!
 
     # The supervisor logs `listening on ADDR` once bound; /readyz answers 200 once

@@ -50,11 +50,37 @@ const path = require("path");
     if (shown.w !== 32 || shown.h < 14 || shown.h > 24 || shown.levels < 8) {
       throw new Error("the ThumbHash decoded as " + JSON.stringify(shown));
     }
+    // The `pic` preset's AVIF, negotiated by Accept and decoded by the browser, shows
+    // the same picture as its JPEG fallback.
+    const pic = await page.evaluate(async (jobId) => {
+      const get = async (accept) => {
+        const r = await fetch("/images/" + jobId + "/pic", { headers: { Accept: accept } });
+        return { type: r.headers.get("content-type"), vary: r.headers.get("vary"),
+                 bitmap: await createImageBitmap(await r.blob()) };
+      };
+      const avif = await get("image/avif,image/webp,*/*"), jpeg = await get("*/*");
+      const pixels = (bitmap) => {
+        const c = document.createElement("canvas");
+        c.width = bitmap.width; c.height = bitmap.height;
+        const ctx = c.getContext("2d");
+        ctx.drawImage(bitmap, 0, 0);
+        return ctx.getImageData(0, 0, c.width, c.height).data;
+      };
+      const a = pixels(avif.bitmap), j = pixels(jpeg.bitmap);
+      let sum = 0;
+      for (let i = 0; i < a.length; i += 4) for (let k = 0; k < 3; k++) sum += Math.abs(a[i + k] - j[i + k]);
+      return { avif: avif.type, jpeg: jpeg.type, vary: avif.vary, size: [avif.bitmap.width, avif.bitmap.height],
+               jpegSize: [jpeg.bitmap.width, jpeg.bitmap.height], mean: sum / (a.length / 4 * 3) };
+    }, id);
+    if (pic.avif !== "image/avif" || pic.jpeg !== "image/jpeg" || pic.vary !== "Accept"
+        || pic.size.join() !== pic.jpegSize.join() || !(pic.mean < 8)) {
+      throw new Error("the AVIF variant as the browser saw it: " + JSON.stringify(pic));
+    }
     // Live stats come from /stats once the admin process has written them.
     await page.waitForFunction(() => /\d+ \/ \d+/.test(document.querySelector("#stats").textContent), null, { timeout: 15000 });
     if (errors.length) throw new Error("page errors: " + errors.join("; "));
     await page.screenshot({ path: process.env.SCREENSHOT || "/tmp/pixpool-dashboard.png" });
-    console.log("ok 1 - dashboard upload shows the job done with its thumbnail and placeholder (" + id + ")");
+    console.log("ok 1 - dashboard upload shows the job done with its thumbnail and placeholder, its AVIF decodes (" + id + ")");
   } catch (e) {
     failed = 1;
     console.log("not ok 1 - " + e.message);

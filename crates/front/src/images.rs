@@ -6,14 +6,14 @@ use futures_util::StreamExt;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use pixpool_imaging::Format;
+use pixpool_imaging::{OutputFormat, Preset};
 use pixpool_store::backend::{Blob, Blobs, VariantKey};
 use pixpool_store::{JobId, JobState};
 
 use crate::body::{full, Body};
 use crate::events::read_record;
 use crate::problem::ApiError;
-use crate::upload::sanitise_for_log;
+use crate::upload::{query_param, sanitise_for_log};
 
 /// Cache policy of every variant: content-addressed, never changes.
 const CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
@@ -22,12 +22,15 @@ const CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
 /// client's image to anyone who asks for its URL.
 const CACHE_CONTROL_PRIVATE: &str = "private, max-age=31536000, immutable";
 
-/// Serves one variant.
+/// Serves one variant: of the preset's formats, the one `?format=` forces or `Accept`
+/// negotiates ([`negotiate`](crate::negotiate)).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     state: &crate::State,
     private: bool,
     method: &Method,
     headers: &HeaderMap,
+    query: Option<&str>,
     raw_id: &str,
     preset: &str,
 ) -> Result<Response<Body>, ApiError> {
@@ -39,19 +42,40 @@ pub async fn serve(
     if !record.presets.iter().any(|p| p == preset) {
         return Err(ApiError::NoSuchVariant(sanitise_for_log(preset)));
     }
-    let variant = match record.state {
+    let no_such = || ApiError::NoSuchVariant(sanitise_for_log(preset));
+    let forced = match query.and_then(|q| query_param(q, "format")) {
+        Some(name) => Some(OutputFormat::from_name(&name).ok_or_else(|| {
+            ApiError::NoSuchVariant(format!(
+                "{} as {}",
+                sanitise_for_log(preset),
+                sanitise_for_log(&name)
+            ))
+        })?),
+        None => None,
+    };
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let pick = |formats: &[OutputFormat]| match forced {
+        Some(f) if formats.contains(&f) => Ok(f),
+        Some(_) => Err(no_such()),
+        None => Ok(crate::negotiate::choose(formats, accept)),
+    };
+    let (variant, vary) = match record.state {
         JobState::Done => {
-            let output = record
+            // The record lists the preset's outputs in its order, the fallback last,
+            // each naming its format by its media type.
+            let outputs: Vec<_> = record
                 .outputs
                 .iter()
-                .find(|o| o.preset == preset)
-                .ok_or_else(|| ApiError::NoSuchVariant(sanitise_for_log(preset)))?;
-            // The record names the format by its media type.
-            let format = FORMATS
+                .filter(|o| o.preset == preset)
+                .filter_map(|o| Some((OutputFormat::from_content_type(&o.content_type)?, o)))
+                .collect();
+            let formats: Vec<OutputFormat> = outputs.iter().map(|(f, _)| *f).collect();
+            let format = pick(&formats)?;
+            let (_, output) = outputs
                 .into_iter()
-                .find(|f| f.content_type() == output.content_type)
-                .ok_or_else(|| ApiError::NoSuchVariant(sanitise_for_log(preset)))?;
-            Variant {
+                .find(|(f, _)| *f == format)
+                .ok_or_else(no_such)?;
+            let variant = Variant {
                 key: VariantKey::new(&id, preset, format.extension()),
                 content_type: output.content_type.clone(),
                 etag: output.etag.clone(),
@@ -62,7 +86,8 @@ pub async fn serve(
                 } else {
                     CACHE_CONTROL
                 },
-            }
+            };
+            (variant, formats.len() > 1)
         }
         JobState::Failed => {
             return Err(ApiError::NoSuchVariant(format!(
@@ -71,10 +96,36 @@ pub async fn serve(
         }
         JobState::Queued => return Err(ApiError::NotReady(id.to_string())),
         // An `output` event has told the client this variant exists: serve it
-        // before the job is done.
-        JobState::Processing => in_progress(blobs, &id, preset)
-            .await?
-            .ok_or_else(|| ApiError::NotReady(id.to_string()))?,
+        // before the job is done, negotiated over the formats the preset writes.
+        JobState::Processing => {
+            let spec = state
+                .config
+                .preset_specs
+                .iter()
+                .find(|(name, _)| name.as_str() == preset)
+                .and_then(|(_, spec)| spec.parse::<Preset>().ok());
+            let formats = spec
+                .as_ref()
+                .map_or_else(|| vec![OutputFormat::Jpeg], |p| p.formats_for(false));
+            let format = pick(&formats)?;
+            // A source with alpha writes the preset's alpha format instead of its
+            // fallback.
+            let mut tries = vec![format];
+            if let Some(alpha) = spec.as_ref().and_then(|p| p.alpha_format) {
+                if Some(&format) == formats.last() && alpha != format {
+                    tries.push(alpha);
+                }
+            }
+            let mut found = None;
+            for f in tries {
+                if let Some(v) = in_progress(blobs, &id, preset, f).await? {
+                    found = Some(v);
+                    break;
+                }
+            }
+            let variant = found.ok_or_else(|| ApiError::NotReady(id.to_string()))?;
+            (variant, formats.len() > 1)
+        }
     };
     let etag = HeaderValue::from_str(&format!("\"{}\"", variant.etag)).ok();
 
@@ -110,6 +161,9 @@ pub async fn serve(
     if let Some(tag) = etag {
         h.insert(header::ETAG, tag);
     }
+    if vary {
+        h.insert(header::VARY, HeaderValue::from_static("Accept"));
+    }
     h.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static(match (private, variant.cache) {
@@ -127,9 +181,6 @@ pub async fn serve(
 /// Cache policy of a variant served while its job is still running: the job may
 /// yet fail, and a failed job's outputs are removed.
 const CACHE_CONTROL_IN_PROGRESS: &str = "no-cache";
-
-/// Every format a variant may be stored in.
-const FORMATS: [Format; 4] = [Format::Jpeg, Format::WebP, Format::Png, Format::Gif];
 
 /// A response body that streams a blob.
 fn stream_body(blob: Blob) -> Body {
@@ -150,37 +201,35 @@ struct Variant {
     cache: &'static str,
 }
 
-/// A variant of a job still processing, if the worker has already stored it. Variants
+/// A job still processing's variant in `format`, if the worker has already stored it. Variants
 /// appear whole, so one that exists is complete; its ETag is the one the record will
 /// carry (BLAKE3 of the bytes).
 async fn in_progress(
     blobs: &dyn Blobs,
     id: &JobId,
     preset: &str,
+    format: OutputFormat,
 ) -> Result<Option<Variant>, ApiError> {
-    for format in FORMATS {
-        let key = VariantKey::new(id, preset, format.extension());
-        let Some(blob) = blobs.get_variant(&key).await? else {
-            continue;
-        };
-        let mut body = blob.body;
-        let mut bytes = Vec::with_capacity(usize::try_from(blob.len).unwrap_or(0));
-        while let Some(chunk) = body.next().await {
-            bytes.extend_from_slice(&chunk.map_err(|source| ApiError::Storage {
-                context: format!("could not read variant {key}"),
-                source,
-            })?);
-        }
-        return Ok(Some(Variant {
-            key,
-            content_type: format.content_type().to_string(),
-            etag: pixpool_store::output_etag(&bytes),
-            len: bytes.len() as u64,
-            bytes: Some(Bytes::from(bytes)),
-            cache: CACHE_CONTROL_IN_PROGRESS,
-        }));
+    let key = VariantKey::new(id, preset, format.extension());
+    let Some(blob) = blobs.get_variant(&key).await? else {
+        return Ok(None);
+    };
+    let mut body = blob.body;
+    let mut bytes = Vec::with_capacity(usize::try_from(blob.len).unwrap_or(0));
+    while let Some(chunk) = body.next().await {
+        bytes.extend_from_slice(&chunk.map_err(|source| ApiError::Storage {
+            context: format!("could not read variant {key}"),
+            source,
+        })?);
     }
-    Ok(None)
+    Ok(Some(Variant {
+        key,
+        content_type: format.content_type().to_string(),
+        etag: pixpool_store::output_etag(&bytes),
+        len: bytes.len() as u64,
+        bytes: Some(Bytes::from(bytes)),
+        cache: CACHE_CONTROL_IN_PROGRESS,
+    }))
 }
 
 /// RFC 9110 `If-None-Match`: `*`, or a list of (possibly weak) tags compared weakly.

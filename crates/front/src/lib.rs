@@ -10,6 +10,7 @@
 //! - [`events`]: following a job — SSE stream and long-poll.
 //! - [`pace`]: how fast a request body must arrive (idle limit, minimum rate).
 //! - [`images`]: serving the variants (ETag, immutable caching, 304).
+//! - `negotiate`: which of a preset's formats a request gets (`Accept`, `?format=`).
 //! - [`routes`]: every route, parsed once (dispatch, auth, metric labels).
 //! - [`problem`]: every error's status code and problem+json body, in one place.
 //! - [`view`]: what a client sees of a job (never paths or internal keys).
@@ -23,6 +24,7 @@ pub mod dispatch;
 pub mod events;
 pub mod framing;
 pub mod images;
+mod negotiate;
 pub mod pace;
 pub mod problem;
 pub mod routes;
@@ -595,7 +597,16 @@ async fn dispatch(
         }
         Route::Image { id, preset } => {
             let private = !state.config.api_tokens.is_empty();
-            images::serve(state, private, &method, req.headers(), &id, &preset).await
+            images::serve(
+                state,
+                private,
+                &method,
+                req.headers(),
+                req.uri().query(),
+                &id,
+                &preset,
+            )
+            .await
         }
         Route::NotFound => Err(ApiError::NotFound(upload::sanitise_for_log(
             req.uri().path(),

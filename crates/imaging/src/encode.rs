@@ -1,7 +1,6 @@
 //! Raster to file bytes. Nothing from the source is copied: no EXIF, no ICC, no XMP.
 
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
-use image::codecs::webp::WebPEncoder;
 use image::ImageEncoder;
 
 use crate::error::EncodeError;
@@ -33,17 +32,30 @@ pub(crate) fn encode(
                 )?;
             Ok(out)
         }
-        OutputFormat::WebP => {
-            let mut out = Vec::new();
-            WebPEncoder::new_lossless(&mut out).encode(
-                &raster.data,
-                raster.width,
-                raster.height,
-                raster.layout.color_type(),
-            )?;
-            Ok(out)
+        OutputFormat::WebP => encode_webp(raster, quality),
+        OutputFormat::Avif => {
+            crate::avif::encode(raster, quality).map_err(|e| EncodeError::Avif(e.to_string()))
         }
     }
+}
+
+/// Lossy WebP at `quality` by libwebp, alpha kept.
+#[cfg(feature = "libwebp")]
+fn encode_webp(raster: &Raster, quality: u8) -> Result<Vec<u8>, EncodeError> {
+    crate::webp::encode(raster, quality).ok_or(EncodeError::Webp)
+}
+
+/// Lossless WebP: the `image` crate's encoder has no lossy mode.
+#[cfg(not(feature = "libwebp"))]
+fn encode_webp(raster: &Raster, _quality: u8) -> Result<Vec<u8>, EncodeError> {
+    let mut out = Vec::new();
+    image::codecs::webp::WebPEncoder::new_lossless(&mut out).encode(
+        &raster.data,
+        raster.width,
+        raster.height,
+        raster.layout.color_type(),
+    )?;
+    Ok(out)
 }
 
 #[cfg(feature = "libjpeg-simd")]

@@ -215,6 +215,12 @@ pub enum EncodeError {
     /// The `image` crate's PNG or WebP encoder failed.
     #[error(transparent)]
     Image(#[from] image::ImageError),
+    /// libwebp's lossy encoder failed (the `libwebp` feature).
+    #[error("libwebp could not encode the image")]
+    Webp,
+    /// rav1e failed, with its message.
+    #[error("{0}")]
+    Avif(String),
     /// The output is larger than JPEG can express (65535 per side).
     #[error("{width}×{height} is too large for JPEG (65535 per side at most)")]
     TooLargeForJpeg {

@@ -24,43 +24,79 @@ pub(crate) fn image_format(format: Format) -> image::ImageFormat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OutputFormat {
-    /// Baseline JPEG via `jpeg-encoder` (standard Huffman tables; 4:2:0 chroma below
-    /// quality 90, 4:4:4 from 90). Grey sources are written as one-channel JPEGs; alpha is
-    /// flattened onto white.
+    /// Baseline JPEG (`jpeg-encoder`, or libjpeg in the native build; standard Huffman
+    /// tables; 4:2:0 chroma below quality 90, 4:4:4 from 90). Grey sources are written
+    /// as one-channel JPEGs; alpha is flattened onto white.
     Jpeg,
     /// PNG via the `image` crate; keeps grey and alpha. `quality` is ignored.
     Png,
-    /// WebP via the `image` crate's encoder, which is **lossless only**: outputs are large
-    /// and `quality` is ignored. Keeps grey and alpha.
+    /// WebP: lossy at `quality` with libwebp (the default and native builds), keeping
+    /// alpha; lossless in the pure-Rust build, whose encoder has no lossy mode.
     WebP,
+    /// AVIF: rav1e, 8-bit 4:2:0, sRGB, no metadata, alpha as an auxiliary image.
+    Avif,
 }
 
 impl OutputFormat {
+    /// Every output format, in the order `Accept` ties are broken by when a preset does
+    /// not say.
+    pub const ALL: [OutputFormat; 4] = [
+        OutputFormat::Avif,
+        OutputFormat::WebP,
+        OutputFormat::Jpeg,
+        OutputFormat::Png,
+    ];
+
     /// The file extension used for outputs, without the dot.
     pub fn extension(self) -> &'static str {
-        Format::from(self).extension()
+        match self {
+            OutputFormat::Jpeg => "jpg",
+            OutputFormat::Png => "png",
+            OutputFormat::WebP => "webp",
+            OutputFormat::Avif => "avif",
+        }
     }
 
     /// The IANA media type.
     pub fn content_type(self) -> &'static str {
-        Format::from(self).content_type()
+        match self {
+            OutputFormat::Jpeg => "image/jpeg",
+            OutputFormat::Png => "image/png",
+            OutputFormat::WebP => "image/webp",
+            OutputFormat::Avif => "image/avif",
+        }
+    }
+
+    /// Its name in preset specifications and `?format=` (`jpeg`, `png`, `webp`, `avif`).
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputFormat::Jpeg => "jpeg",
+            OutputFormat::Png => "png",
+            OutputFormat::WebP => "webp",
+            OutputFormat::Avif => "avif",
+        }
+    }
+
+    /// The format named `name` (`jpg` too), if any.
+    pub fn from_name(name: &str) -> Option<OutputFormat> {
+        match name {
+            "jpg" => Some(OutputFormat::Jpeg),
+            _ => OutputFormat::ALL.into_iter().find(|f| f.name() == name),
+        }
+    }
+
+    /// The format whose media type is `content_type`, if any.
+    pub fn from_content_type(content_type: &str) -> Option<OutputFormat> {
+        OutputFormat::ALL
+            .into_iter()
+            .find(|f| f.content_type() == content_type)
     }
 
     /// Whether this format can store an alpha channel.
     pub fn keeps_alpha(self) -> bool {
         match self {
             OutputFormat::Jpeg => false,
-            OutputFormat::Png | OutputFormat::WebP => true,
-        }
-    }
-}
-
-impl From<OutputFormat> for Format {
-    fn from(format: OutputFormat) -> Format {
-        match format {
-            OutputFormat::Jpeg => Format::Jpeg,
-            OutputFormat::Png => Format::Png,
-            OutputFormat::WebP => Format::WebP,
+            OutputFormat::Png | OutputFormat::WebP | OutputFormat::Avif => true,
         }
     }
 }
@@ -70,19 +106,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn output_formats_map_to_their_input_format() {
+    fn output_formats_share_extension_and_media_type_with_their_input_format() {
         for (out, format) in [
             (OutputFormat::Jpeg, Format::Jpeg),
             (OutputFormat::Png, Format::Png),
             (OutputFormat::WebP, Format::WebP),
         ] {
-            assert_eq!(Format::from(out), format);
             assert_eq!(out.extension(), format.extension());
             assert_eq!(out.content_type(), format.content_type());
             assert!(image_format(format)
                 .extensions_str()
                 .contains(&format.extension()));
         }
+        for f in OutputFormat::ALL {
+            assert_eq!(OutputFormat::from_name(f.name()), Some(f));
+            assert_eq!(OutputFormat::from_content_type(f.content_type()), Some(f));
+        }
+        assert_eq!(OutputFormat::from_name("jpg"), Some(OutputFormat::Jpeg));
+        assert_eq!(OutputFormat::from_name("gif"), None);
     }
 
     #[test]

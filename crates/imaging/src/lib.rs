@@ -82,6 +82,7 @@
 // No unsafe code, except the FFI boundaries of the C codecs (`webp`, `libjpeg`).
 #![deny(unsafe_code)]
 
+mod avif;
 mod colour;
 mod decode;
 mod encode;

@@ -30,9 +30,13 @@ pub struct Output {
     pub width: u32,
     /// Height as displayed (orientation applied).
     pub height: u32,
-    /// The encoding: the preset's `format`, or its `alpha_format` for a source with
-    /// transparency. Gives the extension to store it under.
+    /// The encoding: one of the preset's formats (its `alpha_format` instead of its
+    /// `format` for a source with transparency). Gives the extension to store it under.
     pub format: OutputFormat,
+    /// Whether it is the preset's fallback, served when `Accept` names none of the
+    /// others (the last of its formats); `false` for an alternative.
+    #[serde(default = "yes")]
+    pub fallback: bool,
     /// Media type, e.g. `image/jpeg`.
     pub content_type: String,
     /// Length of `data`, kept as a field so that the serialised description still says
@@ -42,6 +46,10 @@ pub struct Output {
     /// deserialised `Output` has none).
     #[serde(skip)]
     pub data: Vec<u8>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Wall-clock time spent in each stage of one [`process`] call, in milliseconds. The
@@ -65,7 +73,8 @@ pub struct Processed {
     pub source_width: u32,
     /// Source height as displayed (EXIF orientation applied).
     pub source_height: u32,
-    /// One entry per preset, with its encoded bytes, in the order the presets were given.
+    /// One entry per preset and format, with its encoded bytes, in the order the
+    /// presets were given, each preset's formats in its order (the fallback last).
     pub outputs: Vec<Output>,
     /// What a front-end shows while the image loads.
     pub placeholder: Placeholder,
@@ -83,8 +92,9 @@ pub enum Progress<'a> {
         /// Source height as displayed.
         height: u32,
     },
-    /// One preset's output is encoded and final. Reported largest first (the order the
-    /// cascade makes them), not in preset order: `index` says which.
+    /// One of a preset's outputs is encoded and final. Reported largest preset first
+    /// (the order the cascade makes them), not in preset order: `index` says which;
+    /// a preset's formats in its order.
     Output {
         /// Index of the preset in the slice given.
         index: usize,
@@ -119,9 +129,7 @@ pub fn process_with_progress(
     validate_presets(presets)?;
 
     let started = Instant::now();
-    let keep_alpha = presets
-        .iter()
-        .any(|p| p.format.keeps_alpha() || p.alpha_format.is_some_and(|f| f.keeps_alpha()));
+    let keep_alpha = presets.iter().any(Preset::may_keep_alpha);
     let header = read_header(input, limits)?;
     let orientation = header.orientation;
     let transposed = swaps_axes(orientation);
@@ -179,11 +187,11 @@ pub fn process_with_progress(
     };
     let mut resampler = Resampler::default();
     let mut renditions: Vec<Rendition> = Vec::with_capacity(presets.len());
-    let mut outputs: Vec<Option<Output>> = vec![None; presets.len()];
+    let mut outputs: Vec<Vec<Output>> = vec![Vec::new(); presets.len()];
 
     for (index, want) in order {
         let preset = &presets[index];
-        let (output, rendition) = make_output(
+        let rendition = make_outputs(
             preset,
             &want,
             orientation,
@@ -191,23 +199,23 @@ pub fn process_with_progress(
             &renditions,
             &mut resampler,
             &mut timings,
+            &mut |output| {
+                on_progress(Progress::Output {
+                    index,
+                    output: &output,
+                })
+                .map_err(|source| ImagingError::Sink {
+                    preset: Some(preset.name.clone()),
+                    source,
+                })?;
+                outputs[index].push(output);
+                Ok(())
+            },
         )?;
-        on_progress(Progress::Output {
-            index,
-            output: &output,
-        })
-        .map_err(|source| ImagingError::Sink {
-            preset: Some(preset.name.clone()),
-            source,
-        })?;
-        outputs[index] = Some(output);
         renditions.push(rendition);
     }
 
-    let outputs = outputs
-        .into_iter()
-        .map(|o| o.expect("every preset index was visited once"))
-        .collect();
+    let outputs = outputs.into_iter().flatten().collect();
 
     // Last, from the smallest output that covers the whole source, if any.
     let started = Instant::now();
@@ -247,10 +255,12 @@ pub fn process_with_progress(
     })
 }
 
-/// Resamples, orients and encodes the output of one preset.
+/// Resamples and orients the rendering of one preset and encodes it in each of its
+/// formats, handing each output to `deliver` as soon as it is made.
 ///
-/// Returns the output and its un-oriented raster, kept for the cascade.
-fn make_output(
+/// Returns its un-oriented raster, kept for the cascade.
+#[allow(clippy::too_many_arguments)]
+fn make_outputs(
     preset: &Preset,
     want: &Geometry,
     orientation: Orientation,
@@ -258,7 +268,8 @@ fn make_output(
     renditions: &[Rendition],
     resampler: &mut Resampler,
     timings: &mut StageTimings,
-) -> Result<(Output, Rendition), ImagingError> {
+    deliver: &mut dyn FnMut(Output) -> Result<(), ImagingError>,
+) -> Result<Rendition, ImagingError> {
     let started = Instant::now();
     let (raster, cascaded) = resampler
         .render(source, renditions, want)
@@ -273,40 +284,42 @@ fn make_output(
     let oriented = oriented.as_ref().unwrap_or(&raster);
     timings.resize_ms += elapsed_ms(started);
 
-    let started = Instant::now();
     let (width, height) = (oriented.width, oriented.height);
-    let format = preset.format_for(oriented.layout.has_alpha());
-    let data = encode(oriented, format, preset.quality).map_err(|source| ImagingError::Encode {
-        preset: preset.name.clone(),
-        format,
-        source,
-    })?;
-    timings.encode_ms += elapsed_ms(started);
-
-    debug!(
-        preset = %preset.name,
-        width,
-        height,
-        bytes = data.len(),
-        cascaded,
-        "encoded output"
-    );
-    let output = Output {
-        preset: preset.name.clone(),
-        width,
-        height,
-        format,
-        content_type: format.content_type().to_owned(),
-        bytes: u64::try_from(data.len()).expect("a buffer length fits in u64"),
-        data,
-    };
-    Ok((
-        output,
-        Rendition {
-            raster,
-            region: want.region,
-        },
-    ))
+    let formats = preset.formats_for(oriented.layout.has_alpha());
+    let last = formats.len() - 1;
+    for (i, format) in formats.into_iter().enumerate() {
+        let started = Instant::now();
+        let data =
+            encode(oriented, format, preset.quality).map_err(|source| ImagingError::Encode {
+                preset: preset.name.clone(),
+                format,
+                source,
+            })?;
+        timings.encode_ms += elapsed_ms(started);
+        debug!(
+            preset = %preset.name,
+            format = format.name(),
+            width,
+            height,
+            bytes = data.len(),
+            cascaded,
+            "encoded output"
+        );
+        deliver(Output {
+            preset: preset.name.clone(),
+            width,
+            height,
+            format,
+            fallback: i == last,
+            content_type: format.content_type().to_owned(),
+            bytes: u64::try_from(data.len()).expect("a buffer length fits in u64"),
+            data,
+        })?;
+    }
+    Ok(Rendition {
+        raster,
+        region: want.region,
+    })
 }
 
 /// Applies the EXIF orientation to a copy of an output (cheap: outputs are small), or

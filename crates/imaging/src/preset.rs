@@ -38,8 +38,13 @@ pub struct Preset {
     pub height: Option<u32>,
     /// How the image is fitted to the box.
     pub fit: Fit,
-    /// Output encoding.
+    /// Output encoding: the one every client gets (the fallback, the last of a
+    /// `a+b+c` list).
     pub format: OutputFormat,
+    /// Formats also written, served instead of `format` to a client whose `Accept`
+    /// names them (`avif+webp+jpeg`: AVIF and WebP, in that order of preference).
+    #[serde(default)]
+    pub alternatives: Vec<OutputFormat>,
     /// Encoder quality, 1 (smallest) to 100 (best); only JPEG uses it.
     pub quality: u8,
     /// When the source has real transparency, encode in this format instead of
@@ -58,6 +63,7 @@ impl Preset {
             height: None,
             fit: Fit::Inside,
             format: OutputFormat::Jpeg,
+            alternatives: Vec::new(),
             quality: 80,
             alpha_format: None,
         }
@@ -86,12 +92,33 @@ impl Preset {
         ]
     }
 
-    /// The output format for a source with (`true`) or without alpha.
+    /// The fallback format for a source with (`true`) or without alpha.
     pub fn format_for(&self, source_has_alpha: bool) -> OutputFormat {
         match self.alpha_format {
             Some(f) if source_has_alpha => f,
             _ => self.format,
         }
+    }
+
+    /// Every format written for a source with or without alpha, in order of
+    /// preference: the alternatives, then the fallback (last).
+    pub fn formats_for(&self, source_has_alpha: bool) -> Vec<OutputFormat> {
+        let fallback = self.format_for(source_has_alpha);
+        let mut formats: Vec<OutputFormat> = self
+            .alternatives
+            .iter()
+            .copied()
+            .filter(|f| *f != fallback)
+            .collect();
+        formats.push(fallback);
+        formats
+    }
+
+    /// Whether any format it may write keeps alpha.
+    pub fn may_keep_alpha(&self) -> bool {
+        self.format.keeps_alpha()
+            || self.alpha_format.is_some_and(OutputFormat::keeps_alpha)
+            || self.alternatives.iter().any(|f| f.keeps_alpha())
     }
 
     fn validate(&self) -> Result<(), ImagingError> {
@@ -106,13 +133,20 @@ impl Preset {
         if !(1..=100).contains(&self.quality) {
             return Err(invalid("quality must be between 1 and 100"));
         }
+        let mut seen = vec![self.format];
+        for f in &self.alternatives {
+            if seen.contains(f) {
+                return Err(invalid("a format is listed twice"));
+            }
+            seen.push(*f);
+        }
         Ok(())
     }
 }
 
 /// Why a preset specification could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid preset {spec:?}: {reason} (expected NAME:WIDTH[xHEIGHT][:inside|cover][:jpeg|png|webp][:qQUALITY][:alpha=png|webp])")]
+#[error("invalid preset {spec:?}: {reason} (expected NAME:WIDTH[xHEIGHT][:inside|cover][:FORMAT[+FORMAT…]][:qQUALITY][:alpha=png|webp|avif], FORMAT: jpeg, png, webp or avif)")]
 pub struct PresetParseError {
     /// The specification as given.
     pub spec: String,
@@ -123,8 +157,9 @@ pub struct PresetParseError {
 impl std::str::FromStr for Preset {
     type Err = PresetParseError;
 
-    /// Parses `NAME:WIDTH[xHEIGHT][:inside|cover][:jpeg|png|webp][:qQUALITY][:alpha=png|webp]`,
-    /// e.g. `thumb:200x200:cover:q85`, `large:1600:webp`, `hero:1200:alpha=png`.
+    /// Parses `NAME:WIDTH[xHEIGHT][:inside|cover][:FORMAT[+FORMAT…]][:qQUALITY][:alpha=FORMAT]`,
+    /// e.g. `thumb:200x200:cover:q85`, `large:1600:webp`, `hero:1200:alpha=png`,
+    /// `medium:800:avif+webp+jpeg` (the last listed is the fallback).
     fn from_str(spec: &str) -> Result<Preset, PresetParseError> {
         let fail = |reason: &str| PresetParseError {
             spec: spec.to_owned(),
@@ -149,15 +184,18 @@ impl std::str::FromStr for Preset {
             height,
             ..Preset::medium()
         };
-        let format = |s: &str| match s {
-            "jpeg" | "jpg" => Some(OutputFormat::Jpeg),
-            "png" => Some(OutputFormat::Png),
-            "webp" => Some(OutputFormat::WebP),
-            _ => None,
-        };
+        let format = OutputFormat::from_name;
         for opt in parts.map(str::trim) {
             if let Some(f) = format(opt) {
                 preset.format = f;
+                preset.alternatives.clear();
+            } else if opt.contains('+') {
+                let mut listed = opt
+                    .split('+')
+                    .map(|f| format(f.trim()).ok_or_else(|| fail(&format!("unknown format {f:?}"))))
+                    .collect::<Result<Vec<_>, _>>()?;
+                preset.format = listed.pop().expect("a split yields at least one part");
+                preset.alternatives = listed;
             } else if opt == "inside" {
                 preset.fit = Fit::Inside;
             } else if opt == "cover" {
@@ -178,11 +216,7 @@ impl std::str::FromStr for Preset {
 impl std::fmt::Display for Preset {
     /// The specification [`FromStr`](std::str::FromStr) reads back.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let name = |o: OutputFormat| match o {
-            OutputFormat::Jpeg => "jpeg",
-            OutputFormat::Png => "png",
-            OutputFormat::WebP => "webp",
-        };
+        let name = OutputFormat::name;
         write!(f, "{}:{}", self.name, self.width)?;
         if let Some(h) = self.height {
             write!(f, "x{h}")?;
@@ -191,7 +225,11 @@ impl std::fmt::Display for Preset {
             Fit::Inside => "inside",
             Fit::Cover => "cover",
         };
-        write!(f, ":{fit}:{}:q{}", name(self.format), self.quality)?;
+        write!(f, ":{fit}:")?;
+        for alternative in &self.alternatives {
+            write!(f, "{}+", name(*alternative))?;
+        }
+        write!(f, "{}:q{}", name(self.format), self.quality)?;
         if let Some(a) = self.alpha_format {
             write!(f, ":alpha={}", name(a))?;
         }
@@ -362,8 +400,38 @@ mod tests {
             height,
             fit,
             format: OutputFormat::Jpeg,
+            alternatives: Vec::new(),
             quality: 80,
             alpha_format: None,
+        }
+    }
+
+    #[test]
+    fn several_formats_are_listed_with_the_fallback_last() {
+        let p: Preset = "medium:800:avif+webp+jpeg:q70".parse().expect("listed");
+        assert_eq!(p.format, OutputFormat::Jpeg);
+        assert_eq!(p.alternatives, [OutputFormat::Avif, OutputFormat::WebP]);
+        assert_eq!(p.to_string(), "medium:800:inside:avif+webp+jpeg:q70");
+        assert_eq!(p.to_string().parse::<Preset>().expect("round trip"), p);
+        assert_eq!(
+            p.formats_for(false),
+            [OutputFormat::Avif, OutputFormat::WebP, OutputFormat::Jpeg]
+        );
+        // A source with alpha: the alpha format is the fallback, listed once.
+        let p: Preset = "hero:1200:webp+jpeg:alpha=webp".parse().expect("alpha");
+        assert_eq!(p.formats_for(true), [OutputFormat::WebP]);
+        assert_eq!(
+            p.formats_for(false),
+            [OutputFormat::WebP, OutputFormat::Jpeg]
+        );
+        assert!(p.may_keep_alpha());
+        for bad in [
+            "a:10:jpeg+jpeg",
+            "a:10:avif+gif",
+            "a:10:+jpeg",
+            "a:10:webp+",
+        ] {
+            assert!(bad.parse::<Preset>().is_err(), "{bad:?} parsed");
         }
     }
 

@@ -11,8 +11,8 @@
 //! accepted and the errors given stay those of the plain build.
 
 use libwebp_sys::{
-    VP8StatusCode, WebPDecode, WebPDecoderConfig, WebPFreeDecBuffer, WebPGetFeaturesInternal,
-    WEBP_CSP_MODE, WEBP_DECODER_ABI_VERSION,
+    VP8StatusCode, WebPDecode, WebPDecoderConfig, WebPEncodeRGB, WebPEncodeRGBA, WebPFree,
+    WebPFreeDecBuffer, WebPGetFeaturesInternal, WEBP_CSP_MODE, WEBP_DECODER_ABI_VERSION,
 };
 
 use crate::limits::Limits;
@@ -25,6 +25,60 @@ const MARGIN: f64 = 2.0;
 
 /// Below this reduction the rescaler saves too little to be worth a second filter.
 const MIN_REDUCTION: f64 = 0.75;
+
+/// `raster` as a lossy WebP at `quality` (libwebp's simple API, its default method and
+/// filters), alpha kept; grey is written as RGB (WebP has no grey mode). `None` when
+/// libwebp refuses (a side over 16383).
+pub(crate) fn encode(raster: &Raster, quality: u8) -> Option<Vec<u8>> {
+    let expanded;
+    let (pixels, channels): (&[u8], usize) = match raster.layout {
+        Layout::Rgb => (&raster.data, 3),
+        Layout::Rgba => (&raster.data, 4),
+        Layout::Luma => {
+            expanded = raster
+                .data
+                .iter()
+                .flat_map(|&l| [l, l, l])
+                .collect::<Vec<u8>>();
+            (&expanded, 3)
+        }
+        Layout::LumaAlpha => {
+            expanded = raster
+                .data
+                .chunks_exact(2)
+                .flat_map(|p| [p[0], p[0], p[0], p[1]])
+                .collect::<Vec<u8>>();
+            (&expanded, 4)
+        }
+    };
+    let width = i32::try_from(raster.width).ok()?;
+    let height = i32::try_from(raster.height).ok()?;
+    let stride = width.checked_mul(i32::try_from(channels).ok()?)?;
+    let mut out: *mut u8 = std::ptr::null_mut();
+    // SAFETY: `pixels` holds `height` rows of `stride` bytes and outlives the call;
+    // libwebp allocates `out`, which is copied and then freed with its own allocator.
+    unsafe {
+        let encode = if channels == 4 {
+            WebPEncodeRGBA
+        } else {
+            WebPEncodeRGB
+        };
+        let len = encode(
+            pixels.as_ptr(),
+            width,
+            height,
+            stride,
+            f32::from(quality),
+            &mut out,
+        );
+        if out.is_null() {
+            return None;
+        }
+        let bytes = (len > 0).then(|| std::slice::from_raw_parts(out, len).to_vec());
+        WebPFree(out.cast());
+        bytes
+    }
+}
 
 /// Why libwebp did not decode a file.
 #[derive(Debug, thiserror::Error)]

@@ -328,6 +328,7 @@ fn cover_makes_a_centred_square_thumbnail() {
         height: Some(200),
         fit: Fit::Cover,
         format: OutputFormat::Jpeg,
+        alternatives: Vec::new(),
         quality: 80,
         alpha_format: None,
     };
@@ -372,6 +373,7 @@ fn cover_on_a_portrait_rotated_source() {
         height: Some(200),
         fit: Fit::Cover,
         format: OutputFormat::Jpeg,
+        alternatives: Vec::new(),
         quality: 80,
         alpha_format: None,
     };
@@ -408,6 +410,7 @@ fn cascaded_presets_match_presets_made_from_the_source() {
         height: Some(200),
         fit: Fit::Cover,
         format: OutputFormat::Jpeg,
+        alternatives: Vec::new(),
         quality: 90,
         alpha_format: None,
     };

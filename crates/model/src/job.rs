@@ -38,7 +38,8 @@ pub struct OutputRecord {
     pub content_type: String,
     /// Path relative to the uploads directory (`processed/<id>-<preset>.<ext>`).
     pub path: String,
-    /// Where it is served: `/images/<id>/<preset>`.
+    /// Where it is served: `/images/<id>/<preset>` (the preset's fallback format), or
+    /// `…?format=NAME` (another of its formats).
     #[serde(default)]
     pub url: String,
     /// BLAKE3 of the file's bytes (hex, first 128 bits): the HTTP `ETag`.

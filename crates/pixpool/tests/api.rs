@@ -816,6 +816,186 @@ async fn events_stream_live_to_subscribers_on_every_front() {
     assert_eq!(replayed, live, "replayed ids match the live ones");
 }
 
+/// A preset of several formats: every one is written from one decode, listed in the
+/// record and announced by an `output` event each; `GET /images` picks one by `Accept`
+/// (explicit names only, highest q, the fallback otherwise) or `?format=`, always with
+/// `Vary: Accept` and the chosen file's own ETag, which alone `If-None-Match` matches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preset_of_several_formats_is_negotiated_by_accept() {
+    let server = Server::start(1, 1, &["--preset", "pic:480:avif+webp+jpeg:q75"]);
+    let mut conn = Conn::open(server.addr).await.expect("connect");
+    let bytes = tagged_jpeg(&photo("04-fallenleaf.jpg"), "negotiated");
+    let resp = conn
+        .upload_to("/upload", &[("image", Some("leaf.jpg"), &bytes)])
+        .await
+        .expect("upload");
+    let id = accepted_id(&resp, "leaf");
+    let job = wait_final(server.addr, &id, Duration::from_secs(60)).await;
+    assert_eq!(job["state"], "done", "{job}");
+    let outputs = job["outputs"].as_array().expect("outputs");
+    let listed: Vec<(&str, &str)> = outputs
+        .iter()
+        .map(|o| {
+            (
+                o["content_type"].as_str().unwrap_or(""),
+                o["url"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    let base = format!("/images/{id}/pic");
+    assert_eq!(
+        listed,
+        [
+            ("image/avif", format!("{base}?format=avif").as_str()),
+            ("image/webp", format!("{base}?format=webp").as_str()),
+            ("image/jpeg", base.as_str()),
+        ],
+        "every format, the fallback last: {job}"
+    );
+    for o in outputs {
+        assert_eq!(
+            (o["width"].as_u64(), o["height"].as_u64()),
+            (Some(480), Some(300)),
+            "{o}"
+        );
+    }
+    let etag = |i: usize| format!("\"{}\"", outputs[i]["etag"].as_str().expect("etag"));
+    let (avif, webp, jpeg) = (etag(0), etag(1), etag(2));
+    assert!(avif != webp && webp != jpeg, "an ETag per file");
+    let events = conn
+        .events(&format!("/jobs/{id}/events"), None)
+        .await
+        .expect("events")
+        .all(Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        events.iter().filter(|e| e.event == "output").count(),
+        3,
+        "an output event per format"
+    );
+
+    let chrome = "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8";
+    let safari = "image/webp,image/png,image/svg+xml,image/*;q=0.8";
+    for (query, accept, want_type, want_etag) in [
+        ("", None, "image/jpeg", &jpeg),
+        ("", Some("*/*"), "image/jpeg", &jpeg),
+        ("", Some("image/*"), "image/jpeg", &jpeg),
+        ("", Some("image/jpeg"), "image/jpeg", &jpeg),
+        ("", Some("text/html"), "image/jpeg", &jpeg),
+        ("", Some(chrome), "image/avif", &avif),
+        ("", Some(safari), "image/webp", &webp),
+        (
+            "",
+            Some("image/webp;q=0.5, image/avif;q=0.9"),
+            "image/avif",
+            &avif,
+        ),
+        (
+            "",
+            Some("image/webp;q=0.9, image/avif;q=0.5"),
+            "image/webp",
+            &webp,
+        ),
+        (
+            "",
+            Some("image/avif;q=0, image/webp;q=0"),
+            "image/jpeg",
+            &jpeg,
+        ),
+        ("?format=webp", Some(chrome), "image/webp", &webp),
+        ("?format=jpeg", Some(chrome), "image/jpeg", &jpeg),
+        ("?format=avif", None, "image/avif", &avif),
+    ] {
+        let what = format!("{query} Accept: {accept:?}");
+        let headers: Vec<(&str, &str)> = accept.iter().map(|a| ("accept", *a)).collect();
+        let got = conn
+            .request(Method::GET, &format!("{base}{query}"), &headers)
+            .await
+            .expect("get");
+        assert_eq!(
+            got.status,
+            StatusCode::OK,
+            "{what}: {:?}",
+            got.body_snippet()
+        );
+        assert_eq!(got.header("content-type"), Some(want_type), "{what}");
+        assert_eq!(got.header("etag"), Some(want_etag.as_str()), "{what}");
+        assert_eq!(got.header("vary"), Some("Accept"), "{what}");
+        let index = [&avif, &webp, &jpeg]
+            .iter()
+            .position(|e| *e == want_etag)
+            .expect("one of them");
+        assert_eq!(
+            outputs[index]["bytes"].as_u64(),
+            Some(got.body.len() as u64),
+            "{what}"
+        );
+        // HEAD says the same without a body.
+        let head = conn
+            .request(Method::HEAD, &format!("{base}{query}"), &headers)
+            .await
+            .expect("head");
+        assert_eq!(head.header("etag"), Some(want_etag.as_str()), "{what}");
+        assert!(head.body.is_empty());
+    }
+    // The files are what they say: AVIF's brand, WebP's RIFF, and WebP and JPEG decode
+    // to the same picture (AVIF is decoded by a browser in the dashboard test).
+    let get_as = |format: &'static str| format!("{base}?format={format}");
+    let avif_file = conn.get(&get_as("avif")).await.expect("avif").body;
+    assert_eq!(&avif_file[4..12], b"ftypavif");
+    let webp_file = conn.get(&get_as("webp")).await.expect("webp").body;
+    let jpeg_file = conn.get(&base).await.expect("jpeg").body;
+    let webp_px = image::load_from_memory(&webp_file)
+        .expect("webp decodes")
+        .to_rgb8();
+    let jpeg_px = image::load_from_memory(&jpeg_file)
+        .expect("jpeg decodes")
+        .to_rgb8();
+    assert_eq!(webp_px.dimensions(), jpeg_px.dimensions());
+    let diff: u64 = webp_px
+        .as_raw()
+        .iter()
+        .zip(jpeg_px.as_raw())
+        .map(|(a, b)| u64::from(a.abs_diff(*b)))
+        .sum();
+    let mean = diff as f64 / webp_px.as_raw().len() as f64;
+    assert!(
+        mean < 6.0,
+        "WebP and JPEG differ by {mean:.2} levels on average"
+    );
+    assert!(
+        webp_file.len() < jpeg_file.len(),
+        "lossy WebP ({} bytes) smaller than the JPEG ({})",
+        webp_file.len(),
+        jpeg_file.len()
+    );
+
+    // A format the preset does not write: 404, whatever Accept says.
+    let png = conn.get(&get_as("png")).await.expect("png");
+    assert_problem(&png, StatusCode::NOT_FOUND, "?format=png");
+    let bogus = conn.get(&get_as("gif")).await.expect("gif");
+    assert_problem(&bogus, StatusCode::NOT_FOUND, "?format=gif");
+
+    // If-None-Match matches the variant the request would get, not another one.
+    for (accept, tag, status) in [
+        (chrome, &avif, StatusCode::NOT_MODIFIED),
+        (chrome, &jpeg, StatusCode::OK),
+        ("*/*", &jpeg, StatusCode::NOT_MODIFIED),
+        ("*/*", &avif, StatusCode::OK),
+    ] {
+        let got = conn
+            .request(
+                Method::GET,
+                &base,
+                &[("accept", accept), ("if-none-match", tag.as_str())],
+            )
+            .await
+            .expect("conditional get");
+        assert_eq!(got.status, status, "Accept {accept} If-None-Match {tag}");
+        assert_eq!(got.header("vary"), Some("Accept"));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_are_served_with_etag_caching_headers_head_and_304() {
     let server = Server::start(1, 1, &[]);
@@ -845,6 +1025,11 @@ async fn images_are_served_with_etag_caching_headers_head_and_304() {
         let etag = format!("\"{}\"", out["etag"].as_str().expect("etag"));
         let check_headers = |r: &Resp, what: &str| {
             assert_eq!(r.header("content-type"), Some("image/jpeg"), "{what}");
+            assert_eq!(
+                r.header("vary"),
+                None,
+                "{what}: one format, nothing to vary"
+            );
             assert_eq!(r.header("etag"), Some(etag.as_str()), "{what}");
             assert_eq!(
                 r.header("cache-control"),

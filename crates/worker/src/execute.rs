@@ -224,8 +224,8 @@ struct Running {
 struct Rendered {
     /// Every variant stored so far, removed again if the job fails.
     stored: Vec<VariantKey>,
-    /// The records of the outputs, by preset index.
-    outputs: Vec<Option<OutputRecord>>,
+    /// The records of the outputs, by preset index, each preset's formats in order.
+    outputs: Vec<Vec<OutputRecord>>,
     stage_ms: StageMillis,
     placeholder: Option<pixpool_store::Placeholder>,
     /// The job was concluded without waiting for the render (it overran its time):
@@ -558,7 +558,7 @@ fn render(
     let read_ms = started.elapsed().as_secs_f64() * 1e3;
     let attempt = rec.attempts;
     let lock = || out.lock().unwrap_or_else(|p| p.into_inner());
-    lock().outputs = vec![None; presets.len()];
+    lock().outputs = vec![Vec::new(); presets.len()];
     // Outputs are made largest first; events are numbered in that order.
     let mut made: u32 = 0;
     let mut store_error: Option<StoreError> = None;
@@ -592,12 +592,23 @@ fn render(
                     bytes: output.bytes,
                     content_type: output.content_type.clone(),
                     path,
-                    url: format!("/images/{}/{}", rec.id, output.preset),
+                    // The negotiated URL serves the fallback to anyone; an alternative
+                    // is named, for a client that wants it whatever it sends.
+                    url: if output.fallback {
+                        format!("/images/{}/{}", rec.id, output.preset)
+                    } else {
+                        format!(
+                            "/images/{}/{}?format={}",
+                            rec.id,
+                            output.preset,
+                            output.format.name()
+                        )
+                    },
                     etag,
                 };
                 g.stored.push(key);
                 if let Some(slot) = g.outputs.get_mut(index) {
-                    *slot = Some(record.clone());
+                    slot.push(record.clone());
                 }
                 drop(g);
                 // After the variant is stored: a client told of it can fetch it.
