@@ -32,6 +32,12 @@ pub struct Cli {
     #[arg(long, conflicts_with = "syscalls_only")]
     pub scaling: bool,
 
+    /// Measure what each output format (JPEG, WebP, AVIF) costs to encode per 800-px
+    /// variant, and its size, on the corpus in this process (no server, no peer), then
+    /// exit. Uses --reps.
+    #[arg(long, conflicts_with_all = ["distributed", "scaling", "syscalls_only"])]
+    pub format_cost: bool,
+
     /// Skip the syscall-accounting pass: pixpool alone under `strace -f`, counting
     /// the files each job creates, renames and unlinks and the fsyncs it issues. It
     /// runs (once, before the reps) whenever `strace` is on PATH.

@@ -122,6 +122,8 @@
 //!
 //! - [`cli`]: the command line.
 //! - [`corpus`]: the photos, their MIME types, the unique trailers.
+//! - [`formats`]: `--format-cost`, each output format's encode time and size per 800-px
+//!   variant, in this process.
 //! - [`http`]: a keep-alive HTTP/1.1 client connection and the multipart body.
 //! - [`outputs`]: the inotify watch of the peer's output files.
 //! - [`procs`]: `/proc` parsing, the process tree, roles.
@@ -137,6 +139,7 @@
 
 pub mod cli;
 pub mod corpus;
+pub mod formats;
 /// The HTTP client, shared with the integration tests.
 pub use pixpool_testkit::http;
 pub mod outputs;
@@ -272,6 +275,14 @@ async fn benchmark(cli: Cli) -> anyhow::Result<ExitCode> {
         Corpus::load(&corpus_dir)
             .with_context(|| format!("could not load the corpus {}", corpus_dir.display()))?,
     );
+    if cli.format_cost {
+        let reps = cli.reps;
+        let table = tokio::task::spawn_blocking(move || formats::run(&corpus, reps))
+            .await
+            .context("the format-cost pass panicked")??;
+        print!("{table}");
+        return Ok(ExitCode::SUCCESS);
+    }
     let pixpool_bin = cli.pixpool_bin(&workspace);
     anyhow::ensure!(
         pixpool_bin.is_file(),

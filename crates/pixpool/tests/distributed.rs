@@ -362,14 +362,17 @@ async fn workers_killed_mid_burst_and_a_lost_nats_node_lose_no_accepted_job() {
     for job in &jobs {
         assert_eq!(job["outputs"].as_array().map(Vec::len), Some(2), "{job}");
     }
-    // The jobs in hand when the workers died ran again; the rest ran once.
+    // Ran again: the two jobs in hand when the workers died, and at most the two in
+    // hand when the NATS node went (their in-progress acks may miss the 5 s ack wait
+    // while their clients reconnect; the compare-and-swap keeps one result). Never
+    // more: a worker slot holds one job at a time.
     let reruns = accepted
         .iter()
         .filter(|id| workers.processing_lines(id).len() > 1)
         .count();
     assert!(
-        reruns <= 2,
-        "at most the two jobs in hand ran twice: {reruns}"
+        reruns <= 4,
+        "at most the jobs in hand at each fault ran twice: {reruns}"
     );
 }
 
