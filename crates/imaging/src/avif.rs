@@ -14,10 +14,10 @@ use rav1e::prelude::{
 
 use crate::raster::{Layout, Raster};
 
-/// rav1e's speed preset (0 slowest … 10 fastest): at 8 an 800-px photo takes a few
-/// hundred milliseconds on one core without assembly, for files still well under the
-/// JPEG's size at the same quality (`crates/bench/PERF.md`).
-const SPEED: u8 = 8;
+/// rav1e's speed preset (0 slowest … 10 fastest). Measured on the corpus (800 px, q80,
+/// one core, no assembly): 411 ms and 0.58× the JPEG's bytes at 10, 947 ms and 0.51× at
+/// 8. A server pays per upload: the fastest (`crates/bench/PERF.md`).
+const SPEED: u8 = 10;
 
 /// Why rav1e did not encode.
 #[derive(Debug, thiserror::Error)]
