@@ -89,13 +89,14 @@ pub(crate) fn read_header<'a>(data: &'a [u8], limits: &Limits) -> Result<Header<
     if let Some(frame) = &jpeg {
         frame.coding.check()?;
     }
-    let mut decoder: Box<dyn ImageDecoder + 'a> = match jpeg {
+    let mut decoder: Box<dyn ImageDecoder + 'a> = match (jpeg, image_format(format)) {
         // Codings zune-jpeg does not read.
-        Some(frame) if matches!(frame.coding, Coding::Lossless | Coding::Arithmetic) => {
+        (Some(frame), _) if matches!(frame.coding, Coding::Lossless | Coding::Arithmetic) => {
             Box::new(jpeg::Special::new(data, frame))
         }
-        _ => {
-            let mut reader = ImageReader::with_format(Cursor::new(data), image_format(format));
+        (_, None) => heif_decoder(data)?,
+        (_, Some(image_format)) => {
+            let mut reader = ImageReader::with_format(Cursor::new(data), image_format);
             // While the header is parsed only the allocation bound applies (PNG text and
             // ICC chunks come before the pixels); width and height are checked by us just
             // below, so that the error can say which dimensions were refused.
@@ -234,6 +235,29 @@ impl Header<'_> {
             .map_err(|source| ImagingError::Decode { format, source })?;
         Ok(Raster::from_dynamic(image))
     }
+}
+
+/// libheif's decoder of a HEIF (the `heif` feature).
+#[cfg(feature = "heif")]
+fn heif_decoder(data: &[u8]) -> Result<Box<dyn ImageDecoder + '_>, ImagingError> {
+    crate::heif::HeifDecoder::new(data)
+        .map(|d| Box::new(d) as Box<dyn ImageDecoder>)
+        .map_err(|message| ImagingError::ReadHeader {
+            format: Format::Heif,
+            source: image::ImageError::Decoding(image::error::DecodingError::new(
+                image::error::ImageFormatHint::Name("HEIF".into()),
+                message,
+            )),
+        })
+}
+
+/// A build without libheif reads no HEIF (the probe already said so at the door).
+#[cfg(not(feature = "heif"))]
+fn heif_decoder(_: &[u8]) -> Result<Box<dyn ImageDecoder + '_>, ImagingError> {
+    Err(ImagingError::UnsupportedFormat {
+        format: Format::Heif,
+        hint: crate::heif::BUILD_HINT,
+    })
 }
 
 /// Decodes a JPEG with the decoder chosen for `scale`, or returns `None` to leave it to

@@ -127,6 +127,16 @@ pub enum ImagingError {
         hint: &'static str,
     },
 
+    /// A format this build does not read (HEIF without the `heif` feature): refused at
+    /// the door, with the build that reads it.
+    #[error("{format} images are not read by this build{hint}")]
+    UnsupportedFormat {
+        /// The sniffed format.
+        format: Format,
+        /// Which build reads it (` (…)`), or empty.
+        hint: &'static str,
+    },
+
     /// The JPEG stream ends before its end-of-image marker. The decoder would fill the
     /// missing part with grey; we refuse it instead.
     #[error("the {format:?} image is truncated")]
@@ -247,6 +257,7 @@ impl ImagingError {
             | ImagingError::CheckMetadata { .. }
             | ImagingError::Decode { .. }
             | ImagingError::UnsupportedCoding { .. }
+            | ImagingError::UnsupportedFormat { .. }
             | ImagingError::DecodeTruncated { .. } => true,
             ImagingError::ProbeIncomplete { .. }
             | ImagingError::ValidatePreset { .. }
@@ -262,7 +273,9 @@ impl ImagingError {
     pub fn is_unsupported(&self) -> bool {
         matches!(
             self,
-            ImagingError::Sniff | ImagingError::UnsupportedCoding { .. }
+            ImagingError::Sniff
+                | ImagingError::UnsupportedCoding { .. }
+                | ImagingError::UnsupportedFormat { .. }
         )
     }
 

@@ -100,7 +100,9 @@ fn walk<R: BufRead + Seek>(
     match format {
         Format::Gif => gif_frames(r, on_frame),
         Format::WebP => webp_frames(r, on_frame),
-        Format::Jpeg | Format::Png => Ok(1),
+        // A HEIF's primary image is one picture (sequences are refused by libheif's
+        // primary-image handle, which is all that is read).
+        Format::Jpeg | Format::Png | Format::Heif => Ok(1),
     }
 }
 

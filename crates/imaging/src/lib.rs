@@ -89,6 +89,7 @@ mod encode;
 pub mod error;
 pub mod format;
 pub mod frames;
+mod heif;
 mod jpeg;
 #[cfg(feature = "libjpeg")]
 #[allow(unsafe_code)]

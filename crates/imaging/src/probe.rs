@@ -47,6 +47,7 @@ pub fn probe(head: &[u8]) -> Result<Probe, ImagingError> {
         Format::Jpeg => probe_jpeg(head).map(|(w, h)| (w, h, Some(1))),
         Format::Png => probe_png(head),
         Format::Gif => probe_gif(head),
+        Format::Heif => probe_heif(head).map(|(w, h)| (w, h, Some(1))),
         Format::WebP => probe_webp(head),
     }
     .map_err(|err| match err {
@@ -161,6 +162,18 @@ fn probe_jpeg(data: &[u8]) -> Result<(u32, u32), HeaderError> {
         }
     }
     Err(HeaderError::Incomplete)
+}
+
+/// The size of the largest `ispe` property, once the `meta` box is whole in `data`; in
+/// a build without libheif, refused whatever it says.
+fn probe_heif(data: &[u8]) -> Result<(u32, u32), HeaderError> {
+    if !cfg!(feature = "heif") {
+        return Err(HeaderError::Unsupported(ImagingError::UnsupportedFormat {
+            format: Format::Heif,
+            hint: crate::heif::BUILD_HINT,
+        }));
+    }
+    crate::heif::largest_extent(data).ok_or(HeaderError::Incomplete)
 }
 
 /// IHDR is always the first chunk: dimensions at fixed offsets. Then looks for `acTL`

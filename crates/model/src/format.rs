@@ -13,6 +13,13 @@ use serde::{Deserialize, Serialize};
 /// longest signature is WebP's (`RIFF`, a 4-byte size, `WEBP`). More are ignored.
 pub const SNIFF_LEN: usize = 12;
 
+/// Major brands of the `ftyp` box of an HEVC-coded HEIF image: Apple's `heic` and
+/// `heix` (10-bit), `heim`/`heis` (multi-layer, scalable), the sequence brands, and the
+/// generic `mif1`/`msf1` that libheif and some cameras write.
+const HEIF_BRANDS: [&[u8]; 8] = [
+    b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1",
+];
+
 /// An image format pixpool accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -25,6 +32,9 @@ pub enum Format {
     WebP,
     /// GIF (first frame only: animations are not composited).
     Gif,
+    /// HEIC/HEIF: an HEVC-coded image in an ISO-BMFF `ftyp` container, as iPhones save
+    /// photos. Read by the native-codecs build (libheif) only.
+    Heif,
 }
 
 impl Format {
@@ -47,6 +57,13 @@ impl Format {
             Some(Format::Gif)
         } else if head.len() >= SNIFF_LEN && head.starts_with(b"RIFF") && &head[8..12] == b"WEBP" {
             Some(Format::WebP)
+        } else if head.len() >= SNIFF_LEN
+            && &head[4..8] == b"ftyp"
+            && HEIF_BRANDS.contains(&&head[8..12])
+        {
+            // By the major brand: an AVIF (`avif`) or a video (`isom`, `mp42`) may list
+            // `mif1` among its compatible brands, and is none of ours.
+            Some(Format::Heif)
         } else {
             None
         }
@@ -59,6 +76,7 @@ impl Format {
             Format::Png => "png",
             Format::WebP => "webp",
             Format::Gif => "gif",
+            Format::Heif => "heif",
         }
     }
 
@@ -69,6 +87,7 @@ impl Format {
             Format::Png => "png",
             Format::WebP => "webp",
             Format::Gif => "gif",
+            Format::Heif => "heic",
         }
     }
 
@@ -79,6 +98,7 @@ impl Format {
             Format::Png => "image/png",
             Format::WebP => "image/webp",
             Format::Gif => "image/gif",
+            Format::Heif => "image/heic",
         }
     }
 }
@@ -91,6 +111,7 @@ impl fmt::Display for Format {
             Format::Png => "PNG",
             Format::WebP => "WebP",
             Format::Gif => "GIF",
+            Format::Heif => "HEIF",
         })
     }
 }
@@ -114,6 +135,22 @@ mod tests {
         assert_eq!(Format::sniff(b"RIFF\x10\0\0\0WEBPVP8 "), Some(Format::WebP));
         // Exactly SNIFF_LEN bytes are enough for the longest signature.
         assert_eq!(Format::sniff(b"RIFF\0\0\0\0WEBP"), Some(Format::WebP));
+    }
+
+    #[test]
+    fn sniffs_heif_by_its_major_brand() {
+        for brand in [&b"heic"[..], b"heix", b"mif1", b"msf1"] {
+            let mut head = b"\0\0\0\x18ftyp".to_vec();
+            head.extend_from_slice(brand);
+            assert_eq!(Format::sniff(&head), Some(Format::Heif), "{brand:?}");
+        }
+        assert_eq!(
+            Format::sniff(b"\0\0\0\x1cftypavif"),
+            None,
+            "AVIF input is not read"
+        );
+        assert_eq!(Format::sniff(b"\0\0\0\x18ftypisom"), None, "an MP4");
+        assert_eq!(Format::sniff(b"\0\0\0\x18ftyphe"), None, "too short");
     }
 
     #[test]

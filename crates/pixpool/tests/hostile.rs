@@ -903,3 +903,64 @@ async fn jpeg_codings_are_decoded_or_refused_naming_the_coding() {
     let detail = job["error"]["detail"].as_str().unwrap_or("");
     assert!(detail.contains("hierarchical"), "{detail}");
 }
+
+/// HEIC uploads: the build with libheif (`--features heif`, in native-codecs) takes an
+/// iPhone-style photo (made here with `heif-enc`) and serves it sRGB; every other build
+/// refuses one at the door with a 415 that says which build reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heic_is_read_by_the_libheif_build_and_refused_by_the_others_naming_it() {
+    let server = Server::start(1, 1, &[]);
+    if cfg!(feature = "heif") {
+        let heif_enc = std::env::var_os("PIXPOOL_HEIF_ENC").unwrap_or_else(|| "heif-enc".into());
+        let out = server.uploads.with_extension("heic");
+        let made = std::process::Command::new(&heif_enc)
+            .args(["-q", "90", "-o"])
+            .arg(&out)
+            .arg(test_photo("04-fallenleaf-p3.jpg"))
+            .status()
+            .unwrap_or_else(|e| panic!("{heif_enc:?} (apt-get install libheif-examples): {e}"));
+        assert!(made.success(), "heif-enc");
+        let heic = std::fs::read(&out).expect("the HEIC");
+        let _ = std::fs::remove_file(&out);
+        let resp = upload(server.addr, "IMG_0001.HEIC", &heic).await;
+        let id = accepted_id(&resp, "a HEIC");
+        let job = wait_final(server.addr, &id, Duration::from_secs(30)).await;
+        assert_eq!(job["state"], "done", "{job}");
+        assert_eq!(job["source"]["format"], "heif", "{job}");
+        let small = job["outputs"]
+            .as_array()
+            .and_then(|o| o.iter().find(|o| o["preset"] == "small"))
+            .expect("small");
+        assert_eq!(
+            (small["width"].as_u64(), small["height"].as_u64()),
+            (Some(400), Some(250))
+        );
+        return;
+    }
+    // `ftyp heic`, then a `meta` box whose item properties give a 4032×3024 `ispe`.
+    let boxed = |kind: &[u8; 4], body: &[u8]| {
+        let mut b = ((body.len() + 8) as u32).to_be_bytes().to_vec();
+        b.extend_from_slice(kind);
+        b.extend_from_slice(body);
+        b
+    };
+    let ispe = boxed(b"ispe", &[0, 0, 0, 0, 0, 0, 0x0f, 0xc0, 0, 0, 0x0b, 0xd0]);
+    let meta = [&[0u8; 4][..], &boxed(b"iprp", &boxed(b"ipco", &ispe))].concat();
+    let heic = [
+        boxed(b"ftyp", b"heic\0\0\0\0mif1heic"),
+        boxed(b"meta", &meta),
+        boxed(b"mdat", &[0; 64]),
+    ]
+    .concat();
+    let resp = upload(server.addr, "IMG_0001.HEIC", &heic).await;
+    let body = problem(&resp, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(
+        body["type"], "urn:pixpool:problem:unsupported-format",
+        "{body}"
+    );
+    let detail = body["detail"].as_str().unwrap_or("");
+    assert!(
+        detail.contains("HEIF") && detail.contains("native-codecs build reads HEIC"),
+        "{detail}"
+    );
+}
