@@ -25,6 +25,10 @@ done
 # at the match before dpkg-deb has finished writing (SIGPIPE).
 info=$(dpkg-deb -I "$deb")
 grep -q "Depends:.*adduser" <<<"$info" || { echo "the package must depend on adduser"; exit 1; }
+# PIXPOOL_DEB_EXPECT: a library the build links, which the package must depend on.
+if [[ -n ${PIXPOOL_DEB_EXPECT:-} ]]; then
+  grep -q "Depends:.*$PIXPOOL_DEB_EXPECT" <<<"$info" || { echo "the package must depend on $PIXPOOL_DEB_EXPECT"; echo "$info"; exit 1; }
+fi
 ctrl=$(mktemp -d); dpkg-deb -e "$deb" "$ctrl"
 for s in postinst prerm postrm conffiles; do [ -e "$ctrl/$s" ] || { echo "missing $s"; rm -rf "$ctrl"; exit 1; }; done
 grep -q "adduser --system" "$ctrl/postinst" || { echo "postinst does not create the system user"; exit 1; }

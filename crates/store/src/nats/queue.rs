@@ -19,6 +19,12 @@ use crate::StoreError;
 /// The pause after a failed pull before the next (the servers are unreachable).
 const PULL_RETRY: Duration = Duration::from_secs(1);
 
+/// How long a publish the stream answered "not found" to is tried again (a stream
+/// being placed, or electing a leader), pausing 100 ms, then twice as long each time:
+/// well within the 10 s in which an upload gets its 202 or its 503.
+const PUBLISH_RETRY_FOR: Duration = Duration::from_secs(2);
+const PUBLISH_RETRY_FIRST: Duration = Duration::from_millis(100);
+
 /// [`Queue`] on stream `PIXPOOL_JOBS`: a job is a message on `pixpool.jobs.<id>` that
 /// stays in the stream until a worker acks it.
 #[derive(Debug, Clone)]
@@ -46,17 +52,45 @@ impl Queue for JobQueue {
             async_nats::header::NATS_MESSAGE_ID,
             job.id.to_string().as_str(),
         );
-        let ack = self
-            .js
-            .publish_with_headers(job_subject(&job.id), headers, payload.into())
-            .await
-            .map_err(|e| EnqueueError::Failed(format!("publish job {}: {e}", job.id)))?;
-        ack.await
-            .map_err(|e| EnqueueError::Failed(format!("job {} not acknowledged: {e}", job.id)))?;
-        Ok(Enqueued {
-            worker: 0,
-            queue_depth: 0,
-        })
+        let payload = bytes::Bytes::from(payload);
+        let started = tokio::time::Instant::now();
+        let mut pause = PUBLISH_RETRY_FIRST;
+        loop {
+            let acked = match self
+                .js
+                .publish_with_headers(job_subject(&job.id), headers.clone(), payload.clone())
+                .await
+            {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            match acked {
+                Ok(_) => {
+                    return Ok(Enqueued {
+                        worker: 0,
+                        queue_depth: 0,
+                    })
+                }
+                // A stream being placed or changing leaders answers at once that it
+                // is not there: worth another try within the request, the job id
+                // making a repeat no second job. Timeouts are not retried: they
+                // already took their time.
+                Err(e)
+                    if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound
+                        && started.elapsed() + pause <= PUBLISH_RETRY_FOR =>
+                {
+                    warn!(cause = %e, job_id = %job.id, "the job stream did not answer; publishing again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(e) => {
+                    return Err(EnqueueError::Failed(format!(
+                        "job {} not acknowledged: {e}",
+                        job.id
+                    )))
+                }
+            }
+        }
     }
 
     /// Whether the job's message is still in the stream: published, and not yet acked
