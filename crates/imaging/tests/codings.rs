@@ -15,7 +15,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::read;
+use common::{mean_difference, read};
 use pixpool_imaging::{process, Limits, Preset};
 
 fn test_data(name: &str) -> Vec<u8> {
@@ -79,18 +79,6 @@ fn a_lossless_jpegs_exif_orientation_is_applied() {
     let stored = render(&plain, png(64)).to_rgb8();
     assert_eq!(got.get_pixel(47, 0), stored.get_pixel(0, 0));
     assert_eq!(got.get_pixel(0, 0), stored.get_pixel(0, 47));
-}
-
-/// Mean absolute difference per sample of two images of one size.
-fn mean_difference(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
-    assert_eq!(a.dimensions(), b.dimensions());
-    let sum: u64 = a
-        .as_raw()
-        .iter()
-        .zip(b.as_raw())
-        .map(|(x, y)| u64::from(x.abs_diff(*y)))
-        .sum();
-    sum as f64 / a.as_raw().len() as f64
 }
 
 #[test]

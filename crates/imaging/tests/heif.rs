@@ -14,7 +14,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::read;
+use common::{mean_difference, read};
 use pixpool_imaging::{probe, process, Format, Limits, Preset};
 
 fn test_data(name: &str) -> PathBuf {
@@ -52,17 +52,6 @@ fn render(input: &[u8], width: u32) -> image::RgbImage {
     image::load_from_memory(&done.outputs[0].data)
         .expect("a PNG")
         .to_rgb8()
-}
-
-fn mean_difference(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
-    assert_eq!(a.dimensions(), b.dimensions());
-    let sum: u64 = a
-        .as_raw()
-        .iter()
-        .zip(b.as_raw())
-        .map(|(x, y)| u64::from(x.abs_diff(*y)))
-        .sum();
-    sum as f64 / a.as_raw().len() as f64
 }
 
 #[test]

@@ -30,6 +30,16 @@ fn problem(resp: &Resp, status: StatusCode) -> Value {
     p
 }
 
+/// The `detail` of a 415 `unsupported-format` problem.
+fn unsupported_detail(resp: &Resp) -> String {
+    let body = problem(resp, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(
+        body["type"], "urn:pixpool:problem:unsupported-format",
+        "{body}"
+    );
+    body["detail"].as_str().unwrap_or("").to_string()
+}
+
 fn spool_files(server: &Server) -> Vec<std::path::PathBuf> {
     std::fs::read_dir(server.uploads.join("tmp"))
         .into_iter()
@@ -873,12 +883,7 @@ async fn jpeg_codings_are_decoded_or_refused_naming_the_coding() {
     let mut sof5 = vec![0xff, 0xd8, 0xff, 0xc5, 0, 17, 8, 0, 200, 1, 44, 3];
     sof5.extend_from_slice(&[1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1, 0xff, 0xd9]);
     let resp = upload(server.addr, "h.jpg", &sof5).await;
-    let body = problem(&resp, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    assert_eq!(
-        body["type"], "urn:pixpool:problem:unsupported-format",
-        "{body}"
-    );
-    let detail = body["detail"].as_str().unwrap_or("");
+    let detail = unsupported_detail(&resp);
     assert!(
         detail.contains("hierarchical (differential) JPEG"),
         "{detail}"
@@ -953,12 +958,7 @@ async fn heic_is_read_by_the_libheif_build_and_refused_by_the_others_naming_it()
     ]
     .concat();
     let resp = upload(server.addr, "IMG_0001.HEIC", &heic).await;
-    let body = problem(&resp, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    assert_eq!(
-        body["type"], "urn:pixpool:problem:unsupported-format",
-        "{body}"
-    );
-    let detail = body["detail"].as_str().unwrap_or("");
+    let detail = unsupported_detail(&resp);
     assert!(
         detail.contains("HEIF") && detail.contains("native-codecs build reads HEIC"),
         "{detail}"

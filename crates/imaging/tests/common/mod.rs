@@ -101,3 +101,15 @@ pub fn grid_distance(a: &[[f64; 3]], b: &[[f64; 3]]) -> (f64, f64) {
     let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
     (mean, diffs.iter().copied().fold(0.0, f64::max))
 }
+
+/// Mean absolute difference per sample of two RGB images of one size.
+pub fn mean_difference(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
+    assert_eq!(a.dimensions(), b.dimensions());
+    let sum: u64 = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| u64::from(x.abs_diff(*y)))
+        .sum();
+    sum as f64 / a.as_raw().len() as f64
+}
