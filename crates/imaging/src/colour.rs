@@ -3,19 +3,26 @@
 //! on the web, in browsers and in the peer's sharp).
 //!
 //! The colour engine is `moxcms` (pure Rust, SIMD, already a dependency of the `image`
-//! crate, so no build cost), with the perceptual rendering intent where the profile has
-//! one (CMYK printing profiles do) and the colorimetric mapping of matrix/shaper profiles
-//! otherwise.
+//! crate, so no build cost). The choices are libvips' (sharp's), checked against
+//! LittleCMS's own `jpgicc` in the tests:
 //!
+//! - **Perceptual intent** where the profile has one (CMYK printing profiles do; a
+//!   matrix/shaper RGB profile has one mapping whatever the intent).
 //! - **RGB profiles** (Display P3 from phones, Adobe RGB, ProPhoto, camera profiles): RGB
 //!   and RGBA rasters are converted after decoding, alpha untouched. A profile that
 //!   maps every colour of a test cube to within one level of itself (sRGB under its many
 //!   names and versions) is recognised as sRGB and costs nothing more.
 //! - **CMYK profiles** (FOGRA39, SWOP, …): the JPEG decoders hand back the inks, which go
-//!   through the profile, instead of the naive `R = (1 − C)(1 − K)`.
+//!   through the profile to 16-bit sRGB, then through black-point compensation to 8 bits
+//!   ([`CmykTransform`]). LittleCMS compensates the black point on its own whenever the
+//!   intent is perceptual and the output profile is ICC v4, as libvips' and `jpgicc`'s
+//!   sRGB are: a press's darkest black (all four inks, L* 10 to 20) becomes sRGB black,
+//!   not a dark grey.
+//! - **CMYK without a usable profile** (none, or one that does not parse or is not CMYK)
+//!   goes through [the default CMYK profile](DEFAULT_CMYK_ICC), the one libvips assumes.
 //! - **No profile**, a grey profile, one that does not parse, or one that does not match
 //!   the pixels (an RGB profile on a grey image): the pixels are taken as sRGB, as
-//!   browsers do; CMYK without a profile keeps the naive formula.
+//!   browsers do.
 //!
 //! Parsed profiles and their transforms are kept per thread (a few, most recently used
 //! first, none over [`CACHED_MAX_BYTES`]): a server sees the same handful of profiles
@@ -25,10 +32,10 @@
 //! [`MAX_ICC_PROFILE_BYTES`]: crate::limits::MAX_ICC_PROFILE_BYTES
 
 use std::cell::RefCell;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use moxcms::{ColorProfile, DataColorSpace, Layout as CmsLayout, RenderingIntent};
-use moxcms::{Transform8BitExecutor, TransformOptions};
+use moxcms::{Transform16BitExecutor, Transform8BitExecutor, TransformOptions};
 use tracing::debug;
 
 use crate::raster::{Layout, Raster};
@@ -39,7 +46,7 @@ pub(crate) enum Profile {
     /// An RGB profile other than sRGB: RGB (or RGBA) to sRGB.
     Rgb(Arc<RgbTransforms>),
     /// A CMYK profile: inks (0: none, 255: full) to sRGB.
-    Cmyk(Arc<Transform8BitExecutor>),
+    Cmyk(Arc<CmykTransform>),
 }
 
 impl std::fmt::Debug for Profile {
@@ -55,6 +62,36 @@ impl std::fmt::Debug for Profile {
 pub(crate) struct RgbTransforms {
     rgb: Arc<Transform8BitExecutor>,
     rgba: Arc<Transform8BitExecutor>,
+}
+
+/// A CMYK profile's way to sRGB: the inks to 16-bit sRGB by the profile, then each
+/// sample through [`black_point_compensation`] to 8 bits.
+pub(crate) struct CmykTransform {
+    inks_to_srgb: Arc<Transform16BitExecutor>,
+    /// Indexed by a 16-bit sRGB sample: the compensated 8-bit one.
+    to_8bit: Box<[u8]>,
+}
+
+/// The CMYK profile taken for CMYK JPEGs without a usable one of their own: ArgyllCMS's
+/// "Chemical proof" (Graeme W. Gill, public domain; a SWOP-like press), the default CMYK
+/// profile of libvips and so of sharp. Its measurement-data tags (`targ`, `DevD`,
+/// `CIED`, 734 KB that no transform reads) are left out; see `profiles/README.md`.
+pub(crate) const DEFAULT_CMYK_ICC: &[u8] = include_bytes!("../profiles/chemical-proof.icc");
+
+/// The [`DEFAULT_CMYK_ICC`] transform, built on first use (tens of milliseconds) and
+/// shared by every thread; `None` if it cannot be built (never, short of a `moxcms`
+/// regression, which a unit test would show), CMYK then taking the naive formula.
+pub(crate) fn default_cmyk() -> Option<Arc<CmykTransform>> {
+    static DEFAULT: OnceLock<Option<Arc<CmykTransform>>> = OnceLock::new();
+    DEFAULT
+        .get_or_init(|| match parse(DEFAULT_CMYK_ICC) {
+            Ok(Some(Profile::Cmyk(transform))) => Some(transform),
+            other => {
+                tracing::error!(?other, "the built-in CMYK profile does not parse");
+                None
+            }
+        })
+        .clone()
 }
 
 /// Profiles kept per thread.
@@ -99,14 +136,8 @@ pub(crate) fn profile(icc: &[u8]) -> Option<Profile> {
 fn parse(icc: &[u8]) -> Result<Option<Profile>, String> {
     let source = ColorProfile::new_from_slice(icc).map_err(|e| format!("unreadable: {e}"))?;
     let srgb = ColorProfile::new_srgb();
-    let options = TransformOptions {
-        rendering_intent: RenderingIntent::RelativeColorimetric,
-        ..TransformOptions::default()
-    };
     let transform = |from: CmsLayout, to: CmsLayout| {
-        source
-            .create_transform_8bit(from, &srgb, to, options)
-            .map_err(|e| format!("no transform to sRGB: {e}"))
+        with_fallback(|options| source.create_transform_8bit(from, &srgb, to, options))
     };
     match source.color_space {
         DataColorSpace::Rgb => {
@@ -117,12 +148,77 @@ fn parse(icc: &[u8]) -> Result<Option<Profile>, String> {
             let rgba = transform(CmsLayout::Rgba, CmsLayout::Rgba)?;
             Ok(Some(Profile::Rgb(Arc::new(RgbTransforms { rgb, rgba }))))
         }
-        DataColorSpace::Cmyk => Ok(Some(Profile::Cmyk(transform(
-            CmsLayout::Rgba,
-            CmsLayout::Rgb,
-        )?))),
+        DataColorSpace::Cmyk => {
+            let inks_to_srgb = with_fallback(|options| {
+                source.create_transform_16bit(CmsLayout::Rgba, &srgb, CmsLayout::Rgb, options)
+            })?;
+            let black = black_point(inks_to_srgb.as_ref())?;
+            Ok(Some(Profile::Cmyk(Arc::new(CmykTransform {
+                to_8bit: black_point_compensation(black),
+                inks_to_srgb,
+            }))))
+        }
         DataColorSpace::Gray => Ok(None),
         other => Err(format!("{other:?} data is not handled")),
+    }
+}
+
+/// `make`'s transform for the perceptual intent, as libvips asks; a profile without
+/// that intent's table falls back to the colorimetric one, as LittleCMS does.
+fn with_fallback<T>(
+    make: impl Fn(TransformOptions) -> Result<T, moxcms::CmsError>,
+) -> Result<T, String> {
+    let options = |rendering_intent| TransformOptions {
+        rendering_intent,
+        ..TransformOptions::default()
+    };
+    make(options(RenderingIntent::Perceptual))
+        .or_else(|_| make(options(RenderingIntent::RelativeColorimetric)))
+        .map_err(|e| format!("no transform to sRGB: {e}"))
+}
+
+/// The luminance (Y, 0 to 1, relative to the paper) of a CMYK profile's black as
+/// LittleCMS detects it for a v2 profile and the perceptual intent: all four inks at
+/// 100 %, made neutral, no lighter than L* 50.
+fn black_point(inks_to_srgb: &Transform16BitExecutor) -> Result<f64, String> {
+    let mut rgb = [0u16; 3];
+    inks_to_srgb
+        .transform(&[u16::MAX; 4], &mut rgb)
+        .map_err(|e| format!("black point: {e}"))?;
+    let [r, g, b] = rgb.map(|v| srgb_to_linear(f64::from(v) / f64::from(u16::MAX)));
+    let luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b;
+    // Y of L* = 50.
+    Ok(luminance.min(0.184_186))
+}
+
+/// The 16-bit to 8-bit table that maps a profile's black (luminance `black`) to sRGB
+/// black and leaves white where it is. LittleCMS scales XYZ by `(X − Xbp) / (Xw − Xbp)`
+/// per component; with a neutral black point (`Xbp = black·Xw`) that is, in linear sRGB,
+/// `(c − black) / (1 − black)` per channel, clipped to 0.
+fn black_point_compensation(black: f64) -> Box<[u8]> {
+    (0..=u16::MAX)
+        .map(|v| {
+            let linear = srgb_to_linear(f64::from(v) / f64::from(u16::MAX));
+            let compensated = ((linear - black) / (1.0 - black)).clamp(0.0, 1.0);
+            // In 0..=255 by the clamp.
+            (linear_to_srgb(compensated) * 255.0).round() as u8
+        })
+        .collect()
+}
+
+fn srgb_to_linear(v: f64) -> f64 {
+    if v <= 0.040_45 {
+        v / 12.92
+    } else {
+        ((v + 0.055) / 1.055).powf(2.4)
+    }
+}
+
+fn linear_to_srgb(v: f64) -> f64 {
+    if v <= 0.003_130_8 {
+        v * 12.92
+    } else {
+        1.055 * v.powf(1.0 / 2.4) - 0.055
     }
 }
 
@@ -170,12 +266,16 @@ impl Profile {
     }
 }
 
-/// A CMYK raster (four bytes a pixel) to RGB: through the profile's transform when
-/// there is one, else with the naive `R = (1 − C)(1 − K)`. `inverted` says the bytes are
-/// Adobe's (255 for no ink), as libjpeg hands them back; otherwise 0 is no ink, as
-/// `jpeg-decoder` hands them back.
+/// Pixels converted at a time: the 16-bit buffers stay small (a few hundred KB)
+/// whatever the image.
+const CMYK_CHUNK: usize = 16 * 1024;
+
+/// A CMYK raster (four bytes a pixel) to RGB: through `transform` when there is one,
+/// else with the naive `R = (1 − C)(1 − K)`. `inverted` says the bytes are Adobe's (255
+/// for no ink), as libjpeg hands them back; otherwise 0 is no ink, as `jpeg-decoder`
+/// hands them back.
 pub(crate) fn cmyk_to_rgb(
-    transform: Option<&Transform8BitExecutor>,
+    transform: Option<&CmykTransform>,
     cmyk: &mut [u8],
     inverted: bool,
 ) -> Vec<u8> {
@@ -185,9 +285,8 @@ pub(crate) fn cmyk_to_rgb(
         }
     }
     if let Some(transform) = transform {
-        let mut rgb = vec![0; cmyk.len() / 4 * 3];
-        match transform.transform(cmyk, &mut rgb) {
-            Ok(()) => return rgb,
+        match transform.apply(cmyk) {
+            Ok(rgb) => return rgb,
             Err(e) => debug!(cause = %e, "CMYK profile not applied; naive conversion"),
         }
     }
@@ -200,6 +299,23 @@ pub(crate) fn cmyk_to_rgb(
         }
     }
     rgb
+}
+
+impl CmykTransform {
+    /// Inks (0: none) to compensated 8-bit sRGB.
+    fn apply(&self, cmyk: &[u8]) -> Result<Vec<u8>, moxcms::CmsError> {
+        let mut rgb = Vec::with_capacity(cmyk.len() / 4 * 3);
+        let mut inks = Vec::with_capacity(CMYK_CHUNK * 4);
+        let mut wide = vec![0u16; CMYK_CHUNK * 3];
+        for chunk in cmyk.chunks(CMYK_CHUNK * 4) {
+            inks.clear();
+            inks.extend(chunk.iter().map(|&v| u16::from(v) * 257));
+            let out = &mut wide[..chunk.len() / 4 * 3];
+            self.inks_to_srgb.transform(&inks, out)?;
+            rgb.extend(out.iter().map(|&v| self.to_8bit[usize::from(v)]));
+        }
+        Ok(rgb)
+    }
 }
 
 #[cfg(test)]
@@ -264,6 +380,46 @@ mod tests {
             .encode()
             .expect("encode a grey profile");
         assert!(profile(&grey).is_none());
+    }
+
+    /// The default CMYK profile parses; no ink is paper white and all four inks near sRGB
+    /// black (compensated: its lightness is taken away, its slight blue tint kept, as
+    /// LittleCMS does; uncompensated, the press's black is a dark grey).
+    #[test]
+    fn default_cmyk_maps_paper_to_white_and_full_ink_to_black() {
+        let transform = default_cmyk().expect("the built-in profile parses");
+        let mut inks = vec![0, 0, 0, 0, 255, 255, 255, 255, 0, 0, 0, 255];
+        let rgb = cmyk_to_rgb(Some(&transform), &mut inks, false);
+        assert_eq!(&rgb[..3], &[255, 255, 255], "no ink");
+        assert!(rgb[3..6].iter().all(|&v| v < 30), "all inks {rgb:?}");
+        assert!(rgb[3..5].iter().all(|&v| v < 3), "all inks {rgb:?}");
+        // Black ink alone is not quite as dark as all four.
+        let sum = |px: &[u8]| px.iter().map(|&v| u32::from(v)).sum::<u32>();
+        assert!(sum(&rgb[6..]) > sum(&rgb[3..6]), "{rgb:?}");
+        let mut wide = [0u16; 3];
+        transform
+            .inks_to_srgb
+            .transform(&[u16::MAX; 4], &mut wide)
+            .expect("transform");
+        assert!(
+            wide.iter().all(|&v| v > 2000),
+            "uncompensated black {wide:?}"
+        );
+    }
+
+    #[test]
+    fn black_point_compensation_keeps_white_and_order() {
+        let table = black_point_compensation(0.01);
+        assert_eq!((table[0], table[usize::from(u16::MAX)]), (0, 255));
+        assert!(table.windows(2).all(|w| w[0] <= w[1]), "monotonic");
+        // Y 0.01 is sRGB 0.1 (25.5 of 255): that and below become black.
+        assert_eq!(table[6553], 0);
+        assert!(table[7000] > 0);
+        assert_eq!(
+            black_point_compensation(0.0)[32768],
+            128,
+            "no black point: identity"
+        );
     }
 
     /// The corpus photos tagged "sRGB IEC61966-2.1" (v2 profiles with their own

@@ -5,10 +5,9 @@
 //! - An embedded ICC profile is honoured by converting the pixels to sRGB ([`colour`]):
 //!   RGB profiles (Display P3, Adobe RGB, …) after decoding, CMYK profiles through the
 //!   inks the JPEG decoders hand back. Outputs are sRGB and carry no profile.
-//! - CMYK and YCCK JPEGs without a profile (or whose profile fails) are converted to RGB as
-//!   zune-jpeg does, assuming the Adobe (inverted) convention that Photoshop and every
-//!   other prepress tool writes, with the naive formula `R = C'·K'/255` on the stored
-//!   (inverted) values: right in hue, close in value.
+//! - CMYK and YCCK JPEGs without a usable CMYK profile go through the default one, as in
+//!   libvips (the decoders take the stored values as Adobe's inverted ones, the
+//!   convention that Photoshop and every other prepress tool writes).
 //! - 16-bit PNGs are reduced to 8 bits.
 //!
 //! [`colour`]: crate::colour
@@ -132,6 +131,16 @@ pub(crate) fn read_header<'a>(data: &'a [u8], limits: &Limits) -> Result<Header<
             debug!(cause = %err, "unreadable ICC profile, taking the pixels as sRGB");
             None
         }
+    };
+    // Inks need a CMYK profile: without one of their own (or with one of another colour
+    // space), the default one.
+    let profile = match (&jpeg, profile) {
+        (Some(frame), profile)
+            if frame.components == 4 && !matches!(profile, Some(Profile::Cmyk(_))) =>
+        {
+            colour::default_cmyk().map(Profile::Cmyk)
+        }
+        (_, profile) => profile,
     };
     Ok(Header {
         format,

@@ -286,26 +286,25 @@ fn transparent_corners_become_white_in_jpeg_and_stay_transparent_in_png() {
     }
 }
 
-/// Reference means for `16-fig-cmyk.jpg` on a 4×3 grid, computed with Pillow 13.0 and
-/// LittleCMS 2.19 (`ImageCms.buildTransform(<embedded FOGRA39L>, sRGB, "CMYK", "RGB",
-/// renderingIntent=1)`, relative colorimetric without black-point compensation, which
-/// is also libvips' default and so the peer's), then `resize((4, 3), Image.BOX)`.
-/// The naive conversion (Pillow's `convert("RGB")`, what the pipeline did before it
-/// read profiles) is 23.7 away on average and 36 at most; LittleCMS's perceptual
-/// rendering is 5.8 and 13 away.
+/// Reference means for `16-fig-cmyk.jpg` on a 4×3 grid of LittleCMS's sRGB rendering
+/// (`jpgicc -q100` 2.14: its embedded FOGRA39L profile, the perceptual intent, which is
+/// libvips' too, with the black-point compensation LittleCMS applies for it), then the
+/// mean of each cell. The naive conversion (what the pipeline did before it read
+/// profiles) is about 24 away on average; the relative colorimetric rendering without
+/// compensation about 6 (`tests/colour.rs` compares every pixel).
 const FIG_ICC_GRID: [[f64; 3]; 12] = [
-    [144.0, 143.0, 141.0],
-    [100.0, 66.0, 58.0],
-    [171.0, 75.0, 62.0],
-    [182.0, 136.0, 130.0],
-    [140.0, 133.0, 131.0],
-    [195.0, 71.0, 47.0],
-    [196.0, 80.0, 58.0],
-    [159.0, 54.0, 43.0],
-    [146.0, 142.0, 137.0],
-    [170.0, 114.0, 107.0],
-    [161.0, 63.0, 51.0],
-    [149.0, 96.0, 90.0],
+    [141.4, 139.8, 137.9],
+    [91.7, 55.8, 44.8],
+    [168.1, 67.4, 49.3],
+    [181.2, 131.7, 124.1],
+    [136.4, 129.3, 127.0],
+    [193.2, 61.6, 31.2],
+    [195.1, 71.7, 44.3],
+    [156.8, 41.6, 25.3],
+    [143.9, 139.6, 134.8],
+    [168.7, 107.9, 99.1],
+    [159.1, 52.5, 34.8],
+    [147.4, 87.3, 78.2],
 ];
 
 #[test]

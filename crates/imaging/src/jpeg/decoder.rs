@@ -19,16 +19,14 @@ pub(crate) struct ScaledJpeg<'a> {
     pub(crate) scale: Scale,
     /// Allocation limits.
     pub(crate) limits: &'a Limits,
-    /// The embedded CMYK profile's transform, for CMYK and YCCK files (`None`: the
-    /// naive conversion).
-    pub(crate) cmyk: Option<&'a moxcms::Transform8BitExecutor>,
+    /// The CMYK profile's transform (the embedded one, else the default), for CMYK and
+    /// YCCK files (`None`: the naive conversion).
+    pub(crate) cmyk: Option<&'a crate::colour::CmykTransform>,
 }
 
 /// Decodes a JPEG at its scale with `jpeg-decoder` into RGB or grey.
 ///
-/// CMYK and YCCK go through the embedded profile's transform; without one they are
-/// converted as zune-jpeg does (see `decode`): the stored values are taken as Adobe's
-/// inverted ones, `R = C'·K'/255`.
+/// CMYK and YCCK go through the CMYK profile's transform (see `read_header`).
 pub(crate) fn decode_scaled(job: ScaledJpeg<'_>) -> Result<Raster, jpeg_decoder::Error> {
     use jpeg_decoder::{ColorTransform, Decoder, PixelFormat};
 
