@@ -23,6 +23,7 @@ use bytes::Bytes;
 use futures_core::Stream;
 use pixpool_model::{JobEvent, JobId, JobSpec};
 
+use crate::outbox::OutboxEntry;
 use crate::record::JobRecord;
 use crate::StoreError;
 
@@ -309,4 +310,30 @@ pub trait Events: Send + Sync + fmt::Debug {
 
     /// Every event published from now on.
     fn subscribe(&self) -> EventStream;
+}
+
+/// The webhook outbox ([`crate::outbox`]): entries keyed by [`OutboxEntry::key`].
+///
+/// Written by workers (before a job's final record), read and changed by the
+/// courier. Every change but [`Outbox::put`] is a compare-and-swap on the revision
+/// read, so couriers on several hosts never both hold one entry.
+#[async_trait::async_trait]
+pub trait Outbox: Send + Sync + fmt::Debug {
+    /// Writes `entry`, replacing one of the same key; durable when it returns.
+    async fn put(&self, entry: &OutboxEntry) -> Result<(), StoreError>;
+
+    /// The entry under `key`, if any.
+    async fn get(&self, key: &str) -> Result<Option<Versioned<OutboxEntry>>, StoreError>;
+
+    /// The keys of every entry, in no particular order.
+    async fn keys(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Replaces the entry if its revision is still `expected`; otherwise
+    /// [`StoreError::Conflict`] (or it is gone). Returns the new revision.
+    async fn update(&self, entry: &OutboxEntry, expected: Revision)
+        -> Result<Revision, StoreError>;
+
+    /// Removes the entry under `key` if its revision is still `expected`; a missing one,
+    /// or one replaced since (a newer event owed), is left as it is, without an error.
+    async fn remove(&self, key: &str, expected: Revision) -> Result<(), StoreError>;
 }

@@ -16,6 +16,7 @@
 //!   claims/<slot>/<id>     a worker's durable claim: "this job is mine and not done"
 //!                          (the front's pending marker, renamed)
 //!   claims/<slot>/<id>.running  the same claim once the job is in the worker's hands
+//!   outbox/<key>.json      a webhook delivery still owed (written before the final record)
 //!   run/                   mode 0700: the workers' Unix sockets
 //! ```
 //!
@@ -40,6 +41,7 @@ pub mod embedded;
 pub mod fsutil;
 #[cfg(feature = "runtime")]
 pub mod nats;
+pub mod outbox;
 pub mod record;
 #[cfg(feature = "runtime")]
 pub mod s3;
@@ -52,6 +54,7 @@ use std::path::{Path, PathBuf};
 use backend::{Durability, Revision, VariantKey, Versioned};
 pub use record::{
     JobId, JobRecord, JobState, OutputRecord, Placeholder, Problem, SourceRecord, StageMillis,
+    WebhookState, WebhookStatus,
 };
 
 /// Failures of the job store, named after the step that failed.
@@ -251,7 +254,7 @@ impl Store {
 
     /// The directories of the layout, root first (the run directory apart:
     /// it has a mode of its own).
-    pub fn layout_dirs(&self) -> [PathBuf; 7] {
+    pub fn layout_dirs(&self) -> [PathBuf; 8] {
         [
             self.root.clone(),
             self.tmp_dir(),
@@ -260,6 +263,7 @@ impl Store {
             self.jobs_dir(),
             self.claims_root(),
             self.root.join("dedup"),
+            self.outbox_dir(),
         ]
     }
 
@@ -301,6 +305,10 @@ impl Store {
     /// Where job records live.
     pub fn jobs_dir(&self) -> PathBuf {
         self.root.join("jobs")
+    }
+    /// Where webhook deliveries still owed wait ([`crate::outbox`]).
+    pub fn outbox_dir(&self) -> PathBuf {
+        self.root.join("outbox")
     }
     /// The runtime directory holding the IPC sockets.
     pub fn run_dir(&self) -> &Path {

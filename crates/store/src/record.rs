@@ -73,6 +73,35 @@ pub struct JobRecord {
     /// What a front-end shows while the image loads (once done).
     #[serde(default)]
     pub placeholder: Option<Placeholder>,
+    /// The upload's own completion webhook (`callback_url`), as accepted at the door.
+    #[serde(default)]
+    pub callback_url: Option<String>,
+    /// Where the completion webhooks stand, once the job is final and has any.
+    #[serde(default)]
+    pub webhook: Option<WebhookStatus>,
+}
+
+/// The completion webhooks of a final job, all destinations together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookStatus {
+    /// `pending` until every destination is `delivered`; `failed` once one gave up.
+    pub state: WebhookState,
+    /// Delivery attempts so far, every destination counted.
+    pub attempts: u32,
+    /// The HTTP status of the last answer (`null`: none yet, or no answer).
+    pub last_status: Option<u16>,
+}
+
+/// See [`WebhookStatus::state`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookState {
+    /// Not yet delivered everywhere; attempts go on.
+    Pending,
+    /// Every destination answered 2xx.
+    Delivered,
+    /// A destination answered 410, or its attempts ran out.
+    Failed,
 }
 
 impl JobRecord {
@@ -94,6 +123,8 @@ impl JobRecord {
             finished_at: None,
             stage_ms: None,
             placeholder: None,
+            callback_url: None,
+            webhook: None,
         }
     }
 }

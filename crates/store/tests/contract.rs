@@ -85,6 +85,12 @@ async fn embedded_blobs_keep_the_contract() {
 }
 
 #[tokio::test]
+async fn embedded_outbox_keeps_the_contract() {
+    let (_dir, store) = Dir::new("outbox");
+    suite::outbox(Arc::new(pixpool_store::embedded::FileOutbox::new(store))).await;
+}
+
+#[tokio::test]
 async fn embedded_events_keep_the_contract() {
     events(Arc::new(Bus::new(16))).await;
 }

@@ -54,6 +54,7 @@ async fn nats_records_and_events_keep_the_contract() {
     let backend = connect(&cluster.urls()).await;
     suite::records(backend.records.clone()).await;
     suite::events(backend.events.clone()).await;
+    suite::outbox(backend.outbox.clone()).await;
 
     // A writer holding an old revision (a worker presumed dead) loses against one
     // that wrote since, even through another connection.

@@ -10,17 +10,20 @@
 //!   (`claims/<slot>/<id>`), a bounded in-memory FIFO, help for busy siblings. The
 //!   front's half is its dispatcher (round-robin over the workers' sockets).
 //! - [`Bus`]: job events within one process; the sockets carry them between processes.
+//! - [`FileOutbox`]: the webhook outbox, one file per owed delivery (`outbox/<key>.json`).
 //! - [`accept`]: the durable sequence that makes an upload a job.
 
 mod accept;
 mod blobs;
 mod bus;
+mod outbox;
 mod queue;
 mod records;
 
 pub use accept::{accept, recover, Admitted, Upload};
 pub use blobs::FileBlobs;
 pub use bus::Bus;
+pub use outbox::FileOutbox;
 pub use queue::{AdmitError, ClaimQueue};
 pub use records::FileRecords;
 

@@ -9,6 +9,7 @@
 //!   `pixpool.jobs.<id>` (one subject per job, so that "is this job still queued" is
 //!   one look-up), consumed through the one durable pull consumer `pixpool-workers`
 //!   that every worker shares.
+//! - [`KvOutbox`]: KV bucket `pixpool_outbox`, the webhook deliveries still owed.
 //! - [`NatsEvents`]: core NATS subject `pixpool.events` (not persisted: the records
 //!   are the truth).
 //!
@@ -16,6 +17,7 @@
 //! processes may start at once.
 
 mod events;
+mod outbox;
 mod queue;
 mod records;
 
@@ -28,6 +30,7 @@ use tokio::sync::broadcast;
 use tracing::{info, warn};
 
 pub use events::NatsEvents;
+pub use outbox::KvOutbox;
 pub use queue::{JobConsumer, JobQueue};
 pub use records::KvRecords;
 
@@ -44,6 +47,8 @@ pub const WORKER_CONSUMER: &str = "pixpool-workers";
 pub const JOBS_BUCKET: &str = "pixpool_jobs";
 /// The KV bucket of the dedup index.
 pub const DEDUP_BUCKET: &str = "pixpool_dedup";
+/// The KV bucket of the webhook outbox.
+pub const OUTBOX_BUCKET: &str = "pixpool_outbox";
 /// The core NATS subject of job events.
 pub const EVENTS_SUBJECT: &str = "pixpool.events";
 
@@ -95,6 +100,8 @@ pub struct NatsBackend {
     pub queue: Arc<JobQueue>,
     /// Job events, shared by every front and worker.
     pub events: Arc<NatsEvents>,
+    /// Webhook deliveries still owed, shared by every host's courier.
+    pub outbox: Arc<KvOutbox>,
     /// What the consumers are made with.
     jobs: jetstream::stream::Stream,
     options: NatsOptions,
@@ -176,6 +183,7 @@ pub async fn connect_with(urls: &str, options: NatsOptions) -> Result<NatsBacken
     .await?;
     let jobs_kv = bucket(&js, deadline, JOBS_BUCKET, &options).await?;
     let dedup_kv = bucket(&js, deadline, DEDUP_BUCKET, &options).await?;
+    let outbox_kv = bucket(&js, deadline, OUTBOX_BUCKET, &options).await?;
     // Created here, not only by the workers: a front may enqueue before any worker
     // starts, and a work-queue stream keeps only what a consumer will take.
     JobConsumer::ensure(&jobs, &options).await?;
@@ -184,6 +192,7 @@ pub async fn connect_with(urls: &str, options: NatsOptions) -> Result<NatsBacken
         records: Arc::new(KvRecords::new(jobs_kv, dedup_kv)),
         queue: Arc::new(JobQueue::new(js, jobs.clone())),
         events: Arc::new(events),
+        outbox: Arc::new(KvOutbox::new(outbox_kv)),
         jobs,
         options,
     })

@@ -32,7 +32,7 @@ impl KvRecords {
     /// a follower may not have applied a write the leader acknowledged yet, and a job
     /// answered 202 must never read as absent (a worker would drop it, a client get a
     /// 404). Without a quorum there is no leader, and the read fails.
-    async fn live(store: &kv::Store, key: &str) -> Result<Option<Live>, StoreError> {
+    pub(super) async fn live(store: &kv::Store, key: &str) -> Result<Option<Live>, StoreError> {
         let subject = format!("$KV.{}.{key}", store.name);
         let message = match store.stream.get_last_raw_message_by_subject(&subject).await {
             Ok(m) => m,
@@ -57,9 +57,9 @@ const KV_OPERATION: &str = "KV-Operation";
 
 /// A KV entry's value and revision.
 #[derive(Debug)]
-struct Live {
-    value: bytes::Bytes,
-    revision: u64,
+pub(super) struct Live {
+    pub(super) value: bytes::Bytes,
+    pub(super) revision: u64,
 }
 
 fn encode(record: &JobRecord) -> Result<bytes::Bytes, StoreError> {
@@ -197,7 +197,7 @@ impl Records for KvRecords {
 /// only JetStream error 10071 to its "wrong last revision"; a clustered stream with
 /// several writes to one key in flight answers 10164 (also "wrong last sequence"),
 /// which the client reports as "other", inside its error chain.
-fn wrong_revision(e: &(dyn std::error::Error + 'static)) -> bool {
+pub(super) fn wrong_revision(e: &(dyn std::error::Error + 'static)) -> bool {
     use async_nats::jetstream::{Error, ErrorCode};
     let mut cause = Some(e);
     while let Some(c) = cause {

@@ -330,3 +330,55 @@ pub async fn queue_delivers_until_acked<F, Fut>(
     }
     q.close();
 }
+
+/// The webhook outbox: a put is read back whole; changes are compare-and-swaps, so of
+/// two couriers holding one revision only one wins; a put replaces (a job concluded
+/// again) and makes the older revision stale; a removal at a stale revision leaves the
+/// newer entry.
+pub async fn outbox(outbox: Arc<dyn pixpool_store::backend::Outbox>) {
+    use pixpool_store::outbox::{Destination, OutboxEntry};
+    let job = JobId::generate();
+    let entry = OutboxEntry::new(
+        job.clone(),
+        pixpool_model::JobState::Done,
+        Destination::Operator,
+        "http://127.0.0.1:9/hook".into(),
+        "2026-12-04T00:00:00.000Z".into(),
+    );
+    let key = entry.key();
+    assert!(outbox.get(&key).await.expect("get").is_none());
+    outbox.put(&entry).await.expect("put");
+    let read = outbox.get(&key).await.expect("get").expect("present");
+    assert_eq!(read.value, entry);
+    assert!(outbox.keys().await.expect("keys").contains(&key));
+
+    let mut leased = read.value.clone();
+    leased.leased_until_ms = 42;
+    let next = outbox.update(&leased, read.revision).await.expect("update");
+    assert_ne!(next, read.revision);
+    assert!(
+        is_conflict(&outbox.update(&leased, read.revision).await),
+        "a second courier at the old revision loses"
+    );
+
+    // The job concluded again (a re-run): the newer entry replaces the held one.
+    outbox.put(&entry).await.expect("put again");
+    let fresh = outbox.get(&key).await.expect("get").expect("present");
+    assert_eq!(fresh.value.leased_until_ms, 0);
+    outbox
+        .remove(&key, next)
+        .await
+        .expect("a stale removal is no error");
+    assert!(outbox.get(&key).await.expect("get").is_some(), "kept");
+    outbox.remove(&key, fresh.revision).await.expect("remove");
+    assert!(outbox.get(&key).await.expect("get").is_none());
+    assert!(!outbox.keys().await.expect("keys").contains(&key));
+    outbox
+        .remove(&key, fresh.revision)
+        .await
+        .expect("missing: no error");
+    assert!(
+        outbox.get("../jobs/x").await.is_err(),
+        "a key that is not an entry key is refused"
+    );
+}
