@@ -29,7 +29,7 @@ pub mod pace;
 pub mod problem;
 pub mod routes;
 pub mod upload;
-pub mod view;
+pub use pixpool_store::view;
 
 use std::convert::Infallible;
 use std::future::Future;

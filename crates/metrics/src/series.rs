@@ -95,11 +95,15 @@ pub enum Family {
     QueueAck,
     /// `pixpool_blob_seconds{op}`.
     BlobDuration,
+    /// `pixpool_webhook_deliveries_total{outcome}`.
+    WebhookDeliveries,
+    /// `pixpool_webhook_delivery_seconds`.
+    WebhookDuration,
 }
 
 impl Family {
     /// Every family, in exposition order.
-    pub const ALL: [Family; 15] = [
+    pub const ALL: [Family; 17] = [
         Family::HttpRequests,
         Family::HttpRequestDuration,
         Family::UploadBytes,
@@ -115,6 +119,8 @@ impl Family {
         Family::QueueRedeliveries,
         Family::QueueAck,
         Family::BlobDuration,
+        Family::WebhookDeliveries,
+        Family::WebhookDuration,
     ];
 
     /// The metric's name.
@@ -135,6 +141,8 @@ impl Family {
             Family::QueueRedeliveries => "pixpool_queue_redeliveries_total",
             Family::QueueAck => "pixpool_queue_ack_seconds",
             Family::BlobDuration => "pixpool_blob_seconds",
+            Family::WebhookDeliveries => "pixpool_webhook_deliveries_total",
+            Family::WebhookDuration => "pixpool_webhook_delivery_seconds",
         }
     }
 
@@ -147,12 +155,14 @@ impl Family {
             | Family::Jobs
             | Family::JobsStolen
             | Family::Restarts
-            | Family::QueueRedeliveries => Kind::Counter,
+            | Family::QueueRedeliveries
+            | Family::WebhookDeliveries => Kind::Counter,
             Family::HttpRequestDuration
             | Family::JobDuration
             | Family::JobStage
             | Family::QueueAck
-            | Family::BlobDuration => Kind::Histogram,
+            | Family::BlobDuration
+            | Family::WebhookDuration => Kind::Histogram,
             Family::QueueDepth | Family::WorkerBusy | Family::ProcessRss => Kind::Gauge,
         }
     }
@@ -179,6 +189,12 @@ impl Family {
                 "Time for the shared queue to acknowledge a job published (publish) or finished (ack)."
             }
             Family::BlobDuration => "Time of one object-store call, by operation.",
+            Family::WebhookDeliveries => {
+                "Webhook delivery attempts, by outcome (delivered, retry, failed, refused)."
+            }
+            Family::WebhookDuration => {
+                "Time of one webhook delivery attempt, request sent to answer read."
+            }
         }
     }
 
@@ -187,7 +203,11 @@ impl Family {
         match self {
             Family::HttpRequests => &["route", "code"],
             Family::HttpRequestDuration => &["route"],
-            Family::UploadBytes | Family::JobDuration | Family::QueueRedeliveries => &[],
+            Family::UploadBytes
+            | Family::JobDuration
+            | Family::QueueRedeliveries
+            | Family::WebhookDuration => &[],
+            Family::WebhookDeliveries => &["outcome"],
             Family::QueueAck | Family::BlobDuration => &["op"],
             Family::Rejections => &["reason"],
             Family::Jobs => &["outcome"],
@@ -283,6 +303,12 @@ pub enum Counter {
     },
     /// One job delivered again by the shared queue.
     QueueRedeliveries,
+    /// One webhook delivery attempt ended.
+    WebhookDeliveries {
+        /// `delivered` (2xx), `retry` (tried again later), `failed` (410, or the
+        /// attempts ran out), `refused` (the destination's address is not allowed).
+        outcome: Label,
+    },
 }
 
 /// A gauge series.
@@ -331,6 +357,8 @@ pub enum Histogram {
         /// `put_original`, `get_original`, `put_variant`, `get_variant`, `delete`.
         op: Label,
     },
+    /// Time of one webhook delivery attempt.
+    WebhookDuration,
 }
 
 /// What every series has: a family and the values of its labels.
@@ -360,6 +388,7 @@ impl Series for Counter {
             Counter::JobsStolen { .. } => Family::JobsStolen,
             Counter::Restarts { .. } => Family::Restarts,
             Counter::QueueRedeliveries => Family::QueueRedeliveries,
+            Counter::WebhookDeliveries { .. } => Family::WebhookDeliveries,
         }
     }
 
@@ -374,6 +403,7 @@ impl Series for Counter {
             Counter::JobsStolen { worker } => vec![worker.to_string().into()],
             Counter::Restarts { role } => vec![role.as_str().into()],
             Counter::QueueRedeliveries => vec![],
+            Counter::WebhookDeliveries { outcome } => vec![outcome.as_str().into()],
         }
     }
 }
@@ -409,13 +439,14 @@ impl Series for Histogram {
             Histogram::JobStage { .. } => Family::JobStage,
             Histogram::QueueAck { .. } => Family::QueueAck,
             Histogram::BlobDuration { .. } => Family::BlobDuration,
+            Histogram::WebhookDuration => Family::WebhookDuration,
         }
     }
 
     fn label_values(&self) -> Vec<Cow<'_, str>> {
         match self {
             Histogram::UploadDuration => vec!["upload".into()],
-            Histogram::JobDuration => vec![],
+            Histogram::JobDuration | Histogram::WebhookDuration => vec![],
             Histogram::JobStage { stage } => vec![stage.as_str().into()],
             Histogram::QueueAck { op } | Histogram::BlobDuration { op } => {
                 vec![op.as_str().into()]

@@ -129,6 +129,9 @@ mod tests {
                 role: Label::from("worker"),
             },
             Counter::QueueRedeliveries,
+            Counter::WebhookDeliveries {
+                outcome: Label::from("delivered"),
+            },
         ];
         for c in &counters {
             match c {
@@ -138,7 +141,8 @@ mod tests {
                 | Counter::Jobs { .. }
                 | Counter::JobsStolen { .. }
                 | Counter::Restarts { .. }
-                | Counter::QueueRedeliveries => {}
+                | Counter::QueueRedeliveries
+                | Counter::WebhookDeliveries { .. } => {}
             }
         }
         let gauges = [
@@ -167,6 +171,7 @@ mod tests {
             Histogram::BlobDuration {
                 op: Label::from("put_original"),
             },
+            Histogram::WebhookDuration,
         ];
         for h in &histograms {
             match h {
@@ -174,7 +179,8 @@ mod tests {
                 | Histogram::JobDuration
                 | Histogram::JobStage { .. }
                 | Histogram::QueueAck { .. }
-                | Histogram::BlobDuration { .. } => {}
+                | Histogram::BlobDuration { .. }
+                | Histogram::WebhookDuration => {}
             }
         }
         (counters.into(), gauges.into(), histograms.into())

@@ -29,6 +29,8 @@
 //! - `s3` (feature `runtime`): `Blobs` in an S3-compatible object store, for several
 //!   servers sharing one set of originals and variants.
 //! - [`record`]: the job record, its states and the problem document.
+//! - [`view`]: what a client sees of a record (`GET /jobs/<id>`, a webhook's `data`).
+//! - [`outbox`]: the webhook deliveries still owed.
 //! - [`fsutil`]: atomic, durable file replacement; directory fsyncs shared by
 //!   concurrent writers.
 //! - this file: [`Store`], the paths, the dedup index and the claim directories.
@@ -45,6 +47,7 @@ pub mod outbox;
 pub mod record;
 #[cfg(feature = "runtime")]
 pub mod s3;
+pub mod view;
 
 use std::fs;
 use std::io;

@@ -1,8 +1,9 @@
 //! What a client sees of a job: the API's own types, built from the stored
-//! record. The record keeps what the server needs (paths under the uploads
-//! directory, the dedup key, the worker slot); none of that is contract.
+//! record, for `GET /jobs/<id>` (the front) and a webhook's `data` (the courier).
+//! The record keeps what the server needs (paths under the uploads directory, the
+//! dedup key, the worker slot, the callback URL); none of that is contract.
 
-use pixpool_store::{JobRecord, JobState, OutputRecord, Placeholder, Problem, StageMillis};
+use crate::{JobRecord, JobState, OutputRecord, Placeholder, Problem, StageMillis, WebhookStatus};
 use serde::Serialize;
 
 /// `GET /jobs/<id>`, a long-poll's answer, and the data of `done`/`failed` events.
@@ -34,6 +35,8 @@ pub struct JobView<'a> {
     pub stage_ms: Option<&'a StageMillis>,
     /// ThumbHash, BlurHash, dominant colour and aspect ratio, once done.
     pub placeholder: Option<&'a Placeholder>,
+    /// Where the completion webhooks stand (`null`: the job has none, or is not final).
+    pub webhook: Option<&'a WebhookStatus>,
     /// Where to follow it.
     pub status_url: String,
 }
@@ -86,6 +89,7 @@ impl<'a> JobView<'a> {
             finished_at: record.finished_at.as_deref(),
             stage_ms: record.stage_ms.as_ref(),
             placeholder: record.placeholder.as_ref(),
+            webhook: record.webhook.as_ref(),
             status_url: format!("/jobs/{}", record.id),
         }
     }
