@@ -117,6 +117,8 @@ pub struct FrontConfig {
     /// Origins (`scheme://host[:port]`) whose pages may send state-changing
     /// requests while the API is open, besides the server's own.
     pub allowed_origins: Vec<String>,
+    /// Which `callback_url`s an upload may name (none unless prefixes are allowed).
+    pub callbacks: pixpool_webhook::CallbackPolicy,
     /// This process's metrics recorder.
     pub metrics: pixpool_metrics::Recorder,
     /// The distributed backend, connected; `None`: the embedded one (this host's

@@ -84,6 +84,9 @@ pub enum ApiError {
     /// An unknown preset was asked for.
     #[error("unknown preset {0:?}")]
     UnknownPreset(String),
+    /// The upload's `callback_url` is not one this server calls.
+    #[error("{0}")]
+    BadCallback(String),
     /// The client went away or stalled mid-body.
     #[error("the request body could not be read: {0}")]
     BodyRead(String),
@@ -149,6 +152,11 @@ impl ApiError {
                 "Upload too large",
             ),
             UnknownPreset(_) => (StatusCode::BAD_REQUEST, "unknown-preset", "Unknown preset"),
+            BadCallback(_) => (
+                StatusCode::BAD_REQUEST,
+                "bad-callback",
+                "Callback URL refused",
+            ),
             LimitExceeded(_) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "limit-exceeded",

@@ -31,7 +31,7 @@ const HEAD_LEN: usize = 64 * 1024;
 /// blocking-pool hop of each file write is amortised over many network chunks.
 const SPOOL_BUFFER: usize = 256 * 1024;
 
-/// Limit for the small text fields (`presets`).
+/// Limit for the small text fields (`presets`, `callback_url`).
 const TEXT_FIELD_LIMIT: u64 = 4 * 1024;
 
 /// The 202 (or, for a finished duplicate, 200) body.
@@ -86,6 +86,14 @@ pub async fn upload(
     let boundary =
         multer::parse_boundary(content_type).map_err(|e| ApiError::NotMultipart(e.to_string()))?;
     let query_presets = req.uri().query().and_then(|q| query_param(q, "presets"));
+    // Checked before the body is read when it comes in the query.
+    let query_callback = req
+        .uri()
+        .query()
+        .and_then(|q| query_value(q, "callback_url"));
+    if let Some(url) = &query_callback {
+        check_callback(state, url).await?;
+    }
     // Refuse before the disk fills: an original and its outputs must fit with room to spare.
     match state.store().free_bytes() {
         Ok(free) if free < state.config.min_free_bytes => {
@@ -118,6 +126,7 @@ pub async fn upload(
     tracing::Span::current().record("job_id", id.as_str());
     let mut received: Option<Received> = None;
     let mut form_presets: Option<String> = None;
+    let mut form_callback: Option<String> = None;
     while let Some(field) = form
         .next_field()
         .await
@@ -147,6 +156,14 @@ pub async fn upload(
                         .map_err(|e| multer_error(e, limit, idle_secs))?,
                 );
             }
+            Some("callback_url") => {
+                form_callback = Some(
+                    field
+                        .text()
+                        .await
+                        .map_err(|e| multer_error(e, limit, idle_secs))?,
+                );
+            }
             other => {
                 return Err(ApiError::BadMultipart(format!(
                     "unexpected field {other:?}"
@@ -158,17 +175,33 @@ pub async fn upload(
     let presets = state
         .config
         .resolve_presets(form_presets.as_deref().or(query_presets.as_deref()))?;
+    let callback_url = match form_callback {
+        Some(url) => Some(check_callback(state, &url).await?),
+        None => match query_callback {
+            Some(url) => Some(check_callback(state, &url).await?),
+            None => None,
+        },
+    };
 
     // From here the upload becomes a job on its own task: a client that hangs up
     // mid-way (the request future dropped) cannot leave a job recorded and never
     // dispatched, or a dedup entry naming it; the job is finished or undone.
     let bytes = received.bytes;
-    let dedup_key = dedup_key(&received.hash, &presets, &state.config, client.as_ref());
+    let dedup_key = dedup_key(
+        &received.hash,
+        &presets,
+        callback_url.as_deref(),
+        &state.config,
+        client.as_ref(),
+    );
     let task = tokio::spawn(admit(
         state.clone(),
         id.clone(),
-        received,
-        presets,
+        Job {
+            received,
+            presets,
+            callback_url,
+        },
         dedup_key,
     ));
     let admitted = task.await.map_err(|e| ApiError::Storage {
@@ -195,6 +228,25 @@ pub async fn upload(
     Ok(accepted_response(&id, JobState::Queued, false))
 }
 
+/// An upload's callback URL if this server calls it (allowed prefix, public
+/// addresses), normalised; otherwise a 400 saying why.
+async fn check_callback(state: &State, raw: &str) -> Result<String, ApiError> {
+    match state.config.callbacks.check(raw).await {
+        Ok(url) => Ok(url.to_string()),
+        Err(e) => {
+            info!(cause = %e, "callback_url refused");
+            Err(ApiError::BadCallback(e.to_string()))
+        }
+    }
+}
+
+/// What an upload asks for, received.
+struct Job {
+    received: Received,
+    presets: Vec<String>,
+    callback_url: Option<String>,
+}
+
 /// What became of an upload.
 enum Admitted {
     /// Identical bytes, presets and client as a job a worker has acknowledged.
@@ -208,8 +260,7 @@ enum Admitted {
 async fn admit(
     state: std::sync::Arc<State>,
     id: JobId,
-    received: Received,
-    presets: Vec<String>,
+    job: Job,
     dedup_key: String,
 ) -> Result<Admitted, ApiError> {
     let mut key = Some(dedup_key);
@@ -218,7 +269,7 @@ async fn admit(
         Dedup::Owner => {}
         Dedup::Bypass => key = None,
     }
-    let result = accept(&state, id.clone(), received, presets, key.as_deref()).await;
+    let result = accept(&state, id.clone(), job, key.as_deref()).await;
     if let (Err(_), Some(key)) = (&result, key) {
         release(&*state.records, &key, &id).await;
     }
@@ -230,10 +281,14 @@ async fn admit(
 async fn accept(
     state: &State,
     id: JobId,
-    received: Received,
-    presets: Vec<String>,
+    job: Job,
     dedup_key: Option<&str>,
 ) -> Result<Enqueued, ApiError> {
+    let Job {
+        received,
+        presets,
+        callback_url,
+    } = job;
     let Received {
         file,
         format,
@@ -248,6 +303,7 @@ async fn accept(
         content_hash: hash,
         presets: presets.clone(),
         dedup_key: dedup_key.map(str::to_string),
+        callback_url,
     };
     let admitted = pixpool_store::embedded::accept(
         state.store(),
@@ -274,13 +330,16 @@ async fn accept(
     }
 }
 
-/// `<content hash>-<hash of the presets>[-<client>]`. The presets count by name
-/// and specification, so that a preset changed on reload is not served from
-/// outputs made to its old specification; the client (which token), so that
-/// one client cannot learn from a dedup hit what another has uploaded.
+/// `<content hash>-<hash of the presets and callback>[-<client>]`. The presets
+/// count by name and specification, so that a preset changed on reload is not
+/// served from outputs made to its old specification; the callback URL, so that an
+/// upload naming its own callback gets a job that calls it; the client (which
+/// token), so that one client cannot learn from a dedup hit what another has
+/// uploaded.
 fn dedup_key(
     content_hash: &str,
     presets: &[String],
+    callback_url: Option<&str>,
     config: &crate::FrontConfig,
     client: Option<&crate::Client>,
 ) -> String {
@@ -292,6 +351,10 @@ fn dedup_key(
         })
         .collect();
     specs.sort_unstable();
+    if let Some(url) = callback_url {
+        // After the sort: a line no preset specification can be.
+        specs.push(format!("callback {url}"));
+    }
     let presets_hash = blake3::hash(specs.join("\n").as_bytes());
     let mut key = format!("{content_hash}-{}", &presets_hash.to_hex()[..16]);
     if let Some(client) = client {
@@ -388,17 +451,18 @@ fn accepted_response(id: &JobId, state: JobState, deduplicated: bool) -> Respons
     resp
 }
 
-/// The multipart limits: only `image` and `presets`, each bounded, and the
-/// whole body bounded (multer has no limits by default).
+/// The multipart limits: only `image`, `presets` and `callback_url`, each bounded,
+/// and the whole body bounded (multer has no limits by default).
 fn form_constraints(limit: u64) -> Constraints {
     Constraints::new()
-        .allowed_fields(vec!["image", "presets"])
+        .allowed_fields(vec!["image", "presets", "callback_url"])
         .size_limit(
             SizeLimit::new()
                 // The whole body may carry the file plus the form's framing.
                 .whole_stream(limit.saturating_add(64 * 1024))
                 .for_field("image", limit)
-                .for_field("presets", TEXT_FIELD_LIMIT),
+                .for_field("presets", TEXT_FIELD_LIMIT)
+                .for_field("callback_url", TEXT_FIELD_LIMIT),
         )
 }
 
@@ -554,7 +618,7 @@ fn multer_error(e: multer::Error, limit: u64, idle_secs: u64) -> ApiError {
         }
         M::StreamReadFailed(cause) => ApiError::BodyRead(cause.to_string()),
         M::UnknownField { field_name } => ApiError::BadMultipart(format!(
-            "unexpected field {:?} (expected `image` and optionally `presets`)",
+            "unexpected field {:?} (expected `image`, and optionally `presets` and `callback_url`)",
             field_name
                 .as_deref()
                 .map(sanitise_for_log)
@@ -574,6 +638,13 @@ pub fn sanitise_for_log(s: &str) -> String {
         out.push('…');
     }
     out
+}
+
+/// The value of `key` in a query string, fully form-decoded (first occurrence).
+pub fn query_value(query: &str, key: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
 }
 
 /// The value of `key` in a query string (first occurrence, percent-decoded for `,`).

@@ -77,8 +77,21 @@ impl Connected {
         }
     }
 
+    /// What the courier uses: the records and the shared outbox.
+    pub fn courier(
+        &self,
+    ) -> (
+        Arc<dyn pixpool_store::backend::Records>,
+        Arc<dyn pixpool_store::backend::Outbox>,
+    ) {
+        (self.nats.records.clone(), self.nats.outbox.clone())
+    }
+
     /// What a worker uses: a consumer of its own on the shared queue.
-    pub async fn worker(&self) -> anyhow::Result<pixpool_worker::execute::Backend> {
+    pub async fn worker(
+        &self,
+        webhooks: Option<&pixpool_worker::WebhookConfig>,
+    ) -> anyhow::Result<pixpool_worker::execute::Backend> {
         let consumer = self
             .nats
             .consumer()
@@ -91,6 +104,10 @@ impl Connected {
             queue: Arc::new(Timed {
                 inner: consumer as Arc<dyn Consumer>,
                 metrics: self.metrics.clone(),
+            }),
+            webhooks: webhooks.map(|w| pixpool_worker::execute::Webhooks {
+                outbox: self.nats.outbox.clone(),
+                operator_url: w.operator_url.clone(),
             }),
         })
     }

@@ -32,6 +32,9 @@ pub enum Command {
     /// The metrics aggregator (started by the supervisor).
     #[command(hide = true)]
     Admin(AdminArgs),
+    /// The webhook courier (started by the supervisor when webhooks are configured).
+    #[command(hide = true)]
+    Courier(CourierArgs),
     /// Upload images (files or folders) and wait until every one is processed;
     /// exits non-zero if any failed.
     Upload(pixpool_client::UploadArgs),
@@ -175,6 +178,37 @@ pub struct ServeArgs {
     /// directory].
     #[arg(long, env = "PIXPOOL_STORE", value_name = "URL")]
     pub store: Option<String>,
+    /// The operator's webhook endpoint: every job's `job.done` and `job.failed`
+    /// are POSTed there, signed with PIXPOOL_WEBHOOK_SECRET [default: none].
+    #[arg(long, env = "PIXPOOL_WEBHOOK_URL", value_name = "URL")]
+    pub webhook_url: Option<String>,
+    /// A prefix an upload's `callback_url` may start with (`https://hooks.example.com/`);
+    /// repeat for several. PIXPOOL_WEBHOOK_ALLOW takes a comma-separated list
+    /// [default: none, uploads name no callback].
+    #[arg(
+        long = "webhook-allow",
+        env = "PIXPOOL_WEBHOOK_ALLOW",
+        value_delimiter = ',',
+        value_name = "PREFIX"
+    )]
+    pub webhook_allow: Vec<String>,
+    /// Let callbacks reach loopback, private, link-local and multicast addresses
+    /// [default: false].
+    #[arg(
+        long,
+        env = "PIXPOOL_WEBHOOK_ALLOW_PRIVATE",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub webhook_allow_private: Option<bool>,
+    /// Delivery attempts per event and destination before it is failed [default: 12].
+    #[arg(long, env = "PIXPOOL_WEBHOOK_MAX_ATTEMPTS", value_name = "N")]
+    pub webhook_max_attempts: Option<u32>,
+    /// Milliseconds before the first retry of a webhook; each later pause is four
+    /// times longer (up to 6 h) [default: 1000].
+    #[arg(long, env = "PIXPOOL_WEBHOOK_RETRY_BASE_MS", value_name = "MS")]
+    pub webhook_retry_base_ms: Option<u64>,
 }
 
 /// What every child gets on its command line: which one it is, and the rest
@@ -209,6 +243,18 @@ pub struct WorkerArgs {
     /// Slot, control channel and settings.
     #[command(flatten)]
     pub child: ChildArgs,
+}
+
+/// Options of the courier (one per host, without a slot).
+#[derive(Debug, Args)]
+pub struct CourierArgs {
+    /// The control channel to the supervisor.
+    #[arg(long)]
+    pub control_fd: Option<i32>,
+    /// The courier's settings, as JSON (no secrets: the signing secret comes in the
+    /// environment).
+    #[arg(long, value_name = "JSON")]
+    pub settings: String,
 }
 
 /// Options of the admin process (one, without a slot).

@@ -101,6 +101,23 @@ pub struct Settings {
     /// uploads directory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store: Option<String>,
+    /// The operator's webhook endpoint: every job's `job.done` and `job.failed` go
+    /// there. Trusted as configured (it may be on loopback).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    /// Prefixes an upload's `callback_url` must start with; empty: uploads name none.
+    pub webhook_allow: Vec<String>,
+    /// Whether callbacks may reach loopback, private, link-local and multicast
+    /// addresses.
+    pub webhook_allow_private: bool,
+    /// Delivery attempts per event and destination before it is failed.
+    pub webhook_max_attempts: u32,
+    /// The pause after a first failed attempt, ms; each later one is four times longer.
+    pub webhook_retry_base_ms: u64,
+    /// The signing secret, `whsec_<base64>`: this file or `PIXPOOL_WEBHOOK_SECRET`,
+    /// never a flag (a command line is public). Redacted by `check-config`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_secret: Option<String>,
 }
 
 /// Shortest API token accepted.
@@ -121,6 +138,9 @@ pub fn api_tokens_from_env() -> Vec<String> {
 /// Default JetStream replicas: a three-node cluster keeps every job through the loss
 /// of one node.
 pub const DEFAULT_QUEUE_REPLICAS: usize = 3;
+
+/// Default delivery attempts of a webhook: about a day of retries.
+pub const DEFAULT_WEBHOOK_MAX_ATTEMPTS: u32 = 12;
 
 /// Default worker niceness: see `worker_nice`.
 pub const DEFAULT_WORKER_NICE: i32 = 10;
@@ -164,6 +184,12 @@ impl Default for Settings {
             queue_replicas: DEFAULT_QUEUE_REPLICAS,
             queue_ack_wait_secs: 30,
             store: None,
+            webhook_url: None,
+            webhook_allow: Vec::new(),
+            webhook_allow_private: false,
+            webhook_max_attempts: DEFAULT_WEBHOOK_MAX_ATTEMPTS,
+            webhook_retry_base_ms: 1000,
+            webhook_secret: None,
         }
     }
 }
@@ -190,7 +216,18 @@ impl Settings {
             body_idle_secs, job_timeout_secs, recycle_after_jobs, recycle_rss_mb,
             worker_memory_mb, worker_nice, work_stealing, log_format, admin);
         overlay!(s, args; min_upload_bytes_per_sec, max_event_streams, queue_replicas,
-            queue_ack_wait_secs);
+            queue_ack_wait_secs, webhook_allow_private, webhook_max_attempts,
+            webhook_retry_base_ms);
+        if let Some(url) = &args.webhook_url {
+            s.webhook_url = Some(url.clone()).filter(|u| !u.trim().is_empty());
+        }
+        if !args.webhook_allow.is_empty() {
+            s.webhook_allow = args.webhook_allow.clone();
+        }
+        // The secret never comes from a flag: the environment or the file.
+        if let Ok(secret) = std::env::var("PIXPOOL_WEBHOOK_SECRET") {
+            s.webhook_secret = Some(secret).filter(|v| !v.trim().is_empty());
+        }
         // An empty value unsets (the embedded default), so an environment file can
         // switch a host back without editing the unit.
         if let Some(q) = &args.queue {
@@ -315,8 +352,55 @@ impl Settings {
         if let Some(umask) = self.umask {
             umask.validate()?;
         }
+        self.validate_webhooks()?;
         self.admin_addr()?;
         self.presets().map(|_| ())
+    }
+
+    /// Whether any webhook destination is configured (the courier then runs).
+    pub fn webhooks_enabled(&self) -> bool {
+        self.webhook_url.is_some() || !self.webhook_allow.is_empty()
+    }
+
+    /// The per-upload callback rules.
+    pub fn callback_policy(&self) -> anyhow::Result<pixpool_webhook::CallbackPolicy> {
+        pixpool_webhook::CallbackPolicy::new(&self.webhook_allow, self.webhook_allow_private)
+            .context("webhook_allow")
+    }
+
+    fn validate_webhooks(&self) -> anyhow::Result<()> {
+        if let Some(url) = &self.webhook_url {
+            let parsed = url::Url::parse(url)
+                .with_context(|| format!("webhook_url: {url:?} is not a URL"))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+                bail!("webhook_url: {url:?} is not an http or https URL");
+            }
+        }
+        self.callback_policy()?;
+        if !(1..=100).contains(&self.webhook_max_attempts) {
+            bail!(
+                "webhook_max_attempts must be between 1 and 100 (got {})",
+                self.webhook_max_attempts
+            );
+        }
+        if !(10..=3_600_000).contains(&self.webhook_retry_base_ms) {
+            bail!(
+                "webhook_retry_base_ms must be between 10 and 3600000 (got {})",
+                self.webhook_retry_base_ms
+            );
+        }
+        match &self.webhook_secret {
+            Some(secret) => {
+                pixpool_webhook::Secret::parse(secret).context("webhook_secret")?;
+            }
+            None if self.webhooks_enabled() => bail!(
+                "a webhook destination (webhook_url, webhook_allow) needs a signing secret: \
+                 set PIXPOOL_WEBHOOK_SECRET (or webhook_secret in the configuration file) \
+                 to whsec_ followed by a base64 key"
+            ),
+            None => {}
+        }
+        Ok(())
     }
 
     /// The admin listener's address; `None` when `admin = "off"`.
@@ -354,6 +438,9 @@ impl Settings {
             .iter()
             .map(|_| "<redacted>".to_string())
             .collect();
+        if shown.webhook_secret.is_some() {
+            shown.webhook_secret = Some("<redacted>".to_string());
+        }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# could not render: {e}\n"))
     }
 }

@@ -35,6 +35,13 @@ pub enum ConfigError {
     /// The uploads directory (or a directory of its layout) cannot be opened.
     #[error("could not open the uploads directory")]
     Uploads(#[source] pixpool_store::StoreError),
+    /// The webhook signing secret the supervisor passed is missing or malformed.
+    #[error("the webhook signing secret passed by the supervisor is unusable")]
+    WebhookSecret(#[source] pixpool_webhook::SecretError),
+    /// The configuration (file, environment, flags) is invalid: the server does not
+    /// start.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
 }
 
 /// sysexits' `EX_CONFIG`: the supervisor's [`pixpool_supervisor::child::FATAL_EXIT_CODE`].
@@ -57,5 +64,5 @@ pub fn code_for(err: &anyhow::Error) -> ExitCode {
 /// errors are configuration errors, not a user's typo at a terminal).
 pub fn is_child_role(arg1: Option<&std::ffi::OsStr>) -> bool {
     arg1.and_then(|a| a.to_str())
-        .is_some_and(|a| matches!(a, "front" | "worker" | "admin"))
+        .is_some_and(|a| matches!(a, "front" | "worker" | "admin" | "courier"))
 }

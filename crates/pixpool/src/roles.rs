@@ -3,6 +3,7 @@
 
 use std::os::fd::FromRawFd;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -69,7 +70,9 @@ pub fn front(args: FrontArgs) -> anyhow::Result<ExitCode> {
         settings.common.metrics_socket.clone(),
     );
     let backend = settings.common.backend.clone();
+    let callbacks = settings.common.webhooks.policy()?;
     let mut config = front_config(settings, slot, store, api_tokens, metrics);
+    config.callbacks = callbacks;
     runtime()?.block_on(async {
         // Alive while it connects: a cluster still electing its leaders takes seconds.
         tokio::spawn(report.clone().heartbeat(None));
@@ -118,6 +121,8 @@ fn front_config(
             .map(|p| (p.name.clone(), p.to_string()))
             .collect(),
         allowed_origins: s.allowed_origins,
+        // The front sets the rules from its settings (which can fail).
+        callbacks: pixpool_webhook::CallbackPolicy::default(),
         metrics,
         shared: None,
     }
@@ -158,7 +163,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         tokio::spawn(report.clone().heartbeat(Some(queued)));
         let connected = crate::backend::connect(&backend, &config.store, &config.metrics).await?;
         if let Some(shared) = connected {
-            config.shared = Some(shared.worker().await?);
+            config.shared = Some(shared.worker(config.webhooks.as_ref()).await?);
         }
         pixpool_worker::run(config, terminated(), || report.ready())
             .await
@@ -197,6 +202,13 @@ fn worker_config(
         queued: Default::default(),
         metrics,
         shared: None,
+        webhooks: s
+            .common
+            .webhooks
+            .enabled()
+            .then(|| pixpool_worker::WebhookConfig {
+                operator_url: s.common.webhooks.url.clone(),
+            }),
     }
 }
 
@@ -213,10 +225,77 @@ pub fn child_api_tokens() -> Result<Vec<String>, ConfigError> {
     // Called before this process starts any other thread.
     std::env::remove_var(crate::serve::CHILD_TOKENS_VAR);
     std::env::remove_var("PIXPOOL_API_TOKENS");
+    // Only the courier signs; it has taken the secret before this.
+    let _ = child_webhook_secret();
     match raw {
         None => Ok(Vec::new()),
         Some(json) => serde_json::from_str(&json).map_err(ConfigError::Tokens),
     }
+}
+
+/// The webhook signing secret the supervisor passed, taken out of the environment
+/// (the operator's variable too) so that nothing this process runs can read it.
+fn child_webhook_secret() -> Option<String> {
+    let secret = std::env::var(crate::serve::CHILD_WEBHOOK_SECRET_VAR).ok();
+    // Called before this process starts any other thread.
+    std::env::remove_var(crate::serve::CHILD_WEBHOOK_SECRET_VAR);
+    std::env::remove_var("PIXPOOL_WEBHOOK_SECRET");
+    secret
+}
+
+/// `pixpool courier`: delivers the webhook outbox until told to stop.
+pub fn courier(args: crate::cli::CourierArgs) -> anyhow::Result<ExitCode> {
+    let settings: crate::settings::CourierSettings = settings::decode(&args.settings, "courier")?;
+    let common = settings.common;
+    crate::logging::init("courier", Some(0), common.log_format);
+    let secret = child_webhook_secret().unwrap_or_default();
+    let secret = pixpool_webhook::Secret::parse(&secret).map_err(ConfigError::WebhookSecret)?;
+    child_api_tokens()?;
+    let policy = common.webhooks.policy()?;
+    let store = Store::open(&common.uploads, None).map_err(ConfigError::Uploads)?;
+    let metrics = Recorder::new("courier", 0);
+    let report = Reporter::new(
+        "courier",
+        0,
+        args.control_fd,
+        metrics.clone(),
+        common.metrics_socket.clone(),
+    );
+    let config = pixpool_webhook::CourierConfig {
+        max_attempts: common.webhooks.max_attempts.max(1),
+        retry_base: common.webhooks.retry_base,
+        ..pixpool_webhook::CourierConfig::new(policy)
+    };
+    runtime()?
+        .block_on(async {
+            tokio::spawn(report.clone().heartbeat(None));
+            let connected = crate::backend::connect(&common.backend, &store, &metrics).await?;
+            let (records, outbox) = match &connected {
+                Some(shared) => shared.courier(),
+                None => (
+                    Arc::new(pixpool_store::embedded::FileRecords::new(store.clone()))
+                        as Arc<dyn pixpool_store::backend::Records>,
+                    Arc::new(pixpool_store::embedded::FileOutbox::new(store.clone()))
+                        as Arc<dyn pixpool_store::backend::Outbox>,
+                ),
+            };
+            let courier = Arc::new(pixpool_webhook::Courier::new(
+                outbox,
+                records,
+                secret,
+                config,
+                metrics.clone(),
+            )?);
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let run = tokio::spawn(courier.run(stopped));
+            report.ready();
+            tracing::info!("courier ready");
+            terminated().await;
+            let _ = stop.send(true);
+            run.await.context("the courier's task failed")
+        })
+        .context("courier failed")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Adds `increment` to this process's niceness (all its threads: it is done

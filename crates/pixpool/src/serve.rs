@@ -16,7 +16,10 @@ use std::path::Path;
 
 use crate::cli::ServeArgs;
 use crate::config::{LogFormat, Settings};
-use crate::settings::{self, AdminSettings, ChildPaths, FrontSettings, WorkerSettings};
+use crate::exit::ConfigError;
+use crate::settings::{
+    self, AdminSettings, ChildPaths, CourierSettings, FrontSettings, WorkerSettings,
+};
 
 /// Runs the supervisor. No async runtime exists in this process: it forks.
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -24,7 +27,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::resolve(&args);
     let format = settings.as_ref().map_or(LogFormat::Text, |s| s.log_format);
     crate::logging::init("supervisor", None, format);
-    let settings = settings?;
+    // Exits 78 (EX_CONFIG): systemd's restart cannot fix a configuration.
+    let settings =
+        settings.map_err(|e| anyhow::Error::new(ConfigError::Invalid(format!("{e:#}"))))?;
     // Before anything is created; every child inherits it.
     let umask = crate::umask::apply(settings.umask);
     info!(%umask, "file-creation mask set");
@@ -204,6 +209,11 @@ fn reload(
             new.queue_replicas != running.queue_replicas,
         ),
         ("store", new.store != running.store),
+        // The courier process comes and goes with them.
+        (
+            "webhooks on or off",
+            new.webhooks_enabled() != running.webhooks_enabled(),
+        ),
         // The mask of the whole tree: children share the supervisor's.
         ("umask", new.umask != running.umask),
     ] {
@@ -230,6 +240,9 @@ fn reload(
 /// The variable that carries the tokens to the children, as a JSON list.
 pub const CHILD_TOKENS_VAR: &str = "PIXPOOL_CHILD_API_TOKENS";
 
+/// The variable that carries the webhook signing secret to the courier.
+pub const CHILD_WEBHOOK_SECRET_VAR: &str = "PIXPOOL_CHILD_WEBHOOK_SECRET";
+
 /// Tokens reach the children through the environment, never their command
 /// lines (which every user can read), as a JSON list so that each arrives whole.
 /// A variable of its own: the operator's `PIXPOOL_API_TOKENS` is left as it was,
@@ -240,6 +253,12 @@ fn share_tokens(settings: &Settings) -> anyhow::Result<()> {
     // The supervisor is single-threaded, so nothing reads the environment
     // concurrently; children inherit it at the next fork.
     std::env::set_var(CHILD_TOKENS_VAR, json);
+    // Likewise the webhook secret, which may come from the file; the operator's
+    // PIXPOOL_WEBHOOK_SECRET is left as it was, for a SIGHUP to read again.
+    match &settings.webhook_secret {
+        Some(secret) => std::env::set_var(CHILD_WEBHOOK_SECRET_VAR, secret),
+        None => std::env::remove_var(CHILD_WEBHOOK_SECRET_VAR),
+    }
     Ok(())
 }
 
@@ -266,6 +285,12 @@ fn child_specs(
         let listener = fds.listener;
         let child = spec("front", Some(slot), &front, listener, program, fds, 0)?;
         children.push(child);
+    }
+    if s.webhooks_enabled() {
+        let courier = settings::encode(&CourierSettings::new(s, &paths)?)?;
+        // Stopped with the workers, after the fronts: the deliveries in flight end
+        // (10 s at most each); what is left stays in the outbox for the next start.
+        children.push(spec("courier", None, &courier, None, program, fds, 1)?);
     }
     if let (Some(admin_fd), Some(socket)) = (fds.admin, &paths.metrics_socket) {
         let admin = settings::encode(&AdminSettings::new(s, socket))?;

@@ -61,6 +61,38 @@ pub struct CommonSettings {
     /// The distributed backend; unset fields: the embedded one.
     #[serde(default)]
     pub backend: BackendSettings,
+    /// Completion webhooks; all unset: none.
+    #[serde(default)]
+    pub webhooks: WebhookSettings,
+}
+
+/// Where completion webhooks go, and how hard the courier tries (the secret is not
+/// here: it travels in the environment).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WebhookSettings {
+    /// The operator's endpoint.
+    pub url: Option<String>,
+    /// Prefixes an upload's `callback_url` must start with.
+    pub allow: Vec<String>,
+    /// Callbacks may reach private, loopback, link-local and multicast addresses.
+    pub allow_private: bool,
+    /// Attempts per event and destination.
+    pub max_attempts: u32,
+    /// The pause after a first failed attempt.
+    pub retry_base: Duration,
+}
+
+impl WebhookSettings {
+    /// Whether any destination is configured.
+    pub fn enabled(&self) -> bool {
+        self.url.is_some() || !self.allow.is_empty()
+    }
+
+    /// The per-upload callback rules (checked by the supervisor already).
+    pub fn policy(&self) -> Result<pixpool_webhook::CallbackPolicy, ConfigError> {
+        pixpool_webhook::CallbackPolicy::new(&self.allow, self.allow_private)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
 }
 
 fn default_ack_wait() -> Duration {
@@ -124,6 +156,23 @@ pub struct WorkerSettings {
     pub steal: bool,
 }
 
+/// What the webhook courier runs with: the backend it reads the outbox and records
+/// from, and the webhook settings (all in [`CommonSettings`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CourierSettings {
+    /// Uploads, backend, logs, metrics, webhooks.
+    pub common: CommonSettings,
+}
+
+impl CourierSettings {
+    /// The courier's settings from the resolved configuration.
+    pub fn new(s: &Settings, paths: &ChildPaths) -> anyhow::Result<CourierSettings> {
+        Ok(CourierSettings {
+            common: CommonSettings::new(s, paths)?,
+        })
+    }
+}
+
 /// What the admin process runs with, besides its listener.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdminSettings {
@@ -153,6 +202,13 @@ impl CommonSettings {
                 queue_replicas: s.queue_replicas,
                 ack_wait: Duration::from_secs(s.queue_ack_wait_secs),
                 store: s.store.clone(),
+            },
+            webhooks: WebhookSettings {
+                url: s.webhook_url.clone(),
+                allow: s.webhook_allow.clone(),
+                allow_private: s.webhook_allow_private,
+                max_attempts: s.webhook_max_attempts,
+                retry_base: Duration::from_millis(s.webhook_retry_base_ms),
             },
         })
     }

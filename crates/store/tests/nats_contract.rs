@@ -272,6 +272,7 @@ async fn a_dead_fronts_unqueued_job_is_undone_through_the_backend() {
             content_hash: "ab".into(),
             presets: vec!["thumb".into()],
             dedup_key: Some(key.into()),
+            callback_url: None,
         }
     };
     // A front killed after recording a job, before queueing it: never answered 202.

@@ -186,6 +186,8 @@ impl Server {
             // The developer's own settings must not leak into a test's server.
             .env_remove("PIXPOOL_API_TOKENS")
             .env_remove("PIXPOOL_CONFIG")
+            .env_remove("PIXPOOL_WEBHOOK_SECRET")
+            .env_remove("PIXPOOL_WEBHOOK_URL")
             .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -83,12 +83,12 @@ mod tests {
     #[test]
     fn malformed_and_short_secrets_are_refused_and_never_shown() {
         assert_eq!(
-            Secret::parse("MfKQ9r8GKYqrTwjU").unwrap_err(),
+            Secret::parse("MfKQ9r8GKYqrTwjU").expect_err("refused"),
             SecretError::Format
         );
-        assert_eq!(Secret::parse("whsec_!!!").unwrap_err(), SecretError::Format);
+        assert_eq!(Secret::parse("whsec_!!!").expect_err("refused"), SecretError::Format);
         assert_eq!(
-            Secret::parse("whsec_c2hvcnQ=").unwrap_err(),
+            Secret::parse("whsec_c2hvcnQ=").expect_err("refused"),
             SecretError::Short(5)
         );
         let secret = Secret::parse(" whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n").expect("trimmed");

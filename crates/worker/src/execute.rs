@@ -19,10 +19,14 @@ use bytes::Bytes;
 use pixpool_imaging::{ImagingError, Preset, Progress};
 use pixpool_metrics::{Counter, Gauge, Histogram, JobOutcome, Recorder, Stage};
 use pixpool_model::{EventKind, JobEvent, JobId};
-use pixpool_store::backend::{Blobs, Consumer, Delivery, Durability, Events, Records, VariantKey};
+use pixpool_store::backend::{
+    Blobs, Consumer, Delivery, Durability, Events, Outbox, Records, VariantKey,
+};
+use pixpool_store::outbox::{Destination, OutboxEntry};
 use pixpool_store::record::now_rfc3339;
 use pixpool_store::{
-    error_chain, JobRecord, JobState, OutputRecord, Problem, StageMillis, StoreError,
+    error_chain, JobRecord, JobState, OutputRecord, Problem, StageMillis, StoreError, WebhookState,
+    WebhookStatus,
 };
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn, Instrument};
@@ -68,6 +72,40 @@ pub struct Backend {
     pub events: Arc<dyn Events>,
     /// This worker's deliveries.
     pub queue: Arc<dyn Consumer>,
+    /// Where completion webhooks are owed; `None`: no destination is configured.
+    pub webhooks: Option<Webhooks>,
+}
+
+/// The webhook outbox a concluding job writes to, and the operator's destination.
+#[derive(Debug, Clone)]
+pub struct Webhooks {
+    /// The outbox (the courier delivers it).
+    pub outbox: Arc<dyn Outbox>,
+    /// The operator's `--webhook-url`, if set; an upload's `callback_url` is in its
+    /// record.
+    pub operator_url: Option<String>,
+}
+
+impl Webhooks {
+    /// The deliveries owed for `rec` reaching its final state.
+    fn owed(&self, rec: &JobRecord) -> Vec<OutboxEntry> {
+        let timestamp = rec.finished_at.clone().unwrap_or_else(now_rfc3339);
+        [
+            (Destination::Operator, self.operator_url.as_ref()),
+            (Destination::Callback, rec.callback_url.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(destination, url)| {
+            Some(OutboxEntry::new(
+                rec.id.clone(),
+                rec.state,
+                destination,
+                url?.clone(),
+                timestamp.clone(),
+            ))
+        })
+        .collect()
+    }
 }
 
 /// Why a job failed, or could not go on for now.
@@ -712,6 +750,25 @@ async fn conclude(backend: &Backend, work: Concluding) -> Outcome {
         }
     };
     rec.finished_at = Some(now_rfc3339());
+    // The webhooks are owed before the state is visible: a crash after this re-runs
+    // the job, which writes the same entries again; one before it leaves no trace.
+    if let Some(webhooks) = &backend.webhooks {
+        let owed = webhooks.owed(rec);
+        if !owed.is_empty() {
+            rec.webhook = Some(WebhookStatus {
+                state: WebhookState::Pending,
+                attempts: 0,
+                last_status: None,
+            });
+        }
+        for entry in &owed {
+            if let Err(e) = webhooks.outbox.put(entry).await {
+                error!(cause = %e, "could not write the job's webhook to the outbox; will retry");
+                retry_later(&backend.queue, job.delivery);
+                return Outcome::Retry;
+            }
+        }
+    }
     match backend
         .records
         .update(rec, job.revision, Durability::Durable)

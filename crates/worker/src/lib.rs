@@ -65,6 +65,16 @@ pub struct WorkerConfig {
     /// The distributed backend, connected (its consumer this worker's own); `None`:
     /// the embedded one, fed by the fronts over this worker's socket.
     pub shared: Option<execute::Backend>,
+    /// Whether completion webhooks are configured (the embedded backend's outbox is
+    /// then written), and the operator's endpoint.
+    pub webhooks: Option<WebhookConfig>,
+}
+
+/// The webhooks a worker owes to the outbox.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookConfig {
+    /// The operator's `--webhook-url`, if set.
+    pub operator_url: Option<String>,
 }
 
 /// Default per-job time limit.
@@ -186,6 +196,10 @@ fn embedded(
         blobs: Arc::new(FileBlobs::new(store.clone())),
         events: bus.clone(),
         queue: queue.clone(),
+        webhooks: config.webhooks.as_ref().map(|w| execute::Webhooks {
+            outbox: Arc::new(pixpool_store::embedded::FileOutbox::new(store.clone())),
+            operator_url: w.operator_url.clone(),
+        }),
     };
     let socket = store.worker_socket(config.slot);
     let listener = server::bind(&socket)?;

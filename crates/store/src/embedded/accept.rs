@@ -38,6 +38,8 @@ pub struct Upload {
     pub presets: Vec<String>,
     /// The dedup entry the upload holds, if any.
     pub dedup_key: Option<String>,
+    /// The upload's own completion webhook, checked by the front.
+    pub callback_url: Option<String>,
 }
 
 /// An upload made a job: original and record durable, not yet queued.
@@ -87,6 +89,7 @@ pub async fn accept(
     );
     record.content_hash = Some(upload.content_hash);
     record.dedup_key = upload.dedup_key;
+    record.callback_url = upload.callback_url;
     let admitted = Admitted {
         record,
         marker,
