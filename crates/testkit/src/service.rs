@@ -78,11 +78,24 @@ impl Services {
 
     /// A tree on this service with `uploads` as its local spool.
     pub fn tree_in(&self, uploads: PathBuf, fronts: u32, workers: u32, extra: &[&str]) -> Server {
+        self.tree_env(uploads, fronts, workers, extra, &[])
+    }
+
+    /// [`Services::tree_in`] with extra environment variables.
+    pub fn tree_env(
+        &self,
+        uploads: PathBuf,
+        fronts: u32,
+        workers: u32,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Server {
         let args = self.args();
         let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
         all.extend_from_slice(extra);
         let env = self.moto.env();
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        env.extend_from_slice(envs);
         Server::start_env(uploads, fronts, workers, &all, &env)
     }
 

@@ -86,7 +86,10 @@ mod tests {
             Secret::parse("MfKQ9r8GKYqrTwjU").expect_err("refused"),
             SecretError::Format
         );
-        assert_eq!(Secret::parse("whsec_!!!").expect_err("refused"), SecretError::Format);
+        assert_eq!(
+            Secret::parse("whsec_!!!").expect_err("refused"),
+            SecretError::Format
+        );
         assert_eq!(
             Secret::parse("whsec_c2hvcnQ=").expect_err("refused"),
             SecretError::Short(5)
