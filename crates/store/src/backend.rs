@@ -1,7 +1,7 @@
-//! The four things a job needs, as traits: where its files go ([`Blobs`]), where
-//! its record and the dedup index live ([`Records`]), how it reaches a worker and
-//! comes back after a crash ([`Queue`], worker half [`Consumer`]), and how its
-//! progress reaches every front ([`Events`]).
+//! The things a job needs, as traits: where its files go ([`Blobs`]), where its
+//! record and the dedup index live ([`Records`]), how it reaches a worker and comes
+//! back after a crash ([`Queue`], worker half [`Consumer`]), how its progress reaches
+//! every front ([`Events`]), and which completion webhooks it still owes ([`Outbox`]).
 //!
 //! The front and the worker are written against these traits only. The embedded
 //! implementation ([`crate::embedded`], one uploads directory and the workers'

@@ -21,7 +21,7 @@
 //! ```
 //!
 //! # Modules
-//! - [`backend`]: the four traits and their contracts.
+//! - [`backend`]: the five traits and their contracts.
 //! - `embedded` (feature `runtime`): their implementation over this layout, the accept
 //!   sequence and the worker's claim queue.
 //! - `nats` (feature `runtime`): `Records`, `Queue`, its worker half and `Events` over

@@ -61,7 +61,7 @@ pub fn retry_backoff(n: u32) -> Duration {
         .min(RETRY_BACKOFF_MAX)
 }
 
-/// What the worker's jobs run against: the backend's four parts.
+/// What the worker's jobs run against: the backend's parts.
 #[derive(Debug, Clone)]
 pub struct Backend {
     /// Job records.
