@@ -180,7 +180,14 @@ async fn a_done_job_is_posted_signed_and_retried_with_the_same_id_until_accepted
     let hook = receiver.url("/hook");
     let server = harness.server(
         fresh_uploads(),
-        &["--webhook-url", &hook, "--webhook-retry-base-ms", "100"],
+        &[
+            "--webhook-url",
+            &hook,
+            "--webhook-retry-base-ms",
+            "100",
+            "--admin",
+            "127.0.0.1:0",
+        ],
     );
     let id = accepted_id(&upload(&server, "/upload", &[]).await, "upload");
     let got = receiver
@@ -214,6 +221,20 @@ async fn a_done_job_is_posted_signed_and_retried_with_the_same_id_until_accepted
     let job = wait_webhook_state(&server, &id, "delivered").await;
     assert_eq!(job["webhook"]["attempts"], 4, "{job}");
     assert_eq!(job["webhook"]["last_status"], 200, "{job}");
+    // Counted by outcome, and timed.
+    let text = scrape_until(server.admin_addr(), "the attempts counted", |t| {
+        metric(
+            t,
+            r#"pixpool_webhook_deliveries_total{outcome="delivered"}"#,
+        ) == 1.0
+            && metric(t, r#"pixpool_webhook_deliveries_total{outcome="retry"}"#) == 3.0
+    })
+    .await;
+    assert_eq!(
+        metric(&text, "pixpool_webhook_delivery_seconds_count"),
+        4.0,
+        "{text}"
+    );
     // Nothing is owed any more.
     if harness.local_outbox() {
         assert!(dir_entries(&server.uploads.join("outbox")).is_empty());
