@@ -42,7 +42,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use pixpool_store::backend::{Blobs, EventItem, Events, Queue, Records};
+use pixpool_store::backend::{Blobs, EventItem, Events, Outbox, Queue, Records};
 use pixpool_store::embedded::{Bus, FileBlobs, FileRecords};
 use pixpool_store::{JobId, Store};
 use tracing::{debug, info, instrument, warn};
@@ -166,6 +166,8 @@ pub struct State {
     pub blobs: Arc<dyn Blobs>,
     /// The queue jobs are handed to workers through.
     pub queue: Arc<dyn Queue>,
+    /// The webhooks owed (a deleted job's go with it).
+    pub outbox: Arc<dyn Outbox>,
     /// Whether the distributed backend answers (always ready when embedded).
     pub backend_probe: Arc<Probe>,
 }
@@ -183,6 +185,8 @@ pub struct Shared {
     pub queue: Arc<dyn Queue>,
     /// Job events from every worker.
     pub events: Arc<dyn Events>,
+    /// The webhooks owed.
+    pub outbox: Arc<dyn Outbox>,
 }
 
 impl State {
@@ -212,6 +216,12 @@ pub async fn run(
         .map_err(FrontError::Listener)?;
     let listener = tokio::net::TcpListener::from_std(listener).map_err(FrontError::Listener)?;
     let hub = Arc::new(events::EventHub::new(config.max_event_streams));
+    let outbox: Arc<dyn Outbox> = match &config.shared {
+        Some(shared) => shared.outbox.clone(),
+        None => Arc::new(pixpool_store::embedded::FileOutbox::new(
+            config.store.clone(),
+        )),
+    };
     let (records, blobs, queue, feed_from, dispatcher): (_, _, Arc<dyn Queue>, _, _) =
         match config.shared.clone() {
             None => {
@@ -258,6 +268,7 @@ pub async fn run(
         records,
         blobs,
         queue,
+        outbox,
         config,
         dispatcher,
         hub,
@@ -570,6 +581,7 @@ async fn dispatch(
         Route::Index => Ok(dashboard()),
         Route::Stats => Ok(stats(state).await),
         Route::Readyz => readiness(state),
+        Route::Job(id) if method == Method::DELETE => delete_job(state, &id).await,
         Route::Job(id) => job_status(state, &id, req.uri().query(), seat_of(&req)).await,
         Route::JobEvents(id) => {
             let id = parse_id(&id)?;
@@ -799,6 +811,28 @@ fn health(state: &State) -> Response<Body> {
         map.insert("workers_connected".into(), d.workers_up().into());
     }
     json_response(StatusCode::OK, &body)
+}
+
+/// `DELETE /jobs/<id>`: the job and everything that names it go (see
+/// [`pixpool_store::remove`]); a queued or running job is cancelled, its worker
+/// dropping it at its next stage. 204; 404 when there is no such job (any more).
+async fn delete_job(state: &State, raw_id: &str) -> Result<Response<Body>, ApiError> {
+    let id = parse_id(raw_id)?;
+    let record = state
+        .records
+        .get(&id)
+        .await?
+        .ok_or_else(|| ApiError::NoSuchJob(id.to_string()))?;
+    let parts = pixpool_store::remove::JobParts {
+        records: &*state.records,
+        blobs: &*state.blobs,
+        outbox: Some(&*state.outbox),
+    };
+    let removed = pixpool_store::remove::remove_job(parts, &record.value).await?;
+    info!(job = %id, state = ?record.value.state, bytes = removed.bytes, "job deleted");
+    let mut resp = Response::new(body::full(bytes::Bytes::new()));
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    Ok(resp)
 }
 
 async fn job_status(

@@ -41,7 +41,7 @@ pub const TABLE: &[(&str, &[&str])] = &[
     ("/health", &["GET", "HEAD"]),
     ("/readyz", &["GET", "HEAD"]),
     ("/stats", &["GET"]),
-    ("/jobs/{id}", &["GET"]),
+    ("/jobs/{id}", &["GET", "DELETE"]),
     ("/jobs/{id}/events", &["GET"]),
     ("/images/{id}/{preset}", &["GET", "HEAD"]),
 ];
@@ -94,7 +94,8 @@ impl Route {
     pub fn allow(&self) -> Option<&'static str> {
         match self {
             Route::Upload => Some("POST"),
-            Route::Stats | Route::Job(_) | Route::JobEvents(_) => Some("GET"),
+            Route::Stats | Route::JobEvents(_) => Some("GET"),
+            Route::Job(_) => Some("GET, DELETE"),
             Route::Index | Route::Health | Route::Readyz | Route::Image { .. } => Some("GET, HEAD"),
             Route::NotFound => None,
         }

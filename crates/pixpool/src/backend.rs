@@ -74,6 +74,7 @@ impl Connected {
                 metrics: self.metrics.clone(),
             }),
             events: self.nats.events.clone(),
+            outbox: self.nats.outbox.clone(),
         }
     }
 

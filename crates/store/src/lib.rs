@@ -31,6 +31,7 @@
 //! - [`record`]: the job record, its states and the problem document.
 //! - [`view`]: what a client sees of a record (`GET /jobs/<id>`, a webhook's `data`).
 //! - [`outbox`]: the webhook deliveries still owed.
+//! - [`remove`]: removing a job and everything that names it.
 //! - [`fsutil`]: atomic, durable file replacement; directory fsyncs shared by
 //!   concurrent writers.
 //! - this file: [`Store`], the paths, the dedup index and the claim directories.
@@ -45,6 +46,7 @@ pub mod fsutil;
 pub mod nats;
 pub mod outbox;
 pub mod record;
+pub mod remove;
 #[cfg(feature = "runtime")]
 pub mod s3;
 pub mod view;

@@ -429,6 +429,36 @@ impl Server {
         }
     }
 
+    /// Everything the server keeps that names `needle` (a job id, a content hash):
+    /// paths under `--uploads` and the targets of its symbolic links (the dedup
+    /// index); in the distributed mode also the bucket's keys and the KV entries
+    /// (records, dedup index, webhook outbox) whose key or value names it.
+    pub fn names(&self, needle: &str) -> Vec<String> {
+        let mut found: Vec<String> = files_below(&self.uploads)
+            .into_iter()
+            .filter(|path| {
+                let target = std::fs::read_link(self.uploads.join(path))
+                    .map(|t| t.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                path.contains(needle) || target.contains(needle)
+            })
+            .collect();
+        if let Some(s) = &self.services {
+            found.extend(s.keys().into_iter().filter(|k| k.contains(needle)));
+            for bucket in ["pixpool_jobs", "pixpool_dedup", "pixpool_outbox"] {
+                found.extend(
+                    s.kv(bucket)
+                        .into_iter()
+                        .filter(|(k, v)| {
+                            k.contains(needle) || (bucket == "pixpool_dedup" && v.contains(needle))
+                        })
+                        .map(|(k, _)| format!("{bucket}/{k}")),
+                );
+            }
+        }
+        found
+    }
+
     /// Log lines containing every one of `needles`.
     pub fn log_lines_with(&self, needles: &[&str]) -> Vec<String> {
         self.log_text()

@@ -171,6 +171,30 @@ impl Services {
         })
     }
 
+    /// Every live entry of KV bucket `bucket` (`pixpool_jobs`, `pixpool_dedup`,
+    /// `pixpool_outbox`), as key and value text.
+    pub fn kv(&self, bucket: &str) -> Vec<(String, String)> {
+        let urls = self.nats.urls();
+        let bucket = bucket.to_string();
+        on_own_runtime(async move {
+            let kv = jetstream(&urls)
+                .await
+                .get_key_value(&bucket)
+                .await
+                .expect("the bucket");
+            let mut keys = kv.keys().await.expect("list the keys");
+            let mut all = Vec::new();
+            while let Some(key) = keys.next().await {
+                let key = key.expect("a key");
+                if let Ok(Some(value)) = kv.get(&key).await {
+                    all.push((key, String::from_utf8_lossy(&value).into_owned()));
+                }
+            }
+            all.sort();
+            all
+        })
+    }
+
     /// The keys of the stored originals.
     pub fn originals(&self) -> Vec<String> {
         let under = format!("{PREFIX}/originals/");

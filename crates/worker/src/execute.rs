@@ -136,6 +136,9 @@ pub enum JobError {
         .0.as_secs_f64()
     )]
     Timeout(Duration),
+    /// The job was deleted while it ran: nothing is recorded, what it stored goes.
+    #[error("the job was deleted")]
+    Cancelled,
 }
 
 impl JobError {
@@ -179,6 +182,8 @@ impl JobError {
                 "The server ran out of time for this image",
                 503,
             ),
+            // Never recorded (the record is gone); named for the logs.
+            JobError::Cancelled => ("cancelled", "The job was deleted", 410),
         };
         Problem::new(kind, title, status, detail)
     }
@@ -341,16 +346,21 @@ async fn run_jobs(
         config.metrics.set(busy.clone(), 1.0);
         let rendered = Arc::new(Mutex::new(Rendered::default()));
         let render = {
-            let (cfg, blobs, emitter, out) = (
+            let (cfg, blobs, records, emitter, out) = (
                 config.clone(),
                 backend.blobs.clone(),
+                backend.records.clone(),
                 job.emitter.clone(),
                 rendered.clone(),
             );
             let (rec, presets) = (job.rec.clone(), job.delivery.presets.clone());
             let span = span.clone();
             tokio::task::spawn_blocking(move || {
-                span.in_scope(|| render(&cfg, &*blobs, &emitter, &rec, presets, &out))
+                let store = Storage {
+                    blobs: &*blobs,
+                    records: &*records,
+                };
+                span.in_scope(|| render(&cfg, store, &emitter, &rec, presets, &out))
             })
         };
         let ran = tokio::time::timeout(config.job_timeout, render).await;
@@ -578,16 +588,32 @@ async fn conclude_now(backend: &Backend, job: Running, result: Result<(), JobErr
     conclude(backend, work).await
 }
 
+/// Where a render reads and writes.
+#[derive(Clone, Copy)]
+struct Storage<'a> {
+    blobs: &'a dyn Blobs,
+    records: &'a dyn Records,
+}
+
+impl Storage<'_> {
+    /// Whether the job's record is gone (deleted): the render stops at its next stage.
+    /// An unreadable record is no proof of it.
+    fn deleted(&self, runtime: &tokio::runtime::Handle, id: &JobId) -> bool {
+        matches!(runtime.block_on(self.records.get(id)), Ok(None))
+    }
+}
+
 /// Decodes, resizes and encodes; stores and announces each variant as it is made.
 /// Blocking: runs on its own thread.
 fn render(
     config: &WorkerConfig,
-    blobs: &dyn Blobs,
+    store: Storage<'_>,
     emitter: &Emitter,
     rec: &JobRecord,
     presets: Option<Vec<String>>,
     out: &Mutex<Rendered>,
 ) -> Result<(), JobError> {
+    let blobs = store.blobs;
     let runtime = tokio::runtime::Handle::current();
     let names = presets.unwrap_or_else(|| rec.presets.clone());
     let presets = resolve(&config.presets, &names).map_err(JobError::UnknownPreset)?;
@@ -600,7 +626,13 @@ fn render(
     // Outputs are made largest first; events are numbered in that order.
     let mut made: u32 = 0;
     let mut store_error: Option<StoreError> = None;
+    let mut cancelled = false;
     let mut on_progress = |p: Progress<'_>| -> Result<(), pixpool_imaging::OutputSinkError> {
+        // Each stage first asks whether the job still exists: a deleted one stops here.
+        if store.deleted(&runtime, &rec.id) {
+            cancelled = true;
+            return Err("the job was deleted".into());
+        }
         match p {
             Progress::Decoded { .. } => emitter.emit(EventKind::Resizing { attempt }),
             Progress::Output { index, output } => {
@@ -684,6 +716,7 @@ fn render(
             g.placeholder = Some(processed.placeholder);
             Ok(())
         }
+        Err(_) if cancelled => Err(JobError::Cancelled),
         Err(_) if store_error.is_some() => Err(store_error.take().expect("checked").into()),
         Err(e) if e.is_input_error() => {
             warn!(cause = %error_chain(&e), "image rejected");
@@ -703,6 +736,9 @@ async fn conclude(backend: &Backend, work: Concluding) -> Outcome {
         rendered,
         started,
     } = work;
+    if matches!(result, Err(JobError::Cancelled)) {
+        return cancelled(backend, &job, &rendered).await;
+    }
     if result.is_ok() {
         if let Err(e) = backend.blobs.sync_variants(&rendered.stored).await {
             result = Err(e.into());
@@ -776,6 +812,9 @@ async fn conclude(backend: &Backend, work: Concluding) -> Outcome {
     {
         Ok(_) => {}
         Err(StoreError::Conflict { .. }) => {
+            if matches!(backend.records.get(&job.rec.id).await, Ok(None)) {
+                return cancelled(backend, &job, &rendered).await;
+            }
             warn!("the record changed under this worker; its result is dropped");
             backend.queue.abandon(&job.delivery);
             return Outcome::Skipped;
@@ -812,6 +851,27 @@ async fn conclude(backend: &Backend, work: Concluding) -> Outcome {
     outcome
 }
 
+/// A job deleted while this worker had it: what it stored goes (the deletion could
+/// not see it), its webhooks are not owed, and the delivery is done with.
+async fn cancelled(backend: &Backend, job: &Running, rendered: &Rendered) -> Outcome {
+    info!("the job was deleted while it ran; dropping it and what it stored");
+    if let Err(e) = backend.blobs.delete_variants(&rendered.stored).await {
+        warn!(cause = %e, "could not remove the variants of a deleted job");
+    }
+    // The record is gone; this removes the rest again (idempotent), the webhooks this
+    // worker owed just before it found out included.
+    let parts = pixpool_store::remove::JobParts {
+        records: &*backend.records,
+        blobs: &*backend.blobs,
+        outbox: backend.webhooks.as_ref().map(|w| &*w.outbox),
+    };
+    let _ = pixpool_store::remove::remove_job(parts, &job.rec).await;
+    if let Err(e) = backend.queue.ack(&job.delivery).await {
+        warn!(cause = %e, "could not drop the claim of a deleted job");
+    }
+    Outcome::Skipped
+}
+
 /// Whether the job's record moved past the revision this worker wrote (another worker
 /// took the job over). An unreadable record is not proof of it.
 async fn superseded(backend: &Backend, job: &Running) -> bool {
@@ -837,6 +897,19 @@ fn resolve(known: &[Preset], names: &[String]) -> Result<Vec<Preset>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A deleted job's variants are found by the store without asking imaging.
+    #[test]
+    fn the_store_knows_every_output_extension() {
+        let mut ours: Vec<&str> = pixpool_imaging::OutputFormat::ALL
+            .iter()
+            .map(|f| f.extension())
+            .collect();
+        let mut store = pixpool_store::remove::VARIANT_EXTENSIONS.to_vec();
+        ours.sort_unstable();
+        store.sort_unstable();
+        assert_eq!(ours, store);
+    }
 
     #[test]
     fn retries_back_off_exponentially_up_to_a_bound() {
