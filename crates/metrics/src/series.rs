@@ -99,11 +99,15 @@ pub enum Family {
     WebhookDeliveries,
     /// `pixpool_webhook_delivery_seconds`.
     WebhookDuration,
+    /// `pixpool_sweep_removed_total{kind}`.
+    SweepRemoved,
+    /// `pixpool_sweep_reclaimed_bytes_total`.
+    SweepReclaimedBytes,
 }
 
 impl Family {
     /// Every family, in exposition order.
-    pub const ALL: [Family; 17] = [
+    pub const ALL: [Family; 19] = [
         Family::HttpRequests,
         Family::HttpRequestDuration,
         Family::UploadBytes,
@@ -121,6 +125,8 @@ impl Family {
         Family::BlobDuration,
         Family::WebhookDeliveries,
         Family::WebhookDuration,
+        Family::SweepRemoved,
+        Family::SweepReclaimedBytes,
     ];
 
     /// The metric's name.
@@ -143,6 +149,8 @@ impl Family {
             Family::BlobDuration => "pixpool_blob_seconds",
             Family::WebhookDeliveries => "pixpool_webhook_deliveries_total",
             Family::WebhookDuration => "pixpool_webhook_delivery_seconds",
+            Family::SweepRemoved => "pixpool_sweep_removed_total",
+            Family::SweepReclaimedBytes => "pixpool_sweep_reclaimed_bytes_total",
         }
     }
 
@@ -156,7 +164,9 @@ impl Family {
             | Family::JobsStolen
             | Family::Restarts
             | Family::QueueRedeliveries
-            | Family::WebhookDeliveries => Kind::Counter,
+            | Family::WebhookDeliveries
+            | Family::SweepRemoved
+            | Family::SweepReclaimedBytes => Kind::Counter,
             Family::HttpRequestDuration
             | Family::JobDuration
             | Family::JobStage
@@ -195,6 +205,10 @@ impl Family {
             Family::WebhookDuration => {
                 "Time of one webhook delivery attempt, request sent to answer read."
             }
+            Family::SweepRemoved => {
+                "What the retention sweep removed: jobs past --retain (expired), files no job names (orphan)."
+            }
+            Family::SweepReclaimedBytes => "Bytes the retention sweep gave back.",
         }
     }
 
@@ -206,7 +220,9 @@ impl Family {
             Family::UploadBytes
             | Family::JobDuration
             | Family::QueueRedeliveries
-            | Family::WebhookDuration => &[],
+            | Family::WebhookDuration
+            | Family::SweepReclaimedBytes => &[],
+            Family::SweepRemoved => &["kind"],
             Family::WebhookDeliveries => &["outcome"],
             Family::QueueAck | Family::BlobDuration => &["op"],
             Family::Rejections => &["reason"],
@@ -303,6 +319,13 @@ pub enum Counter {
     },
     /// One job delivered again by the shared queue.
     QueueRedeliveries,
+    /// Things the retention sweep removed.
+    SweepRemoved {
+        /// `expired` (a job past `--retain`) or `orphan` (a file no job names).
+        kind: Label,
+    },
+    /// Bytes the retention sweep gave back.
+    SweepReclaimedBytes,
     /// One webhook delivery attempt ended.
     WebhookDeliveries {
         /// `delivered` (2xx), `retry` (tried again later), `failed` (410, or the
@@ -389,6 +412,8 @@ impl Series for Counter {
             Counter::Restarts { .. } => Family::Restarts,
             Counter::QueueRedeliveries => Family::QueueRedeliveries,
             Counter::WebhookDeliveries { .. } => Family::WebhookDeliveries,
+            Counter::SweepRemoved { .. } => Family::SweepRemoved,
+            Counter::SweepReclaimedBytes => Family::SweepReclaimedBytes,
         }
     }
 
@@ -404,6 +429,8 @@ impl Series for Counter {
             Counter::Restarts { role } => vec![role.as_str().into()],
             Counter::QueueRedeliveries => vec![],
             Counter::WebhookDeliveries { outcome } => vec![outcome.as_str().into()],
+            Counter::SweepRemoved { kind } => vec![kind.as_str().into()],
+            Counter::SweepReclaimedBytes => vec![],
         }
     }
 }

@@ -132,6 +132,10 @@ mod tests {
             Counter::WebhookDeliveries {
                 outcome: Label::from("delivered"),
             },
+            Counter::SweepRemoved {
+                kind: Label::from("expired"),
+            },
+            Counter::SweepReclaimedBytes,
         ];
         for c in &counters {
             match c {
@@ -142,7 +146,9 @@ mod tests {
                 | Counter::JobsStolen { .. }
                 | Counter::Restarts { .. }
                 | Counter::QueueRedeliveries
-                | Counter::WebhookDeliveries { .. } => {}
+                | Counter::WebhookDeliveries { .. }
+                | Counter::SweepRemoved { .. }
+                | Counter::SweepReclaimedBytes => {}
             }
         }
         let gauges = [

@@ -78,6 +78,21 @@ impl Connected {
         }
     }
 
+    /// What the sweeper uses: records, blobs and the outbox.
+    pub fn sweeper(
+        &self,
+    ) -> (
+        Arc<dyn pixpool_store::backend::Records>,
+        Arc<dyn Blobs>,
+        Arc<dyn pixpool_store::backend::Outbox>,
+    ) {
+        (
+            self.nats.records.clone(),
+            self.blobs.clone(),
+            self.nats.outbox.clone(),
+        )
+    }
+
     /// What the courier uses: the records and the shared outbox.
     pub fn courier(
         &self,

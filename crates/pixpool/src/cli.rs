@@ -34,7 +34,10 @@ pub enum Command {
     Admin(AdminArgs),
     /// The webhook courier (started by the supervisor when webhooks are configured).
     #[command(hide = true)]
-    Courier(CourierArgs),
+    Courier(BackgroundArgs),
+    /// The retention sweeper (started by the supervisor when `--retain` is set).
+    #[command(hide = true)]
+    Sweeper(BackgroundArgs),
     /// Upload images (files or folders) and wait until every one is processed;
     /// exits non-zero if any failed.
     Upload(pixpool_client::UploadArgs),
@@ -209,6 +212,14 @@ pub struct ServeArgs {
     /// times longer (up to 6 h) [default: 1000].
     #[arg(long, env = "PIXPOOL_WEBHOOK_RETRY_BASE_MS", value_name = "MS")]
     pub webhook_retry_base_ms: Option<u64>,
+    /// Delete jobs finished longer ago than this (`30d`, `12h`, `90s`), as DELETE
+    /// does, and what crashes left behind; empty: keep forever [default: keep forever].
+    #[arg(long, env = "PIXPOOL_RETAIN", value_name = "DURATION")]
+    pub retain: Option<String>,
+    /// Seconds between two sweeps of --retain [default: a quarter of the retention,
+    /// 1 to 600].
+    #[arg(long, env = "PIXPOOL_SWEEP_INTERVAL_SECS", value_name = "SECS")]
+    pub sweep_interval_secs: Option<u64>,
 }
 
 /// What every child gets on its command line: which one it is, and the rest
@@ -245,14 +256,15 @@ pub struct WorkerArgs {
     pub child: ChildArgs,
 }
 
-/// Options of the courier (one per host, without a slot).
+/// Options of a background child: the courier, the sweeper (one each per host,
+/// without a slot).
 #[derive(Debug, Args)]
-pub struct CourierArgs {
+pub struct BackgroundArgs {
     /// The control channel to the supervisor.
     #[arg(long)]
     pub control_fd: Option<i32>,
-    /// The courier's settings, as JSON (no secrets: the signing secret comes in the
-    /// environment).
+    /// The role's settings, as JSON (no secrets: the courier's signing secret comes
+    /// in the environment).
     #[arg(long, value_name = "JSON")]
     pub settings: String,
 }

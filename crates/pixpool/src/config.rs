@@ -118,6 +118,13 @@ pub struct Settings {
     /// never a flag (a command line is public). Redacted by `check-config`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook_secret: Option<String>,
+    /// Jobs finished longer ago than this (`30d`, `12h`, `90s`) are deleted; unset:
+    /// kept forever.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retain: Option<String>,
+    /// Seconds between two sweeps; unset: a quarter of the retention, 1 to 600.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sweep_interval_secs: Option<u64>,
 }
 
 /// Shortest API token accepted.
@@ -190,6 +197,8 @@ impl Default for Settings {
             webhook_max_attempts: DEFAULT_WEBHOOK_MAX_ATTEMPTS,
             webhook_retry_base_ms: 1000,
             webhook_secret: None,
+            retain: None,
+            sweep_interval_secs: None,
         }
     }
 }
@@ -220,6 +229,12 @@ impl Settings {
             webhook_retry_base_ms);
         if let Some(url) = &args.webhook_url {
             s.webhook_url = Some(url.clone()).filter(|u| !u.trim().is_empty());
+        }
+        if args.sweep_interval_secs.is_some() {
+            s.sweep_interval_secs = args.sweep_interval_secs;
+        }
+        if let Some(retain) = &args.retain {
+            s.retain = Some(retain.clone()).filter(|r| !r.trim().is_empty());
         }
         if !args.webhook_allow.is_empty() {
             s.webhook_allow = args.webhook_allow.clone();
@@ -353,8 +368,37 @@ impl Settings {
             umask.validate()?;
         }
         self.validate_webhooks()?;
+        self.retention()?;
         self.admin_addr()?;
         self.presets().map(|_| ())
+    }
+
+    /// How long finished jobs are kept; `None`: forever.
+    pub fn retention(&self) -> anyhow::Result<Option<std::time::Duration>> {
+        let Some(text) = &self.retain else {
+            return Ok(None);
+        };
+        let retain = humantime::parse_duration(text.trim())
+            .with_context(|| format!("retain: {text:?} is not a duration like 30d, 12h or 90s"))?;
+        if retain < std::time::Duration::from_secs(1) {
+            bail!("retain must be at least 1s (got {text:?})");
+        }
+        if let Some(secs) = self.sweep_interval_secs {
+            if !(1..=86_400).contains(&secs) {
+                bail!("sweep_interval_secs must be between 1 and 86400 (got {secs})");
+            }
+        }
+        Ok(Some(retain))
+    }
+
+    /// The pause between two sweeps: as set, else a quarter of the retention (a job
+    /// outlives it by that at most), from 1 s to 10 min.
+    pub fn sweep_interval(&self, retain: std::time::Duration) -> std::time::Duration {
+        use std::time::Duration;
+        match self.sweep_interval_secs {
+            Some(secs) => Duration::from_secs(secs),
+            None => (retain / 4).clamp(Duration::from_secs(1), Duration::from_secs(600)),
+        }
     }
 
     /// Whether any webhook destination is configured (the courier then runs).

@@ -64,5 +64,5 @@ pub fn code_for(err: &anyhow::Error) -> ExitCode {
 /// errors are configuration errors, not a user's typo at a terminal).
 pub fn is_child_role(arg1: Option<&std::ffi::OsStr>) -> bool {
     arg1.and_then(|a| a.to_str())
-        .is_some_and(|a| matches!(a, "front" | "worker" | "admin" | "courier"))
+        .is_some_and(|a| matches!(a, "front" | "worker" | "admin" | "courier" | "sweeper"))
 }

@@ -35,6 +35,7 @@ fn main() -> ExitCode {
         Some(cli::Command::Worker(_)) => "worker",
         Some(cli::Command::Admin(_)) => "admin",
         Some(cli::Command::Courier(_)) => "courier",
+        Some(cli::Command::Sweeper(_)) => "sweeper",
         Some(cli::Command::CheckConfig(_)) => "check-config",
         Some(cli::Command::Upload(_)) => "upload",
     };
@@ -57,6 +58,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         Some(cli::Command::Worker(args)) => roles::worker(args),
         Some(cli::Command::Admin(args)) => roles::admin(args),
         Some(cli::Command::Courier(args)) => roles::courier(args),
+        Some(cli::Command::Sweeper(args)) => roles::sweeper(args),
         Some(cli::Command::CheckConfig(args)) => serve::check_config(args),
         Some(cli::Command::Upload(args)) => tokio::runtime::Builder::new_current_thread()
             .enable_all()

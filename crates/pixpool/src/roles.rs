@@ -244,7 +244,7 @@ fn child_webhook_secret() -> Option<String> {
 }
 
 /// `pixpool courier`: delivers the webhook outbox until told to stop.
-pub fn courier(args: crate::cli::CourierArgs) -> anyhow::Result<ExitCode> {
+pub fn courier(args: crate::cli::BackgroundArgs) -> anyhow::Result<ExitCode> {
     let settings: crate::settings::CourierSettings = settings::decode(&args.settings, "courier")?;
     let common = settings.common;
     crate::logging::init("courier", Some(0), common.log_format);
@@ -295,6 +295,100 @@ pub fn courier(args: crate::cli::CourierArgs) -> anyhow::Result<ExitCode> {
             run.await.context("the courier's task failed")
         })
         .context("courier failed")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// How long a file no job names is left alone before the sweep removes it: longer
+/// than any upload may take to stream in (the front's minimum rate) or a job to run.
+const ORPHAN_AGE: Duration = Duration::from_secs(3600);
+
+/// `pixpool sweeper`: removes jobs past `--retain` and old orphans, over and over.
+pub fn sweeper(args: crate::cli::BackgroundArgs) -> anyhow::Result<ExitCode> {
+    use pixpool_metrics::{Counter, Label};
+    let settings: crate::settings::SweeperSettings = settings::decode(&args.settings, "sweeper")?;
+    let common = settings.common;
+    crate::logging::init("sweeper", Some(0), common.log_format);
+    child_api_tokens()?;
+    let store = Store::open(&common.uploads, None).map_err(ConfigError::Uploads)?;
+    let metrics = Recorder::new("sweeper", 0);
+    let report = Reporter::new(
+        "sweeper",
+        0,
+        args.control_fd,
+        metrics.clone(),
+        common.metrics_socket.clone(),
+    );
+    let every = settings.every;
+    runtime()?
+        .block_on(async {
+            tokio::spawn(report.clone().heartbeat(None));
+            let connected = crate::backend::connect(&common.backend, &store, &metrics).await?;
+            let parts_owned: (
+                Arc<dyn pixpool_store::backend::Records>,
+                Arc<dyn pixpool_store::backend::Blobs>,
+                Arc<dyn pixpool_store::backend::Outbox>,
+            ) = match &connected {
+                Some(shared) => shared.sweeper(),
+                None => (
+                    Arc::new(pixpool_store::embedded::FileRecords::new(store.clone())),
+                    Arc::new(pixpool_store::embedded::FileBlobs::new(store.clone())),
+                    Arc::new(pixpool_store::embedded::FileOutbox::new(store.clone())),
+                ),
+            };
+            let (records, blobs, outbox) = &parts_owned;
+            let parts = pixpool_store::remove::JobParts {
+                records: &**records,
+                blobs: &**blobs,
+                outbox: Some(&**outbox),
+            };
+            report.ready();
+            tracing::info!(retain = ?settings.retain, every = ?every, "sweeper ready");
+            let stop = terminated();
+            tokio::pin!(stop);
+            loop {
+                let started = std::time::Instant::now();
+                let sweep = async {
+                    let pace = pixpool_store::sweep::Pace::default();
+                    let mut got =
+                        pixpool_store::sweep::sweep_expired(parts, settings.retain, pace).await;
+                    got +=
+                        pixpool_store::sweep::sweep_orphans(&store, &**records, ORPHAN_AGE).await;
+                    got
+                };
+                let got = tokio::select! {
+                    got = sweep => got,
+                    () = &mut stop => break,
+                };
+                for (kind, n) in [("expired", got.jobs), ("orphan", got.orphans)] {
+                    if n > 0 {
+                        metrics.add(
+                            Counter::SweepRemoved {
+                                kind: Label::from(kind),
+                            },
+                            n,
+                        );
+                    }
+                }
+                if got.bytes > 0 {
+                    metrics.add(Counter::SweepReclaimedBytes, got.bytes);
+                }
+                if got != pixpool_store::sweep::Reclaimed::default() {
+                    tracing::info!(
+                        expired = got.jobs,
+                        orphans = got.orphans,
+                        bytes = got.bytes,
+                        ms = started.elapsed().as_millis() as u64,
+                        "sweep done"
+                    );
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {}
+                    () = &mut stop => break,
+                }
+            }
+            anyhow::Ok(())
+        })
+        .context("sweeper failed")?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -18,7 +18,8 @@ use crate::cli::ServeArgs;
 use crate::config::{LogFormat, Settings};
 use crate::exit::ConfigError;
 use crate::settings::{
-    self, AdminSettings, ChildPaths, CourierSettings, FrontSettings, WorkerSettings,
+    self, AdminSettings, ChildPaths, CourierSettings, FrontSettings, SweeperSettings,
+    WorkerSettings,
 };
 
 /// Runs the supervisor. No async runtime exists in this process: it forks.
@@ -209,10 +210,14 @@ fn reload(
             new.queue_replicas != running.queue_replicas,
         ),
         ("store", new.store != running.store),
-        // The courier process comes and goes with them.
+        // The courier process comes and goes with them, the sweeper with `retain`.
         (
             "webhooks on or off",
             new.webhooks_enabled() != running.webhooks_enabled(),
+        ),
+        (
+            "retain on or off",
+            new.retain.is_some() != running.retain.is_some(),
         ),
         // The mask of the whole tree: children share the supervisor's.
         ("umask", new.umask != running.umask),
@@ -291,6 +296,11 @@ fn child_specs(
         // Stopped with the workers, after the fronts: the deliveries in flight end
         // (10 s at most each); what is left stays in the outbox for the next start.
         children.push(spec("courier", None, &courier, None, program, fds, 1)?);
+    }
+    if let Some(sweeper) = SweeperSettings::new(s, &paths)? {
+        let sweeper = settings::encode(&sweeper)?;
+        // Stopped with the workers: a sweep is cut short, the next run goes on.
+        children.push(spec("sweeper", None, &sweeper, None, program, fds, 1)?);
     }
     if let (Some(admin_fd), Some(socket)) = (fds.admin, &paths.metrics_socket) {
         let admin = settings::encode(&AdminSettings::new(s, socket))?;

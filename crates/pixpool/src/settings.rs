@@ -173,6 +173,31 @@ impl CourierSettings {
     }
 }
 
+/// What the retention sweeper runs with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweeperSettings {
+    /// Uploads, backend, logs, metrics.
+    pub common: CommonSettings,
+    /// Jobs finished longer ago are removed.
+    pub retain: Duration,
+    /// The pause between two sweeps.
+    pub every: Duration,
+}
+
+impl SweeperSettings {
+    /// The sweeper's settings; `None` when nothing is to be swept (no `retain`).
+    pub fn new(s: &Settings, paths: &ChildPaths) -> anyhow::Result<Option<SweeperSettings>> {
+        let Some(retain) = s.retention()? else {
+            return Ok(None);
+        };
+        Ok(Some(SweeperSettings {
+            common: CommonSettings::new(s, paths)?,
+            retain,
+            every: s.sweep_interval(retain),
+        }))
+    }
+}
+
 /// What the admin process runs with, besides its listener.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdminSettings {

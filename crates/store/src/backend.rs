@@ -79,6 +79,9 @@ impl fmt::Display for VariantKey {
     }
 }
 
+/// Job ids, as a listing yields them (in no particular order).
+pub type IdStream = Pin<Box<dyn Stream<Item = Result<JobId, StoreError>> + Send>>;
+
 /// A blob's bytes, in chunks, as they are read.
 pub type BlobStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send + Sync>>;
 
@@ -170,6 +173,10 @@ pub trait Records: Send + Sync + fmt::Debug {
 
     /// Removes the record of `id`; a missing one is not an error.
     async fn delete(&self, id: &JobId) -> Result<(), StoreError>;
+
+    /// The id of every job with a record, streamed (a store of millions is never held
+    /// in memory at once). A job created or removed meanwhile may or may not be in it.
+    fn ids(&self) -> IdStream;
 
     /// Takes dedup entry `key` for job `id` if nobody holds it (create-if-absent, atomic
     /// across every front); otherwise returns the holder. It need not be durable: an

@@ -32,6 +32,7 @@
 //! - [`view`]: what a client sees of a record (`GET /jobs/<id>`, a webhook's `data`).
 //! - [`outbox`]: the webhook deliveries still owed.
 //! - [`remove`]: removing a job and everything that names it.
+//! - `sweep` (feature `runtime`): the retention sweep and the orphans it removes.
 //! - [`fsutil`]: atomic, durable file replacement; directory fsyncs shared by
 //!   concurrent writers.
 //! - this file: [`Store`], the paths, the dedup index and the claim directories.
@@ -49,6 +50,8 @@ pub mod record;
 pub mod remove;
 #[cfg(feature = "runtime")]
 pub mod s3;
+#[cfg(feature = "runtime")]
+pub mod sweep;
 pub mod view;
 
 use std::fs;

@@ -143,6 +143,37 @@ impl Records for FileRecords {
         }
     }
 
+    fn ids(&self) -> crate::backend::IdStream {
+        // The directory is read on a blocking thread, a batch at a time.
+        let dir = self.store.jobs_dir();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<JobId, StoreError>>(256);
+        tokio::task::spawn_blocking(move || {
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(source) => {
+                    let _ = tx.blocking_send(Err(StoreError::List { path: dir, source }));
+                    return;
+                }
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(id) = name
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".json"))
+                    .and_then(JobId::parse)
+                else {
+                    continue;
+                };
+                if tx.blocking_send(Ok(id)).is_err() {
+                    return;
+                }
+            }
+        });
+        Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        }))
+    }
+
     async fn dedup_claim(&self, key: &str, id: &JobId) -> Result<Option<JobId>, StoreError> {
         let (store, key, id) = (self.store.clone(), key.to_string(), id.clone());
         blocking(move || store.dedup_claim(&key, &id)).await

@@ -128,6 +128,32 @@ impl Records for KvRecords {
             .map_err(|e| nats_err(format!("delete job record {id}"), e))
     }
 
+    fn ids(&self) -> crate::backend::IdStream {
+        use futures_util::StreamExt;
+        let jobs = self.jobs.clone();
+        let listing =
+            async move {
+                match jobs.keys().await {
+                    Ok(keys) => keys
+                        .map(|key| match key {
+                            Ok(key) => JobId::parse(&key).ok_or_else(|| {
+                                nats_err(
+                                    "list the job records",
+                                    std::io::Error::other(format!("{key:?} is not a job id")),
+                                )
+                            }),
+                            Err(e) => Err(nats_err("list the job records", e)),
+                        })
+                        .boxed(),
+                    Err(e) => futures_util::stream::once(async move {
+                        Err(nats_err("list the job records", e))
+                    })
+                    .boxed(),
+                }
+            };
+        Box::pin(futures_util::stream::once(listing).flatten())
+    }
+
     async fn dedup_claim(&self, key: &str, id: &JobId) -> Result<Option<JobId>, StoreError> {
         let kv_key = kv_key(key)?;
         // Create-if-absent, retried when the holder went away between the failed

@@ -147,6 +147,26 @@ pub async fn records(records: Arc<dyn Records>) {
         }
     }
     assert_eq!(owners, 1, "exactly one racing upload holds the entry");
+
+    // Listing: every recorded job, none removed.
+    let (kept, gone) = (sample(), sample());
+    records.create(&kept).await.expect("create");
+    records.create(&gone).await.expect("create");
+    records.delete(&gone.id).await.expect("delete");
+    let ids = list_ids(&*records).await;
+    assert!(ids.contains(&kept.id), "{ids:?}");
+    assert!(!ids.contains(&gone.id), "{ids:?}");
+}
+
+/// Every id `records` lists.
+pub async fn list_ids(records: &dyn Records) -> Vec<JobId> {
+    use futures_util::StreamExt;
+    let mut ids = Vec::new();
+    let mut stream = records.ids();
+    while let Some(id) = stream.next().await {
+        ids.push(id.expect("an id"));
+    }
+    ids
 }
 
 pub async fn read_all(blob: pixpool_store::backend::Blob) -> Vec<u8> {
