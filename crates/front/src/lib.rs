@@ -119,6 +119,9 @@ pub struct FrontConfig {
     pub allowed_origins: Vec<String>,
     /// Which `callback_url`s an upload may name (none unless prefixes are allowed).
     pub callbacks: pixpool_webhook::CallbackPolicy,
+    /// The per-client rate of uploads and deletions, shared by every front; `None`:
+    /// unlimited.
+    pub rate_limit: Option<Arc<RateLimit>>,
     /// This process's metrics recorder.
     pub metrics: pixpool_metrics::Recorder,
     /// The distributed backend, connected; `None`: the embedded one (this host's
@@ -170,6 +173,55 @@ pub struct State {
     pub outbox: Arc<dyn Outbox>,
     /// Whether the distributed backend answers (always ready when embedded).
     pub backend_probe: Arc<Probe>,
+}
+
+/// Per-client rate limits (`--rate-limit`): the tree's shared table and the rate.
+#[derive(Debug)]
+pub struct RateLimit {
+    /// The table every front of the tree maps.
+    pub table: pixpool_limiter::Table,
+    /// The rate and burst.
+    pub rate: pixpool_limiter::Rate,
+}
+
+impl RateLimit {
+    /// Counts a request of `client` (its token, when tokens are set) coming from
+    /// `ip` (an IPv6 client by its /64, the block one host usually holds).
+    fn check(&self, client: Option<&Client>, ip: std::net::IpAddr) -> pixpool_limiter::Decision {
+        let key = match (client, ip) {
+            (Some(client), _) => format!("token {}", client.tag()),
+            (None, std::net::IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
+                let s = v6.segments();
+                format!("ip {:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+            (None, ip) => format!("ip {}", ip.to_canonical()),
+        };
+        self.table
+            .check(key.as_bytes(), &self.rate, pixpool_limiter::now_ns())
+    }
+
+    /// The `RateLimit-Policy` and `RateLimit` header values (IETF httpapi draft) for
+    /// a decision.
+    fn headers(&self, d: &pixpool_limiter::Decision) -> [(&'static str, String); 2] {
+        [
+            (
+                "ratelimit-policy",
+                format!(
+                    "\"default\";q={};w={}",
+                    self.rate.burst,
+                    self.rate.window_secs()
+                ),
+            ),
+            (
+                "ratelimit",
+                format!(
+                    "\"default\";r={};t={}",
+                    d.remaining,
+                    d.reset.as_secs() + u64::from(d.reset.subsec_nanos() > 0)
+                ),
+            ),
+        ]
+    }
 }
 
 /// The distributed backend's parts, connected by the caller: records, queue and
@@ -524,8 +576,26 @@ async fn handle(
     let started = std::time::Instant::now();
     let route = Route::parse(req.uri().path());
     let route_name = route.label();
+    // Uploads and deletions count against the client's rate; probes and reads never.
+    let limited = state
+        .config
+        .rate_limit
+        .as_ref()
+        .filter(|_| route.is_rate_limited(req.method()));
+    let mut decision = None;
     let result = match authorize(&state.config, &route, &req) {
-        Ok(client) => dispatch(&state, route, req, client).await,
+        Ok(client) => {
+            let d = limited.map(|l| l.check(client.as_ref(), peer.ip()));
+            decision = d.map(|d| (d, limited));
+            match d {
+                Some(d) if !d.allowed => {
+                    let wait =
+                        d.retry_after.as_secs() + u64::from(d.retry_after.subsec_nanos() > 0);
+                    Err(ApiError::RateLimited(wait.max(1)))
+                }
+                _ => dispatch(&state, route, req, client).await,
+            }
+        }
         Err(e) => Err(e),
     };
     let metrics = &state.config.metrics;
@@ -542,6 +612,14 @@ async fn handle(
         }
         err.into_response()
     });
+    let mut resp = resp;
+    if let Some((d, Some(limit))) = &decision {
+        for (name, value) in limit.headers(d) {
+            if let Ok(value) = http::HeaderValue::from_str(&value) {
+                resp.headers_mut().insert(name, value);
+            }
+        }
+    }
     let code = resp.status().as_u16();
     metrics.inc(pixpool_metrics::Counter::HttpRequests {
         route: pixpool_metrics::Label::from(route_name),

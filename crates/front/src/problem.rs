@@ -84,6 +84,9 @@ pub enum ApiError {
     /// An unknown preset was asked for.
     #[error("unknown preset {0:?}")]
     UnknownPreset(String),
+    /// The client is over its rate (`--rate-limit`).
+    #[error("too many requests from this client; retry in {0} s")]
+    RateLimited(u64),
     /// The upload's `callback_url` is not one this server calls.
     #[error("{0}")]
     BadCallback(String),
@@ -152,6 +155,11 @@ impl ApiError {
                 "Upload too large",
             ),
             UnknownPreset(_) => (StatusCode::BAD_REQUEST, "unknown-preset", "Unknown preset"),
+            RateLimited(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+            ),
             BadCallback(_) => (
                 StatusCode::BAD_REQUEST,
                 "bad-callback",
@@ -257,6 +265,12 @@ impl ApiError {
             | ApiError::NotReady503(_) => {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            ApiError::RateLimited(secs) => {
+                let headers = resp.headers_mut();
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+                // The body (an upload) is not read.
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             ApiError::TooLarge { .. }
             | ApiError::LimitExceeded(_)

@@ -101,6 +101,16 @@ impl Route {
         }
     }
 
+    /// Whether a request counts against the client's rate (`--rate-limit`): uploads
+    /// and deletions; never the probes, the page or a read.
+    pub fn is_rate_limited(&self, method: &Method) -> bool {
+        match self {
+            Route::Upload => true,
+            Route::Job(_) => method == Method::DELETE,
+            _ => false,
+        }
+    }
+
     /// Whether the route answers `method`.
     pub fn allows(&self, method: &Method) -> bool {
         self.allow()

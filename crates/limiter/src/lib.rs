@@ -351,13 +351,18 @@ mod tests {
     fn racing_requests_get_the_burst_and_no_more() {
         let (t, path) = table("race", 64);
         let t = std::sync::Arc::new(t);
-        let rate = Rate { per_second: 0.001, burst: 25 };
+        let rate = Rate {
+            per_second: 0.001,
+            burst: 25,
+        };
         let now = 9_000_000_000;
         let served: u32 = (0..8)
             .map(|_| {
                 let t = t.clone();
                 std::thread::spawn(move || {
-                    (0..20).filter(|_| t.check(b"racer", &rate, now).allowed).count() as u32
+                    (0..20)
+                        .filter(|_| t.check(b"racer", &rate, now).allowed)
+                        .count() as u32
                 })
             })
             .collect::<Vec<_>>()

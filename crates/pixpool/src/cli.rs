@@ -220,6 +220,14 @@ pub struct ServeArgs {
     /// 1 to 600].
     #[arg(long, env = "PIXPOOL_SWEEP_INTERVAL_SECS", value_name = "SECS")]
     pub sweep_interval_secs: Option<u64>,
+    /// Uploads and deletions allowed per client (its token, else its address):
+    /// `5/s`, `300/min`, `1000/h`; more get 429 [default: unlimited].
+    #[arg(long, env = "PIXPOOL_RATE_LIMIT", value_name = "RATE")]
+    pub rate_limit: Option<String>,
+    /// Requests a client may make at once after a pause [default: twice the rate per
+    /// second, at least 1].
+    #[arg(long, env = "PIXPOOL_RATE_BURST", value_name = "N")]
+    pub rate_burst: Option<u32>,
 }
 
 /// What every child gets on its command line: which one it is, and the rest

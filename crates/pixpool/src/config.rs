@@ -125,6 +125,12 @@ pub struct Settings {
     /// Seconds between two sweeps; unset: a quarter of the retention, 1 to 600.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sweep_interval_secs: Option<u64>,
+    /// Uploads and deletions per client (`5/s`, `300/min`); unset: unlimited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<String>,
+    /// Requests at once after a pause; unset: twice the rate per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_burst: Option<u32>,
 }
 
 /// Shortest API token accepted.
@@ -199,6 +205,8 @@ impl Default for Settings {
             webhook_secret: None,
             retain: None,
             sweep_interval_secs: None,
+            rate_limit: None,
+            rate_burst: None,
         }
     }
 }
@@ -229,6 +237,12 @@ impl Settings {
             webhook_retry_base_ms);
         if let Some(url) = &args.webhook_url {
             s.webhook_url = Some(url.clone()).filter(|u| !u.trim().is_empty());
+        }
+        if let Some(rate) = &args.rate_limit {
+            s.rate_limit = Some(rate.clone()).filter(|r| !r.trim().is_empty());
+        }
+        if args.rate_burst.is_some() {
+            s.rate_burst = args.rate_burst;
         }
         if args.sweep_interval_secs.is_some() {
             s.sweep_interval_secs = args.sweep_interval_secs;
@@ -369,8 +383,20 @@ impl Settings {
         }
         self.validate_webhooks()?;
         self.retention()?;
+        self.rate()?;
         self.admin_addr()?;
         self.presets().map(|_| ())
+    }
+
+    /// The per-client rate of uploads and deletions; `None`: unlimited.
+    pub fn rate(&self) -> anyhow::Result<Option<pixpool_limiter::Rate>> {
+        match &self.rate_limit {
+            Some(spec) => Ok(Some(
+                pixpool_limiter::Rate::parse(spec, self.rate_burst).context("rate_limit")?,
+            )),
+            None if self.rate_burst.is_some() => bail!("rate_burst needs rate_limit"),
+            None => Ok(None),
+        }
     }
 
     /// How long finished jobs are kept; `None`: forever.

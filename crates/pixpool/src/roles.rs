@@ -71,8 +71,20 @@ pub fn front(args: FrontArgs) -> anyhow::Result<ExitCode> {
     );
     let backend = settings.common.backend.clone();
     let callbacks = settings.common.webhooks.policy()?;
+    let rate_limit = match &settings.rate_limit {
+        Some(r) => Some(Arc::new(pixpool_front::RateLimit {
+            table: pixpool_limiter::Table::open(&r.table)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+            rate: pixpool_limiter::Rate {
+                per_second: r.per_second,
+                burst: r.burst,
+            },
+        })),
+        None => None,
+    };
     let mut config = front_config(settings, slot, store, api_tokens, metrics);
     config.callbacks = callbacks;
+    config.rate_limit = rate_limit;
     runtime()?.block_on(async {
         // Alive while it connects: a cluster still electing its leaders takes seconds.
         tokio::spawn(report.clone().heartbeat(None));
@@ -121,8 +133,9 @@ fn front_config(
             .map(|p| (p.name.clone(), p.to_string()))
             .collect(),
         allowed_origins: s.allowed_origins,
-        // The front sets the rules from its settings (which can fail).
+        // The front sets these from its settings (which can fail).
         callbacks: pixpool_webhook::CallbackPolicy::default(),
+        rate_limit: None,
         metrics,
         shared: None,
     }
@@ -549,6 +562,7 @@ mod tests {
         let paths = ChildPaths {
             uploads: store.root().to_path_buf(),
             metrics_socket: None,
+            rate_table: store.run_dir().join(crate::serve::RATE_TABLE),
         };
         let built = make(&Settings::default(), &paths).expect("settings");
         settings::decode(&settings::encode(&built).expect("encode"), "test").expect("decode")

@@ -58,6 +58,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    rate_table(&settings, &store, true)?;
     // With a shared queue the local files are not the truth (a record lives in NATS):
     // each front recovers its own spool through the backend instead.
     crate::backend::preflight(settings.store.as_deref())?;
@@ -150,6 +151,24 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 /// The admin process's metrics socket, in the runtime directory.
 const ADMIN_SOCKET: &str = "admin.sock";
 
+/// The fronts' shared rate-limit table, in the runtime directory.
+pub const RATE_TABLE: &str = "ratelimit.table";
+
+/// Makes the rate-limit table when `rate_limit` is set: afresh at start (`fresh`),
+/// where missing on a reload (one that turns limits on), kept otherwise, so that a
+/// rolled front finds its clients' budgets as they were.
+fn rate_table(settings: &Settings, store: &Store, fresh: bool) -> anyhow::Result<()> {
+    if settings.rate_limit.is_none() {
+        return Ok(());
+    }
+    let path = store.run_dir().join(RATE_TABLE);
+    if fresh || !path.exists() {
+        pixpool_limiter::Table::create(&path, pixpool_limiter::DEFAULT_SLOTS)
+            .context("could not create the rate-limit table")?;
+    }
+    Ok(())
+}
+
 /// The fds children inherit.
 #[derive(Debug, Clone, Copy)]
 struct Fds {
@@ -237,6 +256,7 @@ fn reload(
     if !status.success() {
         return Err(format!("{} --version failed: {status}", exe.display()));
     }
+    rate_table(&new, store, false).map_err(|e| format!("{e:#}"))?;
     let specs = child_specs(&new, store, program, fds).map_err(|e| format!("{e:#}"))?;
     share_tokens(&new).map_err(|e| format!("{e:#}"))?;
     Ok(specs)
@@ -279,6 +299,7 @@ fn child_specs(
     let paths = ChildPaths {
         uploads: store.root().to_path_buf(),
         metrics_socket: fds.admin.map(|_| store.run_dir().join(ADMIN_SOCKET)),
+        rate_table: store.run_dir().join(RATE_TABLE),
     };
     let worker = settings::encode(&WorkerSettings::new(s, &paths)?)?;
     let front = settings::encode(&FrontSettings::new(s, &paths)?)?;
@@ -432,6 +453,7 @@ mod tests {
         let paths = ChildPaths {
             uploads: store.root().to_path_buf(),
             metrics_socket: Some(store.run_dir().join(ADMIN_SOCKET)),
+            rate_table: store.run_dir().join(RATE_TABLE),
         };
         let mut s = Settings {
             fronts: 2,

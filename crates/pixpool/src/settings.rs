@@ -32,6 +32,8 @@ pub struct ChildPaths {
     pub uploads: PathBuf,
     /// The admin process's metrics socket; `None` when `admin = "off"`.
     pub metrics_socket: Option<PathBuf>,
+    /// The rate-limit table (made by the supervisor when `rate_limit` is set).
+    pub rate_table: PathBuf,
 }
 
 /// What fronts and workers both need.
@@ -133,6 +135,20 @@ pub struct FrontSettings {
     pub max_event_streams: usize,
     /// Origins whose pages may post to an open API.
     pub allowed_origins: Vec<String>,
+    /// Per-client rate limits; `None`: unlimited.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitSettings>,
+}
+
+/// The per-client rate and the tree's shared table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RateLimitSettings {
+    /// Requests per second.
+    pub per_second: f64,
+    /// Requests at once.
+    pub burst: u32,
+    /// The shared table the supervisor made.
+    pub table: PathBuf,
 }
 
 /// What a worker runs with, besides its slot.
@@ -269,6 +285,11 @@ impl FrontSettings {
             min_upload_bytes_per_sec: s.min_upload_bytes_per_sec,
             max_event_streams: s.max_event_streams,
             allowed_origins: s.allowed_origins.clone(),
+            rate_limit: s.rate()?.map(|rate| RateLimitSettings {
+                per_second: rate.per_second,
+                burst: rate.burst,
+                table: paths.rate_table.clone(),
+            }),
         })
     }
 }
@@ -344,6 +365,7 @@ mod tests {
         ChildPaths {
             uploads: PathBuf::from("/srv/uploads"),
             metrics_socket: Some(PathBuf::from("/srv/uploads/run/admin.sock")),
+            rate_table: PathBuf::from("/srv/uploads/run/ratelimit.table"),
         }
     }
 
