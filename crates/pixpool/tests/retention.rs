@@ -63,8 +63,17 @@ async fn jobs_finished_longer_ago_than_the_retention_are_deleted() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(server.names(&id).is_empty(), "{:?}", server.names(&id));
-    assert!(server.names(&hash).is_empty(), "{:?}", server.names(&hash));
+    // The record goes first; the files follow within the same removal.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(server.names(&id).is_empty() && server.names(&hash).is_empty()) {
+        assert!(
+            Instant::now() < deadline,
+            "still named: {:?} {:?}",
+            server.names(&id),
+            server.names(&hash)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let text = scrape_until(server.admin_addr(), "the sweep counted", |t| {
         metric(t, r#"pixpool_sweep_removed_total{kind="expired"}"#) >= 1.0
             && metric(t, "pixpool_sweep_reclaimed_bytes_total") > 0.0
