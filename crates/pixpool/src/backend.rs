@@ -212,6 +212,22 @@ impl Blobs for Timed<dyn Blobs> {
         r
     }
 
+    async fn aged(
+        &self,
+        age: Duration,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<pixpool_store::backend::AgedBlob>, StoreError> {
+        self.inner.aged(age, after, limit).await
+    }
+
+    async fn delete_aged(&self, blob: &pixpool_store::backend::AgedBlob) -> Result<(), StoreError> {
+        let t = Instant::now();
+        let r = self.inner.delete_aged(blob).await;
+        self.blob("delete", t);
+        r
+    }
+
     async fn ready(&self) -> Result<(), StoreError> {
         self.inner.ready().await
     }

@@ -356,6 +356,7 @@ pub fn sweeper(args: crate::cli::BackgroundArgs) -> anyhow::Result<ExitCode> {
             };
             report.ready();
             tracing::info!(retain = ?settings.retain, every = ?every, "sweeper ready");
+            let mut cursor = None;
             let stop = terminated();
             tokio::pin!(stop);
             loop {
@@ -366,6 +367,14 @@ pub fn sweeper(args: crate::cli::BackgroundArgs) -> anyhow::Result<ExitCode> {
                         pixpool_store::sweep::sweep_expired(parts, settings.retain, pace).await;
                     got +=
                         pixpool_store::sweep::sweep_orphans(&store, &**records, ORPHAN_AGE).await;
+                    got += pixpool_store::sweep::sweep_blobs(
+                        &**blobs,
+                        &**records,
+                        ORPHAN_AGE,
+                        &mut cursor,
+                        pace,
+                    )
+                    .await;
                     got
                 };
                 let got = tokio::select! {

@@ -82,6 +82,18 @@ impl fmt::Display for VariantKey {
 /// Job ids, as a listing yields them (in no particular order).
 pub type IdStream = Pin<Box<dyn Stream<Item = Result<JobId, StoreError>> + Send>>;
 
+/// A stored blob the orphan sweep looks at: its key (the implementation's), the job
+/// it belongs to, its size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgedBlob {
+    /// The key, as the implementation lists it.
+    pub key: String,
+    /// The job whose original or variant it is.
+    pub job: JobId,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
+
 /// A blob's bytes, in chunks, as they are read.
 pub type BlobStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send + Sync>>;
 
@@ -139,6 +151,19 @@ pub trait Blobs: Send + Sync + fmt::Debug {
 
     /// Removes variants; missing ones are not an error.
     async fn delete_variants(&self, keys: &[VariantKey]) -> Result<(), StoreError>;
+
+    /// Up to `limit` originals and variants last written more than `age` ago, in key
+    /// order after `after` (a cursor: the last key of the previous page), each with its
+    /// job: what the orphan sweep checks against the records, a page at a time.
+    async fn aged(
+        &self,
+        age: Duration,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AgedBlob>, StoreError>;
+
+    /// Removes a blob [`Blobs::aged`] listed; a missing one is not an error.
+    async fn delete_aged(&self, blob: &AgedBlob) -> Result<(), StoreError>;
 
     /// Whether the storage answers now; the error says why not. Asked every few
     /// seconds for `/readyz`, so it is one cheap request at most.

@@ -805,10 +805,10 @@ fn list(dir: &Path) -> Result<Vec<fs::DirEntry>, StoreError> {
 }
 
 /// The directory of originals, and the first part of their keys.
-const RAW: &str = "raw";
+pub(crate) const RAW: &str = "raw";
 
 /// The directory of variants, and the first part of their keys.
-const PROCESSED: &str = "processed";
+pub(crate) const PROCESSED: &str = "processed";
 
 /// The holder a dedup entry names: a link's target, or (written by older versions) a
 /// regular file's content. `Ok(None)`: it names no job.

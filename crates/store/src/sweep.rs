@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use pixpool_model::JobId;
 use tracing::{debug, warn};
 
-use crate::backend::Records;
+use crate::backend::{Blobs, Records};
 use crate::remove::{remove_job, JobParts};
 use crate::{JobRecord, Store};
 
@@ -118,10 +118,56 @@ struct Candidate {
     bytes: u64,
 }
 
+/// Originals and variants looked at per sweep (the next sweep goes on from there).
+pub const BLOBS_PER_SWEEP: usize = 2000;
+
+/// Removes originals and variants older than `age` whose job has no record, a page of
+/// [`BLOBS_PER_SWEEP`] after `cursor` (moved on; back to the start after the last
+/// page), paced as `pace` says: the uploads directory's or the bucket's alike.
+pub async fn sweep_blobs(
+    blobs: &dyn Blobs,
+    records: &dyn Records,
+    age: Duration,
+    cursor: &mut Option<String>,
+    pace: Pace,
+) -> Reclaimed {
+    let page = match blobs.aged(age, cursor.as_deref(), BLOBS_PER_SWEEP).await {
+        Ok(page) => page,
+        Err(e) => {
+            warn!(cause = %e, "could not list the stored blobs for orphans");
+            return Reclaimed::default();
+        }
+    };
+    *cursor = match page.last() {
+        Some(last) if page.len() >= BLOBS_PER_SWEEP => Some(last.key.clone()),
+        _ => None,
+    };
+    let mut reclaimed = Reclaimed::default();
+    for (n, blob) in page.iter().enumerate() {
+        if (n + 1).is_multiple_of(pace.batch.max(1)) {
+            tokio::time::sleep(pace.pause).await;
+        }
+        // Only a record known to be absent makes a blob an orphan.
+        if !matches!(records.get(&blob.job).await, Ok(None)) {
+            continue;
+        }
+        match blobs.delete_aged(blob).await {
+            Ok(()) => {
+                reclaimed.orphans += 1;
+                reclaimed.bytes += blob.bytes;
+                debug!(key = %blob.key, "orphaned blob removed");
+            }
+            Err(e) => warn!(key = %blob.key, cause = %e, "could not remove an orphaned blob"),
+        }
+    }
+    reclaimed
+}
+
 /// Removes, in the uploads directory of `store`, what no running process writes any
 /// more and no job names, once older than `age`: temp files of interrupted writes,
-/// uploads spooled by a front that died, and originals, variants and dedup entries
-/// whose job has no record (`records` decides, so that it works in either mode).
+/// uploads spooled by a front that died, and dedup entries whose job has no record
+/// (`records` decides, so that it works in either mode). Originals and variants are
+/// [`sweep_blobs`]'s.
 pub async fn sweep_orphans(store: &Store, records: &dyn Records, age: Duration) -> Reclaimed {
     let listing = {
         let store = store.clone();
@@ -192,11 +238,9 @@ fn candidates(store: &Store, age: Duration) -> Vec<Candidate> {
             }
         }
     };
-    let stem_id = |name: &str| name.split(['.', '-']).next().and_then(JobId::parse);
-    // Originals `<id>.<ext>` and variants `<id>-<preset>.<ext>`: orphans without a record.
-    visit(&store.raw_dir(), &|name| stem_id(name).map(Some));
-    visit(&store.processed_dir(), &|name| stem_id(name).map(Some));
-    // Records and outbox entries: only their temp files.
+    // Originals, variants, records and outbox entries: only their temp files here.
+    visit(&store.raw_dir(), &|_| None);
+    visit(&store.processed_dir(), &|_| None);
     visit(&store.jobs_dir(), &|_| None);
     visit(&store.outbox_dir(), &|_| None);
     // Dedup entries: links naming a job.

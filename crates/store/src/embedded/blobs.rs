@@ -9,7 +9,7 @@ use pixpool_model::JobId;
 use tokio::io::AsyncReadExt;
 
 use super::blocking;
-use crate::backend::{Blob, Blobs, VariantKey};
+use crate::backend::{AgedBlob, Blob, Blobs, VariantKey};
 use crate::{fsutil, Store, StoreError};
 
 /// Chunk size when a variant is streamed out.
@@ -123,6 +123,77 @@ impl Blobs for FileBlobs {
             len,
             body: Box::pin(body),
         }))
+    }
+
+    async fn aged(
+        &self,
+        age: std::time::Duration,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AgedBlob>, StoreError> {
+        let (store, after) = (self.store.clone(), after.map(str::to_string));
+        blocking(move || {
+            let now = std::time::SystemTime::now();
+            let mut keys = Vec::new();
+            for (dir, name) in [
+                (store.raw_dir(), crate::RAW),
+                (store.processed_dir(), crate::PROCESSED),
+            ] {
+                let entries = match fs::read_dir(&dir) {
+                    Ok(entries) => entries,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(source) => return Err(StoreError::List { path: dir, source }),
+                };
+                for entry in entries.flatten() {
+                    let file = entry.file_name();
+                    let Some(file) = file.to_str() else { continue };
+                    let key = format!("{name}/{file}");
+                    if after.as_deref().is_some_and(|a| key.as_str() <= a) {
+                        continue;
+                    }
+                    keys.push(key);
+                }
+            }
+            keys.sort_unstable();
+            let mut aged = Vec::new();
+            for key in keys {
+                if aged.len() >= limit {
+                    break;
+                }
+                let Some(job) = key
+                    .split_once('/')
+                    .and_then(|(_, file)| file.split(['.', '-']).next())
+                    .and_then(JobId::parse)
+                else {
+                    continue;
+                };
+                let Ok(path) = store.key_path(&key) else {
+                    continue;
+                };
+                let Ok(meta) = fs::metadata(&path) else {
+                    continue;
+                };
+                let old = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| now.duration_since(m).ok())
+                    .is_some_and(|a| a > age);
+                if old {
+                    aged.push(AgedBlob {
+                        key,
+                        job,
+                        bytes: meta.len(),
+                    });
+                }
+            }
+            Ok(aged)
+        })
+        .await
+    }
+
+    async fn delete_aged(&self, blob: &AgedBlob) -> Result<(), StoreError> {
+        let path = self.store.key_path(&blob.key)?;
+        remove_quietly(&path).map_err(blob_err(&blob.key))
     }
 
     async fn delete_variants(&self, keys: &[VariantKey]) -> Result<(), StoreError> {

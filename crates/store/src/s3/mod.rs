@@ -34,7 +34,7 @@ use pixpool_model::JobId;
 use tokio::io::AsyncReadExt;
 use tracing::warn;
 
-use crate::backend::{Blob, Blobs, VariantKey};
+use crate::backend::{AgedBlob, Blob, Blobs, VariantKey};
 use crate::StoreError;
 
 /// How the client reaches the object store. [`S3Options::default`] reads everything
@@ -434,6 +434,68 @@ impl Blobs for S3Blobs {
             })),
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(s3_err(format!("read variant {path}"), e)),
+        }
+    }
+
+    async fn aged(
+        &self,
+        age: Duration,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AgedBlob>, StoreError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let cutoff = i64::try_from(now.saturating_sub(age.as_secs())).unwrap_or(i64::MAX);
+        let mut aged = Vec::new();
+        for dir in ["originals/", "variants/"] {
+            let under = format!("{}{dir}", self.prefix);
+            let prefix = Path::from(under.as_str());
+            // Keys sort `originals/` before `variants/`: a cursor in the second skips
+            // the first whole.
+            if after.is_some_and(|a| a >= under.as_str() && !a.starts_with(&under)) {
+                continue;
+            }
+            let mut list = match after.filter(|a| a.starts_with(&under)) {
+                Some(a) => self.store.list_with_offset(Some(&prefix), &Path::from(a)),
+                None => self.store.list(Some(&prefix)),
+            };
+            while let Some(meta) = list.next().await {
+                let meta = meta.map_err(|e| s3_err(format!("list {under}"), e))?;
+                let key = meta.location.to_string();
+                let Some(job) = key
+                    .strip_prefix(under.as_str())
+                    .and_then(|file| file.split(['.', '-']).next())
+                    .and_then(JobId::parse)
+                else {
+                    continue;
+                };
+                if meta.last_modified.timestamp() <= cutoff {
+                    aged.push(AgedBlob {
+                        key,
+                        job,
+                        bytes: meta.size,
+                    });
+                    if aged.len() >= limit {
+                        return Ok(aged);
+                    }
+                }
+            }
+        }
+        aged.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(aged)
+    }
+
+    async fn delete_aged(&self, blob: &AgedBlob) -> Result<(), StoreError> {
+        let under = |dir: &str| blob.key.starts_with(&format!("{}{dir}", self.prefix));
+        if !(under("originals/") || under("variants/")) {
+            return Err(StoreError::BadKey {
+                key: blob.key.clone(),
+            });
+        }
+        match self.store.delete(&Path::from(blob.key.as_str())).await {
+            Err(e) if !is_not_found(&e) => Err(s3_err(format!("delete {}", blob.key), e)),
+            _ => Ok(()),
         }
     }
 

@@ -225,6 +225,53 @@ pub async fn blobs(blobs: Arc<dyn Blobs>, store: &Store) {
         .await
         .expect("delete");
     assert!(blobs.get_variant(&v).await.expect("get").is_none());
+
+    // The orphan sweep's listing: every original and variant with its job, in key
+    // order, a page at a time.
+    let owner = JobId::generate();
+    let spool = store.part_path(0, &owner);
+    std::fs::write(&spool, b"orphan").expect("spool");
+    let original = blobs
+        .put_original(&owner, "png", &spool)
+        .await
+        .expect("put");
+    let thumb = VariantKey::new(&owner, "thumb", "webp");
+    blobs
+        .put_variant(&thumb, Bytes::from_static(b"variant"))
+        .await
+        .expect("put");
+    let all = blobs.aged(Duration::ZERO, None, 100).await.expect("aged");
+    let mine: Vec<_> = all.iter().filter(|b| b.job == owner).collect();
+    assert_eq!(mine.len(), 2, "{all:?}");
+    let listed = mine
+        .iter()
+        .find(|b| b.key == original)
+        .expect("the original listed");
+    assert_eq!(listed.bytes, 6);
+    assert!(
+        all.windows(2).all(|w| w[0].key < w[1].key),
+        "in key order: {all:?}"
+    );
+    let first = blobs.aged(Duration::ZERO, None, 1).await.expect("aged");
+    assert_eq!(first.len(), 1);
+    let rest = blobs
+        .aged(Duration::ZERO, Some(&first[0].key), 100)
+        .await
+        .expect("aged");
+    assert_eq!(rest.len(), all.len() - 1, "after the cursor: the rest");
+    let young = blobs
+        .aged(Duration::from_secs(3600), None, 100)
+        .await
+        .expect("aged");
+    assert!(
+        young.iter().all(|b| b.job != owner),
+        "nothing this young: {young:?}"
+    );
+    for blob in mine {
+        blobs.delete_aged(blob).await.expect("delete");
+    }
+    assert!(blobs.get_original(&original).await.is_err());
+    assert!(blobs.get_variant(&thumb).await.expect("get").is_none());
 }
 
 /// Events: every subscriber gets every event published after it subscribed, in order.
