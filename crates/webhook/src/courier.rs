@@ -372,7 +372,7 @@ impl Courier {
             Err(e) if e.is_timeout() => Answer::Timeout,
             Err(e) => match refusal(&e) {
                 Some(refused) => Answer::Refused(refused),
-                None => Answer::Failed(chain(&e)),
+                None => Answer::Failed(pixpool_store::error_chain(&e)),
             },
         }
     }
@@ -501,17 +501,6 @@ fn refusal(e: &(dyn std::error::Error + 'static)) -> Option<CallbackError> {
         cause = c.source();
     }
     None
-}
-
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -256,6 +256,46 @@ where
 }
 
 /// A [`StoreError::Nats`] for `step`.
+/// How long a request nobody answered is tried again (see [`unanswered_retried`]).
+const UNANSWERED_RETRY_FOR: Duration = Duration::from_secs(2);
+
+/// Runs `attempt` again while JetStream answers it with "no responders", for up to
+/// [`UNANSWERED_RETRY_FOR`]: a bucket on a cluster that has just formed, or whose
+/// leader just changed, has nobody serving its API subjects for a moment. Nothing was
+/// done by an unanswered request, so trying again is safe (a create stays a create).
+async fn unanswered_retried<T, E, F, Fut>(mut attempt: F) -> Result<T, E>
+where
+    E: std::error::Error + 'static,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match attempt().await {
+            Err(e) if unanswered(&e) && started.elapsed() + pause <= UNANSWERED_RETRY_FOR => {
+                warn!(cause = %e, "JetStream did not answer; trying again");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Whether `e` says no server answered the request: core NATS "no responders", as
+/// the client reports it at whichever depth of its error chain.
+fn unanswered(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.to_string().contains("no responders") {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 fn nats_err(
     step: impl Into<String>,
     source: impl Into<Box<dyn std::error::Error + Send + Sync>>,

@@ -3,7 +3,7 @@
 use async_nats::jetstream::{kv, stream};
 use pixpool_model::JobId;
 
-use super::{kv_key, nats_err};
+use super::{kv_key, nats_err, unanswered_retried};
 use crate::backend::{Durability, Records, Revision, Versioned};
 use crate::record::JobRecord;
 use crate::StoreError;
@@ -34,7 +34,8 @@ impl KvRecords {
     /// 404). Without a quorum there is no leader, and the read fails.
     pub(super) async fn live(store: &kv::Store, key: &str) -> Result<Option<Live>, StoreError> {
         let subject = format!("$KV.{}.{key}", store.name);
-        let message = match store.stream.get_last_raw_message_by_subject(&subject).await {
+        let read = unanswered_retried(|| store.stream.get_last_raw_message_by_subject(&subject));
+        let message = match read.await {
             Ok(m) => m,
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
                 return Ok(None)
@@ -75,7 +76,8 @@ fn encode(record: &JobRecord) -> Result<bytes::Bytes, StoreError> {
 impl Records for KvRecords {
     async fn create(&self, record: &JobRecord) -> Result<Revision, StoreError> {
         let key = record.id.to_string();
-        match self.jobs.create(&key, encode(record)?).await {
+        let value = encode(record)?;
+        match unanswered_retried(|| self.jobs.create(&key, value.clone())).await {
             Ok(revision) => Ok(revision),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists || wrong_revision(&e) => {
                 Err(StoreError::Conflict {
@@ -108,7 +110,8 @@ impl Records for KvRecords {
         let key = record.id.to_string();
         // A deleted record's last revision is its delete marker's, which no reader
         // was given: an update of a deleted job is a conflict, never a resurrection.
-        match self.jobs.update(&key, encode(record)?, expected).await {
+        let value = encode(record)?;
+        match unanswered_retried(|| self.jobs.update(&key, value.clone(), expected)).await {
             Ok(revision) => Ok(revision),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision || wrong_revision(&e) => {
                 Err(StoreError::Conflict {
@@ -159,7 +162,8 @@ impl Records for KvRecords {
         // Create-if-absent, retried when the holder went away between the failed
         // create and the read (then the entry is free again).
         for _ in 0..8 {
-            match self.dedup.create(&kv_key, id.to_string().into()).await {
+            let claim = unanswered_retried(|| self.dedup.create(&kv_key, id.to_string().into()));
+            match claim.await {
                 Ok(_) => return Ok(None),
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists || wrong_revision(&e) => {}
                 Err(e) => return Err(nats_err(format!("claim dedup entry {key}"), e)),
