@@ -628,8 +628,10 @@ fn render(
     let mut store_error: Option<StoreError> = None;
     let mut cancelled = false;
     let mut on_progress = |p: Progress<'_>| -> Result<(), pixpool_imaging::OutputSinkError> {
-        // Each stage first asks whether the job still exists: a deleted one stops here.
-        if store.deleted(&runtime, &rec.id) {
+        // Once decoded (the long stage), one look at whether the job still exists: a
+        // deleted one stops here. One read a job, not one an output; a deletion later
+        // than this is found by the conclusion, which removes what was stored.
+        if matches!(p, Progress::Decoded { .. }) && store.deleted(&runtime, &rec.id) {
             cancelled = true;
             return Err("the job was deleted".into());
         }
