@@ -545,13 +545,16 @@ fn decode_pruned(data: &[u8], scale: Scale, limits: &Limits) -> Result<Pixels, L
         .checked_mul(got.1 as usize)
         .filter(|&n| u64::try_from(n).is_ok_and(|n| n <= limits.max_alloc_bytes))
         .ok_or(LibjpegError::TooLarge)?;
-    let mut pixels = vec![0u8; bytes];
-    let mut rows: Vec<*mut u8> = pixels
+    // Not zeroed: libjpeg writes every row before `pixels` gets its length, and an
+    // error drops it unread (zeroing took as long as a small image's IDCT).
+    let mut pixels: Vec<u8> = Vec::with_capacity(bytes);
+    let mut rows: Vec<*mut u8> = pixels.spare_capacity_mut()[..bytes]
         .chunks_exact_mut(stride)
-        .map(|r| r.as_mut_ptr())
+        .map(|r| r.as_mut_ptr().cast::<u8>())
         .collect();
-    // SAFETY: every row pointer addresses `stride` bytes of `pixels`, which libjpeg
-    // writes at most (`output_width` × `channels`), and only below `output_height`.
+    // SAFETY: every row pointer addresses `stride` bytes of `pixels`' capacity, which
+    // libjpeg writes at most (`output_width` × `channels`), and only below
+    // `output_height`; the length is set once every row is written.
     unsafe {
         ffi::jpeg_start_decompress(cinfo);
         if usize::try_from(cinfo.output_components) != Ok(channels) {
@@ -572,6 +575,7 @@ fn decode_pruned(data: &[u8], scale: Scale, limits: &Limits) -> Result<Pixels, L
             }
         }
         ffi::jpeg_finish_decompress(cinfo);
+        pixels.set_len(bytes);
     }
     Ok((pixels, got.0, got.1, layout, inks))
 }

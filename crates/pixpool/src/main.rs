@@ -51,6 +51,13 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
+    let exit = run_role(cli);
+    // The spare files this process replaced records with are of no use to another.
+    pixpool_store::fsutil::remove_spares();
+    exit
+}
+
+fn run_role(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         None => serve::serve(cli.serve),
         Some(cli::Command::Serve(args)) => serve::serve(args),

@@ -186,6 +186,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         // Leave now, with the stuck thread if there is one: its job is already failed,
         // and the replacement takes the jobs still claimed. Exit 0 from a running child
         // means "planned": respawned at once.
+        pixpool_store::fsutil::remove_spares();
         std::process::exit(0);
     }
     runtime.shutdown_timeout(BLOCKING_THREADS_GRACE);

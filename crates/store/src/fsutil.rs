@@ -1,10 +1,12 @@
 //! Durable file replacement: what makes a job record survive power loss.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// Replaces `path` with `bytes` so that a reader (or a restart after power loss)
 /// sees either the old content or the new, never a mix: write a temp file in the
@@ -56,6 +58,157 @@ pub(crate) fn write_then(
         let _ = fs::remove_file(&tmp);
     }
     res
+}
+
+/// Replaces the existing file `path` with `bytes` (fsynced, and the directory too if
+/// `durable`) without allocating an inode: the bytes go into one of this process's
+/// spare files in the same directory, which `RENAME_EXCHANGE` swaps with `path`, and
+/// the old content's file becomes the spare for the next call. Readers see the old
+/// content or the new, as with a rename (a spare is rewritten only after
+/// [`SPARE_REST`], and [`crate::Store::read_versioned`] re-reads a file it finds torn
+/// or naming another job). On ext4 without a journal, every freed
+/// inode slows later file creations for minutes, and a job record is replaced twice
+/// per job.
+///
+/// `path` missing fails with [`io::ErrorKind::NotFound`] and creates nothing (a
+/// record deleted under its writer stays deleted). A file system without
+/// `RENAME_EXCHANGE` gets [`replace_durably`] or [`replace_atomically`].
+pub fn replace_existing(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
+    let dir = parent(path)?;
+    // A second round if the spare vanished (an idle hour, and the orphan sweep took it).
+    for _ in 0..2 {
+        if EXCHANGE_UNSUPPORTED.load(Ordering::Relaxed) {
+            break;
+        }
+        let spares = spares(dir);
+        let spare = spares.take();
+        let res = (|| {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&spare)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            nix::fcntl::renameat2(
+                nix::fcntl::AT_FDCWD,
+                &spare,
+                nix::fcntl::AT_FDCWD,
+                path,
+                nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+            )
+            .map_err(io::Error::from)
+        })();
+        match res {
+            Ok(()) => {
+                spares.put(spare);
+                return if durable { sync_dir(dir) } else { Ok(()) };
+            }
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+                ) =>
+            {
+                EXCHANGE_UNSUPPORTED.store(true, Ordering::Relaxed);
+                let _ = fs::remove_file(&spare);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound && spare.exists() => {
+                // `path` is gone; the spare is still one.
+                spares.put(spare);
+                return Err(e);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                let _ = fs::remove_file(&spare);
+                return Err(e);
+            }
+        }
+    }
+    if !path.exists() {
+        return Err(io::Error::from(io::ErrorKind::NotFound));
+    }
+    if durable {
+        replace_durably(path, bytes)
+    } else {
+        replace_atomically(path, bytes)
+    }
+}
+
+/// Removes this process's spare files ([`replace_existing`]); call when it stops
+/// writing (a crash leaves them to the start-up sweep: they are dot-named `.tmp`).
+pub fn remove_spares() {
+    let pools = SPARES.get_or_init(Default::default);
+    let pools = pools.lock().unwrap_or_else(|p| p.into_inner());
+    for pool in pools.values() {
+        for (spare, _) in pool
+            .free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            let _ = fs::remove_file(spare);
+        }
+    }
+}
+
+static EXCHANGE_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+
+static SPARES: OnceLock<Mutex<HashMap<PathBuf, Arc<Spares>>>> = OnceLock::new();
+
+/// How long a replaced file rests before it is rewritten as a spare: a reader that
+/// opened it just before the exchange has long finished reading it by then.
+const SPARE_REST: Duration = Duration::from_secs(2);
+
+/// Spares kept per directory; one more replaced file is deleted instead.
+const SPARES_MAX: usize = 256;
+
+/// The spare files of one directory in this process, oldest first, each with the time
+/// it was swapped out.
+#[derive(Debug, Default)]
+struct Spares {
+    dir: PathBuf,
+    free: Mutex<VecDeque<(PathBuf, Instant)>>,
+    named: AtomicU64,
+}
+
+impl Spares {
+    fn take(&self) -> PathBuf {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        match free.front() {
+            Some((_, at)) if at.elapsed() >= SPARE_REST => free.pop_front().map(|(p, _)| p),
+            _ => None,
+        }
+        .unwrap_or_else(|| {
+            let n = self.named.fetch_add(1, Ordering::Relaxed);
+            self.dir
+                .join(format!(".spare.{}.{n}.tmp", std::process::id()))
+        })
+    }
+
+    fn put(&self, spare: PathBuf) {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        if free.len() < SPARES_MAX {
+            free.push_back((spare, Instant::now()));
+        } else {
+            drop(free);
+            let _ = fs::remove_file(spare);
+        }
+    }
+}
+
+fn spares(dir: &Path) -> Arc<Spares> {
+    let pools = SPARES.get_or_init(Default::default);
+    let mut pools = pools.lock().unwrap_or_else(|p| p.into_inner());
+    pools
+        .entry(dir.to_path_buf())
+        .or_insert_with(|| {
+            Arc::new(Spares {
+                dir: dir.to_path_buf(),
+                ..Spares::default()
+            })
+        })
+        .clone()
 }
 
 fn parent(path: &Path) -> io::Result<&Path> {
@@ -171,6 +324,48 @@ mod tests {
             .map(|e| e.file_name())
             .collect();
         assert_eq!(names.len(), 1, "temp files left: {names:?}");
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn replace_existing_swaps_inodes_and_frees_none() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("pixpool-exchange-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("rec.json");
+        let err = replace_existing(&path, b"x", true).expect_err("no file to replace");
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        assert!(!path.exists(), "a missing file was created");
+
+        fs::write(&path, b"one").expect("first");
+        let first = fs::metadata(&path).expect("stat").ino();
+        replace_existing(&path, b"two", true).expect("second");
+        assert_eq!(fs::read(&path).expect("read"), b"two");
+        let spares: Vec<_> = fs::read_dir(&dir)
+            .expect("list")
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p != &path)
+            .collect();
+        for spare in &spares {
+            let name = spare.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            assert!(
+                name.starts_with(".spare.") && name.ends_with(".tmp"),
+                "{name}"
+            );
+        }
+        // The replaced file lives on as a spare, whole: no inode was freed.
+        let old = spares
+            .iter()
+            .find(|s| fs::metadata(s).map(|m| m.ino()).ok() == Some(first))
+            .expect("the replaced file is a spare");
+        assert_eq!(fs::read(old).expect("read"), b"one");
+
+        replace_existing(&path, b"three", false).expect("third");
+        assert_eq!(fs::read(&path).expect("read"), b"three");
+        remove_spares();
+        let left: Vec<_> = fs::read_dir(&dir).expect("list").flatten().collect();
+        assert_eq!(left.len(), 1, "spares left: {left:?}");
         fs::remove_dir_all(&dir).expect("cleanup");
     }
 

@@ -59,7 +59,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use backend::{Durability, Revision, VariantKey, Versioned};
+use backend::{VariantKey, Versioned};
 pub use record::{
     JobId, JobRecord, JobState, OutputRecord, Placeholder, Problem, SourceRecord, StageMillis,
     WebhookState, WebhookStatus,
@@ -396,27 +396,38 @@ impl Store {
     /// Writes `record` durably (temp file, fsync, rename, directory fsync), at revision 0:
     /// for tools and tests; servers go through [`Records`](backend::Records).
     pub fn write_record(&self, record: &JobRecord) -> Result<(), StoreError> {
-        self.write_record_at(record, 0, Durability::Durable)
+        let path = self.record_path(&record.id);
+        let bytes = record::encode(record, 0).map_err(|e| StoreError::WriteRecord {
+            path: path.clone(),
+            source: io::Error::other(e),
+        })?;
+        fsutil::replace_durably(&path, &bytes)
+            .map_err(|source| StoreError::WriteRecord { path, source })
     }
 
-    /// Writes `record` at `revision` (no compare: the caller holds the record's lock or
-    /// creates it).
+    /// Replaces the existing record with `record` at `revision` (no compare: the caller
+    /// holds the record's lock); a record deleted meanwhile is a conflict.
+    #[cfg(feature = "runtime")]
     pub(crate) fn write_record_at(
         &self,
         record: &JobRecord,
-        revision: Revision,
-        durability: Durability,
+        revision: backend::Revision,
+        durability: backend::Durability,
     ) -> Result<(), StoreError> {
         let path = self.record_path(&record.id);
         let bytes = record::encode(record, revision).map_err(|e| StoreError::WriteRecord {
             path: path.clone(),
             source: io::Error::other(e),
         })?;
-        let replace = match durability {
-            Durability::Durable => fsutil::replace_durably,
-            Durability::Provisional => fsutil::replace_atomically,
-        };
-        replace(&path, &bytes).map_err(|source| StoreError::WriteRecord { path, source })
+        let durable = matches!(durability, backend::Durability::Durable);
+        match fsutil::replace_existing(&path, &bytes, durable) {
+            Ok(()) => Ok(()),
+            // Deleted under its lock holder (DELETE takes no lock): it stays deleted.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::Conflict {
+                id: record.id.clone(),
+            }),
+            Err(source) => Err(StoreError::WriteRecord { path, source }),
+        }
     }
 
     /// Reads a job record; `Ok(None)` when there is no such job.
@@ -427,14 +438,32 @@ impl Store {
     /// Reads a job record and its revision; `Ok(None)` when there is no such job.
     pub fn read_versioned(&self, id: &JobId) -> Result<Option<Versioned<JobRecord>>, StoreError> {
         let path = self.record_path(id);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(StoreError::ReadRecord { path, source }),
-        };
-        record::decode(&bytes)
-            .map(Some)
-            .map_err(|source| StoreError::CorruptRecord { path, source })
+        // A file read the instant it was swapped out and rewritten as a writer's spare
+        // (`fsutil::replace_existing`) is torn or another job's: the name has a whole
+        // file again by the next read. A file still so after that is corrupt.
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            let bytes = match fs::read(&path) {
+                Ok(b) => b,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(source) => return Err(StoreError::ReadRecord { path, source }),
+            };
+            match record::decode(&bytes) {
+                Ok(read) if read.value.id == *id => return Ok(Some(read)),
+                Ok(_) | Err(_) if rounds < READ_ROUNDS => continue,
+                Ok(read) => {
+                    return Err(StoreError::CorruptRecord {
+                        path,
+                        source: serde::de::Error::custom(format!(
+                            "the file names job {}",
+                            read.value.id
+                        )),
+                    })
+                }
+                Err(source) => return Err(StoreError::CorruptRecord { path, source }),
+            }
+        }
     }
 
     /// Takes the dedup entry `key` for job `id`, atomically across processes: the entry
@@ -828,6 +857,9 @@ fn read_dedup_entry(path: &Path) -> io::Result<Option<JobId>> {
 
 /// Rounds of symlink-then-read before [`Store::dedup_claim`] gives up.
 const DEDUP_CLAIM_ROUNDS: usize = 16;
+
+/// Reads of a record file that is torn or names another job before it counts as corrupt.
+const READ_ROUNDS: usize = 3;
 
 impl Store {
     /// `claims/`, holding one directory per worker slot.

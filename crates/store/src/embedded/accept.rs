@@ -12,7 +12,7 @@
 //! the distributed backend's counterpart of [`Store::recover_front`].
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use pixpool_model::JobId;
@@ -62,12 +62,7 @@ pub async fn accept(
 ) -> Result<Admitted, StoreError> {
     let id = upload.id.clone();
     let marker = store.pending_path(front, &id);
-    tokio::fs::File::create(&marker)
-        .await
-        .map_err(|source| StoreError::Journal {
-            path: marker.clone(),
-            source,
-        })?;
+    make_marker(&store.part_path(front, &id), &marker).await?;
     let key = match blobs
         .put_original(&id, upload.extension, &store.part_path(front, &id))
         .await
@@ -106,6 +101,32 @@ pub async fn accept(
         return Err(e);
     }
     Ok(admitted)
+}
+
+/// The marker is a second name of the spool file rather than a file of its own: no inode
+/// is allocated for it, and none freed when it (renamed into the worker's claim) goes,
+/// which on ext4 makes every later file creation cheaper. A file system without hard
+/// links gets an empty file.
+async fn make_marker(part: &Path, marker: &Path) -> Result<(), StoreError> {
+    let linked = match tokio::fs::hard_link(part, marker).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            // A marker left by a run that died: ours replaces it.
+            tokio::fs::remove_file(marker).await.ok();
+            tokio::fs::hard_link(part, marker).await
+        }
+        Err(e) => Err(e),
+    };
+    if linked.is_ok() {
+        return Ok(());
+    }
+    tokio::fs::File::create(marker)
+        .await
+        .map(drop)
+        .map_err(|source| StoreError::Journal {
+            path: marker.to_path_buf(),
+            source,
+        })
 }
 
 async fn remove_marker(marker: &PathBuf) {
