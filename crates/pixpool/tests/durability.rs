@@ -220,7 +220,7 @@ async fn a_front_killed_mid_upload_leaves_no_spool_file_and_no_job() {
         assert_done_with_outputs(&server, &job, 4);
     }
     assert_eq!(
-        dir_entries(&server.uploads.join("jobs")).len(),
+        server.job_ids().len(),
         accepted.len(),
         "one record per accepted upload, none for the half one"
     );

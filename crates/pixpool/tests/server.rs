@@ -352,6 +352,14 @@ async fn sigterm_finishes_jobs_in_hand_exits_zero_and_leaves_no_process() {
     assert!(stopped.elapsed() < Duration::from_secs(12));
     let left = processes_using(&server.uploads);
     assert!(left.is_empty(), "processes left behind: {left:?}");
+    // The spare files records were swapped with go with the processes that held them.
+    let spares: Vec<_> = std::fs::read_dir(server.uploads.join("jobs"))
+        .expect("jobs directory")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".spare."))
+        .collect();
+    assert!(spares.is_empty(), "spare files left: {spares:?}");
     for id in &in_hand {
         assert_eq!(
             read(id, &server.uploads)["state"],

@@ -9,10 +9,13 @@
 //! uploads/
 //!   tmp/<front>/<id>.part  uploads being streamed by front slot <front> (removed on failure)
 //!   tmp/<front>/<id>.pending  a job recorded but not yet acknowledged by a worker
+//!                          (a hard link to the upload: no inode of its own)
 //!   dedup/<key>            content hash + preset set: a symbolic link to the job id
 //!   raw/<id>.<ext>         originals, fsynced before the job exists
 //!   processed/<id>-<preset>.<ext>   outputs, written to a temp file then renamed
-//!   jobs/<id>.json         the job record (temp file + fsync + rename + dir fsync)
+//!   jobs/<id>.json         the job record (temp file + fsync + rename + dir fsync);
+//!                          changed by swapping in a process's fsynced spare file
+//!                          (`RENAME_EXCHANGE`; spares are `.spare.<pid>.<n>.tmp`)
 //!   claims/<slot>/<id>     a worker's durable claim: "this job is mine and not done"
 //!                          (the front's pending marker, renamed)
 //!   claims/<slot>/<id>.running  the same claim once the job is in the worker's hands

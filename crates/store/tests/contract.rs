@@ -78,6 +78,102 @@ async fn embedded_records_keep_the_contract() {
     records(Arc::new(FileRecords::new(store))).await;
 }
 
+/// Records change by swapping in spare files that are rewritten later: readers racing
+/// the writers (for longer than a spare rests) always get a whole record, their own,
+/// and the record files take no new inodes once each writer has its spares.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_records_read_whole_while_spares_are_reused() {
+    use pixpool_store::backend::{Durability, Records};
+    use std::os::unix::fs::MetadataExt;
+    let (_dir, store) = Dir::new("spares");
+    let records: Arc<dyn Records> = Arc::new(FileRecords::new(store.clone()));
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let rec = suite::sample();
+        records.create(&rec).await.expect("create");
+        ids.push(rec.id);
+    }
+    let until = std::time::Instant::now() + Duration::from_millis(3500);
+    let mut tasks = Vec::new();
+    for id in ids.clone() {
+        let records = records.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut updates = 0u32;
+            while std::time::Instant::now() < until {
+                let read = records.get(&id).await.expect("get").expect("present");
+                let mut rec = read.value;
+                rec.attempts += 1;
+                records
+                    .update(&rec, read.revision, Durability::Provisional)
+                    .await
+                    .expect("the only writer of this record");
+                updates += 1;
+            }
+            updates
+        }));
+    }
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (store, ids) = (store.clone(), ids.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0u64;
+                while std::time::Instant::now() < until {
+                    for id in &ids {
+                        let got = store.read_versioned(id).expect("a whole record");
+                        assert_eq!(&got.expect("present").value.id, id, "another job's record");
+                        reads += 1;
+                    }
+                }
+                reads
+            })
+        })
+        .collect();
+    let mut updates = 0;
+    for t in tasks {
+        updates += t.await.expect("writer");
+    }
+    for r in readers {
+        assert!(r.join().expect("reader") > 0);
+    }
+    assert!(updates > 100, "only {updates} updates");
+    for id in &ids {
+        let rec = records.get(id).await.expect("get").expect("present");
+        assert!(rec.value.attempts > 0);
+    }
+    // Far fewer inodes than updates: the files swapped out came back as spares.
+    let inodes: std::collections::HashSet<u64> = std::fs::read_dir(store.jobs_dir())
+        .expect("list")
+        .flatten()
+        .filter_map(|e| e.metadata().ok().map(|m| m.ino()))
+        .collect();
+    // (At most 256 spares per process and directory: beyond, files are freed.)
+    assert!(
+        inodes.len() <= ids.len() + 256 && (inodes.len() as u32) * 2 < updates,
+        "{} files for {updates} updates",
+        inodes.len()
+    );
+}
+
+#[test]
+fn a_record_file_that_names_another_job_is_corrupt() {
+    let (_dir, store) = Dir::new("misnamed");
+    let (a, b) = (suite::sample(), suite::sample());
+    store.write_record(&a).expect("write");
+    std::fs::copy(store.record_path(&a.id), store.record_path(&b.id)).expect("copy");
+    assert!(matches!(
+        store.read_versioned(&b.id),
+        Err(pixpool_store::StoreError::CorruptRecord { .. })
+    ));
+    assert_eq!(
+        store
+            .read_versioned(&a.id)
+            .expect("read")
+            .expect("present")
+            .value,
+        a
+    );
+}
+
 #[tokio::test]
 async fn embedded_blobs_keep_the_contract() {
     let (_dir, store) = Dir::new("blobs");

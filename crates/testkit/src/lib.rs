@@ -415,7 +415,9 @@ impl Server {
             Some(s) => s.job_ids(),
             None => dir_entries(&self.uploads.join("jobs"))
                 .into_iter()
-                // Anything else there is listed as it is, for a test to see.
+                // A running process's spare files (records are swapped with them) are
+                // no jobs; anything else there is listed as it is, for a test to see.
+                .filter(|f| !f.starts_with(".spare."))
                 .map(|f| f.strip_suffix(".json").map_or(f.clone(), str::to_string))
                 .collect(),
         }
