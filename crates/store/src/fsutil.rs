@@ -158,7 +158,7 @@ static SPARES: OnceLock<Mutex<HashMap<PathBuf, Arc<Spares>>>> = OnceLock::new();
 
 /// How long a replaced file rests before it is rewritten as a spare: a reader that
 /// opened it just before the exchange has long finished reading it by then.
-const SPARE_REST: Duration = Duration::from_secs(1);
+const SPARE_REST: Duration = Duration::from_millis(250);
 
 /// Spares kept per directory; one more replaced file is deleted instead.
 const SPARES_MAX: usize = 256;

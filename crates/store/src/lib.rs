@@ -608,7 +608,8 @@ impl Store {
     }
 
     /// What a crash of any process can leave behind and nothing else removes:
-    /// temp files of records, dedup entries and outputs (`.<name>.tmp`), and
+    /// temp and spare files of records, outbox entries, dedup entries and outputs
+    /// (`.<name>.tmp`), and
     /// originals with no record (a front killed between moving the upload into
     /// `raw/` and recording its job: it was never answered 202). Call it only
     /// while no front or worker runs (the supervisor, before it starts them).
@@ -618,6 +619,7 @@ impl Store {
             self.jobs_dir(),
             self.root.join("dedup"),
             self.processed_dir(),
+            self.outbox_dir(),
         ] {
             for entry in list(&dir)? {
                 let name = entry.file_name();

@@ -93,7 +93,7 @@ async fn embedded_records_read_whole_while_spares_are_reused() {
         records.create(&rec).await.expect("create");
         ids.push(rec.id);
     }
-    let until = std::time::Instant::now() + Duration::from_millis(3500);
+    let until = std::time::Instant::now() + Duration::from_millis(2000);
     let mut tasks = Vec::new();
     for id in ids.clone() {
         let records = records.clone();

@@ -1,5 +1,6 @@
 //! The webhook outbox as files: `outbox/<key>.json`, each the entry and its revision,
-//! replaced whole by a rename, changed by compare-and-swap under an `flock`.
+//! put whole by a rename, changed by compare-and-swap under an `flock` (swapped with a
+//! spare file, as records are).
 
 use std::fs;
 use std::io::{self, Read};
@@ -43,6 +44,9 @@ struct Loaded {
 
 /// Times a change re-opens an entry that was replaced between its open and its lock.
 const LOCK_ROUNDS: usize = 64;
+
+/// Reads of an entry's file that is torn or holds another entry before it is corrupt.
+const READ_ROUNDS: usize = 3;
 
 fn path_of(store: &Store, key: &str) -> Result<PathBuf, StoreError> {
     if !is_entry_key(key) {
@@ -117,8 +121,18 @@ fn change_blocking(
         return match change {
             Some(entry) => {
                 let next = expected.wrapping_add(1);
-                write(&path, entry, next)?;
-                Ok(Some(next))
+                let bytes = serde_json::to_vec(&Stored {
+                    revision: next,
+                    entry,
+                })
+                .map_err(|e| err(io::Error::other(e)))?;
+                // Swapped with a spare, as records are: a courier's leases free no inode.
+                match fsutil::replace_existing(&path, &bytes, true) {
+                    Ok(()) => Ok(Some(next)),
+                    // Removed under our lock by a job's deletion (which takes none).
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(err(e)),
+                }
             }
             None => {
                 fs::remove_file(&path).map_err(&err)?;
@@ -150,10 +164,30 @@ impl Outbox for FileOutbox {
 
     async fn get(&self, key: &str) -> Result<Option<Versioned<OutboxEntry>>, StoreError> {
         let path = path_of(&self.store, key)?;
-        match tokio::fs::read(&path).await {
-            Ok(bytes) => decode(&path, &bytes).map(Some),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(StoreError::ReadRecord { path, source }),
+        // A file read as it was swapped out and rewritten as a spare is torn or another
+        // entry: the name holds a whole one again by the next read.
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            let bytes = match tokio::fs::read(&path).await {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(source) => return Err(StoreError::ReadRecord { path, source }),
+            };
+            match decode(&path, &bytes) {
+                Ok(read) if read.value.key() == key => return Ok(Some(read)),
+                Ok(_) | Err(_) if rounds < READ_ROUNDS => continue,
+                Ok(read) => {
+                    return Err(StoreError::CorruptRecord {
+                        path,
+                        source: serde::de::Error::custom(format!(
+                            "the file holds entry {}",
+                            read.value.key()
+                        )),
+                    })
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 
