@@ -227,7 +227,7 @@ impl FusedIterator for Markers<'_> {}
 /// marker, where entropy-coded data ends; the end of the bytes when there is none.
 fn entropy_end(data: &[u8], mut at: usize) -> usize {
     loop {
-        let Some(ff) = data[at..].iter().position(|&b| b == 0xff) else {
+        let Some(ff) = memchr::memchr(0xff, &data[at..]) else {
             return data.len();
         };
         at += ff;
