@@ -694,23 +694,25 @@ pub fn render_syscalls(outcome: &syscall_pass::Outcome) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n### pixpool's file-system calls per job\n\n`strace -f` on pixpool alone ({} workers + {} fronts): {} uploads at concurrency {}, {} jobs done. Successful calls only. Files created: opens with `O_CREAT` and `creat`s (strace cannot tell whether the file was already there), links and symbolic links, directories. fsyncs: `fsync`, `fdatasync`, `sync_file_range`. Per job: the jobs phase (first upload to SIGTERM) ÷ jobs done; start-up and shutdown apart; calls in pixpool's run directory (last row) in no other row.\n",
+        "\n### pixpool's file-system calls per job\n\n`strace -f` on pixpool alone ({} workers + {} fronts): {} uploads at concurrency {}, {} jobs done. Successful calls only. Files created: opens with `O_CREAT` and `creat`s (but for those of a file the trace had put in place and not removed: re-opened), links and symbolic links, directories. Inodes: files created, symbolic links and directories (a hard link or a re-opened file allocates none). fsyncs: `fsync`, `fdatasync`, `sync_file_range`. Per job: the jobs phase (first upload to SIGTERM) ÷ jobs done; start-up and shutdown apart; calls in pixpool's run directory (last row) in no other row.\n",
         a.workers, a.fronts, a.uploads, a.concurrency, a.jobs
     );
     let _ = writeln!(
         out,
-        "| | files created (O_CREAT · link or symlink · mkdir) | renames | unlinks | fsyncs (fsync · fdatasync · sync_file_range) |\n| --- | ---: | ---: | ---: | ---: |"
+        "| | files created (O_CREAT · link or symlink · mkdir) | inodes (re-opened files) | renames | unlinks | fsyncs (fsync · fdatasync · sync_file_range) |\n| --- | ---: | ---: | ---: | ---: | ---: |"
     );
     if let Some(p) = &a.per_job {
         let per = |n: u64| n as f64 / a.jobs as f64;
         let c = &a.jobs_phase;
         let _ = writeln!(
             out,
-            "| **per job** | **{:.2}** ({:.2} · {:.2} · {:.2}) | **{:.2}** | **{:.2}** | **{:.2}** ({:.2} · {:.2} · {:.2}) |",
+            "| **per job** | **{:.2}** ({:.2} · {:.2} · {:.2}) | **{:.2}** ({:.2}) | **{:.2}** | **{:.2}** | **{:.2}** ({:.2} · {:.2} · {:.2}) |",
             p.created,
             per(c.created_files),
             per(c.links),
             per(c.mkdirs),
+            p.inodes,
+            per(c.reopened),
             p.renames,
             p.unlinks,
             p.fsyncs,
@@ -741,11 +743,13 @@ pub fn render_syscalls(outcome: &syscall_pass::Outcome) -> String {
 /// One table row's cells for `c`, totals with their parts.
 fn counts_cells(c: &Counts) -> String {
     format!(
-        "{} ({} · {} · {}) | {} | {} | {} ({} · {} · {})",
+        "{} ({} · {} · {}) | {} ({}) | {} | {} | {} ({} · {} · {})",
         c.created(),
         c.created_files,
         c.links,
         c.mkdirs,
+        c.inodes(),
+        c.reopened,
         c.renames,
         c.unlinks,
         c.syncs(),
@@ -768,8 +772,8 @@ pub fn syscalls_progress_line(outcome: &syscall_pass::Outcome) -> String {
     };
     let mut line = match &a.per_job {
         Some(p) => format!(
-            "pixpool-bench: syscalls per job ({} jobs under strace): {:.2} files created · {:.2} renames · {:.2} unlinks · {:.2} fsyncs",
-            a.jobs, p.created, p.renames, p.unlinks, p.fsyncs
+            "pixpool-bench: syscalls per job ({} jobs under strace): {:.2} files created · {:.2} inodes · {:.2} renames · {:.2} unlinks · {:.2} fsyncs",
+            a.jobs, p.created, p.inodes, p.renames, p.unlinks, p.fsyncs
         ),
         None => "pixpool-bench: syscall pass: no job done".to_owned(),
     };
@@ -865,13 +869,14 @@ mod tests {
         }));
         let table = render_syscalls(&outcome);
         assert!(table.contains(
-            "| **per job** | **9.05** (8.00 · 1.00 · 0.05) | **6.00** | **3.00** | **11.05** (11.05 · 0.00 · 0.00) |"
+            "| **per job** | **9.05** (8.00 · 1.00 · 0.05) | **9.05** (0.00) | **6.00** | **3.00** | **11.05** (11.05 · 0.00 · 0.00) |"
         ));
-        assert!(
-            table.contains("| whole run | 370 (320 · 40 · 10) | 240 | 120 | 452 (452 · 0 · 0) |")
-        );
-        assert!(syscalls_progress_line(&outcome)
-            .ends_with("9.05 files created · 6.00 renames · 3.00 unlinks · 11.05 fsyncs"));
+        assert!(table.contains(
+            "| whole run | 370 (320 · 40 · 10) | 370 (0) | 240 | 120 | 452 (452 · 0 · 0) |"
+        ));
+        assert!(syscalls_progress_line(&outcome).ends_with(
+            "9.05 files created · 9.05 inodes · 6.00 renames · 3.00 unlinks · 11.05 fsyncs"
+        ));
         let skipped = syscall_pass::Outcome::Skipped {
             reason: "strace is not on PATH".into(),
         };

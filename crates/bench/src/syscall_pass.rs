@@ -43,6 +43,8 @@ const SETTLE: Duration = Duration::from_millis(500);
 pub struct PerJob {
     /// Files created (opens with `O_CREAT`, `creat`s), links and directories.
     pub created: f64,
+    /// Inodes allocated ([`Counts::inodes`]).
+    pub inodes: f64,
     /// Renames.
     pub renames: f64,
     /// Unlinks.
@@ -57,6 +59,7 @@ impl PerJob {
         let per = |n: u64| n as f64 / jobs as f64;
         (jobs > 0).then(|| PerJob {
             created: per(jobs_phase.created()),
+            inodes: per(jobs_phase.inodes()),
             renames: per(jobs_phase.renames),
             unlinks: per(jobs_phase.unlinks),
             fsyncs: per(jobs_phase.syncs()),
@@ -277,7 +280,9 @@ mod tests {
     fn per_job_divides_the_jobs_phase() {
         let counts = Counts {
             created_files: 60,
+            reopened: 40,
             links: 20,
+            hard_links: 20,
             mkdirs: 0,
             renames: 80,
             unlinks: 40,
@@ -289,6 +294,7 @@ mod tests {
             PerJob::of(&counts, 40),
             Some(PerJob {
                 created: 2.0,
+                inodes: 1.5,
                 renames: 2.0,
                 unlinks: 1.0,
                 fsyncs: 3.0

@@ -19,7 +19,7 @@
 //! `<unfinished ...>` half and its `<... NAME resumed>` half; the halves are paired by
 //! thread id (a thread makes one call at a time) and the call is dated by its first.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Add;
 use std::path::Path;
 
@@ -59,9 +59,13 @@ pub fn trace_expression() -> String {
 pub enum Effect {
     /// `open`/`openat` with `O_CREAT`, or `creat`.
     CreateFile,
-    /// `link`, `linkat`: a new name for an existing file; `symlink`, `symlinkat`: a
-    /// new name holding a path (a new inode too, counted as a created name).
+    /// A [`Effect::CreateFile`] of a path the trace had already put in place and not
+    /// removed since: the file was there, no inode was allocated.
+    Reopen,
+    /// `link`, `linkat`: a new name for an existing file (no inode).
     Link,
+    /// `symlink`, `symlinkat`: a new name holding a path (a new inode).
+    Symlink,
     /// `mkdir`, `mkdirat`.
     Mkdir,
     /// `rename`, `renameat`, `renameat2`.
@@ -82,7 +86,8 @@ pub fn effect(name: &str, args: &str) -> Option<Effect> {
     Some(match name {
         "open" | "openat" if has_flag(args, "O_CREAT") => Effect::CreateFile,
         "creat" => Effect::CreateFile,
-        "link" | "linkat" | "symlink" | "symlinkat" => Effect::Link,
+        "link" | "linkat" => Effect::Link,
+        "symlink" | "symlinkat" => Effect::Symlink,
         "mkdir" | "mkdirat" => Effect::Mkdir,
         "rename" | "renameat" | "renameat2" => Effect::Rename,
         "unlink" | "unlinkat" => Effect::Unlink,
@@ -123,11 +128,16 @@ fn has_flag(args: &str, flag: &str) -> bool {
 /// Successful calls, by what they did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Counts {
-    /// Opens with `O_CREAT` and `creat`s. strace cannot tell whether the file already
-    /// existed (without `O_EXCL`, `O_CREAT` also opens an existing file).
+    /// Opens with `O_CREAT` and `creat`s, but for [`Counts::reopened`]. strace cannot
+    /// tell whether a file made before the trace already existed.
     pub created_files: u64,
+    /// Opens with `O_CREAT` of a file the trace had created, renamed or linked into
+    /// place and not removed since (a file rewritten in place, as a spare is).
+    pub reopened: u64,
     /// `link`s, `linkat`s, `symlink`s and `symlinkat`s.
     pub links: u64,
+    /// `link`s and `linkat`s: of [`Counts::links`], those that allocate no inode.
+    pub hard_links: u64,
     /// `mkdir`s and `mkdirat`s.
     pub mkdirs: u64,
     /// `rename`s, `renameat`s and `renameat2`s.
@@ -148,6 +158,11 @@ impl Counts {
         self.created_files + self.links + self.mkdirs
     }
 
+    /// Inodes allocated: files created, symbolic links, directories.
+    pub fn inodes(&self) -> u64 {
+        self.created_files + self.links - self.hard_links + self.mkdirs
+    }
+
     /// Flushes to disk, of any kind.
     pub fn syncs(&self) -> u64 {
         self.fsyncs + self.fdatasyncs + self.sync_file_ranges
@@ -156,7 +171,12 @@ impl Counts {
     fn count(&mut self, effect: Effect) {
         let counter = match effect {
             Effect::CreateFile => &mut self.created_files,
-            Effect::Link => &mut self.links,
+            Effect::Reopen => &mut self.reopened,
+            Effect::Link => {
+                self.hard_links += 1;
+                &mut self.links
+            }
+            Effect::Symlink => &mut self.links,
             Effect::Mkdir => &mut self.mkdirs,
             Effect::Rename => &mut self.renames,
             Effect::Unlink => &mut self.unlinks,
@@ -174,7 +194,9 @@ impl Add for Counts {
     fn add(self, o: Counts) -> Counts {
         Counts {
             created_files: self.created_files + o.created_files,
+            reopened: self.reopened + o.reopened,
             links: self.links + o.links,
+            hard_links: self.hard_links + o.hard_links,
             mkdirs: self.mkdirs + o.mkdirs,
             renames: self.renames + o.renames,
             unlinks: self.unlinks + o.unlinks,
@@ -306,6 +328,26 @@ fn split_result(tail: &str) -> Option<(&str, &str)> {
     })
 }
 
+/// Every quoted string of `args` (a call's paths), escapes left as strace wrote them.
+fn quoted(args: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut escaped) = (None, false);
+    for (i, c) in args.char_indices() {
+        match (start, escaped, c) {
+            (None, _, '"') => start = Some(i + 1),
+            (None, ..) => {}
+            (Some(_), true, _) => escaped = false,
+            (Some(_), false, '\\') => escaped = true,
+            (Some(from), false, '"') => {
+                out.push(&args[from..i]);
+                start = None;
+            }
+            (Some(_), false, _) => {}
+        }
+    }
+    out
+}
+
 /// The first quoted string of `args` (a call's path), escapes left as strace wrote
 /// them.
 fn first_path(args: &str) -> Option<&str> {
@@ -338,6 +380,8 @@ pub fn tally(log: &str, boundaries: &[f64], aside: &[&Path]) -> Tally {
         phases: vec![Counts::default(); boundaries.len() + 1],
         ..Tally::default()
     };
+    // Paths the trace put in place and has not removed since.
+    let mut present: HashSet<String> = HashSet::new();
     // Each thread's call in progress: its name, its first arguments, when it started.
     let mut unfinished: HashMap<Option<u32>, (&str, &str, Option<f64>)> = HashMap::new();
     for raw in log.lines() {
@@ -369,9 +413,39 @@ pub fn tally(log: &str, boundaries: &[f64], aside: &[&Path]) -> Tally {
         if !succeeded(result) {
             continue;
         }
-        let Some(effect) = effect(name, &args) else {
+        let Some(mut effect) = effect(name, &args) else {
             continue;
         };
+        let paths = quoted(&args);
+        match effect {
+            Effect::CreateFile => {
+                if let Some(p) = paths.first() {
+                    if !present.insert((*p).to_owned()) {
+                        effect = Effect::Reopen;
+                    }
+                }
+            }
+            Effect::Link | Effect::Symlink => {
+                if let Some(p) = paths.last() {
+                    present.insert((*p).to_owned());
+                }
+            }
+            Effect::Rename => {
+                if let [from, .., to] = paths[..] {
+                    // An exchange leaves both names in place.
+                    if !has_flag(&args, "RENAME_EXCHANGE") {
+                        present.remove(from);
+                    }
+                    present.insert(to.to_owned());
+                }
+            }
+            Effect::Unlink => {
+                if let Some(p) = paths.first() {
+                    present.remove(*p);
+                }
+            }
+            _ => {}
+        }
         if first_path(&args).is_some_and(|p| aside.iter().any(|dir| Path::new(p).starts_with(dir)))
         {
             tally.aside.count(effect);
@@ -422,9 +496,13 @@ mod tests {
         );
         assert_eq!(effect("creat", r#""/u/x", 0644"#), Some(Effect::CreateFile));
         assert_eq!(effect("read", "3, \"\"..., 4096"), None);
-        // A dedup entry is a symbolic link: a created name like any other.
+        // A dedup entry is a symbolic link: a created name, and an inode.
         assert_eq!(
             effect("symlinkat", r#""0193ab", AT_FDCWD, "/u/dedup/k""#),
+            Some(Effect::Symlink)
+        );
+        assert_eq!(
+            effect("linkat", r#"AT_FDCWD, "/u/a", AT_FDCWD, "/u/b", 0"#),
             Some(Effect::Link)
         );
     }
@@ -502,7 +580,9 @@ mod tests {
             Counts {
                 // The spool file, and the output (its open was unfinished).
                 created_files: 2,
+                reopened: 0,
                 links: 1,
+                hard_links: 1,
                 mkdirs: 0,
                 renames: 2,
                 unlinks: 1,
@@ -523,6 +603,36 @@ mod tests {
         // Without boundaries, one phase holds it all.
         let whole = super::tally(LOG, &[], &[]);
         assert_eq!(whole.phases, vec![startup + jobs + shutdown]);
+    }
+
+    #[test]
+    fn files_rewritten_in_place_and_hard_links_allocate_no_inode() {
+        // A record swapped with a spare twice, the spare rewritten the second time; a
+        // marker linked to the upload, renamed into a claim and unlinked; a file
+        // unlinked and created again is new again.
+        let log = r#"9 1.0 openat(AT_FDCWD, "/u/jobs/.a.json.1.tmp", O_WRONLY|O_CREAT|O_TRUNC|O_CLOEXEC, 0666) = 3
+9 1.1 renameat2(AT_FDCWD, "/u/jobs/.a.json.1.tmp", AT_FDCWD, "/u/jobs/a.json", RENAME_NOREPLACE) = 0
+9 1.2 openat(AT_FDCWD, "/u/jobs/.spare.1.0.tmp", O_WRONLY|O_CREAT|O_TRUNC|O_CLOEXEC, 0666) = 4
+9 1.3 renameat2(AT_FDCWD, "/u/jobs/.spare.1.0.tmp", AT_FDCWD, "/u/jobs/a.json", RENAME_EXCHANGE) = 0
+9 1.4 openat(AT_FDCWD, "/u/jobs/.spare.1.0.tmp", O_WRONLY|O_CREAT|O_TRUNC|O_CLOEXEC, 0666) = 4
+9 1.5 renameat2(AT_FDCWD, "/u/jobs/.spare.1.0.tmp", AT_FDCWD, "/u/jobs/a.json", RENAME_EXCHANGE) = 0
+9 1.6 openat(AT_FDCWD, "/u/tmp/0/a.part", O_WRONLY|O_CREAT|O_EXCL|O_CLOEXEC, 0666) = 5
+9 1.7 linkat(AT_FDCWD, "/u/tmp/0/a.part", AT_FDCWD, "/u/tmp/0/a.pending", 0) = 0
+9 1.8 symlink("a", "/u/dedup/k") = 0
+9 1.9 rename("/u/tmp/0/a.pending", "/u/claims/0/a") = 0
+9 2.0 unlink("/u/claims/0/a") = 0
+9 2.1 unlink("/u/jobs/.spare.1.0.tmp") = 0
+9 2.2 openat(AT_FDCWD, "/u/jobs/.spare.1.0.tmp", O_WRONLY|O_CREAT|O_TRUNC|O_CLOEXEC, 0666) = 4
+"#;
+        let c = tally(log, &[], &[]).phases[0];
+        assert_eq!(
+            (c.created_files, c.reopened, c.links, c.hard_links),
+            (4, 1, 2, 1)
+        );
+        // The record's temp file, the first spare, the upload, the dedup link, the
+        // spare made again.
+        assert_eq!(c.inodes(), 5);
+        assert_eq!(c.created(), 6);
     }
 
     #[test]
