@@ -263,8 +263,26 @@ async fn killing_the_whole_tree_with_fifty_queued_jobs_loses_none() {
         "every job finished before the kill: the test proves nothing\n{log}"
     );
     eprintln!("{pending} of {JOBS} jobs unfinished when the tree was killed");
+    // The killed processes' spare files (records are swapped with them): the
+    // start-up sweep removes them.
+    let spares = |dir: &std::path::Path| -> Vec<String> {
+        dir_entries(dir)
+            .into_iter()
+            .filter(|n| n.starts_with(".spare."))
+            .collect()
+    };
+    let stale = spares(&uploads.join("jobs"));
+    eprintln!("{} spare files left by the killed tree", stale.len());
 
     let server = Server::start_in(uploads, 1, 1, &[]);
+    let left: Vec<_> = spares(&server.uploads.join("jobs"))
+        .into_iter()
+        .filter(|n| stale.contains(n))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "a killed process's spares survived the restart: {left:?}"
+    );
     let started = Instant::now();
     for id in &ids {
         let job = wait_final(server.addr, id, Duration::from_secs(60)).await;

@@ -65,8 +65,8 @@ pub(crate) fn write_then(
 /// spare files in the same directory, which `RENAME_EXCHANGE` swaps with `path`, and
 /// the old content's file becomes the spare for the next call. Readers see the old
 /// content or the new, as with a rename (a spare is rewritten only after
-/// [`SPARE_REST`], and [`crate::Store::read_versioned`] re-reads a file it finds torn
-/// or naming another job). On ext4 without a journal, every freed
+/// [`SPARE_REST`], and readers go through `read_replaced`, which re-reads a file it
+/// finds torn or naming another item). On ext4 without a journal, every freed
 /// inode slows later file creations for minutes, and a job record is replaced twice
 /// per job.
 ///
@@ -200,6 +200,9 @@ impl Spares {
 fn spares(dir: &Path) -> Arc<Spares> {
     let pools = SPARES.get_or_init(Default::default);
     let mut pools = pools.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(pool) = pools.get(dir) {
+        return pool.clone();
+    }
     pools
         .entry(dir.to_path_buf())
         .or_insert_with(|| {

@@ -440,33 +440,9 @@ impl Store {
 
     /// Reads a job record and its revision; `Ok(None)` when there is no such job.
     pub fn read_versioned(&self, id: &JobId) -> Result<Option<Versioned<JobRecord>>, StoreError> {
-        let path = self.record_path(id);
-        // A file read the instant it was swapped out and rewritten as a writer's spare
-        // (`fsutil::replace_existing`) is torn or another job's: the name has a whole
-        // file again by the next read. A file still so after that is corrupt.
-        let mut rounds = 0;
-        loop {
-            rounds += 1;
-            let bytes = match fs::read(&path) {
-                Ok(b) => b,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                Err(source) => return Err(StoreError::ReadRecord { path, source }),
-            };
-            match record::decode(&bytes) {
-                Ok(read) if read.value.id == *id => return Ok(Some(read)),
-                Ok(_) | Err(_) if rounds < READ_ROUNDS => continue,
-                Ok(read) => {
-                    return Err(StoreError::CorruptRecord {
-                        path,
-                        source: serde::de::Error::custom(format!(
-                            "the file names job {}",
-                            read.value.id
-                        )),
-                    })
-                }
-                Err(source) => return Err(StoreError::CorruptRecord { path, source }),
-            }
-        }
+        read_replaced(&self.record_path(id), record::decode, |read| {
+            (read.value.id != *id).then(|| format!("the file names job {}", read.value.id))
+        })
     }
 
     /// Takes the dedup entry `key` for job `id`, atomically across processes: the entry
@@ -863,8 +839,47 @@ fn read_dedup_entry(path: &Path) -> io::Result<Option<JobId>> {
 /// Rounds of symlink-then-read before [`Store::dedup_claim`] gives up.
 const DEDUP_CLAIM_ROUNDS: usize = 16;
 
-/// Reads of a record file that is torn or names another job before it counts as corrupt.
+/// Reads of a file that is torn or names another item before it counts as corrupt.
 const READ_ROUNDS: usize = 3;
+
+/// Reads and decodes a file that [`fsutil::replace_existing`] changes; `Ok(None)` if
+/// there is none. A read that caught the file swapped out and being rewritten as a
+/// writer's spare is torn, or `foreign` (another item's: it says how) finds it; the
+/// name holds a whole file again by the next read. A file still so after
+/// [`READ_ROUNDS`] reads is corrupt.
+pub(crate) fn read_replaced<T>(
+    path: &Path,
+    decode: impl Fn(&[u8]) -> serde_json::Result<T>,
+    foreign: impl Fn(&T) -> Option<String>,
+) -> Result<Option<T>, StoreError> {
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StoreError::ReadRecord {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let why = match decode(&bytes) {
+            Ok(read) => match foreign(&read) {
+                None => return Ok(Some(read)),
+                Some(why) => serde::de::Error::custom(why),
+            },
+            Err(e) => e,
+        };
+        if rounds >= READ_ROUNDS {
+            return Err(StoreError::CorruptRecord {
+                path: path.to_path_buf(),
+                source: why,
+            });
+        }
+    }
+}
 
 impl Store {
     /// `claims/`, holding one directory per worker slot.

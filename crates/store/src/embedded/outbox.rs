@@ -45,9 +45,6 @@ struct Loaded {
 /// Times a change re-opens an entry that was replaced between its open and its lock.
 const LOCK_ROUNDS: usize = 64;
 
-/// Reads of an entry's file that is torn or holds another entry before it is corrupt.
-const READ_ROUNDS: usize = 3;
-
 fn path_of(store: &Store, key: &str) -> Result<PathBuf, StoreError> {
     if !is_entry_key(key) {
         return Err(StoreError::BadKey { key: key.into() });
@@ -62,15 +59,18 @@ fn write_err(path: &std::path::Path) -> impl Fn(io::Error) -> StoreError + '_ {
     }
 }
 
-fn decode(path: &std::path::Path, bytes: &[u8]) -> Result<Versioned<OutboxEntry>, StoreError> {
-    let loaded: Loaded =
-        serde_json::from_slice(bytes).map_err(|source| StoreError::CorruptRecord {
-            path: path.to_path_buf(),
-            source,
-        })?;
+fn parse(bytes: &[u8]) -> serde_json::Result<Versioned<OutboxEntry>> {
+    let loaded: Loaded = serde_json::from_slice(bytes)?;
     Ok(Versioned {
         value: loaded.entry,
         revision: loaded.revision,
+    })
+}
+
+fn decode(path: &std::path::Path, bytes: &[u8]) -> Result<Versioned<OutboxEntry>, StoreError> {
+    parse(bytes).map_err(|source| StoreError::CorruptRecord {
+        path: path.to_path_buf(),
+        source,
     })
 }
 
@@ -164,31 +164,14 @@ impl Outbox for FileOutbox {
 
     async fn get(&self, key: &str) -> Result<Option<Versioned<OutboxEntry>>, StoreError> {
         let path = path_of(&self.store, key)?;
-        // A file read as it was swapped out and rewritten as a spare is torn or another
-        // entry: the name holds a whole one again by the next read.
-        let mut rounds = 0;
-        loop {
-            rounds += 1;
-            let bytes = match tokio::fs::read(&path).await {
-                Ok(bytes) => bytes,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                Err(source) => return Err(StoreError::ReadRecord { path, source }),
-            };
-            match decode(&path, &bytes) {
-                Ok(read) if read.value.key() == key => return Ok(Some(read)),
-                Ok(_) | Err(_) if rounds < READ_ROUNDS => continue,
-                Ok(read) => {
-                    return Err(StoreError::CorruptRecord {
-                        path,
-                        source: serde::de::Error::custom(format!(
-                            "the file holds entry {}",
-                            read.value.key()
-                        )),
-                    })
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let key = key.to_string();
+        blocking(move || {
+            crate::read_replaced(&path, parse, |read| {
+                let held = read.value.key();
+                (held != key).then(|| format!("the file holds entry {held}"))
+            })
+        })
+        .await
     }
 
     async fn keys(&self) -> Result<Vec<String>, StoreError> {
