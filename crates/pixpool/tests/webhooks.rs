@@ -161,7 +161,8 @@ fn assert_signed(got: &[Value]) {
 }
 
 async fn wait_webhook_state(server: &Server, id: &str, state: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // Past a lease that a courier killed mid-delivery held (its 10-s timeout + 30 s).
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut conn = Conn::open(server.addr).await.expect("connect");
     loop {
         let job = conn.get(&format!("/jobs/{id}")).await.expect("job").json();
